@@ -1,0 +1,312 @@
+"""The gateway: validate, assign, route, predict, respond; then log, count, trace.
+
+:class:`GatewayCore` is plain Python over injected parts (routing table,
+loaded scorers, decision log, metrics, tracer) so the whole request path runs
+in-process in tests. :func:`build_app` puts a FastAPI app in front of it; the
+same app is what each Ray Serve replica serves (``serving/app.py``).
+
+Everything a request needs is computed in one replica with no hop through Ray:
+each hop costs milliseconds here, while scoring a small model costs
+microseconds.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from opentelemetry.trace import Tracer
+from pydantic import ValidationError
+
+from models.registry import Scorer
+from serving.router import Decision, RoutingTable, route
+from serving.schemas import (
+    MAX_BODY_BYTES,
+    ErrorResponse,
+    PredictRequest,
+    PredictResponse,
+    format_validation_error,
+)
+from telemetry.decision_log import DecisionLogWriter, DecisionRecord
+from telemetry.metrics import CONTENT_TYPE, RequestMetrics
+from telemetry.tracing import SPAN_NAME
+
+JSON = "application/json"
+
+
+class RampartError(Exception):
+    """An error with a stable code and HTTP status, answered as JSON."""
+
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across Ray
+        return (type(self), (self.message, self.request_id))
+
+
+class InvalidJson(RampartError):
+    code, status = "invalid_json", 400
+
+
+class ValidationFailed(RampartError):
+    code, status = "validation_failed", 422
+
+
+class PayloadTooLarge(RampartError):
+    code, status = "payload_too_large", 413
+
+
+class ModelFailed(RampartError):
+    code, status = "model_error", 500
+
+
+def error_body(error: RampartError) -> bytes:
+    return orjson.dumps(
+        {"error": {"code": error.code, "message": error.message, "request_id": error.request_id}}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one predict call produced: the HTTP answer and what to record."""
+
+    status_code: int
+    body: bytes
+
+
+class GatewayCore:
+    """The request path over injected parts; one per replica."""
+
+    def __init__(
+        self,
+        table: RoutingTable,
+        scorers: Mapping[tuple[str, str], Scorer],
+        metrics: RequestMetrics,
+        tracer: Tracer,
+        decision_log: DecisionLogWriter | None = None,
+    ) -> None:
+        self._table = table
+        self.scorers = dict(scorers)
+        self.metrics = metrics
+        self.tracer = tracer
+        self.decision_log = decision_log
+        self._feature_sets = {key: frozenset(s.feature_names) for key, s in self.scorers.items()}
+
+    @property
+    def table(self) -> RoutingTable:
+        return self._table
+
+    def swap_table(self, table: RoutingTable) -> None:
+        """Install a newer routing table; one reference swap, never a torn table."""
+        missing = [r for r in table.model_refs() if (r.name, r.version) not in self.scorers]
+        if missing:
+            raise ValueError(f"routing table needs versions not loaded here: {missing}")
+        if table.version <= self._table.version:
+            return
+        self._table = table
+
+    def predict(self, body: bytes, header_request_id: str | None = None) -> Outcome:
+        """Answer one ``POST /v1/predict`` body; never raises for bad input."""
+        started = time.perf_counter()
+        request_id = header_request_id
+        try:
+            if len(body) > MAX_BODY_BYTES:
+                raise PayloadTooLarge(
+                    f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}", request_id
+                )
+            request = parse_predict(body, request_id)
+        except RampartError as error:
+            self.metrics.observe(("", "", "", "", "rejected"), time.perf_counter() - started)
+            return Outcome(error.status, error_body(error))
+        request_id = request.request_id or request_id or uuid.uuid4().hex
+        table = self._table  # one snapshot for the whole request
+        decision = route(table, request.unit_id, request.context)
+        key = (decision.model.name, decision.model.version)
+        scorer = self.scorers[key]
+        try:
+            values = feature_vector(request.features, scorer, self._feature_sets[key], request_id)
+        except RampartError as error:
+            self.metrics.observe(("", "", "", "", "rejected"), time.perf_counter() - started)
+            return Outcome(error.status, error_body(error))
+        error_text: str | None = None
+        prediction: float | None = None
+        try:
+            prediction = scorer.predict_one(values)
+        except Exception as exc:  # a broken model version is a server error, logged
+            error_text = f"{type(exc).__name__}: {exc}"
+        if prediction is not None:
+            status, status_code = "ok", 200
+            body_out = orjson.dumps(
+                {
+                    "request_id": request_id,
+                    "prediction": prediction,
+                    "model_name": decision.model.name,
+                    "model_version": decision.model.version,
+                    "experiment_id": decision.experiment_id,
+                    "arm": decision.arm,
+                }
+            )
+        else:
+            status, status_code = "error", 500
+            body_out = error_body(ModelFailed(f"model version failed: {error_text}", request_id))
+        latency_s = time.perf_counter() - started
+        self._record(request_id, request, decision, prediction, latency_s, status, error_text)
+        return Outcome(status_code, body_out)
+
+    def _record(
+        self,
+        request_id: str,
+        request: PredictRequest,
+        decision: Decision,
+        prediction: float | None,
+        latency_s: float,
+        status: str,
+        error: str | None,
+    ) -> None:
+        labels = (
+            decision.model.name,
+            decision.model.version,
+            decision.experiment_id or "",
+            decision.arm,
+            status,
+        )
+        self.metrics.observe(labels, latency_s)
+        now = time.time()
+        if self.decision_log is not None:
+            self.decision_log.append(
+                DecisionRecord(
+                    request_id, decision.unit_id, decision.unit_type, decision.experiment_id,
+                    None, decision.arm, decision.model.name, decision.model.version, "primary",
+                    now, request.features, prediction, latency_s * 1000.0, status, error,
+                )
+            )
+        end_ns = time.time_ns()
+        span = self.tracer.start_span(
+            SPAN_NAME, start_time=end_ns - int(latency_s * 1e9)
+        )
+        span.set_attributes(
+            {
+                "rampart.request_id": request_id,
+                "rampart.unit_id": decision.unit_id,
+                "rampart.unit_type": decision.unit_type,
+                "rampart.experiment_id": decision.experiment_id or "",
+                "rampart.arm": decision.arm,
+                "rampart.model_name": decision.model.name,
+                "rampart.model_version": decision.model.version,
+                "rampart.status": status,
+                "rampart.latency_ms": latency_s * 1000.0,
+            }
+        )
+        span.end(end_time=end_ns)
+
+    def close(self) -> None:
+        if self.decision_log is not None:
+            self.decision_log.close()
+
+
+def parse_predict(body: bytes, request_id: str | None) -> PredictRequest:
+    """Validate a predict body; raise InvalidJson or ValidationFailed with the reason."""
+    try:
+        return PredictRequest.model_validate_json(body)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise InvalidJson(f"body is not valid JSON: {exc.errors()[0]['msg']}", request_id)
+        if any(e["type"] in ("model_type", "model_attributes_type") for e in exc.errors()):
+            raise ValidationFailed("body must be a JSON object", request_id)
+        raise ValidationFailed(
+            "invalid request:\n" + format_validation_error(exc), request_id
+        )
+
+
+def feature_vector(
+    features: Mapping[str, float], scorer: Scorer, expected: frozenset[str], request_id: str
+) -> list[float]:
+    """Features in the model's signature order; names what is missing or extra."""
+    if features.keys() != expected:
+        missing = sorted(expected - features.keys())
+        extra = sorted(features.keys() - expected)
+        parts = []
+        if missing:
+            parts.append(f"missing features {missing}")
+        if extra:
+            parts.append(f"unexpected features {extra}")
+        raise ValidationFailed(
+            f"features do not match the signature of {scorer.name} version {scorer.version}: "
+            + "; ".join(parts),
+            request_id,
+        )
+    return [float(features[name]) for name in scorer.feature_names]
+
+
+async def read_body_limited(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def build_app(core: GatewayCore) -> FastAPI:
+    """FastAPI app over one :class:`GatewayCore` (used in-process and on Ray Serve)."""
+    app = FastAPI(
+        title="Rampart gateway",
+        version="0.1.0",
+        description="Model-serving gateway with deterministic experiments and staged rollout.",
+    )
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses={
+            400: {"model": ErrorResponse, "description": "Body is not JSON"},
+            413: {"model": ErrorResponse, "description": "Body over 1 MiB"},
+            422: {"model": ErrorResponse, "description": "Body fails validation"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def predict(request: Request) -> Response:
+        header_id = request.headers.get("x-request-id")
+        try:
+            body = await read_body_limited(request)
+        except RampartError as error:
+            error.request_id = header_id
+            return Response(error_body(error), status_code=error.status, media_type=JSON)
+        outcome = core.predict(body, header_id)
+        return Response(outcome.body, status_code=outcome.status_code, media_type=JSON)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "routing_version": core.table.version}
+
+    @app.get("/v1/routing")
+    async def routing() -> dict[str, Any]:
+        return core.table.describe()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(core.metrics.render(), media_type=CONTENT_TYPE)
+
+    return app

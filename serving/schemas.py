@@ -1,0 +1,270 @@
+"""Typed configuration and request/response schemas (pydantic v2).
+
+Configuration is parsed and validated once, at the edge (CLI or admin API);
+everything deeper receives these frozen objects, never dicts.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from serving.assignment import BUCKETS
+
+UnitType = Literal["user_id", "session_id", "device_id", "cluster_id"]
+SALT_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+MAX_UNIT_ID_CHARS = 256
+MAX_BODY_BYTES = 1 << 20
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- config
+
+
+class ModelSpec(_Frozen):
+    """A registered MLflow model and the versions (numbers or aliases) to serve."""
+
+    name: str = Field(min_length=1, max_length=256)
+    versions: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("versions")
+    @classmethod
+    def _distinct(cls, versions: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(versions)) != len(versions):
+            raise ValueError(f"versions listed twice: {sorted(versions)}")
+        if any(not v.strip() for v in versions):
+            raise ValueError("a version or alias must not be empty")
+        return versions
+
+
+class ModelTarget(_Frozen):
+    """Which model version something routes to: a version number or an alias."""
+
+    model: str
+    version: str = Field(min_length=1)
+
+
+class TargetingRule(_Frozen):
+    """Eligibility on request context, checked before bucketing.
+
+    ``{"attribute": "country", "op": "in", "values": ["US", "CA"]}``. A unit
+    whose context lacks the attribute is not eligible.
+    """
+
+    attribute: str = Field(min_length=1, max_length=64)
+    op: Literal["in", "not_in", "eq", "ne", "gt", "gte", "lt", "lte"]
+    values: tuple[str | float | bool, ...] = ()
+    value: str | float | bool | None = None
+
+    @model_validator(mode="after")
+    def _operands(self) -> TargetingRule:
+        if self.op in ("in", "not_in"):
+            if not self.values:
+                raise ValueError(f"op {self.op!r} needs a non-empty 'values' list")
+        elif self.value is None:
+            raise ValueError(f"op {self.op!r} needs a 'value'")
+        if self.op in ("gt", "gte", "lt", "lte") and (
+            isinstance(self.value, bool) or not isinstance(self.value, int | float)
+        ):
+            raise ValueError(f"op {self.op!r} needs a numeric 'value'")
+        return self
+
+
+class ArmSpec(ModelTarget):
+    """One arm of an experiment: a name, a weight in basis points, a model version."""
+
+    name: str = Field(pattern=ID_PATTERN)
+    weight_bp: int = Field(ge=0, le=BUCKETS)
+
+
+class ExperimentSpec(_Frozen):
+    """An experiment: who is eligible, how units are hashed, which arm serves what.
+
+    The first arm is the control (baseline). Weights are basis points and sum
+    to 10,000 (100%).
+    """
+
+    id: str = Field(pattern=ID_PATTERN)
+    salt: str
+    unit: UnitType = "user_id"
+    arms: tuple[ArmSpec, ...] = Field(min_length=2)
+    targeting: tuple[TargetingRule, ...] = ()
+
+    @field_validator("salt")
+    @classmethod
+    def _salt(cls, salt: str) -> str:
+        if not SALT_PATTERN.match(salt):
+            raise ValueError(
+                "salt must be 1-64 characters of letters, digits and '_.:-' "
+                f"(got {salt!r})"
+            )
+        return salt
+
+    @model_validator(mode="after")
+    def _arms(self) -> ExperimentSpec:
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment {self.id!r}: arm names must be distinct, got {names}")
+        total = sum(a.weight_bp for a in self.arms)
+        if total != BUCKETS:
+            raise ValueError(
+                f"experiment {self.id!r}: arm weights sum to {total} basis points; "
+                f"they must sum to {BUCKETS} (100%)"
+            )
+        return self
+
+
+class DecisionLogConfig(_Frozen):
+    path: Path = Path(".rampart/decisions")
+    batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
+    flush_interval_s: float = Field(default=2.0, gt=0, le=3600)
+
+
+class TelemetryConfig(_Frozen):
+    metrics_dir: Path = Path(".rampart/metrics")
+    # "otlp" exports when OTEL_EXPORTER_OTLP_ENDPOINT is set; spans are always
+    # created so a sampled or in-memory pipeline sees every request.
+    tracing: Literal["auto", "off"] = "auto"
+
+
+class ServerConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    num_replicas: int = Field(default=1, ge=1, le=64)
+
+
+class RampartConfig(_Frozen):
+    """The whole routing configuration (``deploy/rampart.yaml``)."""
+
+    tracking_uri: str | None = None
+    data_dir: Path = Path(".rampart")
+    models: tuple[ModelSpec, ...] = Field(min_length=1)
+    default: ModelTarget
+    experiments: tuple[ExperimentSpec, ...] = ()
+    decision_log: DecisionLogConfig = DecisionLogConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    server: ServerConfig = ServerConfig()
+
+    @model_validator(mode="after")
+    def _references(self) -> RampartConfig:
+        served = {(m.name, v) for m in self.models for v in m.versions}
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models listed twice: {names}")
+        targets: list[tuple[str, ModelTarget]] = [("default", self.default)]
+        for exp in self.experiments:
+            targets += [(f"experiment {exp.id!r} arm {a.name!r}", a) for a in exp.arms]
+        for where, target in targets:
+            if (target.model, target.version) not in served:
+                raise ValueError(
+                    f"{where}: unknown model version {target.model}/{target.version}; "
+                    f"served versions are {sorted(f'{m}/{v}' for m, v in served)}"
+                )
+        ids = [e.id for e in self.experiments]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate experiment ids: {duplicates}")
+        return self
+
+    def resolved_tracking_uri(self) -> str:
+        """MLflow tracking URI: the configured one or SQLite under ``data_dir``."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names every problem."""
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, with the path to the offending field."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(root)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> RampartConfig:
+    """Validate a config mapping; raise :class:`ConfigError` naming each mistake."""
+    try:
+        return RampartConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source} is not a valid Rampart config:\n{format_validation_error(exc)}")
+
+
+def load_config(path: str | Path) -> RampartConfig:
+    """Read and validate a YAML (or JSON) config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return parse_config(data, source=str(path))
+
+
+# --------------------------------------------------------------------------- requests
+
+FeatureValue = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+ContextValue = StrictStr | StrictInt | StrictFloat | StrictBool
+
+
+class PredictRequest(BaseModel):
+    """Body of ``POST /v1/predict``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    unit_id: StrictStr = Field(min_length=1, max_length=MAX_UNIT_ID_CHARS)
+    features: dict[str, FeatureValue]
+    context: dict[str, ContextValue] = Field(default_factory=dict)
+    request_id: StrictStr | None = Field(default=None, min_length=1, max_length=128)
+
+
+class PredictResponse(BaseModel):
+    """Body of a successful ``POST /v1/predict``."""
+
+    request_id: str
+    prediction: float
+    model_name: str
+    model_version: str
+    experiment_id: str | None
+    arm: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    request_id: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body: ``{"error": {"code", "message", "request_id"}}``."""
+
+    error: ErrorBody

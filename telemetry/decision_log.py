@@ -1,0 +1,191 @@
+"""Append-only decision log: one Parquet row per decision, batched off the hot path.
+
+Each writer (one per gateway replica) buffers rows in memory and a background
+thread writes them as Parquet files when the buffer reaches ``batch_rows`` or
+every ``flush_interval_s``, and once more on :meth:`DecisionLogWriter.close`.
+Writers never share a file: names carry the writer id and a sequence number,
+and each file is written under a temporary name and renamed into place, so a
+reader never sees a half-written file.
+
+Layout::
+
+    <root>/date=YYYY-MM-DD/experiment=<id or _none>/part-<writer>-<seq>.parquet
+
+The directory names are for humans and for pruning; every column, including
+``experiment_id`` and ``timestamp``, is inside the files, so readers do not
+need to parse paths (:func:`read_decisions`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+DECISION_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("unit_id", pa.string()),
+        pa.field("unit_type", pa.string()),
+        pa.field("experiment_id", pa.string()),
+        pa.field("layer", pa.string()),
+        pa.field("arm", pa.string()),
+        pa.field("model_name", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("role", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("features", pa.map_(pa.string(), pa.float64())),
+        pa.field("prediction", pa.float64()),
+        pa.field("latency_ms", pa.float64()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+    ]
+)
+
+
+class DecisionRecord(NamedTuple):
+    """One decision; a tuple so that appending on the request path is cheap."""
+
+    request_id: str
+    unit_id: str | None
+    unit_type: str | None
+    experiment_id: str | None
+    layer: str | None
+    arm: str | None
+    model_name: str | None
+    model_version: str | None
+    role: str
+    timestamp: float  # seconds since the epoch
+    features: Mapping[str, float] | None
+    prediction: float | None
+    latency_ms: float | None
+    status: str
+    error: str | None
+
+
+def records_to_table(records: list[DecisionRecord]) -> pa.Table:
+    """Columnar table in :data:`DECISION_SCHEMA` from buffered records."""
+    columns = list(zip(*records, strict=True)) if records else [[] for _ in DECISION_SCHEMA]
+    arrays = []
+    for field, values in zip(DECISION_SCHEMA, columns, strict=True):
+        if field.name == "timestamp":
+            micros = [round(v * 1_000_000) for v in values]
+            arrays.append(pa.array(micros, type=pa.int64()).cast(field.type))
+        elif field.name == "features":
+            arrays.append(
+                pa.array(
+                    [None if f is None else list(f.items()) for f in values], type=field.type
+                )
+            )
+        else:
+            arrays.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=DECISION_SCHEMA)
+
+
+class DecisionLogWriter:
+    """Buffers decision records and writes them as Parquet in the background."""
+
+    def __init__(
+        self,
+        root: Path,
+        writer_id: str,
+        batch_rows: int = 5000,
+        flush_interval_s: float = 2.0,
+    ) -> None:
+        self.root = Path(root)
+        self.writer_id = writer_id
+        self.batch_rows = batch_rows
+        self.flush_interval_s = flush_interval_s
+        self._buffer: list[DecisionRecord] = []
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._sequence = 0
+        self.rows_written = 0
+        self.write_errors = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"decision-log-{writer_id}", daemon=True
+        )
+        self._thread.start()
+
+    def append(self, record: DecisionRecord) -> None:
+        """Buffer one record; never blocks on I/O."""
+        with self._lock:
+            self._buffer.append(record)
+            full = len(self._buffer) >= self.batch_rows
+        if full:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> int:
+        """Write everything buffered so far; returns the rows written."""
+        with self._write_lock:
+            with self._lock:
+                batch, self._buffer = self._buffer, []
+            if not batch:
+                return 0
+            try:
+                self._write(batch)
+            except Exception:  # keep serving; the rows stay counted as lost
+                self.write_errors += 1
+                log.exception("decision log: failed to write %d rows", len(batch))
+                return 0
+            self.rows_written += len(batch)
+            return len(batch)
+
+    def _write(self, batch: list[DecisionRecord]) -> None:
+        groups: dict[tuple[str, str], list[DecisionRecord]] = defaultdict(list)
+        for record in batch:
+            day = dt.datetime.fromtimestamp(record.timestamp, tz=dt.UTC).strftime("%Y-%m-%d")
+            groups[(day, record.experiment_id or "_none")].append(record)
+        for (day, experiment), records in groups.items():
+            directory = self.root / f"date={day}" / f"experiment={experiment}"
+            directory.mkdir(parents=True, exist_ok=True)
+            self._sequence += 1
+            name = f"part-{self.writer_id}-{self._sequence:08d}.parquet"
+            tmp = directory / f".{name}.tmp"
+            pq.write_table(records_to_table(records), tmp, compression="zstd")
+            os.replace(tmp, directory / name)
+
+    def close(self) -> None:
+        """Stop the background thread and write what is left. Idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        self.flush()
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._buffer)
+
+
+def read_decisions(path: str | Path) -> pa.Table:
+    """Every decision row under ``path`` (a directory tree or one file)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            return DECISION_SCHEMA.empty_table()
+        dataset = pads.dataset(files, format="parquet", schema=DECISION_SCHEMA)
+        return dataset.to_table()
+    return pq.read_table(path, schema=DECISION_SCHEMA)

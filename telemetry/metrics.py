@@ -1,0 +1,77 @@
+"""Prometheus metrics for the request path.
+
+Every gateway replica is its own process. So that one scrape counts each
+request of every replica exactly once, the replicas use prometheus_client's
+multiprocess mode: each process writes its samples to memory-mapped files in
+a shared directory (``PROMETHEUS_MULTIPROC_DIR``, set by ``rampart serve``
+before the replicas start) and ``GET /metrics`` on any replica aggregates
+the directory. Without that variable (in-process tests, a plain uvicorn run)
+the metrics live in the registry passed in.
+
+Labels are bounded: model, version, experiment, arm, status. Never a request
+or unit id.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+REQUEST_LABELS = ("model_name", "model_version", "experiment_id", "arm", "status")
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class RequestMetrics:
+    """``rampart_requests_total`` and ``rampart_request_latency_seconds``."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "rampart_requests",
+            "Prediction requests by model version, experiment, arm and status.",
+            REQUEST_LABELS,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "rampart_request_latency_seconds",
+            "Time from request received to response ready, in seconds.",
+            REQUEST_LABELS,
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+
+    def observe(self, labels: tuple[str, str, str, str, str], latency_s: float) -> None:
+        """Count one request and its latency."""
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(latency_s)
+
+    def render(self) -> bytes:
+        """Prometheus text exposition of every replica (multiprocess) or this one."""
+        directory = os.environ.get(MULTIPROC_ENV)
+        if directory:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=directory)
+            return bytes(generate_latest(registry))
+        if self.registry is None:
+            return b""
+        return bytes(generate_latest(self.registry))
+
+
+def prepare_multiprocess_dir(path: Path) -> Path:
+    """Empty (or create) the shared directory before replicas start.
+
+    Files left by a previous run would otherwise be summed into this one.
+    """
+    path = path.resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return path
