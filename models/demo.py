@@ -66,8 +66,8 @@ def seed_demo_models(tracking_uri: str, artifact_root: Path) -> SeedResult:
         client.create_registered_model(
             DEMO_MODEL_NAME, description="Rampart demo: a binary classifier on 8 features."
         )
-    existing = {
-        mv.tags.get(SEED_TAG): str(mv.version)
+    existing: dict[str, str] = {
+        str(mv.tags[SEED_TAG]): str(mv.version)
         for mv in client.search_model_versions(f"name='{DEMO_MODEL_NAME}'")
         if mv.tags.get(SEED_TAG)
     }

@@ -30,9 +30,14 @@ class UnknownModelVersion(LookupError):
 class Scorer(Protocol):
     """A loaded model version that scores feature rows."""
 
-    name: str
-    version: str
-    feature_names: tuple[str, ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def feature_names(self) -> tuple[str, ...]: ...
 
     def predict_one(self, values: Sequence[float]) -> float:
         """Score one row given in ``feature_names`` order."""

@@ -135,7 +135,7 @@ class RunningGateway:
         from ray import serve
 
         serve.delete(APP_NAME)
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
         if self.owns_ray:
             import ray
 

@@ -221,12 +221,13 @@ def parse_predict(body: bytes, request_id: str | None) -> PredictRequest:
         return PredictRequest.model_validate_json(body)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
-            raise InvalidJson(f"body is not valid JSON: {exc.errors()[0]['msg']}", request_id)
+            message = exc.errors()[0]["msg"]
+            raise InvalidJson(f"body is not valid JSON: {message}", request_id) from None
         if any(e["type"] in ("model_type", "model_attributes_type") for e in exc.errors()):
-            raise ValidationFailed("body must be a JSON object", request_id)
+            raise ValidationFailed("body must be a JSON object", request_id) from None
         raise ValidationFailed(
             "invalid request:\n" + format_validation_error(exc), request_id
-        )
+        ) from None
 
 
 def feature_vector(

@@ -211,7 +211,8 @@ def parse_config(data: Any, source: str = "config") -> RampartConfig:
     try:
         return RampartConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source} is not a valid Rampart config:\n{format_validation_error(exc)}")
+        problems = format_validation_error(exc)
+        raise ConfigError(f"{source} is not a valid Rampart config:\n{problems}") from None
 
 
 def load_config(path: str | Path) -> RampartConfig:
@@ -232,7 +233,7 @@ def load_config(path: str | Path) -> RampartConfig:
 
 # --------------------------------------------------------------------------- requests
 
-FeatureValue = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+FeatureValue = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # ints accepted, bools not
 ContextValue = StrictStr | StrictInt | StrictFloat | StrictBool
 
 

@@ -25,7 +25,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -76,7 +76,9 @@ class DecisionRecord(NamedTuple):
 
 def records_to_table(records: list[DecisionRecord]) -> pa.Table:
     """Columnar table in :data:`DECISION_SCHEMA` from buffered records."""
-    columns = list(zip(*records, strict=True)) if records else [[] for _ in DECISION_SCHEMA]
+    columns: list[tuple[Any, ...]] = (
+        list(zip(*records, strict=True)) if records else [() for _ in DECISION_SCHEMA]
+    )
     arrays = []
     for field, values in zip(DECISION_SCHEMA, columns, strict=True):
         if field.name == "timestamp":

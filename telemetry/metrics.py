@@ -58,7 +58,7 @@ class RequestMetrics:
         directory = os.environ.get(MULTIPROC_ENV)
         if directory:
             registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=directory)
+            MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
             return bytes(generate_latest(registry))
         if self.registry is None:
             return b""

@@ -1,0 +1,230 @@
+"""``rampart``: the command line.
+
+Every command validates its input at the edge and answers a mistake with one
+clear message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = Path("deploy/rampart.yaml")
+
+
+class CliError(Exception):
+    """A user mistake: printed as one message, exit code 2."""
+
+
+def _load(path: Path) -> Any:
+    from serving.schemas import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _registry(config: Any) -> Any:
+    from models.registry import MlflowRegistry
+
+    return MlflowRegistry(config.resolved_tracking_uri())
+
+
+def _routing_table(config: Any) -> Any:
+    from models.registry import UnknownModelVersion
+    from serving.router import build_routing_table
+
+    try:
+        return build_routing_table(config, _registry(config).resolve)
+    except UnknownModelVersion as exc:
+        raise CliError(f"{exc}. Run `rampart models seed-demo` for the demo models.") from None
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_seed_demo(args: argparse.Namespace) -> int:
+    from models.demo import seed_demo_models
+
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    uri = args.tracking_uri or f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+    result = seed_demo_models(uri, data_dir / "mlartifacts")
+    state = "registered" if result.created else "already registered, nothing added"
+    print(f"{result.model_name}: {state}; aliases {result.versions} ({uri})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.app import start_gateway
+
+    config = _load(args.config)
+    host = args.host or config.server.host
+    port = args.port or config.server.port
+    if not _port_free(host, port):
+        raise CliError(f"port {port} on {host} is in use; pick another with --port")
+    _routing_table(config)  # fail fast, with a clear message, on unknown versions
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    gateway = start_gateway(config, host=host, port=port, num_replicas=args.replicas)
+    print(f"rampart gateway serving on {gateway.url} (routing version {gateway.table.version}); "
+          "Ctrl-C to stop", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        print("stopping: flushing decision logs", flush=True)
+        gateway.stop()
+        print("stopped", flush=True)
+    return 0
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    from serving.router import route, route_many
+
+    config = _load(args.config)
+    if (args.unit_id is None) == (args.units_file is None):
+        raise CliError("give exactly one of --unit-id or --units-file")
+    table = _routing_table(config)
+    if args.unit_id is not None:
+        if not args.unit_id:
+            raise CliError("--unit-id must not be empty")
+        try:
+            context = json.loads(args.context) if args.context else {}
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--context is not valid JSON: {exc}") from None
+        if not isinstance(context, dict):
+            raise CliError("--context must be a JSON object")
+        decision = route(table, args.unit_id, context)
+        print(json.dumps({
+            "unit_id": decision.unit_id,
+            "unit_type": decision.unit_type,
+            "bucket": decision.bucket,
+            "experiment_id": decision.experiment_id,
+            "arm": decision.arm,
+            "model_name": decision.model.name,
+            "model_version": decision.model.version,
+            "routing_version": table.version,
+        }))
+        return 0
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if args.output is None:
+        raise CliError("--units-file needs --output FILE.parquet")
+    try:
+        raw = Path(args.units_file).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.units_file}: {exc.strerror}") from None
+    try:
+        units = [line for line in raw.decode("utf-8").splitlines() if line]
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{args.units_file} is not UTF-8 text: {exc}") from None
+    started = time.perf_counter()
+    unit_array = pa.array(units, type=pa.string())
+    columns = route_many(table, unit_array)
+    out = pa.table({
+        "unit_id": unit_array,
+        "bucket": pa.array(columns["bucket"], type=pa.int64()).cast(pa.int64()),
+        "experiment_id": pa.array(columns["experiment_id"], type=pa.string()),
+        "arm": pa.array(columns["arm"], type=pa.string()),
+        "model_name": pa.array(columns["model_name"], type=pa.string()),
+        "model_version": pa.array(columns["model_version"], type=pa.string()),
+    })
+    pq.write_table(out, args.output)
+    elapsed = time.perf_counter() - started
+    summary = {"units": len(units), "output": str(args.output), "seconds": round(elapsed, 3)}
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from serving.demo import run_demo
+
+    return run_demo(
+        config_path=args.config, requests=args.requests, concurrency=args.concurrency,
+        port=args.port,
+    )
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rampart",
+        description="Model-serving gateway with deterministic experiments and staged rollout.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    models = sub.add_parser("models", help="MLflow model versions")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
+    seed = models_sub.add_parser(
+        "seed-demo", help="train and register the demo model versions (idempotent)"
+    )
+    seed.add_argument("--data-dir", default=".rampart", help="where the SQLite store lives")
+    seed.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in --data-dir)")
+    seed.set_defaults(func=cmd_seed_demo)
+
+    serve = sub.add_parser("serve", help="start the gateway on local Ray Serve and block")
+    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve.add_argument("--host", help="address to listen on (default from config)")
+    serve.add_argument("--port", type=int, help="port to listen on (default from config)")
+    serve.add_argument("--replicas", type=int, help="gateway replicas (default from config)")
+    serve.set_defaults(func=cmd_serve)
+
+    assign = sub.add_parser("assign", help="print where units are routed")
+    assign.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    assign.add_argument("--unit-id", help="one unit id")
+    assign.add_argument("--context", help="request context as a JSON object")
+    assign.add_argument("--units-file", type=Path, help="a file of unit ids, one per line")
+    assign.add_argument("--output", type=Path, help="Parquet file to write (with --units-file)")
+    assign.set_defaults(func=cmd_assign)
+
+    demo = sub.add_parser("demo", help="seed, serve, drive traffic, print per-version table")
+    demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    demo.add_argument("--requests", type=int, default=4000)
+    demo.add_argument("--concurrency", type=int, default=8)
+    demo.add_argument("--port", type=int, help="port for the gateway (default from config)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        code: int = args.func(args)
+    except CliError as exc:
+        print(f"rampart: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rampart: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
