@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from serving.schemas import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _base() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "deploy" / "rampart.yaml").read_text())
+    return data
+
+
+def test_embedded_default_config_is_valid() -> None:
+    config = load_config(ROOT / "deploy" / "rampart.yaml")
+    assert config.experiments[0].arms[0].weight_bp == 9000
+    assert config.resolved_tracking_uri().startswith("sqlite:///")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["experiments"][0]["arms"][1].update(version="7"), "unknown model version"),
+        (lambda d: d["experiments"][0]["arms"][1].update(weight_bp=500), "sum to 9500"),
+        (lambda d: d["experiments"].append(d["experiments"][0]), "duplicate experiment ids"),
+        (lambda d: d["experiments"][0].update(salt="bad salt!"), "salt must be"),
+        (lambda d: d["experiments"][0].update(unit="email"), "user_id"),
+        (lambda d: d["default"].update(model="nope"), "unknown model version nope/champion"),
+        (lambda d: d["experiments"][0]["arms"][1].update(name="control"), "distinct"),
+        (lambda d: d.update(colour="blue"), "colour"),
+        (
+            lambda d: d["experiments"][0].update(
+                targeting=[{"attribute": "age", "op": "gte", "value": "x"}]
+            ),
+            "numeric",
+        ),
+    ],
+)
+def test_each_mistake_is_named(mutate: Any, message: str) -> None:
+    data = _base()
+    mutate(data)
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert message in str(err.value)
+
+
+def test_every_mistake_is_reported_at_once() -> None:
+    data = _base()
+    data["experiments"][0]["salt"] = ""
+    data["server"] = {"port": 0}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    text = str(err.value)
+    assert "experiments.0.salt" in text and "server.port" in text
+
+
+def test_unreadable_and_non_mapping_files_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("models: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from telemetry.decision_log import (
+    DECISION_SCHEMA,
+    DecisionLogWriter,
+    DecisionRecord,
+    read_decisions,
+)
+
+
+def _record(i: int, experiment: str | None = "exp") -> DecisionRecord:
+    return DecisionRecord(
+        f"r{i}", f"u{i}", "user_id", experiment, None, "control", "clf", "1", "primary",
+        time.time(), {"f0": float(i)}, 0.5, 1.25, "ok", None,
+    )
+
+
+def test_flushes_on_size_and_on_close(tmp_path: Path) -> None:
+    writer = DecisionLogWriter(tmp_path, "w1", batch_rows=10, flush_interval_s=3600)
+    for i in range(25):
+        writer.append(_record(i))
+    deadline = time.monotonic() + 10
+    while writer.rows_written < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writer.rows_written >= 20  # two full batches without waiting for the timer
+    writer.close()
+    table = read_decisions(tmp_path)
+    assert table.schema == DECISION_SCHEMA
+    assert sorted(table.column("request_id").to_pylist()) == sorted(f"r{i}" for i in range(25))
+    writer.close()  # idempotent
+
+
+def test_flushes_on_time(tmp_path: Path) -> None:
+    writer = DecisionLogWriter(tmp_path, "w2", batch_rows=1000, flush_interval_s=0.05)
+    writer.append(_record(1))
+    deadline = time.monotonic() + 10
+    while writer.rows_written < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writer.rows_written == 1
+    writer.close()
+
+
+def test_partitions_by_date_and_experiment_and_keeps_all_columns(tmp_path: Path) -> None:
+    writer = DecisionLogWriter(tmp_path, "w3", batch_rows=100, flush_interval_s=3600)
+    writer.append(_record(1, "exp-a"))
+    writer.append(_record(2, None))
+    writer.close()
+    dirs = sorted(p.parent.name for p in tmp_path.rglob("*.parquet"))
+    assert dirs == ["experiment=_none", "experiment=exp-a"]
+    rows = {r["request_id"]: r for r in read_decisions(tmp_path).to_pylist()}
+    assert rows["r1"]["experiment_id"] == "exp-a" and rows["r2"]["experiment_id"] is None
+    assert rows["r1"]["features"] == [("f0", 1.0)]
+    assert rows["r1"]["latency_ms"] == 1.25 and rows["r1"]["role"] == "primary"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_empty_directory_reads_as_empty_table(tmp_path: Path) -> None:
+    assert read_decisions(tmp_path).num_rows == 0
