@@ -130,10 +130,15 @@ class RunningGateway:
     table: RoutingTable
     config: RampartConfig
     owns_ray: bool
+    stopped: bool = False
 
     def stop(self) -> None:
+        """Delete the app (replicas flush their logs), stop Serve, and Ray if ours. Idempotent."""
         from ray import serve
 
+        if self.stopped:
+            return
+        self.stopped = True
         serve.delete(APP_NAME)
         serve.shutdown()  # type: ignore[no-untyped-call]
         if self.owns_ray:
@@ -178,7 +183,7 @@ def start_gateway(
     set_ingress_env()
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False,
+        ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})

@@ -20,6 +20,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -119,18 +120,22 @@ class ExperimentSpec(_Frozen):
             )
         return salt
 
-    @model_validator(mode="after")
-    def _arms(self) -> ExperimentSpec:
-        names = [a.name for a in self.arms]
+    # A field validator (not a model one) so that a bad salt and bad weights
+    # are both reported in the same error.
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, arms: tuple[ArmSpec, ...], info: ValidationInfo) -> tuple[ArmSpec, ...]:
+        experiment = info.data.get("id", "?")
+        names = [a.name for a in arms]
         if len(set(names)) != len(names):
-            raise ValueError(f"experiment {self.id!r}: arm names must be distinct, got {names}")
-        total = sum(a.weight_bp for a in self.arms)
+            raise ValueError(f"experiment {experiment!r}: arm names must be distinct, got {names}")
+        total = sum(a.weight_bp for a in arms)
         if total != BUCKETS:
             raise ValueError(
-                f"experiment {self.id!r}: arm weights sum to {total} basis points; "
+                f"experiment {experiment!r}: arm weights sum to {total} basis points; "
                 f"they must sum to {BUCKETS} (100%)"
             )
-        return self
+        return arms
 
 
 class DecisionLogConfig(_Frozen):

@@ -41,9 +41,8 @@ experiments:
 class InMemoryRegistry:
     """Two versions of ``clf``; aliases champion -> 1, challenger -> 2."""
 
-    aliases = {"champion": "1", "challenger": "2"}
-
     def __init__(self) -> None:
+        self.aliases = {"champion": "1", "challenger": "2"}
         self.scorers = {
             "1": LinearScorer("clf", "1", FEATURES, tuple([0.5] * 8), -0.1, True),
             "2": LinearScorer("clf", "2", FEATURES, tuple([0.25] * 8), 0.2, True),

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import CollectorRegistry
 
 from serving.gateway import GatewayCore, build_app
 from serving.router import route
@@ -118,7 +117,8 @@ def test_every_request_is_counted_logged_and_traced_with_the_same_keys(
     gateway["writer"].flush()
     gateway["provider"].force_flush()
     rows = {r["request_id"]: r for r in read_decisions(gateway["dir"]).to_pylist()}
-    spans = {s.attributes["rampart.request_id"]: s for s in gateway["exporter"].get_finished_spans()}
+    finished = gateway["exporter"].get_finished_spans()
+    spans = {s.attributes["rampart.request_id"]: s for s in finished}
     assert len(rows) == len(spans) == 60
     for answer in answers:
         row, span = rows[answer["request_id"]], spans[answer["request_id"]]
@@ -147,7 +147,8 @@ def test_metrics_routing_health_and_openapi(gateway: dict[str, Any]) -> None:
     assert "rampart_request_latency_seconds_bucket{" in metrics.text
     assert client.get("/healthz").json() == {"status": "ok", "routing_version": 1}
     routing = client.get("/v1/routing").json()
-    assert routing["version"] == 1 and [e["id"] for e in routing["experiments"]] == ["exp-a", "exp-b"]
+    assert routing["version"] == 1
+    assert [e["id"] for e in routing["experiments"]] == ["exp-a", "exp-b"]
     spec = client.get("/openapi.json").json()
     assert "/v1/predict" in spec["paths"]
     body_schema = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]

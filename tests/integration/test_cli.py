@@ -1,0 +1,154 @@
+"""The ``rampart`` command line, run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from serving.assignment import bucket
+from serving.traffic import Population, drive_traffic
+from telemetry.decision_log import read_decisions
+
+ROOT = Path(__file__).resolve().parents[2]
+RAMPART = str(Path(sys.executable).parent / "rampart")
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([RAMPART, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def config_file(mlflow_store: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("cli")
+    data = yaml.safe_load((ROOT / "deploy" / "rampart.yaml").read_text())
+    data["tracking_uri"] = mlflow_store["uri"]
+    data["data_dir"] = str(tmp)
+    data["decision_log"] = {"path": str(tmp / "decisions"), "flush_interval_s": 30,
+                            "batch_rows": 100_000}
+    data["telemetry"] = {"metrics_dir": str(tmp / "metrics")}
+    data["server"] = {"host": "127.0.0.1", "port": 18_480, "num_replicas": 1}
+    path = tmp / "rampart.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["models"], ["models", "seed-demo"], ["serve"], ["assign"], ["demo"]],
+)
+def test_every_command_has_help(command: list[str]) -> None:
+    result = run(*command, "--help", timeout=60)
+    assert result.returncode == 0 and "usage: rampart" in result.stdout
+
+
+def test_assign_one_unit_prints_its_route(config_file: Path) -> None:
+    result = run("assign", "--config", str(config_file), "--unit-id", "user-42")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["bucket"] == bucket("demo-2026-11", "user-42")
+    assert out["experiment_id"] == "demo-champion-vs-challenger"
+    assert out["arm"] == ("challenger" if out["bucket"] < 1000 else "control")
+    assert out["model_version"] == ("2" if out["arm"] == "challenger" else "1")
+
+
+def test_assign_a_file_of_units_agrees_with_single_assignment(
+    config_file: Path, tmp_path: Path
+) -> None:
+    units = [f"user-{i}" for i in range(200_000)]
+    (tmp_path / "units.txt").write_text("\n".join(units) + "\n")
+    out = tmp_path / "assigned.parquet"
+    result = run("assign", "--config", str(config_file), "--units-file",
+                 str(tmp_path / "units.txt"), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(out)
+    assert table.column_names == ["unit_id", "bucket", "experiment_id", "arm", "model_name",
+                                  "model_version"]
+    assert table.num_rows == len(units)
+    rows = table.slice(0, 50).to_pylist() + table.slice(150_000, 50).to_pylist()
+    for row in rows:
+        assert row["bucket"] == bucket("demo-2026-11", row["unit_id"])
+        assert row["arm"] == ("challenger" if row["bucket"] < 1000 else "control")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["assign", "--config", "/nonexistent.yaml", "--unit-id", "u"], "cannot read config"),
+        (["assign", "--unit-id", "u", "--context", "{oops"], "--context is not valid JSON"),
+        (["assign"], "exactly one of --unit-id or --units-file"),
+        (["assign", "--units-file", "/nonexistent.txt", "--output", "x.parquet"], "cannot read"),
+        (["serve", "--config", "/nonexistent.yaml"], "cannot read config"),
+    ],
+)
+def test_bad_cli_input_gets_one_clear_message(
+    config_file: Path, args: list[str], needle: str
+) -> None:
+    if "--config" not in args:
+        args = [args[0], "--config", str(config_file), *args[1:]]
+    result = run(*args)
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_mistakes_are_listed_by_the_cli(tmp_path: Path, config_file: Path) -> None:
+    data = yaml.safe_load(config_file.read_text())
+    data["experiments"][0]["arms"][1]["weight_bp"] = 2000
+    data["experiments"][0]["salt"] = "no spaces allowed"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = run("assign", "--config", str(bad), "--unit-id", "u")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "sum to 11000" in result.stderr and "salt must be" in result.stderr
+
+
+def test_seed_demo_twice_adds_nothing(mlflow_store: dict[str, Any]) -> None:
+    result = run("models", "seed-demo", "--tracking-uri", str(mlflow_store["uri"]),
+                 "--data-dir", str(mlflow_store["root"]))
+    assert result.returncode == 0, result.stderr
+    assert "nothing added" in result.stdout
+
+
+def test_serve_stops_cleanly_on_sigterm_and_flushes_every_decision(config_file: Path) -> None:
+    data = yaml.safe_load(config_file.read_text())
+    url = f"http://127.0.0.1:{data['server']['port']}"
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
+    proc = subprocess.Popen([RAMPART, "serve", "--config", str(config_file)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("rampart serve did not come up")
+        # The flush interval is 30 s and the batch is large: only shutdown writes these.
+        result = drive_traffic(url, Population(size=100), 300, concurrency=4, seed=5)
+        assert result.ok == 300
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output
+        assert "stopped" in output
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    rows = read_decisions(Path(data["decision_log"]["path"])).to_pylist()
+    assert sorted(r["request_id"] for r in rows if r["status"] == "ok") == sorted(
+        result.sent_request_ids)
