@@ -1,0 +1,152 @@
+"""Rollout plans: what to ramp, how fast, and what rolls it back.
+
+Validated once at the edge (CLI or admin API); the controller receives a
+frozen :class:`RolloutPlan`. Vocabulary follows progressive-delivery tools:
+``interval_s`` between analyses, ``failure_limit`` (Flagger's threshold)
+failed checks in a row before rollback, ``steps`` in percent.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from serving.schemas import ID_PATTERN, SALT_PATTERN, UnitType, format_validation_error
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ThresholdRange(_Frozen):
+    """Accepted range of a custom check's value; either end may be open."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ThresholdRange:
+        if self.min is None and self.max is None:
+            raise ValueError("a thresholdRange needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"thresholdRange min {self.min} is above max {self.max}")
+        return self
+
+
+class PromQLCheck(_Frozen):
+    """A custom check: a PromQL query whose scalar result must lie in the range.
+
+    ``{rollout_id}``, ``{model_name}``, ``{baseline_version}`` and
+    ``{candidate_version}`` in the query are replaced before it runs.
+    """
+
+    name: str = Field(pattern=ID_PATTERN)
+    query: str = Field(min_length=1)
+    threshold_range: ThresholdRange = Field(alias="thresholdRange")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Guardrails(_Frozen):
+    """Absolute limits on the candidate, mostly as deltas against the baseline."""
+
+    p99_latency_delta_ms: float | None = Field(default=50.0, gt=0)
+    p99_latency_max_ms: float | None = Field(default=None, gt=0)
+    error_rate_delta: float | None = Field(default=0.01, gt=0, le=1)
+    min_check_requests: int = Field(
+        default=10, ge=1, description="candidate requests a check needs before it can judge"
+    )
+    promql: tuple[PromQLCheck, ...] = ()
+
+
+class RolloutPlan(_Frozen):
+    """A canary-to-ramp rollout of one candidate version against a baseline."""
+
+    id: str | None = Field(default=None, pattern=ID_PATTERN)
+    model_name: str = Field(min_length=1)
+    baseline_version: str = Field(min_length=1)
+    candidate_version: str = Field(min_length=1)
+    unit: UnitType = "user_id"
+    salt: str | None = None
+    steps: tuple[float, ...] = (1, 5, 25, 50, 100)
+    interval_s: float = Field(default=10.0, ge=1.0, le=3600.0)
+    min_requests: int = Field(default=100, ge=1)
+    pause_before: tuple[float, ...] = Field(
+        default=(), description="manual gates: pause before these step percentages"
+    )
+    failure_limit: int = Field(default=2, ge=1, le=100)
+    guardrails: Guardrails = Guardrails()
+    metrics_source: str = Field(default="builtin", pattern=r"^(builtin|prometheus)$")
+    prometheus_url: str | None = None
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: tuple[float, ...]) -> tuple[float, ...]:
+        if not steps:
+            raise ValueError("steps must not be empty")
+        if any(s <= 0 or s > 100 for s in steps):
+            raise ValueError(f"every step must be in (0, 100] percent, got {list(steps)}")
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"steps must strictly increase, got {list(steps)}")
+        if steps[-1] != 100:
+            raise ValueError(f"the last step must be 100 percent, got {steps[-1]}")
+        if any(round(s * 100) != s * 100 for s in steps):
+            raise ValueError("steps are whole basis points (at most two decimals)")
+        return steps
+
+    @field_validator("salt")
+    @classmethod
+    def _salt(cls, salt: str | None) -> str | None:
+        if salt is not None and not SALT_PATTERN.match(salt):
+            raise ValueError("salt must be 1-64 characters of letters, digits and '_.:-'")
+        return salt
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RolloutPlan:
+        problems = []
+        if self.baseline_version == self.candidate_version:
+            problems.append("baseline_version and candidate_version must differ")
+        unknown_gates = sorted(set(self.pause_before) - set(self.steps))
+        if unknown_gates:
+            problems.append(f"pause_before names steps not in the plan: {unknown_gates}")
+        if self.metrics_source == "prometheus" and not self.prometheus_url:
+            problems.append("metrics_source prometheus needs prometheus_url")
+        if self.guardrails.promql and not self.prometheus_url:
+            problems.append("promql checks need prometheus_url")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def step_bp(self, index: int) -> int:
+        """Candidate weight of step ``index`` in basis points."""
+        return round(self.steps[index] * 100)
+
+
+class PlanError(Exception):
+    """A plan that cannot be used; the message names every problem."""
+
+
+def parse_plan(data: Any, source: str = "plan") -> RolloutPlan:
+    if not isinstance(data, dict):
+        raise PlanError(f"{source} must be a mapping")
+    try:
+        return RolloutPlan.model_validate(data)
+    except ValidationError as exc:
+        problems = format_validation_error(exc)
+        raise PlanError(f"{source} is not a valid rollout plan:\n{problems}") from None
+
+
+def load_plan(path: str | Path) -> RolloutPlan:
+    """Read a plan from YAML or JSON."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PlanError(f"cannot read plan {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise PlanError(f"{path} is not valid YAML or JSON: {exc}") from None
+    return parse_plan(data, source=str(path))
