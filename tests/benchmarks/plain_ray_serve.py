@@ -8,8 +8,10 @@ requests in flight, no access log, no dashboard) so the only difference left
 is the request path: client -> Ray Serve proxy -> replica.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Ray Serve rebuilds the
+# class-based routes in the replica, where string annotations such as
+# "PredictIn" would not resolve and FastAPI would take the body for a query
+# parameter.
 import logging
 import os
 import signal
