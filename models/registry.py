@@ -178,6 +178,17 @@ class MlflowRegistry:
             ) from exc
         return str(mv.version)
 
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point ``alias`` at ``version`` (promotion moves ``champion``)."""
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def tag_version(self, name: str, version: str, key: str, value: str) -> None:
+        """Record something on a version (each rollout's outcome, say)."""
+        self.client.set_model_version_tag(name, version, key, value)
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(name, version).tags)
+
     def model_uri(self, name: str, version: str) -> str:
         return f"models:/{name}/{version}"
 

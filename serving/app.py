@@ -15,21 +15,24 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 from pydantic import BaseModel, ConfigDict
 
-from serving.router import RoutingTable, build_routing_table
+from serving.router import RoutingTable
 from serving.schemas import RampartConfig
 from telemetry.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "rampart"
+ADMIN_TOKEN_ENV = "RAMPART_ADMIN_TOKEN"
 DEPLOYMENT_NAME = "RampartGateway"
 INGRESS_ENV = {
     # Replicas serve HTTP themselves; HAProxy (shipped with Ray) fronts them.
@@ -48,9 +51,13 @@ class ReplicaSettings(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     config: RampartConfig
-    table: Any  # RoutingTable (a frozen dataclass; pickled by Ray as is)
     tracking_uri: str
     decision_dir: Path
+    admin_token: str | None = None
+    poll_interval_s: float = 0.1
+
+    def __repr__(self) -> str:  # never print the token in Ray's logs
+        return f"ReplicaSettings(tracking_uri={self.tracking_uri!r})"
 
 
 def set_ingress_env() -> None:
@@ -78,21 +85,42 @@ def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
     @serve.ingress()
     class RampartGateway:
         def __init__(self, settings: ReplicaSettings) -> None:
-            self.core: GatewayCore = build_core(settings)
+            from models.registry import MlflowRegistry
+            from rollout.actor import get_controller
+
+            self.settings = settings
+            self.registry = MlflowRegistry(settings.tracking_uri)
+            self.controller = get_controller()
+            snapshot = ray.get(self.controller.snapshot.remote(-1), timeout=60)
+            self.core: GatewayCore = build_core(settings, snapshot.table, self.registry)
+            self.core.apply_snapshot(snapshot.table, active_faults(snapshot),
+                                     self.registry.load)
+            self._stop = threading.Event()
+            self._poller = threading.Thread(target=self._poll, name="routing-poll", daemon=True)
+            self._poller.start()
+
+        def _poll(self) -> None:
+            # Off the request path: fetch newer routing tables from the controller,
+            # load any new version, then swap in one reference assignment.
+            while not self._stop.wait(self.settings.poll_interval_s):
+                try:
+                    snapshot = ray.get(
+                        self.controller.snapshot.remote(self.core.table.version), timeout=10)
+                    if snapshot is not None:
+                        self.core.apply_snapshot(snapshot.table, active_faults(snapshot),
+                                                 self.registry.load)
+                except Exception:
+                    log.exception("routing poll failed; serving the last table")
 
         def __serve_build_asgi_app__(self) -> Any:
-            return build_app(self.core)
-
-        def swap_table(self, table: RoutingTable) -> int:
-            self.core.swap_table(table)
-            return self.core.table.version
-
-        def flush_decisions(self) -> int:
-            log_writer = self.core.decision_log
-            return log_writer.flush() if log_writer is not None else 0
+            return build_app(self.core, RayControlPlane(self.controller),
+                             self.settings.admin_token)
 
         def __del__(self) -> None:
             # Ray Serve calls __del__ on graceful replica shutdown: flush the log.
+            stop = getattr(self, "_stop", None)
+            if stop is not None:
+                stop.set()
             core = getattr(self, "core", None)
             if core is not None:
                 core.close()
@@ -100,16 +128,31 @@ def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
     return RampartGateway
 
 
-def build_core(settings: ReplicaSettings) -> Any:
+class RayControlPlane:
+    """The admin API's view of the controller actor (one Ray hop, admin only)."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    async def call(self, op: str, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        result: tuple[int, dict[str, Any]] = await self.actor.call.remote(op, args)
+        return result
+
+
+def active_faults(snapshot: Any) -> dict[tuple[str, str], Any]:
+    from serving.gateway import ActiveFault
+
+    return {(f.model_name, f.model_version): ActiveFault(f.latency_ms / 1000.0, f.error_rate)
+            for f in snapshot.faults}
+
+
+def build_core(settings: ReplicaSettings, table: RoutingTable, registry: Any) -> Any:
     """Load every reachable version and wire the request path for one replica."""
-    from models.registry import MlflowRegistry
     from serving.gateway import GatewayCore
     from telemetry.decision_log import DecisionLogWriter
     from telemetry.metrics import RequestMetrics
     from telemetry.tracing import build_tracer_provider
 
-    registry = MlflowRegistry(settings.tracking_uri)
-    table: RoutingTable = settings.table
     scorers = {(r.name, r.version): registry.load(r.name, r.version) for r in table.model_refs()}
     cfg = settings.config.decision_log
     writer = DecisionLogWriter(
@@ -130,6 +173,7 @@ class RunningGateway:
     table: RoutingTable
     config: RampartConfig
     owns_ray: bool
+    controller: Any = None
     stopped: bool = False
 
     def stop(self) -> None:
@@ -140,10 +184,11 @@ class RunningGateway:
             return
         self.stopped = True
         serve.delete(APP_NAME)
+        if self.controller is not None:
+            ray.get(self.controller.stop.remote(), timeout=30)
+            ray.kill(self.controller)
         serve.shutdown()  # type: ignore[no-untyped-call]
         if self.owns_ray:
-            import ray
-
             ray.shutdown()
 
 
@@ -161,21 +206,20 @@ def start_gateway(
     host: str | None = None,
     port: int | None = None,
     num_replicas: int | None = None,
+    admin_token: str | None = None,
     ready_timeout_s: float = 120.0,
 ) -> RunningGateway:
-    """Start Ray (if needed) and the gateway app; return once it answers /healthz."""
+    """Start Ray (if needed), the rollout controller and the gateway app;
+    return once the gateway answers /healthz."""
     import httpx
-    import ray
     from ray import serve
 
-    from models.registry import MlflowRegistry
+    from rollout.actor import start_controller
 
     host = host or config.server.host
     port = port or config.server.port
     replicas = num_replicas or config.server.num_replicas
     tracking_uri = config.resolved_tracking_uri()
-    registry = MlflowRegistry(tracking_uri)
-    table = build_routing_table(config, registry.resolve)
     decision_dir, metrics_dir = resolve_paths(config)
     decision_dir.mkdir(parents=True, exist_ok=True)
     prepare_multiprocess_dir(metrics_dir)
@@ -185,11 +229,13 @@ def start_gateway(
     if owns_ray:
         ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False)
+    controller = start_controller(config, config.resolved_store_url(), tracking_uri, metrics_dir)
     serve.start(http_options={"host": host, "port": port},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
     deployment = _build_deployment(replicas, metrics_dir)
     settings = ReplicaSettings(
-        config=config, table=table, tracking_uri=tracking_uri, decision_dir=decision_dir
+        config=config, tracking_uri=tracking_uri, decision_dir=decision_dir,
+        admin_token=admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
     )
     serve.run(deployment.bind(settings), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{host}:{port}"
@@ -198,7 +244,8 @@ def start_gateway(
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
-                return RunningGateway(url, table, config, owns_ray)
+                table = ray.get(controller.snapshot.remote(-1)).table
+                return RunningGateway(url, table, config, owns_ray, controller)
         except httpx.HTTPError as exc:
             last_error = str(exc)
         time.sleep(0.25)

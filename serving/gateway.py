@@ -12,11 +12,14 @@ microseconds.
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from fastapi import FastAPI, Request
@@ -71,6 +74,22 @@ class ModelFailed(RampartError):
     code, status = "model_error", 500
 
 
+class InjectedFault(RuntimeError):
+    """Raised by an injected error fault (chaos testing), never by real code."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveFault:
+    latency_s: float
+    error_rate: float
+
+
+class ControlPlane(Protocol):
+    """The rollout control plane as the admin API sees it."""
+
+    async def call(self, op: str, args: dict[str, Any]) -> tuple[int, dict[str, Any]]: ...
+
+
 def error_body(error: RampartError) -> bytes:
     return orjson.dumps(
         {"error": {"code": error.code, "message": error.message, "request_id": error.request_id}}
@@ -102,6 +121,8 @@ class GatewayCore:
         self.tracer = tracer
         self.decision_log = decision_log
         self._feature_sets = {key: frozenset(s.feature_names) for key, s in self.scorers.items()}
+        self.faults: dict[tuple[str, str], ActiveFault] = {}
+        self._random = random.Random()
 
     @property
     def table(self) -> RoutingTable:
@@ -116,7 +137,25 @@ class GatewayCore:
             return
         self._table = table
 
-    def predict(self, body: bytes, header_request_id: str | None = None) -> Outcome:
+    def apply_snapshot(
+        self, table: RoutingTable, faults: Mapping[tuple[str, str], ActiveFault],
+        load: Callable[[str, str], Scorer],
+    ) -> None:
+        """Load whatever versions the new table needs, then swap table and faults.
+
+        Loading happens before the swap, so no request is ever routed to a
+        version this replica cannot score.
+        """
+        for ref in table.model_refs():
+            key = (ref.name, ref.version)
+            if key not in self.scorers:
+                scorer = load(ref.name, ref.version)
+                self._feature_sets[key] = frozenset(scorer.feature_names)
+                self.scorers[key] = scorer
+        self.faults = dict(faults)
+        self.swap_table(table)
+
+    async def predict(self, body: bytes, header_request_id: str | None = None) -> Outcome:
         """Answer one ``POST /v1/predict`` body; never raises for bad input."""
         started = time.perf_counter()
         request_id = header_request_id
@@ -142,6 +181,9 @@ class GatewayCore:
         error_text: str | None = None
         prediction: float | None = None
         try:
+            fault = self.faults.get(key)
+            if fault is not None:
+                await self._inject(fault)
             prediction = scorer.predict_one(values)
         except Exception as exc:  # a broken model version is a server error, logged
             error_text = f"{type(exc).__name__}: {exc}"
@@ -163,6 +205,12 @@ class GatewayCore:
         latency_s = time.perf_counter() - started
         self._record(request_id, request, decision, prediction, latency_s, status, error_text)
         return Outcome(status_code, body_out)
+
+    async def _inject(self, fault: ActiveFault) -> None:
+        if fault.latency_s > 0:
+            await asyncio.sleep(fault.latency_s)
+        if fault.error_rate > 0 and self._random.random() < fault.error_rate:
+            raise InjectedFault("injected error fault")
 
     def _record(
         self,
@@ -265,8 +313,19 @@ async def read_body_limited(request: Request, limit: int = MAX_BODY_BYTES) -> by
     return b"".join(chunks)
 
 
-def build_app(core: GatewayCore) -> FastAPI:
-    """FastAPI app over one :class:`GatewayCore` (used in-process and on Ray Serve)."""
+def _json(status: int, body: Any) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON)
+
+
+def build_app(
+    core: GatewayCore, control: ControlPlane | None = None, admin_token: str | None = None
+) -> FastAPI:
+    """FastAPI app over one :class:`GatewayCore` (used in-process and on Ray Serve).
+
+    Admin routes need ``Authorization: Bearer <RAMPART_ADMIN_TOKEN>``; with no
+    token configured they refuse every call. The inference route never
+    changes routing.
+    """
     app = FastAPI(
         title="Rampart gateway",
         version="0.1.0",
@@ -295,7 +354,7 @@ def build_app(core: GatewayCore) -> FastAPI:
         except RampartError as error:
             error.request_id = header_id
             return Response(error_body(error), status_code=error.status, media_type=JSON)
-        outcome = core.predict(body, header_id)
+        outcome = await core.predict(body, header_id)
         return Response(outcome.body, status_code=outcome.status_code, media_type=JSON)
 
     @app.get("/healthz")
@@ -310,4 +369,89 @@ def build_app(core: GatewayCore) -> FastAPI:
     async def metrics() -> Response:
         return Response(core.metrics.render(), media_type=CONTENT_TYPE)
 
+    add_admin_routes(app, control, admin_token)
     return app
+
+
+def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: str | None) -> None:
+    """``/v1/admin/*``: rollouts, Alertmanager webhook, fault injection."""
+
+    def unauthorized(request: Request) -> Response | None:
+        if not admin_token:
+            return _json(401, {"error": {"code": "unauthorized", "message":
+                               "admin API disabled: start the gateway with RAMPART_ADMIN_TOKEN"}})
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {admin_token}".encode()):
+            return _json(401, {"error": {"code": "unauthorized",
+                                         "message": "missing or wrong bearer token"}})
+        if control is None:
+            return _json(503, {"error": {"code": "no_control_plane",
+                                         "message": "no rollout controller is running"}})
+        return None
+
+    async def body_json(request: Request) -> tuple[Any, Response | None]:
+        try:
+            raw = await read_body_limited(request)
+            return (orjson.loads(raw) if raw else {}), None
+        except PayloadTooLarge as error:
+            return None, _json(error.status, {"error": {"code": error.code,
+                                                        "message": error.message}})
+        except orjson.JSONDecodeError as exc:
+            return None, _json(400, {"error": {"code": "invalid_json",
+                                               "message": f"body is not valid JSON: {exc}"}})
+
+    async def run(request: Request, op: str,
+                  args: Callable[[Any], dict[str, Any]] | None = None) -> Response:
+        refused = unauthorized(request)
+        if refused is not None:
+            return refused
+        payload: Any = None
+        if args is not None:
+            payload, bad = await body_json(request)
+            if bad is not None:
+                return bad
+        assert control is not None
+        status, body = await control.call(op, args(payload) if args else {})
+        return _json(status, body)
+
+    admin_responses: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+    }
+
+    @app.post("/v1/admin/rollouts", status_code=201, responses=admin_responses)
+    async def create_rollout(request: Request) -> Response:
+        return await run(request, "create", lambda body: {"plan": body})
+
+    @app.get("/v1/admin/rollouts", responses=admin_responses)
+    async def list_rollouts(request: Request) -> Response:
+        return await run(request, "list")
+
+    @app.get("/v1/admin/rollouts/{rollout_id}", responses=admin_responses)
+    async def describe_rollout(rollout_id: str, request: Request) -> Response:
+        return await run(request, "describe", lambda _: {"id": rollout_id})
+
+    def command_route(op: str) -> Callable[[str, Request], Awaitable[Response]]:
+        async def command(rollout_id: str, request: Request) -> Response:
+            def args(body: Any) -> dict[str, Any]:
+                reason = body.get("reason", "") if isinstance(body, dict) else ""
+                return {"id": rollout_id, "reason": str(reason)}
+
+            return await run(request, op, args)
+
+        return command
+
+    for op in ("pause", "resume", "promote", "abort"):
+        app.add_api_route(f"/v1/admin/rollouts/{{rollout_id}}/{op}", command_route(op),
+                          methods=["POST"], responses=admin_responses,
+                          name=f"{op}_rollout")
+
+    @app.post("/v1/admin/alerts", responses=admin_responses)
+    async def alerts(request: Request) -> Response:
+        """Alertmanager webhook receiver: firing alerts with a ``rollout`` label roll it back."""
+        return await run(request, "alert", lambda body: {"payload": body})
+
+    @app.post("/v1/admin/faults", responses=admin_responses)
+    async def faults(request: Request) -> Response:
+        """Inject latency or errors into one model version (chaos testing)."""
+        return await run(request, "fault", lambda body: {"fault": body})

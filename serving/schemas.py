@@ -162,6 +162,7 @@ class RampartConfig(_Frozen):
 
     tracking_uri: str | None = None
     data_dir: Path = Path(".rampart")
+    rollout_store_url: str | None = None
     models: tuple[ModelSpec, ...] = Field(min_length=1)
     default: ModelTarget
     experiments: tuple[ExperimentSpec, ...] = ()
@@ -189,6 +190,12 @@ class RampartConfig(_Frozen):
         if duplicates:
             raise ValueError(f"duplicate experiment ids: {duplicates}")
         return self
+
+    def resolved_store_url(self) -> str:
+        """SQLAlchemy URL of the rollout store: configured, or SQLite under ``data_dir``."""
+        if self.rollout_store_url:
+            return self.rollout_store_url
+        return f"sqlite:///{(self.data_dir / 'rollouts.db').resolve()}"
 
     def resolved_tracking_uri(self) -> str:
         """MLflow tracking URI: the configured one or SQLite under ``data_dir``."""

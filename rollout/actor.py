@@ -1,0 +1,86 @@
+"""The single rollout controller of a Ray cluster: a named actor around
+:class:`RolloutService`, ticking the rollouts on its own thread.
+
+Gateway replicas poll :meth:`ControllerActor.snapshot` for newer routing
+tables; the admin API reaches :meth:`ControllerActor.call`. The actor is
+created by the process that starts the gateway and shares its fate: kill that
+process and the actor goes with it; start it again and the new actor resumes
+every rollout from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from rollout.api import dispatch
+from rollout.metrics_source import BuiltinMetricsSource, MetricsSource, PrometheusMetricsSource
+from rollout.plan import RolloutPlan
+from rollout.service import RolloutService, RoutingSnapshot
+from rollout.store import RolloutStore
+from serving.schemas import RampartConfig
+
+log = logging.getLogger(__name__)
+
+CONTROLLER_NAME = "rampart-rollout-controller"
+CONTROLLER_NAMESPACE = "rampart"
+
+
+class ControllerActor:
+    def __init__(self, config: RampartConfig, store_url: str, tracking_uri: str,
+                 metrics_dir: str) -> None:
+        from models.registry import MlflowRegistry
+
+        builtin = BuiltinMetricsSource(Path(metrics_dir))
+
+        def metrics_for(plan: RolloutPlan) -> MetricsSource:
+            if plan.metrics_source == "prometheus" and plan.prometheus_url:
+                return PrometheusMetricsSource(plan.prometheus_url)
+            return builtin
+
+        self.service = RolloutService(config, RolloutStore(store_url),
+                                      MlflowRegistry(tracking_uri), metrics_for)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rollout-ticks", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.service.tick()
+            except Exception:  # one bad tick must not stop every rollout
+                log.exception("rollout tick failed")
+            self._stop.wait(min(0.2, self.service.next_due_in()))
+
+    def ready(self) -> bool:
+        return True
+
+    def snapshot(self, known_version: int) -> RoutingSnapshot | None:
+        return self.service.snapshot(known_version)
+
+    def call(self, op: str, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return dispatch(self.service, op, args)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.service.store.close()
+
+
+def start_controller(config: RampartConfig, store_url: str, tracking_uri: str,
+                     metrics_dir: Path) -> Any:
+    """Create (or find) the cluster's controller actor and wait until it is up."""
+    remote_cls: Any = ray.remote(num_cpus=0, max_concurrency=32)(ControllerActor)  # type: ignore[call-overload]
+    actor = remote_cls.options(
+        name=CONTROLLER_NAME, namespace=CONTROLLER_NAMESPACE, get_if_exists=True,
+    ).remote(config, store_url, tracking_uri, str(metrics_dir))
+    ray.get(actor.ready.remote(), timeout=120)
+    return actor
+
+
+def get_controller() -> Any:
+    return ray.get_actor(CONTROLLER_NAME, namespace=CONTROLLER_NAMESPACE)

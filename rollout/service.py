@@ -1,0 +1,360 @@
+"""The rollout control plane's I/O shell around the pure controller.
+
+:class:`RolloutService` owns the store, the MLflow registry, the metrics
+sources and the routing table the gateways serve. Every entry point (a new
+plan, an operator command, an Alertmanager webhook, the periodic tick) ends
+in the same place: feed the pure :func:`rollout.controller.step`, then carry
+out its actions in order — publish the routing table first, then move or tag
+MLflow aliases, then persist the state and the audit trail.
+
+It is plain Python: tests drive it directly with a real SQLite store and a
+real MLflow registry; on Ray one instance lives in the controller actor
+(``rollout/actor.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rollout.controller import (
+    Audit,
+    AuditRecord,
+    Event,
+    Phase,
+    PromoteAlias,
+    RolloutState,
+    SetWeight,
+    TagRolledBack,
+    new_rollout,
+    step,
+)
+from rollout.metrics_source import MetricsSource, MetricsUnavailable, Snapshot, window_between
+from rollout.plan import RolloutPlan
+from rollout.store import RolloutStore
+from serving.router import RoutingTable, build_routing_table
+from serving.schemas import ArmSpec, ExperimentSpec, ModelSpec, RampartConfig
+
+log = logging.getLogger(__name__)
+
+BASELINE_ARM = "baseline"
+CANDIDATE_ARM = "candidate"
+CHAMPION_ALIAS = "champion"
+
+
+class RolloutNotFound(LookupError):
+    pass
+
+
+class RolloutConflict(Exception):
+    pass
+
+
+class InvalidRollout(ValueError):
+    pass
+
+
+class WritableRegistry(Protocol):
+    def resolve(self, name: str, version_or_alias: str) -> str: ...
+
+    def set_alias(self, name: str, alias: str, version: str) -> None: ...
+
+    def tag_version(self, name: str, version: str, key: str, value: str) -> None: ...
+
+
+class Fault(BaseModel):
+    """Injected fault on one model version (chaos testing of rollouts)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_name: str
+    model_version: str
+    latency_ms: float = Field(default=0.0, ge=0, le=60_000)
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class RoutingSnapshot:
+    """What every gateway replica serves: a table and the faults in force."""
+
+    table: RoutingTable
+    faults: tuple[Fault, ...] = ()
+
+
+@dataclass
+class _Runtime:
+    previous: Snapshot | None = None
+    next_check_at: float = 0.0
+
+
+@dataclass
+class RolloutService:
+    config: RampartConfig
+    store: RolloutStore
+    registry: WritableRegistry
+    metrics_for: Callable[[RolloutPlan], MetricsSource]
+    clock: Callable[[], float] = time.time
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _states: dict[str, RolloutState] = field(default_factory=dict)
+    _runtime: dict[str, _Runtime] = field(default_factory=dict)
+    _faults: dict[tuple[str, str], Fault] = field(default_factory=dict)
+    _snapshot: RoutingSnapshot | None = None
+
+    def __post_init__(self) -> None:
+        # A restarted controller resumes every rollout where the store left it.
+        self._states = {s.id: s for s in self.store.all()}
+        self._publish()
+
+    # ------------------------------------------------------------------ routing
+
+    def _compose_config(self) -> RampartConfig:
+        """The base config with one experiment per rollout that routes traffic."""
+        experiments: list[ExperimentSpec] = []
+        served: dict[str, set[str]] = {m.name: set(m.versions) for m in self.config.models}
+        promoted_seen: set[str] = set()
+        for state in sorted(self._states.values(), key=lambda s: -s.created_at):
+            if state.phase in (Phase.ROLLED_BACK, Phase.ABORTED):
+                continue  # traffic is back on the configured routing
+            plan = state.plan
+            if state.phase == Phase.PROMOTED:
+                if plan.model_name in promoted_seen:
+                    continue
+                promoted_seen.add(plan.model_name)
+            served.setdefault(plan.model_name, set()).update(
+                {plan.baseline_version, plan.candidate_version})
+            experiments.append(ExperimentSpec(
+                id=state.id, salt=state.salt, unit=plan.unit,
+                arms=(
+                    ArmSpec(name=BASELINE_ARM, model=plan.model_name,
+                            version=plan.baseline_version, weight_bp=10_000 - state.weight_bp),
+                    ArmSpec(name=CANDIDATE_ARM, model=plan.model_name,
+                            version=plan.candidate_version, weight_bp=state.weight_bp),
+                ),
+            ))
+        models = tuple(ModelSpec(name=name, versions=tuple(sorted(versions)))
+                       for name, versions in served.items())
+        return self.config.model_copy(update={
+            "models": models, "experiments": (*experiments, *self.config.experiments)})
+
+    def _publish(self) -> None:
+        version = self.store.next_counter("routing_version")
+        table = build_routing_table(self._compose_config(), self.registry.resolve, version)
+        self._snapshot = RoutingSnapshot(table, tuple(self._faults.values()))
+
+    def snapshot(self, known_version: int = -1) -> RoutingSnapshot | None:
+        """The routing snapshot if newer than ``known_version``, else None."""
+        with self._lock:
+            assert self._snapshot is not None
+            return self._snapshot if self._snapshot.table.version > known_version else None
+
+    def set_fault(self, fault: Fault) -> RoutingSnapshot:
+        """Inject (or clear, with zeros) a fault on one model version."""
+        with self._lock:
+            key = (fault.model_name, fault.model_version)
+            if fault.latency_ms == 0 and fault.error_rate == 0:
+                self._faults.pop(key, None)
+            else:
+                self._faults[key] = fault
+            self._publish()
+            assert self._snapshot is not None
+            return self._snapshot
+
+    # ------------------------------------------------------------------ entry points
+
+    def create(self, plan: RolloutPlan) -> RolloutState:
+        with self._lock:
+            rollout_id = plan.id or f"ro-{uuid.uuid4().hex[:10]}"
+            if rollout_id in self._states:
+                raise RolloutConflict(f"rollout {rollout_id!r} already exists")
+            for other in self._states.values():
+                if not other.terminal and other.plan.model_name == plan.model_name:
+                    raise RolloutConflict(
+                        f"rollout {other.id!r} of {plan.model_name} is still {other.phase.value};"
+                        " finish or abort it first")
+            for version in (plan.baseline_version, plan.candidate_version):
+                try:
+                    self.registry.resolve(plan.model_name, version)
+                except LookupError as exc:
+                    raise InvalidRollout(str(exc)) from None
+            if not plan.candidate_version.isdigit() or not plan.baseline_version.isdigit():
+                raise InvalidRollout("baseline_version and candidate_version must be version "
+                                     "numbers, not aliases: a rollout pins what it compares")
+            now = self.clock()
+            state = new_rollout(rollout_id, plan, now)
+            self._states[rollout_id] = state
+            self._runtime[rollout_id] = _Runtime(next_check_at=now + plan.interval_s)
+            self.store.save(state)
+            self._advance(state, None, [], now)
+            return self._states[rollout_id]
+
+    def command(self, rollout_id: str, kind: str, reason: str = "") -> RolloutState:
+        with self._lock:
+            state = self.get(rollout_id)
+            if state.terminal:
+                raise RolloutConflict(f"rollout {rollout_id!r} already {state.phase.value}")
+            event = Event(kind=kind, reason=reason)  # type: ignore[arg-type]
+            self._advance(state, None, [event], self.clock(), metrics_error="operator command")
+            return self._states[rollout_id]
+
+    def alert(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Alertmanager webhook: every firing alert labelled ``rollout`` rolls it back."""
+        alerts = payload.get("alerts")
+        if not isinstance(alerts, list):
+            raise InvalidRollout("payload has no 'alerts' list (Alertmanager webhook format)")
+        rolled_back: list[str] = []
+        ignored = 0
+        with self._lock:
+            for alert in alerts:
+                if not isinstance(alert, dict):
+                    raise InvalidRollout("every alert must be an object")
+                labels = alert.get("labels") or {}
+                rollout_id = labels.get("rollout")
+                state = self._states.get(rollout_id) if isinstance(rollout_id, str) else None
+                if alert.get("status", "firing") != "firing" or state is None or state.terminal:
+                    ignored += 1
+                    continue
+                name = str(labels.get("alertname", "alert"))
+                summary = (alert.get("annotations") or {}).get("summary", "")
+                event = Event(kind="alert", reason=f"{name} {summary}".strip())
+                self._advance(state, None, [event], self.clock(), metrics_error="alert")
+                rolled_back.append(state.id)
+        return {"rolled_back": rolled_back, "ignored": ignored}
+
+    def tick(self) -> None:
+        """Run every rollout whose analysis interval has come."""
+        now = self.clock()
+        with self._lock:
+            for state in list(self._states.values()):
+                if state.terminal or state.phase == Phase.PAUSED:
+                    continue
+                runtime = self._runtime.setdefault(state.id, _Runtime())
+                if now < runtime.next_check_at:
+                    continue
+                runtime.next_check_at = now + state.plan.interval_s
+                source = self.metrics_for(state.plan)
+                try:
+                    current = source.snapshot(state.id)
+                    custom = source.custom(state.plan, state.id)
+                except MetricsUnavailable as exc:
+                    self._advance(state, None, [], now, metrics_error=str(exc))
+                    continue
+                window = window_between(runtime.previous, current, custom)
+                runtime.previous = current
+                self._advance(state, window, [], now)
+
+    def next_due_in(self) -> float:
+        with self._lock:
+            due = [self._runtime.get(s.id, _Runtime()).next_check_at
+                   for s in self._states.values() if not s.terminal]
+        return max(0.0, min(due) - self.clock()) if due else 1.0
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, rollout_id: str) -> RolloutState:
+        with self._lock:
+            state = self._states.get(rollout_id)
+        if state is None:
+            raise RolloutNotFound(f"no rollout {rollout_id!r}")
+        return state
+
+    def describe(self, rollout_id: str) -> dict[str, Any]:
+        state = self.get(rollout_id)
+        plan = state.plan
+        return {
+            "id": state.id,
+            "phase": state.phase.value,
+            "step_index": state.step_index,
+            "step_percent": plan.steps[state.step_index] if state.step_index >= 0 else 0,
+            "weight_bp": state.weight_bp,
+            "failed_checks": state.failed_checks,
+            "step_requests": state.step_requests,
+            "hold_reason": state.hold_reason,
+            "last_verdict": state.last_verdict,
+            "last_checks": [c.model_dump() for c in state.last_checks],
+            "last_window": _window_json(state),
+            "plan": plan.model_dump(mode="json", by_alias=True),
+            "salt": state.salt,
+            "routing_version": self._snapshot.table.version if self._snapshot else None,
+            "audit": [r.model_dump(mode="json") for r in self.store.audit_trail(rollout_id)],
+        }
+
+    def summaries(self) -> list[dict[str, Any]]:
+        with self._lock:
+            states = list(self._states.values())
+        return [{"id": s.id, "phase": s.phase.value, "model_name": s.plan.model_name,
+                 "candidate_version": s.plan.candidate_version, "weight_bp": s.weight_bp}
+                for s in states]
+
+    # ------------------------------------------------------------------ the shell
+
+    def _advance(self, state: RolloutState, window: Any, events: list[Event], now: float,
+                 metrics_error: str = "") -> None:
+        new_state, actions = step(state, window, events, now, metrics_error)
+        records: list[AuditRecord] = []
+        for action in actions:
+            if isinstance(action, SetWeight):
+                self._states[state.id] = new_state
+                self._publish()  # traffic moves before anything else
+            elif isinstance(action, PromoteAlias):
+                promote = functools.partial(self._promote, new_state, action)
+                self._mlflow(promote, records, now, new_state)
+            elif isinstance(action, TagRolledBack):
+                tag = functools.partial(self._tag_rollback, new_state, action)
+                self._mlflow(tag, records, now, new_state)
+            elif isinstance(action, Audit):
+                records.append(action.record)
+        self._states[state.id] = new_state
+        if new_state != state:
+            self.store.save(new_state, records)
+
+    def _promote(self, state: RolloutState, action: PromoteAlias) -> None:
+        self.registry.set_alias(action.model_name, CHAMPION_ALIAS, action.version)
+        self._tag_history(state, "promoted", "")
+
+    def _tag_rollback(self, state: RolloutState, action: TagRolledBack) -> None:
+        self.registry.tag_version(action.model_name, action.version,
+                                  "rampart.rolled_back_reason", action.reason[:4000])
+        self._tag_history(state, "rolled_back", action.reason)
+
+    def _tag_history(self, state: RolloutState, outcome: str, reason: str) -> None:
+        plan = state.plan
+        for role, version in (("baseline", plan.baseline_version),
+                              ("candidate", plan.candidate_version)):
+            value = json.dumps({"role": role, "outcome": outcome, "reason": reason[:1000],
+                                "at": state.updated_at, "steps": list(plan.steps)})
+            self.registry.tag_version(plan.model_name, version, f"rampart.rollout.{state.id}",
+                                      value)
+
+    def _mlflow(self, call: Callable[[], None], records: list[AuditRecord], now: float,
+                state: RolloutState) -> None:
+        # MLflow being down must not stop traffic from moving; the trail says so.
+        try:
+            call()
+        except Exception as exc:
+            log.exception("MLflow update failed")
+            records.append(AuditRecord(
+                at=now, from_phase=state.phase, to_phase=state.phase,
+                step_index=state.step_index, weight_bp=state.weight_bp,
+                reason=f"MLflow update failed: {exc}", figures={}))
+
+
+def _window_json(state: RolloutState) -> dict[str, Any] | None:
+    window = state.last_window
+    if window is None:
+        return None
+
+    def arm(a: Any) -> dict[str, Any]:
+        p99 = a.quantile(0.99)
+        return {"requests": a.requests, "errors": a.errors, "error_rate": a.error_rate,
+                "p99_ms": None if p99 is None else p99 * 1000}
+
+    return {"baseline": arm(window.baseline), "candidate": arm(window.candidate)}
