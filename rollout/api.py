@@ -59,3 +59,13 @@ def dispatch(service: RolloutService, op: str, args: dict[str, Any]) -> Result:
         status, code = ERROR_STATUS[type(exc)]
         return status, {"error": {"code": code, "message": str(exc)}}
     return 404, {"error": {"code": "unknown_operation", "message": f"no operation {op!r}"}}
+
+
+class LocalControlPlane:
+    """The admin API's view of a service in the same process."""
+
+    def __init__(self, service: RolloutService) -> None:
+        self.service = service
+
+    async def call(self, op: str, args: dict[str, Any]) -> Result:
+        return dispatch(self.service, op, args)

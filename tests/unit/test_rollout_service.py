@@ -1,0 +1,243 @@
+"""The rollout shell with a real SQLite store, an in-memory registry that
+records aliases and tags, and a metrics source whose counts the test sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from rollout.api import LocalControlPlane, dispatch
+from rollout.controller import Phase
+from rollout.guardrails import ArmWindow
+from rollout.metrics_source import MetricsUnavailable, Snapshot
+from rollout.plan import RolloutPlan, parse_plan
+from rollout.service import RolloutService
+from rollout.store import RolloutStore
+from serving.gateway import build_app
+from serving.router import route
+from telemetry.tracing import build_tracer_provider
+from tests.unit.fakes import InMemoryRegistry, make_core, test_config
+
+BOUNDS = (0.005, 0.01, 0.05, 0.1, 0.5, float("inf"))
+
+
+class WritableRegistry(InMemoryRegistry):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: dict[tuple[str, str], dict[str, str]] = {}
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.aliases[alias] = version
+
+    def tag_version(self, name: str, version: str, key: str, value: str) -> None:
+        self.tags.setdefault((name, version), {})[key] = value
+
+
+class Counts:
+    """Cumulative per-arm counts that the test grows like a live gateway would."""
+
+    def __init__(self) -> None:
+        self.arms: dict[str, list[Any]] = {}
+        self.down = False
+
+    def add(self, arm: str, n: int, errors: int = 0, latency_s: float = 0.003) -> None:
+        req, err, buckets = self.arms.get(arm, [0, 0, dict.fromkeys(BOUNDS, 0.0)])
+        for bound in BOUNDS:
+            if latency_s <= bound:
+                buckets[bound] += n
+        self.arms[arm] = [req + n, err + errors, buckets]
+
+    def snapshot(self, experiment_id: str) -> Snapshot:
+        if self.down:
+            raise MetricsUnavailable("connection refused")
+        return {arm: ArmWindow(requests=r, errors=e, buckets=tuple(sorted(b.items())))
+                for arm, (r, e, b) in self.arms.items()}
+
+    def custom(self, plan: RolloutPlan, rollout_id: str) -> dict[str, float | None]:
+        return {}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+PLAN = {"id": "ro-1", "model_name": "clf", "baseline_version": "1", "candidate_version": "2",
+        "steps": [1, 5, 25, 50, 100], "interval_s": 1, "min_requests": 20, "failure_limit": 2,
+        "guardrails": {"p99_latency_delta_ms": 50, "error_rate_delta": 0.02,
+                       "min_check_requests": 5}}
+
+
+def make_service(tmp_path: Path, counts: Counts, clock: Clock,
+                 registry: WritableRegistry | None = None) -> RolloutService:
+    return RolloutService(test_config(experiments=[]), RolloutStore(
+        f"sqlite:///{tmp_path / 'rollouts.db'}"), registry or WritableRegistry(),
+        lambda plan: counts, clock)
+
+
+def tick(service: RolloutService, counts: Counts, clock: Clock, *, candidate_latency: float =
+         0.003, candidate_errors: int = 0, n: int = 30) -> None:
+    clock.now += 1.0
+    counts.add("baseline", n * 9)
+    counts.add("candidate", n, errors=candidate_errors, latency_s=candidate_latency)
+    service.tick()
+
+
+def test_healthy_rollout_ramps_publishes_tables_and_moves_the_alias(tmp_path: Path) -> None:
+    counts, clock, registry = Counts(), Clock(), WritableRegistry()
+    service = make_service(tmp_path, counts, clock, registry)
+    state = service.create(parse_plan(PLAN))
+    assert state.phase == Phase.PROGRESSING and state.weight_bp == 100
+    table = service.snapshot().table
+    assert table.experiments[0].id == "ro-1"
+    assert [m.version for m in table.experiments[0].arm_models] == ["1", "2"]
+    versions = [table.version]
+    for _ in range(12):
+        tick(service, counts, clock)
+        versions.append(service.snapshot().table.version)
+    final = service.get("ro-1")
+    assert final.phase == Phase.PROMOTED and final.weight_bp == 10_000
+    assert versions == sorted(versions) and len(set(versions)) >= 5
+    assert registry.aliases["champion"] == "2"
+    assert '"outcome": "promoted"' in registry.tags[("clf", "2")]["rampart.rollout.ro-1"]
+    trail = service.describe("ro-1")["audit"]
+    assert [r["weight_bp"] for r in trail] == [100, 500, 2500, 5000, 10_000, 10_000]
+    assert [r["to_phase"] for r in trail][-2:] == ["progressing", "promoted"]
+    assert all(r["reason"] for r in trail)
+
+
+def test_latency_fault_rolls_back_and_tags_the_candidate(tmp_path: Path) -> None:
+    counts, clock, registry = Counts(), Clock(), WritableRegistry()
+    service = make_service(tmp_path, counts, clock, registry)
+    service.create(parse_plan(PLAN))
+    tick(service, counts, clock)
+    tick(service, counts, clock, candidate_latency=0.3)
+    assert service.get("ro-1").phase == Phase.PROGRESSING
+    tick(service, counts, clock, candidate_latency=0.3)
+    state = service.get("ro-1")
+    assert state.phase == Phase.ROLLED_BACK and state.weight_bp == 0
+    assert registry.aliases["champion"] == "1"
+    assert "p99_latency_delta" in registry.tags[("clf", "2")]["rampart.rolled_back_reason"]
+    # traffic is back on the configured routing: no rollout experiment in the table
+    assert [e.id for e in service.snapshot().table.experiments] == []
+
+
+def test_metrics_source_down_holds_and_says_why(tmp_path: Path) -> None:
+    counts, clock = Counts(), Clock()
+    service = make_service(tmp_path, counts, clock)
+    service.create(parse_plan(PLAN))
+    counts.down = True
+    for _ in range(10):
+        tick(service, counts, clock)
+    state = service.get("ro-1")
+    assert state.step_index == 0 and "connection refused" in state.hold_reason
+
+
+def test_restart_resumes_at_the_same_step_with_the_same_assignments(tmp_path: Path) -> None:
+    counts, clock = Counts(), Clock()
+    service = make_service(tmp_path, counts, clock)
+    service.create(parse_plan(PLAN))
+    for _ in range(4):
+        tick(service, counts, clock)
+    before = service.get("ro-1")
+    table_before = service.snapshot().table
+    trail_before = service.describe("ro-1")["audit"]
+    assert before.step_index >= 1
+
+    restarted = make_service(tmp_path, counts, clock)  # same store, new process
+    after = restarted.get("ro-1")
+    assert (after.step_index, after.weight_bp, after.salt) == (
+        before.step_index, before.weight_bp, before.salt)
+    table_after = restarted.snapshot().table
+    assert table_after.version > table_before.version  # never reuses a version
+    for i in range(2000):
+        assert route(table_after, f"user-{i}").arm == route(table_before, f"user-{i}").arm
+    assert restarted.describe("ro-1")["audit"] == trail_before
+
+
+def test_alertmanager_payload_rolls_back_the_labelled_rollout(tmp_path: Path) -> None:
+    counts, clock = Counts(), Clock()
+    service = make_service(tmp_path, counts, clock)
+    service.create(parse_plan(PLAN))
+    payload = {"version": "4", "status": "firing", "alerts": [
+        {"status": "resolved", "labels": {"alertname": "X", "rollout": "ro-1"}},
+        {"status": "firing", "labels": {"alertname": "Other"}},
+        {"status": "firing", "labels": {"alertname": "RampartCandidateP99High",
+                                        "rollout": "ro-1"},
+         "annotations": {"summary": "p99 up"}},
+    ]}
+    assert service.alert(payload) == {"rolled_back": ["ro-1"], "ignored": 2}
+    state = service.get("ro-1")
+    assert state.phase == Phase.ROLLED_BACK
+    assert "RampartCandidateP99High" in service.describe("ro-1")["audit"][-1]["reason"]
+
+
+def test_dispatch_maps_mistakes_to_4xx(tmp_path: Path) -> None:
+    counts, clock = Counts(), Clock()
+    service = make_service(tmp_path, counts, clock)
+    status, body = dispatch(service, "create", {"plan": {**PLAN, "steps": [50, 10]}})
+    assert status == 422 and "strictly increase" in body["error"]["message"]
+    status, body = dispatch(service, "create", {"plan": {**PLAN, "candidate_version": "9"}})
+    assert status == 422
+    assert dispatch(service, "create", {"plan": PLAN})[0] == 201
+    status, body = dispatch(service, "create", {"plan": {**PLAN, "id": "ro-2"}})
+    assert status == 409 and "still progressing" in body["error"]["message"]
+    assert dispatch(service, "describe", {"id": "nope"})[0] == 404
+    assert dispatch(service, "abort", {"id": "ro-1"})[0] == 200
+    assert dispatch(service, "abort", {"id": "ro-1"})[0] == 409
+    assert dispatch(service, "alert", {"payload": {"alerts": "x"}})[0] == 422
+    assert dispatch(service, "fault", {"fault": {"model_name": "clf"}})[0] == 422
+
+
+@pytest.fixture
+def admin(tmp_path: Path) -> Any:
+    counts, clock = Counts(), Clock()
+    service = make_service(tmp_path, counts, clock)
+    core, _ = make_core(build_tracer_provider().get_tracer("t"))
+    with TestClient(build_app(core, LocalControlPlane(service), "s3cret")) as client:
+        yield client, service, core
+
+
+def test_admin_api_needs_the_bearer_token(admin: Any) -> None:
+    client, service, _ = admin
+    assert client.post("/v1/admin/rollouts", json=PLAN).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert client.post("/v1/admin/rollouts", json=PLAN, headers=wrong).status_code == 401
+    assert client.post("/v1/admin/alerts", json={"alerts": []}).status_code == 401
+    assert client.get("/v1/admin/rollouts/ro-1").status_code == 401
+    assert service.summaries() == []
+    auth = {"Authorization": "Bearer s3cret"}
+    created = client.post("/v1/admin/rollouts", json=PLAN, headers=auth)
+    assert created.status_code == 201 and created.json()["weight_bp"] == 100
+    assert client.post("/v1/admin/rollouts/ro-1/pause", headers=auth).json()["phase"] == "paused"
+    assert client.post("/v1/admin/rollouts/ro-1/resume", json={"reason": "ok"},
+                       headers=auth).json()["phase"] == "progressing"
+    assert client.post("/v1/admin/rollouts", content=b"{", headers=auth).status_code == 400
+    listed = client.get("/v1/admin/rollouts", headers=auth).json()["rollouts"]
+    assert [r["id"] for r in listed] == ["ro-1"]
+
+
+def test_admin_api_is_closed_without_a_configured_token(tmp_path: Path) -> None:
+    core, _ = make_core(build_tracer_provider().get_tracer("t"))
+    service = make_service(tmp_path, Counts(), Clock())
+    with TestClient(build_app(core, LocalControlPlane(service), None)) as client:
+        r = client.post("/v1/admin/rollouts", json=PLAN,
+                        headers={"Authorization": "Bearer "})
+        assert r.status_code == 401 and "RAMPART_ADMIN_TOKEN" in r.json()["error"]["message"]
+
+
+def test_inference_never_changes_routing(admin: Any) -> None:
+    client, service, core = admin
+    version = service.snapshot().table.version
+    features = {f"f{i}": 0.0 for i in range(8)}
+    for body in ({"unit_id": "u", "features": features},
+                 {"unit_id": "u", "features": features, "context": {"rollout": "ro-1"}},
+                 {"unit_id": "u", "features": features, "context": {"weight_bp": 10000}}):
+        client.post("/v1/predict", json=body)
+    assert service.snapshot().table.version == version and service.summaries() == []
