@@ -1,9 +1,12 @@
-"""The demo's registered model: two scikit-learn versions of one classifier.
+"""The demo's registered model: three scikit-learn versions of one classifier.
 
 Version 1 (alias ``champion``) is a logistic regression on raw features;
 version 2 (alias ``challenger``) is a scaled logistic regression trained on
-more data. Both are logged with a signature, an input example and a sample
-of their training data (the reference for drift checks).
+more data; version 3 (alias ``candidate``) is another, for rollout demos.
+All are logged with a signature, an input example and a sample of their
+training data (the reference for drift checks). Every seed run points the
+aliases back at these versions, so the demo can run again after a rollout
+moved ``champion``.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def seed_demo_models(tracking_uri: str, artifact_root: Path) -> SeedResult:
     specs = [
         ("champion", 2_000, 1, LogisticRegression(C=0.05, max_iter=500)),
         ("challenger", 20_000, 2, make_pipeline(StandardScaler(), LogisticRegression(C=1.0))),
+        ("candidate", 10_000, 3, make_pipeline(StandardScaler(), LogisticRegression(C=0.5))),
     ]
     created = False
     for alias, n_rows, seed, estimator in specs:

@@ -161,12 +161,77 @@ def cmd_assign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    """Call the gateway's admin API; turn every failure into one clear message."""
+    import httpx
+
+    token = args.token or os.environ.get("RAMPART_ADMIN_TOKEN")
+    if not token:
+        raise CliError("no admin token: set RAMPART_ADMIN_TOKEN or pass --token")
+    try:
+        response = httpx.request(method, f"{args.url.rstrip('/')}{path}", json=body,
+                                 headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the gateway at {args.url}: {exc}") from None
+    try:
+        payload = response.json()
+    except ValueError:
+        raise CliError(f"gateway answered {response.status_code}: {response.text[:200]}") from None
+    if response.status_code >= 400:
+        message = payload.get("error", {}).get("message", response.text)
+        raise CliError(f"gateway refused ({response.status_code}): {message}")
+    return payload
+
+
+def cmd_rollout_start(args: argparse.Namespace) -> int:
+    from rollout.plan import PlanError, load_plan
+
+    try:
+        plan = load_plan(args.plan)
+    except PlanError as exc:
+        raise CliError(str(exc)) from None
+    body = _admin(args, "POST", "/v1/admin/rollouts", plan.model_dump(mode="json",
+                                                                       by_alias=True,
+                                                                       exclude_none=True))
+    print(json.dumps({"id": body["id"], "phase": body["phase"], "weight_bp": body["weight_bp"]}))
+    return 0
+
+
+def cmd_rollout_command(args: argparse.Namespace) -> int:
+    body = _admin(args, "POST", f"/v1/admin/rollouts/{args.id}/{args.rollout_command}",
+                  {"reason": args.reason or ""})
+    print(json.dumps({"id": body["id"], "phase": body["phase"], "weight_bp": body["weight_bp"]}))
+    return 0
+
+
+def cmd_rollout_status(args: argparse.Namespace) -> int:
+    from rollout.status_view import render_status
+
+    body = _admin(args, "GET", f"/v1/admin/rollouts/{args.id}")
+    if args.json:
+        print(json.dumps(body))
+        return 0
+    if not args.watch:
+        from rich.console import Console
+
+        Console(width=120).print(render_status(body))
+        return 0
+    from rich.live import Live
+
+    with Live(render_status(body), refresh_per_second=4) as live:
+        while body["phase"] not in ("promoted", "rolled_back", "aborted"):
+            time.sleep(args.every)
+            body = _admin(args, "GET", f"/v1/admin/rollouts/{args.id}")
+            live.update(render_status(body))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from serving.demo import run_demo
 
     return run_demo(
         config_path=args.config, requests=args.requests, concurrency=args.concurrency,
-        port=args.port,
+        port=args.port, scenario=args.scenario, as_json=args.json,
     )
 
 
@@ -204,11 +269,43 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("--output", type=Path, help="Parquet file to write (with --units-file)")
     assign.set_defaults(func=cmd_assign)
 
+    rollout = sub.add_parser("rollout", help="staged rollouts through the gateway's admin API")
+    rollout_sub = rollout.add_subparsers(dest="rollout_command", required=True,
+                                         metavar="COMMAND")
+
+    def admin_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default="http://127.0.0.1:8000", help="gateway address")
+        p.add_argument("--token", help="admin token (default: $RAMPART_ADMIN_TOKEN)")
+
+    start = rollout_sub.add_parser("start", help="start a rollout from a plan (YAML or JSON)")
+    start.add_argument("plan", type=Path)
+    admin_flags(start)
+    start.set_defaults(func=cmd_rollout_start)
+    status = rollout_sub.add_parser("status", help="state, step, weight, checks and trail")
+    status.add_argument("id")
+    status.add_argument("--watch", action="store_true", help="refresh until the rollout ends")
+    status.add_argument("--every", type=float, default=1.0, help="seconds between refreshes")
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    admin_flags(status)
+    status.set_defaults(func=cmd_rollout_status)
+    for name, text in (("pause", "hold the rollout at its step"), ("resume", "continue"),
+                       ("promote", "jump to 100% and move the champion alias"),
+                       ("abort", "route everything back to the baseline and stop")):
+        command = rollout_sub.add_parser(name, help=text)
+        command.add_argument("id")
+        command.add_argument("--reason", help="recorded in the audit trail")
+        admin_flags(command)
+        command.set_defaults(func=cmd_rollout_command)
+
     demo = sub.add_parser("demo", help="seed, serve, drive traffic, print per-version table")
     demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     demo.add_argument("--requests", type=int, default=4000)
     demo.add_argument("--concurrency", type=int, default=8)
     demo.add_argument("--port", type=int, help="port for the gateway (default from config)")
+    demo.add_argument("--scenario", choices=["healthy", "latency-fault", "error-fault"],
+                      help="run only this rollout scenario")
+    demo.add_argument("--json", action="store_true",
+                      help="print the scenario's result as one JSON object on the last line")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -9,25 +9,36 @@ answered request.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from rollout.scenarios import ScenarioResult, run_scenario
 from serving.traffic import Population, drive_traffic, summarize
 
 
 def run_demo(
-    config_path: Path, requests: int = 4000, concurrency: int = 8, port: int | None = None
+    config_path: Path,
+    requests: int = 4000,
+    concurrency: int = 8,
+    port: int | None = None,
+    scenario: str | None = None,
+    as_json: bool = False,
 ) -> int:
-    from models.demo import seed_demo_models
+    """Serving phase, then rollouts; or, with ``scenario``, that one rollout only."""
+    import secrets
+
+    from models.demo import DEMO_MODEL_NAME, seed_demo_models
     from serving.app import start_gateway
     from serving.cli import CliError, _load, _port_free
-    from telemetry.decision_log import read_decisions
 
-    console = Console(width=max(110, Console().width))
+    console = Console(width=max(110, Console().width), stderr=as_json)
     if requests < 1 or concurrency < 1:
         raise CliError("--requests and --concurrency must be at least 1")
     config = _load(config_path)
@@ -42,36 +53,85 @@ def run_demo(
         seeded = seed_demo_models(config.resolved_tracking_uri(), data_dir / "mlartifacts")
     console.print(f"MLflow model [bold]{seeded.model_name}[/]: aliases {seeded.versions}")
 
-    # This run's decisions go to a fresh directory so the check below is exact.
-    run_dir = Path(config.decision_log.path) / f"demo-{os.getpid()}"
-    config = config.model_copy(
-        update={"decision_log": config.decision_log.model_copy(update={"path": run_dir})}
-    )
+    # This run's decisions and rollouts go to fresh places so the checks are exact
+    # and a previous run's promotion does not carry over.
+    run_dir = data_dir / "demo-runs" / f"{int(time.time())}-{os.getpid()}"
+    config = config.model_copy(update={
+        "decision_log": config.decision_log.model_copy(update={"path": run_dir / "decisions"}),
+        "rollout_store_url": f"sqlite:///{(run_dir / 'rollouts.db').resolve()}",
+    })
+    token = secrets.token_urlsafe(24)
     with console.status("Starting the gateway on local Ray Serve (about 15 s)..."):
-        gateway = start_gateway(config, host=host, port=port)
+        gateway = start_gateway(config, host=host, port=port, admin_token=token)
     console.print(f"Gateway up at {gateway.url}, routing version {gateway.table.version}")
+    results: list[ScenarioResult] = []
+    served_ok: int | None = None
+    try:
+        if scenario is None:
+            served_ok = _serving_phase(console, gateway, requests, concurrency)
+            scenarios = ["healthy", "latency-fault"]
+        else:
+            scenarios = [scenario]
+        for name in scenarios:
+            baseline = seed_versions(config)["champion"]
+            candidate = seeded.versions["challenger" if name == "healthy" else "candidate"]
+            if candidate == baseline:
+                candidate = seeded.versions["candidate"]
+            console.rule(f"[bold]Rollout: {name}")
+            result = run_scenario(
+                gateway.url, token, name, DEMO_MODEL_NAME, baseline, candidate,  # type: ignore[arg-type]
+                on_event=lambda msg: console.print(msg),
+            )
+            results.append(result)
+            _print_timeline(console, result)
+    finally:
+        with console.status("Stopping the gateway and flushing the decision log..."):
+            gateway.stop()
+
+    ok = True
+    if served_ok is not None:
+        answered = served_ok + sum(r.ok_answers for r in results)
+        ok = _check_log(console, run_dir / "decisions", answered)
+    expected = {"healthy": "promoted", "latency-fault": "rolled_back", "error-fault": "rolled_back"}
+    for result in results:
+        if result.outcome != expected[result.scenario]:
+            console.print(f"[red]{result.scenario}: expected {expected[result.scenario]}, "
+                          f"got {result.outcome}[/]")
+            ok = False
+    if as_json and results:
+        print(json.dumps(results[-1].as_json()))
+    if ok:
+        console.print("[green]Demo finished.[/]")
+    return 0 if ok else 1
+
+
+def seed_versions(config: Any) -> dict[str, str]:
+    """Where the demo aliases point now (promotion moves ``champion``)."""
+    from models.demo import DEMO_MODEL_NAME
+    from models.registry import MlflowRegistry
+
+    registry = MlflowRegistry(config.resolved_tracking_uri())
+    return {alias: registry.resolve(DEMO_MODEL_NAME, alias)
+            for alias in ("champion", "challenger", "candidate")}
+
+
+def _serving_phase(console: Console, gateway: Any, requests: int, concurrency: int) -> int:
     for exp in gateway.table.describe()["experiments"]:
         split = ", ".join(
             f"{a['name']}={a['weight_bp'] / 100:g}% (v{a['model_version']})" for a in exp["arms"]
         )
         console.print(f"Experiment [bold]{exp['id']}[/] by {exp['unit']}: {split}")
-
     population = Population(size=2_000)
-    try:
-        with Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console,
-        ) as progress:
-            label = f"{requests} requests from {population.size} users"
-            task = progress.add_task(label, total=requests)
-            result = drive_traffic(
-                gateway.url, population, requests, concurrency,
-                on_progress=lambda n: progress.advance(task, n),
-            )
-    finally:
-        with console.status("Stopping the gateway and flushing the decision log..."):
-            gateway.stop()
-
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console,
+    ) as progress:
+        label = f"{requests} requests from {population.size} users"
+        task = progress.add_task(label, total=requests)
+        result = drive_traffic(
+            gateway.url, population, requests, concurrency,
+            on_progress=lambda n: progress.advance(task, n),
+        )
     table = Table(title=f"Per model version ({result.elapsed_s:.1f} s, "
                   f"{len(result.status_codes) / result.elapsed_s:.0f} req/s client-side)")
     for column in ("model", "version", "arm", "requests", "errors", "p50 ms", "p99 ms", "share"):
@@ -82,15 +142,35 @@ def run_demo(
             f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}", f"{row.share:.1%}",
         )
     console.print(table)
+    return result.ok
 
-    logged = read_decisions(run_dir)
-    ok_rows = sum(1 for s in logged.column("status").to_pylist() if s == "ok")
-    console.print(
-        f"Decision log {run_dir}: {logged.num_rows} rows, {ok_rows} ok; "
-        f"client received {result.ok} successful answers"
-    )
-    if ok_rows != result.ok or result.ok != requests:
-        console.print("[red]decision log and client disagree[/]")
-        return 1
-    console.print("[green]Demo finished: every answered request is in the decision log.[/]")
-    return 0
+
+def _print_timeline(console: Console, result: ScenarioResult) -> None:
+    table = Table(title=f"{result.scenario}: {result.outcome}")
+    for column in ("t (s)", "from", "to", "candidate weight", "reason"):
+        table.add_column(column)
+    for item in result.timeline:
+        table.add_row(f"{item['t_s']:.2f}", item["from"], item["to"],
+                      f"{item['weight_pct']:g}%", item["reason"])
+    console.print(table)
+    if result.fault_onset_s is not None:
+        console.print(
+            f"fault at {result.fault_onset_s:.2f} s (candidate at "
+            f"{result.candidate_weight_at_onset_pct:g}%); rolled back "
+            f"{result.rollback_s} s later; the candidate answered "
+            f"{result.requests_to_candidate_after_onset} requests after the fault "
+            f"(of {result.requests_total} in the run)")
+
+
+def _check_log(console: Console, decisions: Path, served_ok: int) -> bool:
+    from telemetry.decision_log import read_decisions
+
+    logged = read_decisions(decisions)
+    statuses = logged.column("status").to_pylist()
+    ok_rows = sum(1 for s in statuses if s == "ok")
+    console.print(f"Decision log {decisions}: {logged.num_rows} rows, {ok_rows} ok; "
+                  f"the clients received {served_ok} successful answers")
+    if ok_rows != served_ok:
+        console.print("[red]decision log and clients disagree[/]")
+        return False
+    return True

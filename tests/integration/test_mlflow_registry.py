@@ -17,9 +17,10 @@ from models.registry import LinearScorer, MlflowRegistry, UnknownModelVersion
 def test_seed_is_idempotent(mlflow_store: dict[str, Any]) -> None:
     again = seed_demo_models(str(mlflow_store["uri"]), Path(mlflow_store["root"]) / "artifacts")
     assert again.created is False
-    assert again.versions == mlflow_store["seed"].versions == {"challenger": "2", "champion": "1"}
+    assert again.versions == mlflow_store["seed"].versions == {
+        "candidate": "3", "challenger": "2", "champion": "1"}
     client = mlflow.MlflowClient(str(mlflow_store["uri"]))
-    assert len(client.search_model_versions(f"name='{DEMO_MODEL_NAME}'")) == 2
+    assert len(client.search_model_versions(f"name='{DEMO_MODEL_NAME}'")) == 3
 
 
 def test_aliases_resolve_and_unknown_ones_are_named(mlflow_store: dict[str, Any]) -> None:

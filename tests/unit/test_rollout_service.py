@@ -233,7 +233,7 @@ def test_admin_api_is_closed_without_a_configured_token(tmp_path: Path) -> None:
 
 
 def test_inference_never_changes_routing(admin: Any) -> None:
-    client, service, core = admin
+    client, service, _ = admin
     version = service.snapshot().table.version
     features = {f"f{i}": 0.0 for i in range(8)}
     for body in ({"unit_id": "u", "features": features},
