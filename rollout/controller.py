@@ -76,6 +76,7 @@ class RolloutState(_Frozen):
     last_window: Window | None = None
     hold_reason: str = ""
     gate_cleared: int | None = None
+    last_transition_at: float | None = None
     created_at: float
     updated_at: float
 
@@ -143,7 +144,7 @@ class _Builder:
         if weight != before.weight_bp:
             # Route traffic first: the weight change leads every other action.
             self.actions.append(SetWeight(weight_bp=weight))
-        self.update(phase=to, **changes)
+        self.update(phase=to, last_transition_at=self.now, **changes)
         self.actions.append(Audit(record=AuditRecord(
             at=self.now, from_phase=before.phase, to_phase=to,
             step_index=self.state.step_index, weight_bp=self.state.weight_bp,

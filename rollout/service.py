@@ -83,11 +83,23 @@ class Fault(BaseModel):
 
 
 @dataclass(frozen=True)
+class RolloutGauge:
+    """What replicas export about a rollout (``rampart_rollout_*`` gauges)."""
+
+    rollout_id: str
+    active: bool
+    weight_bp: int
+    last_transition_at: float
+
+
+@dataclass(frozen=True)
 class RoutingSnapshot:
-    """What every gateway replica serves: a table and the faults in force."""
+    """What every gateway replica serves: a table, the faults in force, and
+    the rollouts' gauges."""
 
     table: RoutingTable
     faults: tuple[Fault, ...] = ()
+    rollouts: tuple[RolloutGauge, ...] = ()
 
 
 @dataclass
@@ -148,7 +160,10 @@ class RolloutService:
     def _publish(self) -> None:
         version = self.store.next_counter("routing_version")
         table = build_routing_table(self._compose_config(), self.registry.resolve, version)
-        self._snapshot = RoutingSnapshot(table, tuple(self._faults.values()))
+        gauges = tuple(
+            RolloutGauge(s.id, not s.terminal, s.weight_bp, s.last_transition_at or s.created_at)
+            for s in self._states.values())
+        self._snapshot = RoutingSnapshot(table, tuple(self._faults.values()), gauges)
 
     def snapshot(self, known_version: int = -1) -> RoutingSnapshot | None:
         """The routing snapshot if newer than ``known_version``, else None."""
@@ -300,10 +315,12 @@ class RolloutService:
                  metrics_error: str = "") -> None:
         new_state, actions = step(state, window, events, now, metrics_error)
         records: list[AuditRecord] = []
+        published = False
         for action in actions:
             if isinstance(action, SetWeight):
                 self._states[state.id] = new_state
                 self._publish()  # traffic moves before anything else
+                published = True
             elif isinstance(action, PromoteAlias):
                 promote = functools.partial(self._promote, new_state, action)
                 self._mlflow(promote, records, now, new_state)
@@ -313,6 +330,8 @@ class RolloutService:
             elif isinstance(action, Audit):
                 records.append(action.record)
         self._states[state.id] = new_state
+        if records and not published:
+            self._publish()  # a transition without a weight change still updates gauges
         if new_state != state:
             self.store.save(new_state, records)
 

@@ -94,7 +94,7 @@ def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
             snapshot = ray.get(self.controller.snapshot.remote(-1), timeout=60)
             self.core: GatewayCore = build_core(settings, snapshot.table, self.registry)
             self.core.apply_snapshot(snapshot.table, active_faults(snapshot),
-                                     self.registry.load)
+                                     self.registry.load, snapshot.rollouts)
             self._stop = threading.Event()
             self._poller = threading.Thread(target=self._poll, name="routing-poll", daemon=True)
             self._poller.start()
@@ -108,7 +108,7 @@ def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
                         self.controller.snapshot.remote(self.core.table.version), timeout=10)
                     if snapshot is not None:
                         self.core.apply_snapshot(snapshot.table, active_faults(snapshot),
-                                                 self.registry.load)
+                                                 self.registry.load, snapshot.rollouts)
                 except Exception:
                     log.exception("routing poll failed; serving the last table")
 

@@ -17,7 +17,7 @@ import hmac
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,7 +37,7 @@ from serving.schemas import (
     format_validation_error,
 )
 from telemetry.decision_log import DecisionLogWriter, DecisionRecord
-from telemetry.metrics import CONTENT_TYPE, RequestMetrics
+from telemetry.metrics import CONTENT_TYPE, RequestMetrics, RolloutFigures
 from telemetry.tracing import SPAN_NAME
 
 JSON = "application/json"
@@ -139,7 +139,7 @@ class GatewayCore:
 
     def apply_snapshot(
         self, table: RoutingTable, faults: Mapping[tuple[str, str], ActiveFault],
-        load: Callable[[str, str], Scorer],
+        load: Callable[[str, str], Scorer], rollouts: Iterable[RolloutFigures] = (),
     ) -> None:
         """Load whatever versions the new table needs, then swap table and faults.
 
@@ -154,6 +154,7 @@ class GatewayCore:
                 self.scorers[key] = scorer
         self.faults = dict(faults)
         self.swap_table(table)
+        self.metrics.set_rollouts(rollouts)
 
     async def predict(self, body: bytes, header_request_id: str | None = None) -> Outcome:
         """Answer one ``POST /v1/predict`` body; never raises for bad input."""

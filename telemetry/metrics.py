@@ -15,9 +15,11 @@ or unit id.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 REQUEST_LABELS = ("model_name", "model_version", "experiment_id", "arm", "status")
@@ -27,6 +29,20 @@ LATENCY_BUCKETS_S = (
 )
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class RolloutFigures(Protocol):
+    @property
+    def rollout_id(self) -> str: ...
+
+    @property
+    def active(self) -> bool: ...
+
+    @property
+    def weight_bp(self) -> int: ...
+
+    @property
+    def last_transition_at(self) -> float: ...
 
 
 class RequestMetrics:
@@ -47,6 +63,26 @@ class RequestMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
+
+        # Every replica holds the same rollout figures; the most recent write wins.
+        self.rollout_active = Gauge(
+            "rampart_rollout_active", "1 while a rollout is pending, progressing or paused.",
+            ("rollout",), registry=registry, multiprocess_mode="mostrecent")
+        self.rollout_weight = Gauge(
+            "rampart_rollout_candidate_weight_bp",
+            "Candidate traffic share of a rollout, in basis points.",
+            ("rollout",), registry=registry, multiprocess_mode="mostrecent")
+        self.rollout_transition = Gauge(
+            "rampart_rollout_last_transition_timestamp_seconds",
+            "When a rollout last changed phase or step (Unix time).",
+            ("rollout",), registry=registry, multiprocess_mode="mostrecent")
+
+    def set_rollouts(self, rollouts: Iterable[RolloutFigures]) -> None:
+        """Export the rollouts of the routing snapshot in force."""
+        for r in rollouts:
+            self.rollout_active.labels(r.rollout_id).set(1 if r.active else 0)
+            self.rollout_weight.labels(r.rollout_id).set(r.weight_bp)
+            self.rollout_transition.labels(r.rollout_id).set(r.last_transition_at)
 
     def observe(self, labels: tuple[str, str, str, str, str], latency_s: float) -> None:
         """Count one request and its latency."""
