@@ -12,16 +12,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages the benchmarks and Prometheus tests use (installed only when missing).
+# Debian packages the tests and benchmarks use: promtool and a real Prometheus,
+# Alertmanager, and wrk. Installed only when missing.
+SYSTEM_TOOLS := promtool prometheus prometheus-alertmanager amtool wrk
 system-deps:
-	@command -v wrk >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
-	  else echo "wrk missing: apt-get install wrk"; fi; }
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager wrk >/dev/null; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/rampart demo
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -29,11 +34,12 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -m unit
 
-integration: $(STAMP)
+integration: $(STAMP) system-deps
 	$(BIN)/pytest -m integration
 
 bench: $(STAMP) system-deps
 	$(BIN)/python tests/benchmarks/serving.py
+	$(BIN)/python tests/benchmarks/rollback.py
 
 clean:
 	rm -rf $(VENV) .rampart .pytest_cache .mypy_cache .ruff_cache

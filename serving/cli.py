@@ -77,13 +77,21 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from serving.app import start_gateway
+    from serving.process_guard import AlreadyServing, claim, reap_previous, release
 
     config = _load(args.config)
     host = args.host or config.server.host
     port = args.port or config.server.port
+    try:
+        reaped = reap_previous(config.data_dir)
+    except AlreadyServing as exc:
+        raise CliError(str(exc)) from None
+    if reaped:
+        print(f"ended {len(reaped)} processes left by a killed rampart serve", flush=True)
     if not _port_free(host, port):
         raise CliError(f"port {port} on {host} is in use; pick another with --port")
     _routing_table(config)  # fail fast, with a clear message, on unknown versions
+    claim(config.data_dir)
     gateway = start_gateway(config, host=host, port=port, num_replicas=args.replicas)
     # Installed after ray.init, which sets handlers of its own that abort the
     # process; ours turn both signals into a clean, flushing shutdown.
@@ -98,6 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         print("stopping: flushing decision logs", flush=True)
         gateway.stop()
+        release(config.data_dir)
         print("stopped", flush=True)
     return 0
 

@@ -1,0 +1,94 @@
+"""Make ``rampart serve`` restartable after a SIGKILL.
+
+Ray's raylet and GCS share the driver's fate, but some helpers it starts
+(HAProxy, the dashboard and runtime-env agents) outlive a killed driver and
+keep the gateway's port. Every process a ``rampart serve`` starts inherits an
+environment marker with that run's id; the next ``rampart serve`` on the same
+data directory finds the previous run's leftovers by that marker and ends them
+before it binds the port. A previous run that is still alive is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+MARKER_ENV = "RAMPART_SERVE_INSTANCE"
+STATE_FILE = "serve.json"
+
+
+class AlreadyServing(RuntimeError):
+    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_rampart(pid: int) -> bool:
+    try:
+        return b"rampart" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def processes_marked(instance: str) -> list[int]:
+    """PIDs whose environment carries ``RAMPART_SERVE_INSTANCE=instance``."""
+    needle = f"{MARKER_ENV}={instance}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def reap_previous(data_dir: Path, timeout_s: float = 10.0) -> list[int]:
+    """End what a previous, dead ``rampart serve`` left running; return their PIDs."""
+    state_path = data_dir / STATE_FILE
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        return []
+    pid, instance = int(state.get("pid", 0)), str(state.get("instance", ""))
+    if pid and _alive(pid) and _is_rampart(pid):
+        raise AlreadyServing(f"rampart serve (pid {pid}) is already running on {data_dir}")
+    leftovers = processes_marked(instance) if instance else []
+    for leftover in leftovers:
+        try:
+            os.kill(leftover, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(p) for p in leftovers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state_path.unlink(missing_ok=True)
+    return leftovers
+
+
+def claim(data_dir: Path) -> str:
+    """Mark this process (and so everything it starts) and record the run."""
+    instance = uuid.uuid4().hex
+    os.environ[MARKER_ENV] = instance
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / STATE_FILE).write_text(json.dumps({"pid": os.getpid(), "instance": instance}))
+    return instance
+
+
+def release(data_dir: Path) -> None:
+    (data_dir / STATE_FILE).unlink(missing_ok=True)
