@@ -10,6 +10,7 @@ before it binds the port. A previous run that is still alive is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -70,10 +71,8 @@ def reap_previous(data_dir: Path, timeout_s: float = 10.0) -> list[int]:
         raise AlreadyServing(f"rampart serve (pid {pid}) is already running on {data_dir}")
     leftovers = processes_marked(instance) if instance else []
     for leftover in leftovers:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(leftover, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + timeout_s
     while any(_alive(p) for p in leftovers) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -33,6 +33,7 @@ def main() -> int:
     with open(Path(_ROOT) / "deploy" / "rampart.yaml") as fh:
         data = yaml.safe_load(fh)
     data["tracking_uri"] = uri
+    data["data_dir"] = work_dir
     data["decision_log"]["path"] = os.path.join(work_dir, "decisions")
     data["telemetry"]["metrics_dir"] = os.path.join(work_dir, "metrics")
     data["server"]["port"] = port
