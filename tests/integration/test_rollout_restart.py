@@ -56,10 +56,23 @@ def _status(rollout_id: str) -> dict[str, Any]:
 
 
 def _answers(units: list[str]) -> dict[str, str]:
+    """Each unit's version. Ray's HAProxy may reload its config just after a start
+    and close an idle keep-alive connection; a prediction is safe to resend."""
     features = dict.fromkeys(FEATURE_NAMES, 0.1)
-    with httpx.Client(base_url=URL, timeout=10) as client:
-        return {u: client.post("/v1/predict", json={"unit_id": u, "features": features}
-                               ).json()["model_version"] for u in units}
+    out: dict[str, str] = {}
+    with httpx.Client(base_url=URL, timeout=10,
+                      transport=httpx.HTTPTransport(retries=3)) as client:
+        for unit in units:
+            for attempt in range(3):
+                try:
+                    body = client.post("/v1/predict", json={"unit_id": unit,
+                                                            "features": features}).json()
+                    break
+                except httpx.RemoteProtocolError:
+                    if attempt == 2:
+                        raise
+            out[unit] = body["model_version"]
+    return out
 
 
 def test_sigkill_mid_ramp_then_restart_resumes_the_rollout(
