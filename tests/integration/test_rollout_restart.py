@@ -119,7 +119,13 @@ def test_sigkill_mid_ramp_then_restart_resumes_the_rollout(
         assert (after["phase"], after["step_index"], after["weight_bp"], after["salt"]) == (
             before["phase"], before["step_index"], before["weight_bp"], before["salt"])
         assert after["audit"][: len(before["audit"])] == before["audit"]
-        assert _answers(units) == versions_before
+        versions_after = _answers(units)
+        now = _status("ro-restart")
+        if now["weight_bp"] == before["weight_bp"]:
+            assert versions_after == versions_before
+        else:  # the probes themselves may complete the step; the ramp stays monotone
+            assert now["weight_bp"] > before["weight_bp"]
+            assert all(versions_after[u] == "2" for u, v in versions_before.items() if v == "2")
         paused = json.loads(_cli("rollout", "pause", "ro-restart", "--reason", "checked"))
         assert paused["phase"] == "paused"
     finally:
