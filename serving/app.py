@@ -149,8 +149,9 @@ def active_faults(snapshot: Any) -> dict[tuple[str, str], Any]:
 def build_core(settings: ReplicaSettings, table: RoutingTable, registry: Any) -> Any:
     """Load every reachable version and wire the request path for one replica."""
     from serving.gateway import GatewayCore
+    from serving.shadow import ShadowRunner
     from telemetry.decision_log import DecisionLogWriter
-    from telemetry.metrics import RequestMetrics
+    from telemetry.metrics import RequestMetrics, ShadowMetrics
     from telemetry.tracing import build_tracer_provider
 
     scorers = {(r.name, r.version): registry.load(r.name, r.version) for r in table.model_refs()}
@@ -162,7 +163,11 @@ def build_core(settings: ReplicaSettings, table: RoutingTable, registry: Any) ->
         flush_interval_s=cfg.flush_interval_s,
     )
     tracer = build_tracer_provider().get_tracer("rampart.gateway")
-    return GatewayCore(table, scorers, RequestMetrics(registry=None), tracer, writer)
+    core = GatewayCore(table, scorers, RequestMetrics(registry=None), tracer, writer)
+    core.shadow_runner = ShadowRunner(
+        lambda name, version: core.scorers.get((name, version)), ShadowMetrics(registry=None),
+        writer, queue_size=settings.config.shadow.queue_size)
+    return core
 
 
 @dataclass

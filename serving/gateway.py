@@ -36,6 +36,7 @@ from serving.schemas import (
     PredictResponse,
     format_validation_error,
 )
+from serving.shadow import ShadowJob, ShadowRunner
 from telemetry.decision_log import DecisionLogWriter, DecisionRecord
 from telemetry.metrics import CONTENT_TYPE, RequestMetrics, RolloutFigures
 from telemetry.tracing import SPAN_NAME
@@ -114,8 +115,10 @@ class GatewayCore:
         metrics: RequestMetrics,
         tracer: Tracer,
         decision_log: DecisionLogWriter | None = None,
+        shadow_runner: ShadowRunner | None = None,
     ) -> None:
         self._table = table
+        self.shadow_runner = shadow_runner
         self.scorers = dict(scorers)
         self.metrics = metrics
         self.tracer = tracer
@@ -205,6 +208,13 @@ class GatewayCore:
             body_out = error_body(ModelFailed(f"model version failed: {error_text}", request_id))
         latency_s = time.perf_counter() - started
         self._record(request_id, request, decision, prediction, latency_s, status, error_text)
+        if prediction is not None and table.shadows and self.shadow_runner is not None:
+            for shadow in table.shadows:
+                if shadow.mirrors(decision.unit_id):
+                    self.shadow_runner.submit(ShadowJob(
+                        request_id, decision.unit_id, decision.unit_type,
+                        decision.experiment_id, decision.model, prediction, shadow.model,
+                        request.features))
         return Outcome(status_code, body_out)
 
     async def _inject(self, fault: ActiveFault) -> None:
@@ -260,6 +270,8 @@ class GatewayCore:
         span.end(end_time=end_ns)
 
     def close(self) -> None:
+        if self.shadow_runner is not None:
+            self.shadow_runner.close()
         if self.decision_log is not None:
             self.decision_log.close()
 

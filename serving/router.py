@@ -49,16 +49,31 @@ class CompiledExperiment:
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledShadow:
+    """A shadow version and which units it mirrors (bucket < sample_bp)."""
+
+    model: ModelRef
+    salt: str
+    salt_state: int
+    sample_bp: int
+
+    def mirrors(self, unit_id: str) -> bool:
+        return self.sample_bp >= 10_000 or bucket_from_state(self.salt_state, unit_id) < (
+            self.sample_bp)
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingTable:
     """Everything a replica needs to route, frozen, with a version number."""
 
     version: int
     experiments: tuple[CompiledExperiment, ...]
     default: ModelRef
+    shadows: tuple[CompiledShadow, ...] = ()
 
     def model_refs(self) -> tuple[ModelRef, ...]:
-        """Every distinct model version this table can route to."""
-        refs = {self.default}
+        """Every distinct model version this table can route to or mirror."""
+        refs = {self.default, *(s.model for s in self.shadows)}
         for exp in self.experiments:
             refs.update(exp.arm_models)
         return tuple(sorted(refs, key=lambda r: (r.name, r.version)))
@@ -69,6 +84,8 @@ class RoutingTable:
             "version": self.version,
             "hash_version": HASH_VERSION,
             "default": _ref_json(self.default),
+            "shadows": [{**_ref_json(s.model), "sample_bp": s.sample_bp, "salt": s.salt}
+                        for s in self.shadows],
             "experiments": [
                 {
                     "id": e.id,
@@ -132,10 +149,15 @@ def build_routing_table(
         )
         for exp in config.experiments
     )
+    shadows = tuple(
+        CompiledShadow(ref(s.model, s.version), s.salt, salt_state(s.salt), s.sample_bp)
+        for s in config.shadows
+    )
     return RoutingTable(
         version=version,
         experiments=experiments,
         default=ref(config.default.model, config.default.version),
+        shadows=shadows,
     )
 
 

@@ -138,6 +138,28 @@ class ExperimentSpec(_Frozen):
         return arms
 
 
+class ShadowSpec(ModelTarget):
+    """A version that receives a copy of live traffic off the hot path.
+
+    ``sample_bp`` basis points of units are mirrored, chosen by bucket under
+    ``salt`` so the same units are always mirrored.
+    """
+
+    sample_bp: int = Field(default=10_000, ge=1, le=BUCKETS)
+    salt: str = "shadow"
+
+    @field_validator("salt")
+    @classmethod
+    def _salt(cls, salt: str) -> str:
+        if not SALT_PATTERN.match(salt):
+            raise ValueError("salt must be 1-64 characters of letters, digits and '_.:-'")
+        return salt
+
+
+class ShadowConfig(_Frozen):
+    queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
 class DecisionLogConfig(_Frozen):
     path: Path = Path(".rampart/decisions")
     batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
@@ -166,6 +188,8 @@ class RampartConfig(_Frozen):
     models: tuple[ModelSpec, ...] = Field(min_length=1)
     default: ModelTarget
     experiments: tuple[ExperimentSpec, ...] = ()
+    shadows: tuple[ShadowSpec, ...] = ()
+    shadow: ShadowConfig = ShadowConfig()
     decision_log: DecisionLogConfig = DecisionLogConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     server: ServerConfig = ServerConfig()
@@ -177,6 +201,7 @@ class RampartConfig(_Frozen):
         if len(set(names)) != len(names):
             raise ValueError(f"models listed twice: {names}")
         targets: list[tuple[str, ModelTarget]] = [("default", self.default)]
+        targets += [(f"shadow {s.model}/{s.version}", s) for s in self.shadows]
         for exp in self.experiments:
             targets += [(f"experiment {exp.id!r} arm {a.name!r}", a) for a in exp.arms]
         for where, target in targets:

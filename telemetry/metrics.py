@@ -111,3 +111,52 @@ def prepare_multiprocess_dir(path: Path) -> Path:
     for stale in path.glob("*.db"):
         stale.unlink()
     return path
+
+
+class ShadowMetrics:
+    """Shadow calls and online shadow/primary agreement."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.calls = Counter(
+            "rampart_shadow_requests",
+            "Shadow calls by model version and status (ok, error, dropped).",
+            ("model_name", "model_version", "status"), registry=registry)
+        self.latency = Histogram(
+            "rampart_shadow_latency_seconds", "Time to score one shadow call, in seconds.",
+            ("model_name", "model_version"), buckets=LATENCY_BUCKETS_S, registry=registry)
+        labels = ("model_name", "primary_version", "shadow_version")
+        self.label_agreement = Gauge(
+            "rampart_shadow_label_agreement",
+            "Share of recent mirrored requests where shadow and primary give the same label.",
+            labels, registry=registry, multiprocess_mode="mostrecent")
+        self.abs_diff = Gauge(
+            "rampart_shadow_score_abs_diff",
+            "Quantiles of |shadow - primary| score over recent mirrored requests.",
+            (*labels, "quantile"), registry=registry, multiprocess_mode="mostrecent")
+        self.pairs = Gauge(
+            "rampart_shadow_pairs", "Mirrored requests behind the agreement figures.",
+            labels, registry=registry, multiprocess_mode="mostrecent")
+
+    def observe(self, model: str, version: str, status: str, latency_s: float | None) -> None:
+        self.calls.labels(model, version, status).inc()
+        if latency_s is not None:
+            self.latency.labels(model, version).observe(latency_s)
+
+    def set_agreement(self, model: str, primary: str, shadow: str, result: AgreementFigures
+                      ) -> None:
+        self.pairs.labels(model, primary, shadow).set(result.n)
+        if result.label_agreement is not None:
+            self.label_agreement.labels(model, primary, shadow).set(result.label_agreement)
+        for quantile, value in result.abs_diff_quantiles.items():
+            self.abs_diff.labels(model, primary, shadow, quantile).set(value)
+
+
+class AgreementFigures(Protocol):
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def label_agreement(self) -> float | None: ...
+
+    @property
+    def abs_diff_quantiles(self) -> dict[str, float]: ...

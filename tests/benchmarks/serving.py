@@ -135,7 +135,8 @@ def seed_registry(work_dir: Path) -> tuple[str, dict[str, dict[str, float]]]:
     uri = f"sqlite:///{work_dir / 'mlflow.db'}"
     seeded = seed_demo_models(uri, work_dir / "artifacts")
     wanted = {"champion": CHAMPION_VERSION, "challenger": CHALLENGER_VERSION}
-    if seeded.model_name != MODEL_NAME or seeded.versions != wanted:
+    if seeded.model_name != MODEL_NAME or any(
+            seeded.versions.get(alias) != version for alias, version in wanted.items()):
         raise PeerError(f"unexpected seed result: {seeded}")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
