@@ -178,7 +178,8 @@ class GatewayCore:
         key = (decision.model.name, decision.model.version)
         scorer = self.scorers[key]
         try:
-            values = feature_vector(request.features, scorer, self._feature_sets[key], request_id)
+            features = table.transform(request.features)
+            values = feature_vector(features, scorer, self._feature_sets[key], request_id)
         except RampartError as error:
             self.metrics.observe(("", "", "", "", "rejected"), time.perf_counter() - started)
             return Outcome(error.status, error_body(error))
@@ -214,7 +215,7 @@ class GatewayCore:
                     self.shadow_runner.submit(ShadowJob(
                         request_id, decision.unit_id, decision.unit_type,
                         decision.experiment_id, decision.model, prediction, shadow.model,
-                        request.features))
+                        request.features, features))
         return Outcome(status_code, body_out)
 
     async def _inject(self, fault: ActiveFault) -> None:

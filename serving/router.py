@@ -23,7 +23,7 @@ from serving.assignment import (
     buckets_vectorized,
     salt_state,
 )
-from serving.schemas import ContextValue, RampartConfig, TargetingRule
+from serving.schemas import ContextValue, FeatureTransform, RampartConfig, TargetingRule
 
 DEFAULT_ARM = "default"
 
@@ -70,6 +70,17 @@ class RoutingTable:
     experiments: tuple[CompiledExperiment, ...]
     default: ModelRef
     shadows: tuple[CompiledShadow, ...] = ()
+    feature_transforms: tuple[FeatureTransform, ...] = ()
+
+    def transform(self, features: Mapping[str, float]) -> Mapping[str, float]:
+        """The features the models see: the online transforms applied in order."""
+        if not self.feature_transforms:
+            return features
+        out = dict(features)
+        for t in self.feature_transforms:
+            if t.feature in out:
+                out[t.feature] = t.apply(out[t.feature])
+        return out
 
     def model_refs(self) -> tuple[ModelRef, ...]:
         """Every distinct model version this table can route to or mirror."""
@@ -158,6 +169,7 @@ def build_routing_table(
         experiments=experiments,
         default=ref(config.default.model, config.default.version),
         shadows=shadows,
+        feature_transforms=config.feature_transforms,
     )
 
 

@@ -6,6 +6,7 @@ everything deeper receives these frozen objects, never dicts.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -156,6 +157,48 @@ class ShadowSpec(ModelTarget):
         return salt
 
 
+class FeatureTransform(_Frozen):
+    """An online feature computation applied before scoring: ``scale`` multiplies,
+    ``shift`` adds, ``log1p`` takes log(1 + x), ``clip`` bounds to ``[low, high]``.
+
+    The decision log keeps the features as the client sent them, so offline
+    replay (``rampart parity replay``) catches a transform the offline model
+    does not apply."""
+
+    feature: str = Field(min_length=1)
+    op: Literal["scale", "shift", "log1p", "clip"]
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _operands(self) -> FeatureTransform:
+        if self.op in ("scale", "shift") and self.value is None:
+            raise ValueError(f"{self.op} needs a 'value'")
+        if self.op == "clip" and (self.low is None or self.high is None or self.low > self.high):
+            raise ValueError("clip needs 'low' <= 'high'")
+        return self
+
+    def apply(self, x: float) -> float:
+        if self.op == "scale":
+            return x * (self.value or 0.0)
+        if self.op == "shift":
+            return x + (self.value or 0.0)
+        if self.op == "log1p":
+            return math.log1p(x) if x > -1 else float("nan")
+        assert self.low is not None and self.high is not None
+        return min(max(x, self.low), self.high)
+
+
+class ParityConfig(_Frozen):
+    """Thresholds for parity and drift checks."""
+
+    replay_tolerance: float = Field(default=1e-6, gt=0)
+    psi_threshold: float = Field(default=0.2, gt=0)
+    ks_alpha: float = Field(default=0.001, gt=0, lt=1)
+    min_label_agreement: float = Field(default=0.95, ge=0, le=1)
+
+
 class ShadowConfig(_Frozen):
     queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
 
@@ -190,6 +233,8 @@ class RampartConfig(_Frozen):
     experiments: tuple[ExperimentSpec, ...] = ()
     shadows: tuple[ShadowSpec, ...] = ()
     shadow: ShadowConfig = ShadowConfig()
+    feature_transforms: tuple[FeatureTransform, ...] = ()
+    parity: ParityConfig = ParityConfig()
     decision_log: DecisionLogConfig = DecisionLogConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     server: ServerConfig = ServerConfig()

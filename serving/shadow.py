@@ -39,7 +39,8 @@ class ShadowJob:
     primary: ModelRef
     primary_prediction: float
     shadow: ModelRef
-    features: Mapping[str, float]
+    features: Mapping[str, float]  # as the client sent them (logged)
+    model_features: Mapping[str, float]  # after the online transforms (scored)
 
 
 class ParityTracker:
@@ -117,7 +118,7 @@ class ShadowRunner:
             if scorer is None:
                 raise LookupError(f"shadow version {job.shadow.name}/{job.shadow.version} "
                                   "is not loaded")
-            values = [float(job.features[name]) for name in scorer.feature_names]
+            values = [float(job.model_features[name]) for name in scorer.feature_names]
             prediction = float(scorer.predict_one(values))
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"

@@ -205,21 +205,27 @@ WINDOWS = {"healthy": healthy(), "slow": slow(), "erroring": erroring(), "none":
 @given(kinds=st.lists(window_kind, min_size=1, max_size=40), limit=st.integers(1, 4))
 def test_no_breach_streak_of_failure_limit_ever_ends_promoted(kinds: list[str],
                                                              limit: int) -> None:
-    """Over any metric sequence: a streak of ``limit`` failing windows (with only
-    unjudgeable windows between them) always rolls back, never promotes; and
-    the candidate's weight only grows until a rollback empties it."""
+    """Over any metric sequence: a streak of ``limit`` failed checks always rolls
+    back, never promotes; and the candidate's weight only grows until a rollback
+    empties it. A reference model says which windows form a check: thin windows
+    (2 candidate requests) pile up until 10 requests make a passing check."""
     p = plan(failure_limit=limit, min_requests=50)
     state = started(p)
     weights = [state.weight_bp]
     streak = 0
+    pending = 0
     saw_streak = False
     for i, kind in enumerate(kinds):
         state, actions = step(state, WINDOWS[kind], [], float(i + 1))
         weights += [a.weight_bp for a in actions if isinstance(a, SetWeight)]
         if kind in ("slow", "erroring"):
-            streak += 1
+            streak, pending = streak + 1, 0
         elif kind == "healthy":
-            streak = 0
+            streak, pending = 0, 0
+        elif kind == "thin":
+            pending += 2
+            if pending >= p.guardrails.min_check_requests:
+                streak, pending = 0, 0
         if streak >= limit:
             saw_streak = True
             assert state.phase == Phase.ROLLED_BACK
