@@ -14,13 +14,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Debian packages the tests and benchmarks use: promtool and a real Prometheus,
 # Alertmanager, and wrk. Installed only when missing.
-SYSTEM_TOOLS := promtool prometheus prometheus-alertmanager amtool wrk
+SYSTEM_TOOLS := promtool prometheus prometheus-alertmanager amtool wrk chromium
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager wrk >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager wrk chromium >/dev/null; \
 	fi
 
 demo: $(STAMP)

@@ -99,7 +99,7 @@ def seed_demo_models(tracking_uri: str, artifact_root: Path) -> SeedResult:
             with tempfile.TemporaryDirectory() as tmp:
                 sample = frame.sample(min(n_rows, 5_000), random_state=seed)
                 sample_path = Path(tmp) / "training_sample.parquet"
-                sample.to_parquet(sample_path)
+                sample.to_parquet(sample_path, index=False)
                 mlflow.log_artifact(str(sample_path), artifact_path="reference")
             mlflow.sklearn.log_model(
                 estimator,

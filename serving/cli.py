@@ -235,6 +235,78 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parity_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
+    from telemetry.parity_report import ParityInputError, load_offline_model
+
+    config = _load(args.config)
+    model = None
+    if getattr(args, "model", None):
+        try:
+            model = load_offline_model(args.model, args.tracking_uri
+                                       or config.resolved_tracking_uri())
+        except ParityInputError as exc:
+            raise CliError(str(exc)) from None
+    return config, model
+
+
+def cmd_parity_replay(args: argparse.Namespace) -> int:
+    from telemetry.parity_report import ParityInputError, load_log, run_replay
+
+    config, model = _parity_inputs(args)
+    tolerance = args.tolerance or config.parity.replay_tolerance
+    started = time.perf_counter()
+    try:
+        result = run_replay(load_log(args.decisions), model, tolerance)
+    except ParityInputError as exc:
+        raise CliError(str(exc)) from None
+    elapsed = time.perf_counter() - started
+    body = {"model": f"models:/{model.name}/{model.version}", **result.model_dump(),
+            "seconds": round(elapsed, 3),
+            "rows_per_second": round(result.n / elapsed) if elapsed > 0 else None}
+    if args.json:
+        print(json.dumps(body))
+    else:
+        print(f"replay of {body['model']} over {result.n} logged decisions: {result.verdict}")
+        print(f"  max |online - offline| = {result.max_abs_diff}, quantiles "
+              f"{result.abs_diff_quantiles}, over tolerance {tolerance}: {result.over_tolerance}")
+        if result.examples:
+            print(f"  e.g. request ids {result.examples}")
+    return 0 if result.verdict != "FAIL" else 1
+
+
+def cmd_parity_report(args: argparse.Namespace) -> int:
+    from telemetry.parity_report import ParityInputError, build_report, render_html
+
+    config, model = _parity_inputs(args)
+    try:
+        report = build_report(args.decisions, model, config.parity.replay_tolerance,
+                              config.parity.psi_threshold, config.parity.ks_alpha,
+                              config.parity.min_label_agreement)
+    except ParityInputError as exc:
+        raise CliError(str(exc)) from None
+    if args.html:
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.html).write_text(render_html(report), encoding="utf-8")
+    body = report.as_json()
+    if args.json:
+        print(json.dumps(body))
+    else:
+        print(f"parity report over {report.rows} rows: {report.verdict}")
+        for item in body["agreement"]:
+            print(f"  shadow v{item['shadow_version']} vs primary v{item['primary_version']}: "
+                  f"{item['n']} requests, label agreement {item['label_agreement']}, "
+                  f"|diff| {item['abs_diff_quantiles']}")
+        if report.replay is not None:
+            print(f"  replay {report.model}: {report.replay.verdict}, max |diff| "
+                  f"{report.replay.max_abs_diff}")
+        for d in report.drift:
+            flag = "DRIFT" if d.drifted else "ok"
+            print(f"  {d.feature}: PSI {d.psi:.4f}, KS p {d.ks_p_value:.3g} {flag}")
+        if args.html:
+            print(f"  HTML report: {args.html}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from serving.demo import run_demo
 
@@ -305,6 +377,27 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--reason", help="recorded in the audit trail")
         admin_flags(command)
         command.set_defaults(func=cmd_rollout_command)
+
+    parity = sub.add_parser("parity", help="online/offline parity, shadow agreement, drift")
+    parity_sub = parity.add_subparsers(dest="parity_command", required=True, metavar="COMMAND")
+    replay = parity_sub.add_parser(
+        "replay", help="replay logged features through the offline model; compare predictions")
+    replay.add_argument("--decisions", type=Path, required=True, help="decision-log directory")
+    replay.add_argument("--model", required=True, help="models:/NAME/VERSION or models:/NAME@ALIAS")
+    replay.add_argument("--tolerance", type=float, help="largest accepted |online - offline|")
+    replay.add_argument("--json", action="store_true")
+    replay.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    replay.add_argument("--tracking-uri", help="MLflow tracking URI (default from config)")
+    replay.set_defaults(func=cmd_parity_replay)
+    report = parity_sub.add_parser("report", help="agreement, replay and drift in one report")
+    report.add_argument("--decisions", type=Path, required=True, help="decision-log directory")
+    report.add_argument("--model", help="models:/NAME/VERSION to replay and take the "
+                                        "drift reference from")
+    report.add_argument("--html", type=Path, help="write an HTML report with plots here")
+    report.add_argument("--json", action="store_true")
+    report.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default from config)")
+    report.set_defaults(func=cmd_parity_report)
 
     demo = sub.add_parser("demo", help="seed, serve, drive traffic, print per-version table")
     demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG)

@@ -25,12 +25,15 @@ class Population:
 
     size: int
     seed: int = 7
+    shift_f0: float = 0.0  # move f0's distribution (a drifting population)
 
     def user_ids(self) -> list[str]:
         return [f"user-{i:06d}" for i in range(self.size)]
 
     def features(self) -> np.ndarray:
-        return np.random.default_rng(self.seed).normal(size=(self.size, len(FEATURE_NAMES)))
+        x = np.random.default_rng(self.seed).normal(size=(self.size, len(FEATURE_NAMES)))
+        x[:, 0] += self.shift_f0
+        return x
 
 
 @dataclass

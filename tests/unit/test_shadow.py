@@ -108,7 +108,7 @@ def test_a_hung_shadow_neither_fails_nor_delays_the_primary(blocked: Any) -> Non
 def test_a_failing_or_missing_shadow_is_logged_and_counted_not_felt(
     tmp_path: Path, kind: str
 ) -> None:
-    core, prom, writer = _build(tmp_path, RaisingScorer() if kind == "raises" else None)
+    core, prom, _ = _build(tmp_path, RaisingScorer() if kind == "raises" else None)
     with TestClient(build_app(core)) as client:
         answers = [client.post("/v1/predict", json={"unit_id": f"u{i}", "features": GOOD})
                    for i in range(20)]
@@ -142,7 +142,7 @@ def test_a_full_queue_drops_and_counts_never_grows(tmp_path: Path) -> None:
 
 def test_sampled_shadow_mirrors_the_same_units_every_time(tmp_path: Path) -> None:
     shadow = LinearScorer("clf", "2", FEATURES, tuple([0.25] * 8), 0.2, True)
-    core, _, writer = _build(tmp_path, shadow, sample_bp=2000)
+    core, _, _ = _build(tmp_path, shadow, sample_bp=2000)
     with TestClient(build_app(core)) as client:
         for _ in range(2):
             for i in range(300):

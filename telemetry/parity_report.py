@@ -1,0 +1,361 @@
+"""Parity from the decision log: offline replay, shadow agreement, feature drift, report.
+
+The I/O shell around :mod:`telemetry.parity`: reads decision-log Parquet,
+loads model versions through MLflow's *offline* path (the scikit-learn flavour's
+``predict_proba``/``predict``, or pyfunc), fetches the training reference a
+version was logged with, and renders a JSON or HTML report.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from telemetry.decision_log import read_decisions
+from telemetry.parity import (
+    Agreement,
+    FeatureDrift,
+    ReplayParity,
+    agreement,
+    agreement_by_segment,
+    drift,
+    replay_parity,
+)
+
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
+
+
+class ParityInputError(ValueError):
+    """A decision log or model URI that cannot be used, named clearly."""
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    name: str
+    version: str
+    feature_names: tuple[str, ...]
+    predict: Any  # (n, d) float matrix -> (n,) scores
+    reference: dict[str, npt.NDArray[np.float64]] | None
+
+
+def load_offline_model(model_uri: str, tracking_uri: str) -> OfflineModel:
+    """Resolve ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` and load it offline."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import get_model_info
+
+    match = MODEL_URI.match(model_uri)
+    if not match:
+        raise ParityInputError(
+            f"--model must look like models:/NAME/VERSION or models:/NAME@ALIAS, got {model_uri!r}")
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    name = match["name"]
+    try:
+        mv = (client.get_model_version(name, match["version"]) if match["version"]
+              else client.get_model_version_by_alias(name, match["alias"]))
+    except MlflowException as exc:
+        raise ParityInputError(f"MLflow has no {model_uri} ({tracking_uri})") from exc
+    version = str(mv.version)
+    uri = f"models:/{name}/{version}"
+    info = get_model_info(uri)
+    if info.signature is None or info.signature.inputs is None:
+        raise ParityInputError(f"{uri} has no input signature")
+    features = tuple(str(n) for n in info.signature.inputs.input_names())
+    if "sklearn" in info.flavors:
+        estimator = mlflow.sklearn.load_model(uri)
+
+        def predict(matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+            import pandas as pd
+
+            frame = pd.DataFrame(matrix, columns=list(features))
+            if hasattr(estimator, "predict_proba"):
+                return np.asarray(estimator.predict_proba(frame))[:, 1]
+            return np.asarray(estimator.predict(frame), dtype=np.float64)
+    else:
+        pyfunc = mlflow.pyfunc.load_model(uri)
+
+        def predict(matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+            import pandas as pd
+
+            out = np.asarray(pyfunc.predict(pd.DataFrame(matrix, columns=list(features))),
+                             dtype=np.float64)
+            return out[:, -1] if out.ndim == 2 else out
+
+    return OfflineModel(name, version, features, predict, _reference(client, mv.run_id))
+
+
+def _reference(client: Any, run_id: str | None) -> dict[str, npt.NDArray[np.float64]] | None:
+    """The training sample a version was logged with (``reference/*.parquet``), if any."""
+    import pyarrow.parquet as pq
+
+    if not run_id:
+        return None
+    try:
+        local = client.download_artifacts(run_id, "reference")
+    except Exception:
+        return None
+    files = sorted(Path(local).glob("*.parquet"))
+    if not files:
+        return None
+    table = pq.read_table(files[0])
+    return {name: table.column(name).to_numpy().astype(np.float64)
+            for name in table.column_names if not name.startswith("__")}  # pandas' index
+
+
+def feature_matrix(table: pa.Table, names: tuple[str, ...]) -> npt.NDArray[np.float64]:
+    """Rows' ``features`` maps as a dense matrix in ``names`` order, vectorized.
+
+    The gateway accepts only requests whose features match the signature
+    exactly, so every logged row has each name once; a row that lacks one is
+    reported rather than guessed.
+    """
+    column = table.column("features").combine_chunks()
+    n = len(column)
+    offsets = np.asarray(column.offsets)
+    lengths = np.diff(offsets)
+    rows = np.repeat(np.arange(n), lengths)
+    keys = column.keys.to_numpy(zero_copy_only=False)
+    values = column.items.to_numpy(zero_copy_only=False).astype(np.float64)
+    matrix = np.full((n, len(names)), np.nan)
+    for j, name in enumerate(names):
+        mask = keys == name
+        matrix[rows[mask], j] = values[mask]
+    missing = np.isnan(matrix).any(axis=1)
+    if missing.any():
+        raise ParityInputError(
+            f"{int(missing.sum())} logged rows lack some of the features {list(names)}")
+    return matrix
+
+
+def _primary_rows(table: pa.Table, name: str | None = None,
+                  version: str | None = None) -> pa.Table:
+    mask = pc.and_(pc.equal(table.column("role"), "primary"),
+                   pc.equal(table.column("status"), "ok"))
+    if name is not None:
+        mask = pc.and_(mask, pc.equal(table.column("model_name"), name))
+    if version is not None:
+        mask = pc.and_(mask, pc.equal(table.column("model_version"), version))
+    return table.filter(mask)
+
+
+def load_log(path: str | Path) -> pa.Table:
+    path = Path(path)
+    if not path.exists():
+        raise ParityInputError(f"no decision log at {path}")
+    table = read_decisions(path)
+    if table.num_rows == 0:
+        raise ParityInputError(f"the decision log at {path} is empty")
+    return table
+
+
+def run_replay(table: pa.Table, model: OfflineModel, tolerance: float) -> ReplayParity:
+    """Replay the version's logged features offline; compare with its online scores."""
+    rows = _primary_rows(table, model.name, model.version)
+    if rows.num_rows == 0:
+        return replay_parity([], [], [], tolerance)
+    matrix = feature_matrix(rows, model.feature_names)
+    offline = model.predict(matrix)
+    online = rows.column("prediction").to_numpy(zero_copy_only=False).astype(np.float64)
+    return replay_parity(online, offline, rows.column("request_id").to_pylist(), tolerance)
+
+
+@dataclass(frozen=True)
+class ShadowPairs:
+    primary_version: str
+    shadow_version: str
+    primary: npt.NDArray[np.float64]
+    shadow: npt.NDArray[np.float64]
+    arms: list[str]
+
+
+def shadow_pairs(table: pa.Table) -> list[ShadowPairs]:
+    """Join each ok shadow row to its primary row by ``request_id``."""
+    shadows = table.filter(pc.and_(pc.equal(table.column("role"), "shadow"),
+                                   pc.equal(table.column("status"), "ok")))
+    if shadows.num_rows == 0:
+        return []
+    primary = _primary_rows(table).select(["request_id", "model_version", "prediction", "arm"])
+    joined = shadows.select(["request_id", "model_version", "prediction"]).join(
+        primary, "request_id", right_suffix="_primary", join_type="inner")
+    out = []
+    shadow_versions = joined.column("model_version").to_pylist()
+    primary_versions = joined.column("model_version_primary").to_pylist()
+    s = joined.column("prediction").to_numpy(zero_copy_only=False).astype(np.float64)
+    p = joined.column("prediction_primary").to_numpy(zero_copy_only=False).astype(np.float64)
+    arms = joined.column("arm").to_pylist()
+    for pv, sv in sorted(set(zip(primary_versions, shadow_versions, strict=True))):
+        idx = [i for i, key in enumerate(zip(primary_versions, shadow_versions, strict=True))
+               if key == (pv, sv)]
+        out.append(ShadowPairs(pv, sv, p[idx], s[idx], [str(arms[i]) for i in idx]))
+    return out
+
+
+def live_features(table: pa.Table, names: tuple[str, ...]) -> dict[str, npt.NDArray[np.float64]]:
+    rows = _primary_rows(table)
+    matrix = feature_matrix(rows, names)
+    return {name: matrix[:, j] for j, name in enumerate(names)}
+
+
+@dataclass
+class ParityReport:
+    decisions: str
+    rows: int
+    agreement: list[tuple[ShadowPairs, Agreement, dict[str, Agreement]]]
+    replay: ReplayParity | None
+    model: str | None
+    drift: list[FeatureDrift]
+    min_label_agreement: float
+
+    @property
+    def verdict(self) -> str:
+        failing = (
+            (self.replay is not None and self.replay.verdict == "FAIL")
+            or any(d.drifted for d in self.drift)
+            or any(a.label_agreement is not None and a.label_agreement
+                   < self.min_label_agreement for _, a, _ in self.agreement)
+        )
+        return "FAIL" if failing else "PASS"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "decisions": self.decisions,
+            "rows": self.rows,
+            "verdict": self.verdict,
+            "agreement": [
+                {"primary_version": pairs.primary_version, "shadow_version": pairs.shadow_version,
+                 **overall.model_dump(),
+                 "by_arm": {k: v.model_dump() for k, v in by_arm.items()}}
+                for pairs, overall, by_arm in self.agreement
+            ],
+            "replay": None if self.replay is None else {"model": self.model,
+                                                        **self.replay.model_dump()},
+            "drift": [d.model_dump() for d in self.drift],
+        }
+
+
+def build_report(
+    decisions: str | Path, model: OfflineModel | None, tolerance: float,
+    psi_threshold: float, ks_alpha: float, min_label_agreement: float,
+    reference: dict[str, npt.NDArray[np.float64]] | None = None,
+) -> ParityReport:
+    """Agreement (shadow vs primary), replay (if a model is given) and drift."""
+    table = load_log(decisions)
+    pairs = shadow_pairs(table)
+    agreements = [(p, agreement(p.primary, p.shadow), agreement_by_segment(
+        p.primary, p.shadow, p.arms)) for p in pairs]
+    replay = run_replay(table, model, tolerance) if model is not None else None
+    drift_results: list[FeatureDrift] = []
+    ref = reference if reference is not None else (model.reference if model else None)
+    if ref is not None:
+        names = tuple(sorted(ref))
+        drift_results = drift(ref, live_features(table, names), psi_threshold, ks_alpha)
+    return ParityReport(str(decisions), table.num_rows, agreements, replay,
+                        None if model is None else f"models:/{model.name}/{model.version}",
+                        drift_results, min_label_agreement)
+
+
+# ------------------------------------------------------------------ HTML
+
+
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def render_html(report: ParityReport) -> str:
+    """A self-contained page: summary tables and three plots (scatter of shadow vs
+    primary scores, histogram of their differences, PSI per feature)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images: list[tuple[str, str]] = []
+    for pairs, overall, _ in report.agreement:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        left.scatter(pairs.primary, pairs.shadow, s=4, alpha=0.4)
+        lims = [0.0, 1.0] if overall.kind == "classifier" else [
+            float(min(pairs.primary.min(), pairs.shadow.min())),
+            float(max(pairs.primary.max(), pairs.shadow.max()))]
+        left.plot(lims, lims, color="grey", linewidth=1)
+        left.set(xlabel=f"primary v{pairs.primary_version} score",
+                 ylabel=f"shadow v{pairs.shadow_version} score",
+                 title=f"shadow vs primary ({overall.n} requests)")
+        right.hist(pairs.shadow - pairs.primary, bins=50, color="tab:orange")
+        right.set(xlabel="shadow - primary", ylabel="requests", title="score difference")
+        images.append((f"Shadow v{pairs.shadow_version} vs primary v{pairs.primary_version}",
+                       _png(fig)))
+        plt.close(fig)
+    if report.drift:
+        fig, ax = plt.subplots(figsize=(10, 3.5))
+        names = [d.feature for d in report.drift]
+        colors = ["tab:red" if d.drifted else "tab:green" for d in report.drift]
+        ax.bar(names, [d.psi for d in report.drift], color=colors)
+        ax.axhline(y=0.2, color="grey", linestyle="--", linewidth=1)
+        ax.set(ylabel="PSI", title="feature drift vs training reference (red: drifted)")
+        images.append(("Feature drift", _png(fig)))
+        plt.close(fig)
+
+    def table(headers: list[str], rows: list[list[Any]]) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row)
+                       + "</tr>" for row in rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    sections = [f"<h1>Rampart parity report</h1><p class='verdict {report.verdict}'>"
+                f"{report.verdict}</p><p>{html.escape(report.decisions)}: {report.rows} rows; "
+                f"made {dt.datetime.now(tz=dt.UTC):%Y-%m-%d %H:%M:%S} UTC</p>"]
+    sections.append("<h2>Shadow agreement</h2>" + (table(
+        ["primary", "shadow", "requests", "label agreement", "|diff| p50", "|diff| p99",
+         "max |diff|"],
+        [[a.primary_version, a.shadow_version, o.n, o.label_agreement,
+          o.abs_diff_quantiles.get("p50"), o.abs_diff_quantiles.get("p99"), o.max_abs_diff]
+         for a, o, _ in report.agreement]) if report.agreement else "<p>no shadow traffic</p>"))
+    if report.replay is not None:
+        r = report.replay
+        sections.append("<h2>Offline replay</h2>" + table(
+            ["model", "rows", "verdict", "max |diff|", "p99 |diff|", "over tolerance",
+             "tolerance", "examples"],
+            [[report.model, r.n, r.verdict, r.max_abs_diff, r.abs_diff_quantiles.get("p99"),
+              r.over_tolerance, r.tolerance, ", ".join(r.examples)]]))
+    if report.drift:
+        sections.append("<h2>Feature drift</h2>" + table(
+            ["feature", "PSI", "KS statistic", "KS p-value", "drifted"],
+            [[d.feature, d.psi, d.ks_statistic, d.ks_p_value, d.drifted]
+             for d in report.drift]))
+    for title, data in images:
+        sections.append(f"<h2>{html.escape(title)}</h2><img class='plot' alt='"
+                        f"{html.escape(title)}' src='data:image/png;base64,{data}'>")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:"
+             "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+             ".verdict{font-size:1.5em;font-weight:bold}.PASS{color:#1a7f37}.FAIL{color:#c62828}"
+             "img.plot{max-width:100%}")
+    # The page reports how many plots the browser decoded (checked by a test).
+    script = ("window.addEventListener('load',()=>{const ok=[...document.images].filter(i=>"
+              "i.complete&&i.naturalWidth>0).length;document.body.dataset.plotsLoaded=ok;});")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Rampart parity report"
+            f"</title><style>{style}</style></head><body>{''.join(sections)}"
+            f"<script>{script}</script></body></html>")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
