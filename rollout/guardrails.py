@@ -156,6 +156,22 @@ def evaluate(guardrails: Guardrails, window: Window) -> tuple[Verdict, tuple[Che
                 detail=f"candidate p99 {cand_p99 * 1000:.1f} ms vs baseline "
                        f"{base_p99 * 1000:.1f} ms",
             ))
+    shadow_checks = (
+        ("shadow_label_agreement", guardrails.min_shadow_agreement, "min"),
+        ("shadow_score_diff_p99", guardrails.max_shadow_score_diff_p99, "max"),
+    )
+    for name, limit, side in shadow_checks:
+        if limit is None:
+            continue
+        value = window.custom.get(name)
+        if value is None or math.isnan(value):
+            results.append(CheckResult(name=name, verdict=Verdict.INSUFFICIENT_DATA,
+                                       detail="no shadow figures for this model pair"))
+            continue
+        failed = value < limit if side == "min" else value > limit
+        results.append(CheckResult(name=name, verdict=Verdict.FAIL if failed else Verdict.PASS,
+                                   observed=value, threshold=limit,
+                                   detail=f"shadow v-candidate vs baseline ({side} {limit})"))
     for check in guardrails.promql:
         value = window.custom.get(check.name)
         if value is None or math.isnan(value):

@@ -93,7 +93,35 @@ class BuiltinMetricsSource:
         return _freeze(raw)
 
     def custom(self, plan: RolloutPlan, rollout_id: str) -> dict[str, float | None]:
-        return {check.name: None for check in plan.guardrails.promql}
+        values: dict[str, float | None] = {check.name: None for check in plan.guardrails.promql}
+        values.update(self._shadow(plan))
+        return values
+
+    def _shadow(self, plan: RolloutPlan) -> dict[str, float | None]:
+        """The replicas' shadow agreement gauges for baseline -> candidate."""
+        if (plan.guardrails.min_shadow_agreement is None
+                and plan.guardrails.max_shadow_score_diff_p99 is None):
+            return {}
+        registry = CollectorRegistry()
+        try:
+            MultiProcessCollector(registry, path=str(self.metrics_dir))  # type: ignore[no-untyped-call]
+            families = list(registry.collect())
+        except Exception:
+            return {}
+        wanted = {"model_name": plan.model_name, "primary_version": plan.baseline_version,
+                  "shadow_version": plan.candidate_version}
+        out: dict[str, float | None] = {"shadow_label_agreement": None,
+                                        "shadow_score_diff_p99": None}
+        for family in families:
+            for sample in family.samples:
+                if any(sample.labels.get(k) != v for k, v in wanted.items()):
+                    continue
+                if sample.name == "rampart_shadow_label_agreement":
+                    out["shadow_label_agreement"] = sample.value
+                elif (sample.name == "rampart_shadow_score_abs_diff"
+                      and sample.labels.get("quantile") == "p99"):
+                    out["shadow_score_diff_p99"] = sample.value
+        return out
 
 
 class PrometheusMetricsSource:
@@ -138,6 +166,14 @@ class PrometheusMetricsSource:
         values: dict[str, float | None] = {}
         for check in plan.guardrails.promql:
             values[check.name] = self._scalar(check, plan, rollout_id)
+        selector = (f'{{model_name="{plan.model_name}",primary_version="{plan.baseline_version}",'
+                    f'shadow_version="{plan.candidate_version}"')
+        if plan.guardrails.min_shadow_agreement is not None:
+            result = self._query(f"max(rampart_shadow_label_agreement{selector}}})")
+            values["shadow_label_agreement"] = _sample(result[0])[1] if result else None
+        if plan.guardrails.max_shadow_score_diff_p99 is not None:
+            result = self._query(f'max(rampart_shadow_score_abs_diff{selector},quantile="p99"}})')
+            values["shadow_score_diff_p99"] = _sample(result[0])[1] if result else None
         return values
 
     def _scalar(self, check: PromQLCheck, plan: RolloutPlan, rollout_id: str) -> float | None:

@@ -60,6 +60,9 @@ class Guardrails(_Frozen):
     min_check_requests: int = Field(
         default=10, ge=1, description="candidate requests a check needs before it can judge"
     )
+    # Shadow parity (the candidate mirrored against the baseline before it serves):
+    min_shadow_agreement: float | None = Field(default=None, ge=0, le=1)
+    max_shadow_score_diff_p99: float | None = Field(default=None, ge=0)
     promql: tuple[PromQLCheck, ...] = ()
 
 

@@ -237,3 +237,20 @@ def test_no_breach_streak_of_failure_limit_ever_ends_promoted(kinds: list[str],
         assert not saw_streak
     growing = weights[:-1] if state.phase == Phase.ROLLED_BACK else weights
     assert growing == sorted(growing)
+
+
+def test_shadow_agreement_guardrail_holds_and_fails_a_step() -> None:
+    p = plan(guardrails={"min_shadow_agreement": 0.95, "max_shadow_score_diff_p99": 0.1,
+                         "min_check_requests": 10})
+    base = healthy()
+    good = base.model_copy(update={"custom": {"shadow_label_agreement": 0.99,
+                                              "shadow_score_diff_p99": 0.02}})
+    bad = base.model_copy(update={"custom": {"shadow_label_agreement": 0.80,
+                                             "shadow_score_diff_p99": 0.02}})
+    s, _ = run(started(p), [base])  # no shadow figures yet: not judged
+    assert "no shadow figures" in s.hold_reason and s.step_index == 0
+    s, _ = run(started(p), [good] * 3)
+    assert s.step_index >= 1
+    s, _ = run(started(p), [bad, bad])
+    assert s.phase == Phase.ROLLED_BACK
+    assert any(c.name == "shadow_label_agreement" and c.verdict == "FAIL" for c in s.last_checks)
