@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -188,6 +189,25 @@ class MlflowRegistry:
 
     def version_tags(self, name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(name, version).tags)
+
+    def reference_sample(self, name: str, version: str) -> dict[str, npt.NDArray[np.float64]]:
+        """The training sample logged with a version under ``reference/`` (for drift);
+        empty when the version has none."""
+        import pyarrow.parquet as pq
+
+        run_id = self.client.get_model_version(name, version).run_id
+        if not run_id:
+            return {}
+        try:
+            local = self.client.download_artifacts(run_id, "reference")
+        except Exception:
+            return {}
+        files = sorted(Path(local).glob("*.parquet"))
+        if not files:
+            return {}
+        table = pq.read_table(files[0])
+        return {c: table.column(c).to_numpy().astype(np.float64)
+                for c in table.column_names if not c.startswith("__")}  # pandas' index
 
     def model_uri(self, name: str, version: str) -> str:
         return f"models:/{name}/{version}"

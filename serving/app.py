@@ -96,12 +96,31 @@ def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
             self.core.apply_snapshot(snapshot.table, active_faults(snapshot),
                                      self.registry.load, snapshot.rollouts)
             self._stop = threading.Event()
+            self._references_loaded: set[tuple[str, str]] = set()
+            self._load_references()
             self._poller = threading.Thread(target=self._poll, name="routing-poll", daemon=True)
             self._poller.start()
 
+        def _load_references(self) -> None:
+            monitor = self.core.drift_monitor
+            for key in list(self.core.scorers):
+                if key in self._references_loaded or monitor is None:
+                    continue
+                self._references_loaded.add(key)
+                try:
+                    reference = self.registry.reference_sample(*key)
+                except Exception:
+                    log.exception("no drift reference for %s", key)
+                    continue
+                if reference:
+                    monitor.set_reference(key, reference)
+
         def _poll(self) -> None:
             # Off the request path: fetch newer routing tables from the controller,
-            # load any new version, then swap in one reference assignment.
+            # load any new version, then swap in one reference assignment; now and
+            # then, compare recent features with the training references.
+            every = self.settings.config.parity.drift_every_s
+            next_drift = time.monotonic() + every
             while not self._stop.wait(self.settings.poll_interval_s):
                 try:
                     snapshot = ray.get(
@@ -109,6 +128,10 @@ def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
                     if snapshot is not None:
                         self.core.apply_snapshot(snapshot.table, active_faults(snapshot),
                                                  self.registry.load, snapshot.rollouts)
+                        self._load_references()
+                    if time.monotonic() >= next_drift and self.core.drift_monitor is not None:
+                        next_drift = time.monotonic() + every
+                        self.core.drift_monitor.evaluate()
                 except Exception:
                     log.exception("routing poll failed; serving the last table")
 
@@ -151,7 +174,8 @@ def build_core(settings: ReplicaSettings, table: RoutingTable, registry: Any) ->
     from serving.gateway import GatewayCore
     from serving.shadow import ShadowRunner
     from telemetry.decision_log import DecisionLogWriter
-    from telemetry.metrics import RequestMetrics, ShadowMetrics
+    from telemetry.drift_monitor import DriftMonitor
+    from telemetry.metrics import DriftMetrics, RequestMetrics, ShadowMetrics
     from telemetry.tracing import build_tracer_provider
 
     scorers = {(r.name, r.version): registry.load(r.name, r.version) for r in table.model_refs()}
@@ -164,6 +188,10 @@ def build_core(settings: ReplicaSettings, table: RoutingTable, registry: Any) ->
     )
     tracer = build_tracer_provider().get_tracer("rampart.gateway")
     core = GatewayCore(table, scorers, RequestMetrics(registry=None), tracer, writer)
+    parity = settings.config.parity
+    core.drift_monitor = DriftMonitor(DriftMetrics(registry=None),
+                                      psi_threshold=parity.psi_threshold,
+                                      ks_alpha=parity.ks_alpha)
     core.shadow_runner = ShadowRunner(
         lambda name, version: core.scorers.get((name, version)), ShadowMetrics(registry=None),
         writer, queue_size=settings.config.shadow.queue_size)

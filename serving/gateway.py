@@ -38,6 +38,7 @@ from serving.schemas import (
 )
 from serving.shadow import ShadowJob, ShadowRunner
 from telemetry.decision_log import DecisionLogWriter, DecisionRecord
+from telemetry.drift_monitor import DriftMonitor
 from telemetry.metrics import CONTENT_TYPE, RequestMetrics, RolloutFigures
 from telemetry.tracing import SPAN_NAME
 
@@ -116,7 +117,9 @@ class GatewayCore:
         tracer: Tracer,
         decision_log: DecisionLogWriter | None = None,
         shadow_runner: ShadowRunner | None = None,
+        drift_monitor: DriftMonitor | None = None,
     ) -> None:
+        self.drift_monitor = drift_monitor
         self._table = table
         self.shadow_runner = shadow_runner
         self.scorers = dict(scorers)
@@ -209,6 +212,8 @@ class GatewayCore:
             body_out = error_body(ModelFailed(f"model version failed: {error_text}", request_id))
         latency_s = time.perf_counter() - started
         self._record(request_id, request, decision, prediction, latency_s, status, error_text)
+        if prediction is not None and self.drift_monitor is not None:
+            self.drift_monitor.observe(key, request.features)
         if prediction is not None and table.shadows and self.shadow_runner is not None:
             for shadow in table.shadows:
                 if shadow.mirrors(decision.unit_id):

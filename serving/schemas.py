@@ -197,6 +197,8 @@ class ParityConfig(_Frozen):
     psi_threshold: float = Field(default=0.2, gt=0)
     ks_alpha: float = Field(default=0.001, gt=0, lt=1)
     min_label_agreement: float = Field(default=0.95, ge=0, le=1)
+    drift_every_s: float = Field(default=10.0, gt=0, le=3600,
+                                 description="how often replicas recompute online drift")
 
 
 class ShadowConfig(_Frozen):

@@ -160,3 +160,31 @@ class AgreementFigures(Protocol):
 
     @property
     def abs_diff_quantiles(self) -> dict[str, float]: ...
+
+
+class DriftMetrics:
+    """Per-feature drift of live requests against a version's training reference."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        labels = ("model_name", "model_version", "feature")
+        self.psi = Gauge("rampart_feature_psi",
+                         "Population stability index of recent requests vs the training data.",
+                         labels, registry=registry, multiprocess_mode="mostrecent")
+        self.ks_pvalue = Gauge("rampart_feature_ks_pvalue",
+                               "Two-sample KS p-value of recent requests vs the training data.",
+                               labels, registry=registry, multiprocess_mode="mostrecent")
+
+    def set(self, model: str, version: str, result: DriftFigures) -> None:
+        self.psi.labels(model, version, result.feature).set(result.psi)
+        self.ks_pvalue.labels(model, version, result.feature).set(result.ks_p_value)
+
+
+class DriftFigures(Protocol):
+    @property
+    def feature(self) -> str: ...
+
+    @property
+    def psi(self) -> float: ...
+
+    @property
+    def ks_p_value(self) -> float: ...

@@ -8,9 +8,11 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -25,7 +27,7 @@ MODEL = "rampart-demo-classifier"
 
 
 def _serve_and_log(mlflow_store: dict[str, Any], tmp: Path, population: Population,
-                   **overrides: Any) -> Path:
+                   metrics_out: list[str] | None = None, **overrides: Any) -> Path:
     data = yaml.safe_load((ROOT / "deploy" / "rampart.yaml").read_text())
     data.update(tracking_uri=mlflow_store["uri"], data_dir=str(tmp), experiments=[],
                 **overrides)
@@ -36,6 +38,9 @@ def _serve_and_log(mlflow_store: dict[str, Any], tmp: Path, population: Populati
     try:
         result = drive_traffic(gateway.url, population, 600, concurrency=4, seed=2)
         assert result.ok == 600
+        if metrics_out is not None:
+            time.sleep(2.5)  # two online drift evaluations (drift_every_s = 1)
+            metrics_out.append(httpx.get(f"{gateway.url}/metrics").text)
     finally:
         gateway.stop()
     return tmp / "decisions"
@@ -119,7 +124,14 @@ def test_report_shows_agreement_replay_and_drift_and_renders_in_chromium(
 def test_drift_is_flagged_when_the_live_population_moves(
     ray_session: None, mlflow_store: dict[str, Any], tmp_path: Path
 ) -> None:
-    log = _serve_and_log(mlflow_store, tmp_path, Population(20_000, shift_f0=1.0))
+    scraped: list[str] = []
+    log = _serve_and_log(mlflow_store, tmp_path, Population(20_000, shift_f0=1.0), scraped,
+                         parity={"drift_every_s": 1})
+    psi = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'rampart_feature_psi\{feature="(f\d)",model_name="[^"]+",model_version="1"\} (\S+)',
+        scraped[0])}
+    assert set(psi) == {f"f{i}" for i in range(8)}, scraped[0][-2000:]
+    assert psi["f0"] > 0.2 and max(v for k, v in psi.items() if k != "f0") < 0.2
     result = _cli("report", "--decisions", str(log), "--model", f"models:/{MODEL}/1", "--json",
                   uri=str(mlflow_store["uri"]))
     body = json.loads(result.stdout)
