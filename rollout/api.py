@@ -19,7 +19,7 @@ from rollout.service import (
     RolloutNotFound,
     RolloutService,
 )
-from serving.schemas import format_validation_error
+from serving.schemas import ShadowSpec, format_validation_error
 
 ERROR_STATUS: dict[type[Exception], tuple[int, str]] = {
     PlanError: (422, "invalid_plan"),
@@ -47,6 +47,16 @@ def dispatch(service: RolloutService, op: str, args: dict[str, Any]) -> Result:
             return 200, service.describe(state.id)
         if op == "alert":
             return 200, service.alert(args.get("payload") or {})
+        if op == "shadow":
+            body = dict(args.get("shadow") or {})
+            enabled = body.pop("enabled", True)
+            try:
+                spec = ShadowSpec.model_validate(body)
+            except ValidationError as exc:
+                raise InvalidRollout("invalid shadow:\n" + format_validation_error(exc)) from None
+            snapshot = service.set_shadow(spec, enabled=bool(enabled))
+            return 200, {"routing_version": snapshot.table.version,
+                         "shadows": snapshot.table.describe()["shadows"]}
         if op == "fault":
             try:
                 fault = Fault.model_validate(args.get("fault") or {})

@@ -42,7 +42,7 @@ from rollout.metrics_source import MetricsSource, MetricsUnavailable, Snapshot, 
 from rollout.plan import RolloutPlan
 from rollout.store import RolloutStore
 from serving.router import RoutingTable, build_routing_table
-from serving.schemas import ArmSpec, ExperimentSpec, ModelSpec, RampartConfig
+from serving.schemas import ArmSpec, ExperimentSpec, ModelSpec, RampartConfig, ShadowSpec
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class RolloutService:
     _states: dict[str, RolloutState] = field(default_factory=dict)
     _runtime: dict[str, _Runtime] = field(default_factory=dict)
     _faults: dict[tuple[str, str], Fault] = field(default_factory=dict)
+    _shadows: dict[tuple[str, str], ShadowSpec] = field(default_factory=dict)
     _snapshot: RoutingSnapshot | None = None
 
     def __post_init__(self) -> None:
@@ -152,10 +153,31 @@ class RolloutService:
                             version=plan.candidate_version, weight_bp=state.weight_bp),
                 ),
             ))
+        for shadow in self._shadows.values():
+            served.setdefault(shadow.model, set()).add(shadow.version)
         models = tuple(ModelSpec(name=name, versions=tuple(sorted(versions)))
                        for name, versions in served.items())
+        shadows = {(s.model, s.version): s for s in self.config.shadows}
+        shadows.update(self._shadows)
         return self.config.model_copy(update={
-            "models": models, "experiments": (*experiments, *self.config.experiments)})
+            "models": models, "experiments": (*experiments, *self.config.experiments),
+            "shadows": tuple(shadows.values())})
+
+    def set_shadow(self, shadow: ShadowSpec, enabled: bool = True) -> RoutingSnapshot:
+        """Attach (or detach) a version as a shadow of all or a sample of traffic."""
+        with self._lock:
+            try:
+                self.registry.resolve(shadow.model, shadow.version)
+            except LookupError as exc:
+                raise InvalidRollout(str(exc)) from None
+            key = (shadow.model, shadow.version)
+            if enabled:
+                self._shadows[key] = shadow
+            else:
+                self._shadows.pop(key, None)
+            self._publish()
+            assert self._snapshot is not None
+            return self._snapshot
 
     def _publish(self) -> None:
         version = self.store.next_counter("routing_version")

@@ -69,6 +69,8 @@ def run_demo(
     try:
         if scenario is None:
             served_ok = _serving_phase(console, gateway, requests, concurrency)
+            served_ok += _shadow_phase(console, gateway, token, config, seeded.versions,
+                                       data_dir / "reports", run_dir / "decisions")
             scenarios = ["healthy", "latency-fault"]
         else:
             scenarios = [scenario]
@@ -142,6 +144,54 @@ def _serving_phase(console: Console, gateway: Any, requests: int, concurrency: i
             f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}", f"{row.share:.1%}",
         )
     console.print(table)
+    return result.ok
+
+
+def _shadow_phase(console: Console, gateway: Any, token: str, config: Any,
+                  versions: dict[str, str], reports: Path, decisions: Path) -> int:
+    """Mirror live traffic to the candidate, then print and write the parity report."""
+    from models.demo import DEMO_MODEL_NAME
+    from rollout.scenarios import AdminClient
+    from telemetry.parity_report import build_report, load_offline_model, render_html
+
+    console.rule("[bold]Shadow: candidate v" + versions["candidate"])
+    admin = AdminClient(gateway.url, token)
+    shadow = {"model": DEMO_MODEL_NAME, "version": versions["candidate"], "sample_bp": 10_000}
+    admin.call("POST", "/v1/admin/shadows", shadow)
+    time.sleep(1.0)  # replicas pick up the new table within a poll or two
+    result = drive_traffic(gateway.url, Population(size=20_000, seed=11), 2_000, 8, seed=5)
+    admin.call("POST", "/v1/admin/shadows", {**shadow, "enabled": False})
+    console.print(f"{result.ok} requests answered by the primary while v{versions['candidate']}"
+                  " scored a copy of each off the hot path")
+    time.sleep(2 * config.decision_log.flush_interval_s + 0.5)  # let the log flush to disk
+    parity = config.parity
+    model = load_offline_model(f"models:/{DEMO_MODEL_NAME}/{versions['champion']}",
+                               config.resolved_tracking_uri())
+    report = build_report(decisions, model, parity.replay_tolerance, parity.psi_threshold,
+                          parity.ks_alpha, parity.min_label_agreement)
+    table = Table(title=f"Parity report: {report.verdict}")
+    for column in ("check", "figures", "verdict"):
+        table.add_column(column)
+    for pairs, overall, _ in report.agreement:
+        ok = (overall.label_agreement or 0) >= parity.min_label_agreement
+        table.add_row(f"shadow v{pairs.shadow_version} vs primary v{pairs.primary_version}",
+                      f"{overall.n} requests, label agreement {overall.label_agreement:.3f}, "
+                      f"|diff| p99 {overall.abs_diff_quantiles.get('p99', 0):.4f}",
+                      "PASS" if ok else "FAIL")
+    if report.replay is not None:
+        r = report.replay
+        table.add_row(f"offline replay of {report.model}",
+                      f"{r.n} decisions, max |online - offline| {r.max_abs_diff:.2e}",
+                      r.verdict)
+    drifted = [d.feature for d in report.drift if d.drifted]
+    table.add_row("feature drift vs training data",
+                  f"max PSI {max((d.psi for d in report.drift), default=0):.4f}; "
+                  f"drifted: {drifted or 'none'}", "FAIL" if drifted else "PASS")
+    console.print(table)
+    reports.mkdir(parents=True, exist_ok=True)
+    page = reports / f"parity-{int(time.time())}.html"
+    page.write_text(render_html(report), encoding="utf-8")
+    console.print(f"HTML report with plots: {page}")
     return result.ok
 
 

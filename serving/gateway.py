@@ -470,6 +470,12 @@ def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: st
         """Alertmanager webhook receiver: firing alerts with a ``rollout`` label roll it back."""
         return await run(request, "alert", lambda body: {"payload": body})
 
+    @app.post("/v1/admin/shadows", responses=admin_responses)
+    async def shadows(request: Request) -> Response:
+        """Attach ``{"model", "version", "sample_bp"?, "salt"?}`` as a shadow, or detach
+        it with ``"enabled": false``."""
+        return await run(request, "shadow", lambda body: {"shadow": body})
+
     @app.post("/v1/admin/faults", responses=admin_responses)
     async def faults(request: Request) -> Response:
         """Inject latency or errors into one model version (chaos testing)."""

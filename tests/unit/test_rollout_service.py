@@ -241,3 +241,21 @@ def test_inference_never_changes_routing(admin: Any) -> None:
                  {"unit_id": "u", "features": features, "context": {"weight_bp": 10000}}):
         client.post("/v1/predict", json=body)
     assert service.snapshot().table.version == version and service.summaries() == []
+
+
+def test_shadow_attach_and_detach_through_the_admin_api(admin: Any) -> None:
+    client, service, _ = admin
+    auth = {"Authorization": "Bearer s3cret"}
+    r = client.post("/v1/admin/shadows", headers=auth,
+                    json={"model": "clf", "version": "2", "sample_bp": 2500})
+    assert r.status_code == 200
+    assert r.json()["shadows"] == [{"model_name": "clf", "model_version": "2", "alias": None,
+                                    "sample_bp": 2500, "salt": "shadow"}]
+    assert service.snapshot().table.shadows[0].sample_bp == 2500
+    r = client.post("/v1/admin/shadows", headers=auth,
+                    json={"model": "clf", "version": "2", "enabled": False})
+    assert r.json()["shadows"] == [] and service.snapshot().table.shadows == ()
+    bad = client.post("/v1/admin/shadows", headers=auth, json={"model": "clf", "version": "9"})
+    assert bad.status_code == 422
+    assert client.post("/v1/admin/shadows", json={"model": "clf", "version": "2"}
+                       ).status_code == 401
