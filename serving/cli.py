@@ -275,13 +275,26 @@ def cmd_parity_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_parity_report(args: argparse.Namespace) -> int:
-    from telemetry.parity_report import ParityInputError, build_report, render_html
+    from telemetry.parity_report import (
+        ParityInputError,
+        build_report,
+        live_features,
+        load_log,
+        render_html,
+    )
 
     config, model = _parity_inputs(args)
     try:
+        reference = None
+        if args.reference_decisions:
+            names = model.feature_names if model is not None else None
+            earlier = load_log(args.reference_decisions)
+            if names is None:
+                raise CliError("--reference-decisions needs --model for the feature names")
+            reference = live_features(earlier, names)
         report = build_report(args.decisions, model, config.parity.replay_tolerance,
                               config.parity.psi_threshold, config.parity.ks_alpha,
-                              config.parity.min_label_agreement)
+                              config.parity.min_label_agreement, reference=reference)
     except ParityInputError as exc:
         raise CliError(str(exc)) from None
     if args.html:
@@ -394,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--model", help="models:/NAME/VERSION to replay and take the "
                                         "drift reference from")
     report.add_argument("--html", type=Path, help="write an HTML report with plots here")
+    report.add_argument("--reference-decisions", type=Path,
+                        help="an earlier decision-log window as the drift reference "
+                             "(default: the model's training sample in MLflow)")
     report.add_argument("--json", action="store_true")
     report.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default from config)")

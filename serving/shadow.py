@@ -51,8 +51,11 @@ class ParityTracker:
         self._lock = threading.Lock()
 
     def add(self, key: tuple[str, str, str], primary: float, shadow: float) -> None:
+        self.add_many(key, [(primary, shadow)])
+
+    def add_many(self, key: tuple[str, str, str], pairs: list[tuple[float, float]]) -> None:
         with self._lock:
-            self._pairs.setdefault(key, deque(maxlen=self.window)).append((primary, shadow))
+            self._pairs.setdefault(key, deque(maxlen=self.window)).extend(pairs)
 
     def snapshot(self) -> dict[tuple[str, str, str], np.ndarray]:
         with self._lock:
@@ -148,9 +151,9 @@ class ShadowRunner:
             errors = [f"{type(exc).__name__}: {exc}"] * len(jobs)
         per_row_s = (time.perf_counter() - started) / len(jobs)
         now = time.time()
+        pairs: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
         for job, prediction, error in zip(jobs, predictions, errors, strict=True):
             status = "ok" if error is None else "error"
-            self.metrics.observe(name, version, status, per_row_s)
             if self.decision_log is not None:
                 self.decision_log.append(DecisionRecord(
                     job.request_id, job.unit_id, job.unit_type, job.experiment_id, None,
@@ -158,8 +161,12 @@ class ShadowRunner:
                     per_row_s * 1000.0, status, error,
                 ))
             if prediction is not None:
-                self.parity.add((job.primary.name, job.primary.version, version),
-                                job.primary_prediction, prediction)
+                pairs.setdefault((job.primary.name, job.primary.version, version), []).append(
+                    (job.primary_prediction, prediction))
+        ok = sum(1 for e in errors if e is None)
+        self.metrics.observe_batch(name, version, ok, len(jobs) - ok, per_row_s)
+        for key, items in pairs.items():
+            self.parity.add_many(key, items)
 
     def publish_parity(self) -> None:
         """Set the agreement gauges from the recent pairs."""

@@ -85,14 +85,31 @@ def records_to_table(records: list[DecisionRecord]) -> pa.Table:
             micros = [round(v * 1_000_000) for v in values]
             arrays.append(pa.array(micros, type=pa.int64()).cast(field.type))
         elif field.name == "features":
-            arrays.append(
-                pa.array(
-                    [None if f is None else list(f.items()) for f in values], type=field.type
-                )
-            )
+            arrays.append(_feature_maps(values, field.type))
         else:
             arrays.append(pa.array(values, type=field.type))
     return pa.Table.from_arrays(arrays, schema=DECISION_SCHEMA)
+
+
+def _feature_maps(values: tuple[Any, ...], map_type: pa.DataType) -> pa.Array:
+    """A map column from dicts, built from flat keys/items (several times faster
+    than converting a list of lists of pairs)."""
+    offsets = [0]
+    keys: list[str] = []
+    items: list[float] = []
+    valid: list[bool] = []
+    for features in values:
+        if features is None:
+            valid.append(False)
+        else:
+            valid.append(True)
+            keys.extend(features.keys())
+            items.extend(features.values())
+        offsets.append(len(keys))
+    mask = None if all(valid) else pa.array([not v for v in valid])
+    return pa.MapArray.from_arrays(
+        pa.array(offsets, type=pa.int32()), pa.array(keys, type=pa.string()),
+        pa.array(items, type=pa.float64()), type=map_type, mask=mask)
 
 
 class DecisionLogWriter:

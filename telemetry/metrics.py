@@ -142,6 +142,16 @@ class ShadowMetrics:
         if latency_s is not None:
             self.latency.labels(model, version).observe(latency_s)
 
+    def observe_batch(self, model: str, version: str, ok: int, errors: int,
+                      per_row_s: float) -> None:
+        """One drained batch: counts by status, and one latency observation (the
+        batch's scoring time per row)."""
+        if ok:
+            self.calls.labels(model, version, "ok").inc(ok)
+        if errors:
+            self.calls.labels(model, version, "error").inc(errors)
+        self.latency.labels(model, version).observe(per_row_s)
+
     def set_agreement(self, model: str, primary: str, shadow: str, result: AgreementFigures
                       ) -> None:
         self.pairs.labels(model, primary, shadow).set(result.n)

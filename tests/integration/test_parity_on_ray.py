@@ -137,6 +137,10 @@ def test_drift_is_flagged_when_the_live_population_moves(
     body = json.loads(result.stdout)
     drifted = {d["feature"] for d in body["drift"] if d["drifted"]}
     assert drifted == {"f0"} and body["verdict"] == "FAIL"
+    # against an earlier window of the same shifted traffic, nothing drifts
+    same = _cli("report", "--decisions", str(log), "--model", f"models:/{MODEL}/1", "--json",
+                "--reference-decisions", str(log), uri=str(mlflow_store["uri"]))
+    assert not any(d["drifted"] for d in json.loads(same.stdout)["drift"])
 
 
 def test_bad_parity_input_gets_a_clear_message(mlflow_store: dict[str, Any],
