@@ -274,12 +274,20 @@ def start_gateway(
     url = f"http://{host}:{port}"
     deadline = time.monotonic() + ready_timeout_s
     last_error = "no answer"
+    # Ray's HAProxy may reload once more just after the first healthy answer;
+    # call the gateway ready after several healthy answers in a row.
+    healthy_in_a_row = 0
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
-                table = ray.get(controller.snapshot.remote(-1)).table
-                return RunningGateway(url, table, config, owns_ray, controller)
+                healthy_in_a_row += 1
+                if healthy_in_a_row >= 4:
+                    table = ray.get(controller.snapshot.remote(-1)).table
+                    return RunningGateway(url, table, config, owns_ray, controller)
+            else:
+                healthy_in_a_row = 0
         except httpx.HTTPError as exc:
             last_error = str(exc)
+            healthy_in_a_row = 0
         time.sleep(0.25)
     raise TimeoutError(f"gateway did not answer {url}/healthz in {ready_timeout_s}s: {last_error}")

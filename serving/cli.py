@@ -177,11 +177,18 @@ def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None) -
     token = args.token or os.environ.get("RAMPART_ADMIN_TOKEN")
     if not token:
         raise CliError("no admin token: set RAMPART_ADMIN_TOKEN or pass --token")
-    try:
-        response = httpx.request(method, f"{args.url.rstrip('/')}{path}", json=body,
-                                 headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    except httpx.HTTPError as exc:
-        raise CliError(f"cannot reach the gateway at {args.url}: {exc}") from None
+    attempts = 3 if method == "GET" else 1  # reads are safe to resend
+    for attempt in range(attempts):
+        try:
+            response = httpx.request(method, f"{args.url.rstrip('/')}{path}", json=body,
+                                     headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            break
+        except httpx.ConnectError as exc:
+            if attempt == attempts - 1:
+                raise CliError(f"cannot reach the gateway at {args.url}: {exc}") from None
+            time.sleep(0.5)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the gateway at {args.url}: {exc}") from None
     try:
         payload = response.json()
     except ValueError:

@@ -31,13 +31,17 @@ def _serve(config: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen([RAMPART, "serve", "--config", str(config)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 180
+    healthy_in_a_row = 0  # as `rampart serve` itself does before it reports ready
     while time.monotonic() < deadline:
         assert proc.poll() is None, "rampart serve exited early"
         try:
-            if httpx.get(f"{URL}/healthz", timeout=1).status_code == 200:
-                return proc
+            ok = httpx.get(f"{URL}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
-            time.sleep(0.5)
+            ok = False
+        healthy_in_a_row = healthy_in_a_row + 1 if ok else 0
+        if healthy_in_a_row >= 6:
+            return proc
+        time.sleep(0.25)
     proc.kill()
     raise TimeoutError("rampart serve did not come up")
 
