@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -260,8 +261,15 @@ def start_gateway(
     set_ingress_env()
     owns_ray = not ray.is_initialized()
     if owns_ray:
+        # ray.init replaces SIGINT/SIGTERM handlers with ones that abort the process;
+        # keep the caller's (``rampart serve`` turns both into a clean, flushing stop).
+        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False)
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in saved.items():
+                if callable(handler):
+                    signal.signal(sig, handler)
     controller = start_controller(config, config.resolved_store_url(), tracking_uri, metrics_dir)
     serve.start(http_options={"host": host, "port": port},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})

@@ -92,12 +92,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"port {port} on {host} is in use; pick another with --port")
     _routing_table(config)  # fail fast, with a clear message, on unknown versions
     claim(config.data_dir)
-    gateway = start_gateway(config, host=host, port=port, num_replicas=args.replicas)
-    # Installed after ray.init, which sets handlers of its own that abort the
-    # process; ours turn both signals into a clean, flushing shutdown.
+    # Both signals become a clean, flushing shutdown, also while starting up
+    # (start_gateway keeps these handlers across ray.init).
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    gateway = start_gateway(config, host=host, port=port, num_replicas=args.replicas)
     print(f"rampart gateway serving on {gateway.url} (routing version {gateway.table.version}); "
           "Ctrl-C to stop", flush=True)
     try:
