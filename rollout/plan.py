@@ -12,10 +12,15 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serving.schemas import ID_PATTERN, SALT_PATTERN, UnitType, format_validation_error
+from serving.schemas import (
+    ID_PATTERN,
+    SALT_PATTERN,
+    UnitType,
+    read_document,
+    validate_document,
+)
 
 
 class _Frozen(BaseModel):
@@ -134,22 +139,10 @@ class PlanError(Exception):
 
 
 def parse_plan(data: Any, source: str = "plan") -> RolloutPlan:
-    if not isinstance(data, dict):
-        raise PlanError(f"{source} must be a mapping")
-    try:
-        return RolloutPlan.model_validate(data)
-    except ValidationError as exc:
-        problems = format_validation_error(exc)
-        raise PlanError(f"{source} is not a valid rollout plan:\n{problems}") from None
+    """Validate a plan mapping; raise :class:`PlanError` naming each mistake."""
+    return validate_document(RolloutPlan, data, source, "rollout plan", PlanError)
 
 
 def load_plan(path: str | Path) -> RolloutPlan:
     """Read a plan from YAML or JSON."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PlanError(f"cannot read plan {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise PlanError(f"{path} is not valid YAML or JSON: {exc}") from None
-    return parse_plan(data, source=str(path))
+    return parse_plan(read_document(path, "plan", PlanError), source=str(path))

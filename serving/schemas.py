@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -28,6 +28,7 @@ from pydantic import (
 
 from serving.assignment import BUCKETS
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
 UnitType = Literal["user_id", "session_id", "device_id", "cluster_id"]
 SALT_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -290,29 +291,40 @@ def format_validation_error(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: Any, source: str = "config") -> RampartConfig:
-    """Validate a config mapping; raise :class:`ConfigError` naming each mistake."""
+def validate_document(
+    model: type[ModelT], data: Any, source: str, noun: str, error: type[Exception]
+) -> ModelT:
+    """Validate a mapping into ``model``; raise ``error`` naming every mistake."""
+    if not isinstance(data, dict):
+        raise error(f"{source} must hold a mapping at the top level")
     try:
-        return RampartConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = format_validation_error(exc)
-        raise ConfigError(f"{source} is not a valid Rampart config:\n{problems}") from None
+        raise error(f"{source} is not a valid {noun}:\n{problems}") from None
 
 
-def load_config(path: str | Path) -> RampartConfig:
-    """Read and validate a YAML (or JSON) config file."""
+def read_document(path: str | Path, noun: str, error: type[Exception]) -> Any:
+    """Parse a YAML (or JSON) file; raise ``error`` with a clear message."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        raise error(f"cannot read {noun} {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping at the top level")
-    return parse_config(data, source=str(path))
+        raise error(f"{path} is not valid YAML: {exc}") from None
+
+
+def parse_config(data: Any, source: str = "config") -> RampartConfig:
+    """Validate a config mapping; raise :class:`ConfigError` naming each mistake."""
+    return validate_document(RampartConfig, data, source, "Rampart config", ConfigError)
+
+
+def load_config(path: str | Path) -> RampartConfig:
+    """Read and validate a YAML (or JSON) config file."""
+    return parse_config(read_document(path, "config", ConfigError), source=str(path))
 
 
 # --------------------------------------------------------------------------- requests
