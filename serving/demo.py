@@ -216,10 +216,13 @@ def _check_log(console: Console, decisions: Path, served_ok: int) -> bool:
     from telemetry.decision_log import read_decisions
 
     logged = read_decisions(decisions)
-    statuses = logged.column("status").to_pylist()
-    ok_rows = sum(1 for s in statuses if s == "ok")
-    console.print(f"Decision log {decisions}: {logged.num_rows} rows, {ok_rows} ok; "
-                  f"the clients received {served_ok} successful answers")
+    rows = zip(logged.column("role").to_pylist(), logged.column("status").to_pylist(),
+               strict=True)
+    roles = [role for role, status in rows if status == "ok"]
+    ok_rows = roles.count("primary")
+    console.print(f"Decision log {decisions}: {logged.num_rows} rows, {ok_rows} ok primary "
+                  f"decisions and {roles.count('shadow')} ok shadow calls; the clients received "
+                  f"{served_ok} successful answers")
     if ok_rows != served_ok:
         console.print("[red]decision log and clients disagree[/]")
         return False
