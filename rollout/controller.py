@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rollout.guardrails import CheckResult, Verdict, Window, evaluate
+from rollout.guardrails import ArmWindow, CheckResult, Verdict, Window, evaluate
 from rollout.plan import RolloutPlan
 
 FULL_BP = 10_000
@@ -77,6 +77,9 @@ class RolloutState(_Frozen):
     hold_reason: str = ""
     gate_cleared: int | None = None
     last_transition_at: float | None = None
+    # The baseline's figures from the last judged window that had baseline traffic:
+    # at 100% the baseline gets none, and deltas are taken against these.
+    baseline_reference: ArmWindow | None = None
     created_at: float
     updated_at: float
 
@@ -250,7 +253,11 @@ def step(
 
     accumulated = s.pending_window + window
     step_requests = s.step_requests + window.candidate.requests
-    verdict, checks = evaluate(plan.guardrails, accumulated)
+    judged = accumulated
+    if (accumulated.baseline.requests < plan.guardrails.min_check_requests
+            and s.baseline_reference is not None):
+        judged = accumulated.model_copy(update={"baseline": s.baseline_reference})
+    verdict, checks = evaluate(plan.guardrails, judged)
     figures = _window_figures(accumulated)
     if verdict == Verdict.INSUFFICIENT_DATA:
         short = "; ".join(c.detail for c in checks if c.verdict == Verdict.INSUFFICIENT_DATA)
@@ -259,8 +266,11 @@ def step(
                  hold_reason=f"holding: insufficient data ({short})")
         return b.state, b.actions
 
+    reference = (accumulated.baseline
+                 if accumulated.baseline.requests >= plan.guardrails.min_check_requests
+                 else s.baseline_reference)
     b.update(pending_window=Window(), step_requests=step_requests, last_verdict=verdict,
-             last_checks=checks, last_window=accumulated)
+             last_checks=checks, last_window=accumulated, baseline_reference=reference)
     if verdict == Verdict.FAIL:
         failures = s.failed_checks + 1
         failed = [c for c in checks if c.verdict == Verdict.FAIL]

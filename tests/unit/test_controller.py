@@ -254,3 +254,17 @@ def test_shadow_agreement_guardrail_holds_and_fails_a_step() -> None:
     s, _ = run(started(p), [bad, bad])
     assert s.phase == Phase.ROLLED_BACK
     assert any(c.name == "shadow_label_agreement" and c.verdict == "FAIL" for c in s.last_checks)
+
+
+def test_the_last_step_compares_against_the_baseline_seen_before_it() -> None:
+    """At 100% the baseline gets no traffic; the p99 delta is taken against the
+    baseline figures of the last window that had them, so the rollout can finish."""
+    only_candidate = Window(baseline=arm(0), candidate=arm(100))
+    s, _ = run(started(), [healthy()] * 4)  # 1 -> 5 -> 25 -> 50 -> 100
+    assert s.weight_bp == 10_000 and s.phase == Phase.PROGRESSING
+    s, _ = run(s, [only_candidate] * 2, start=10.0)
+    assert s.phase == Phase.PROMOTED
+    slow_alone = Window(baseline=arm(0), candidate=arm(100, latency_s=0.3))
+    s2, _ = run(started(), [healthy()] * 4)
+    s2, _ = run(s2, [slow_alone] * 2, start=10.0)
+    assert s2.phase == Phase.ROLLED_BACK
