@@ -50,9 +50,6 @@ class ParityTracker:
         self._pairs: dict[tuple[str, str, str], deque[tuple[float, float]]] = {}
         self._lock = threading.Lock()
 
-    def add(self, key: tuple[str, str, str], primary: float, shadow: float) -> None:
-        self.add_many(key, [(primary, shadow)])
-
     def add_many(self, key: tuple[str, str, str], pairs: list[tuple[float, float]]) -> None:
         with self._lock:
             self._pairs.setdefault(key, deque(maxlen=self.window)).extend(pairs)
