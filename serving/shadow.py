@@ -16,21 +16,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from models.registry import Scorer
 from serving.router import ModelRef
-from telemetry.decision_log import DecisionLogWriter, DecisionRecord
+from telemetry.decision_log import DecisionLogWriter, batch_table
 from telemetry.metrics import ShadowMetrics
 from telemetry.parity import agreement
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class ShadowJob:
+class ShadowJob(NamedTuple):
+    """One mirrored request; a tuple because it is built on the request path."""
+
     request_id: str
     unit_id: str
     unit_type: str
@@ -50,9 +51,11 @@ class ParityTracker:
         self._pairs: dict[tuple[str, str, str], deque[tuple[float, float]]] = {}
         self._lock = threading.Lock()
 
-    def add_many(self, key: tuple[str, str, str], pairs: list[tuple[float, float]]) -> None:
+    def add_many(self, key: tuple[str, str, str], primary: np.ndarray, shadow: np.ndarray
+                 ) -> None:
         with self._lock:
-            self._pairs.setdefault(key, deque(maxlen=self.window)).extend(pairs)
+            self._pairs.setdefault(key, deque(maxlen=self.window)).extend(
+                zip(primary.tolist(), shadow.tolist(), strict=True))
 
     def snapshot(self) -> dict[tuple[str, str, str], np.ndarray]:
         with self._lock:
@@ -133,37 +136,50 @@ class ShadowRunner:
         return len(batch)
 
     def _run(self, name: str, version: str, jobs: list[ShadowJob]) -> None:
+        # Everything here is columnar: one matrix, one predict_batch, one table
+        # for the decision log. Per-row Python work in this thread holds the GIL
+        # against the request path, so it is kept to a few list builds.
         started = time.perf_counter()
-        predictions: list[float | None] = [None] * len(jobs)
-        errors: list[str | None] = [None] * len(jobs)
+        n = len(jobs)
+        predictions: np.ndarray | None = None
+        error: str | None = None
         scorer = self.scorer_for(name, version)
         try:
             if scorer is None:
                 raise LookupError(f"shadow version {name}/{version} is not loaded")
-            matrix = np.asarray(
-                [[job.model_features[f] for f in scorer.feature_names] for job in jobs],
-                dtype=np.float64)
-            predictions = [float(v) for v in scorer.predict_batch(matrix)]
+            names = scorer.feature_names
+            matrix = np.asarray([[job.model_features[f] for f in names] for job in jobs],
+                                dtype=np.float64)
+            predictions = np.asarray(scorer.predict_batch(matrix), dtype=np.float64)
         except Exception as exc:
-            errors = [f"{type(exc).__name__}: {exc}"] * len(jobs)
-        per_row_s = (time.perf_counter() - started) / len(jobs)
-        now = time.time()
-        pairs: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
-        for job, prediction, error in zip(jobs, predictions, errors, strict=True):
-            status = "ok" if error is None else "error"
-            if self.decision_log is not None:
-                self.decision_log.append(DecisionRecord(
-                    job.request_id, job.unit_id, job.unit_type, job.experiment_id, None,
-                    "shadow", name, version, "shadow", now, job.features, prediction,
-                    per_row_s * 1000.0, status, error,
-                ))
-            if prediction is not None:
-                pairs.setdefault((job.primary.name, job.primary.version, version), []).append(
-                    (job.primary_prediction, prediction))
-        ok = sum(1 for e in errors if e is None)
-        self.metrics.observe_batch(name, version, ok, len(jobs) - ok, per_row_s)
-        for key, items in pairs.items():
-            self.parity.add_many(key, items)
+            error = f"{type(exc).__name__}: {exc}"
+        per_row_s = (time.perf_counter() - started) / n
+        if self.decision_log is not None:
+            self.decision_log.append_table(batch_table(n, {
+                "request_id": [job.request_id for job in jobs],
+                "unit_id": [job.unit_id for job in jobs],
+                "unit_type": [job.unit_type for job in jobs],
+                "experiment_id": [job.experiment_id for job in jobs],
+                "arm": "shadow", "model_name": name, "model_version": version,
+                "role": "shadow", "timestamp": time.time(),
+                "features": [job.features for job in jobs],
+                "prediction": predictions, "latency_ms": per_row_s * 1000.0,
+                "status": "ok" if error is None else "error", "error": error,
+            }))
+        if predictions is None:
+            self.metrics.observe_batch(name, version, 0, n, per_row_s)
+            return
+        self.metrics.observe_batch(name, version, n, 0, per_row_s)
+        primary = np.fromiter((job.primary_prediction for job in jobs), np.float64, n)
+        primaries = {(job.primary.name, job.primary.version) for job in jobs}
+        for primary_name, primary_version in primaries:
+            key = (primary_name, primary_version, version)
+            if len(primaries) == 1:
+                self.parity.add_many(key, primary, predictions)
+                continue
+            rows = np.fromiter(((job.primary.name, job.primary.version)
+                                == (primary_name, primary_version) for job in jobs), bool, n)
+            self.parity.add_many(key, primary[rows], predictions[rows])
 
     def publish_parity(self) -> None:
         """Set the agreement gauges from the recent pairs."""

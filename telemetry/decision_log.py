@@ -22,12 +22,13 @@ import datetime as dt
 import logging
 import os
 import threading
-from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -112,6 +113,60 @@ def _feature_maps(values: tuple[Any, ...], map_type: pa.DataType) -> pa.Array:
         pa.array(items, type=pa.float64()), type=map_type, mask=mask)
 
 
+def constant_column(value: Any, n: int, field_type: pa.DataType) -> pa.Array:
+    """``n`` copies of one value (or ``n`` nulls) without a Python list of ``n`` items."""
+    if value is None:
+        return pa.nulls(n, type=field_type)
+    return pa.repeat(pa.scalar(value, type=field_type), n)
+
+
+def batch_table(n: int, columns: Mapping[str, Any]) -> pa.Table:
+    """A table in :data:`DECISION_SCHEMA` from whole columns.
+
+    Each column is a sequence or array of ``n`` values, or one value repeated;
+    ``timestamp`` is seconds since the epoch (scalar or array) and ``features``
+    a sequence of mappings. Columns left out are null. This is how a batch that
+    is already columnar (shadow scoring) is logged without building a record
+    per row.
+    """
+    arrays = []
+    for field in DECISION_SCHEMA:
+        value = columns.get(field.name)
+        if field.name == "timestamp":
+            micros = np.round(np.asarray(value, dtype=np.float64) * 1_000_000).astype(np.int64)
+            arrays.append(pa.array(np.broadcast_to(micros, (n,)), type=pa.int64())
+                          .cast(field.type))
+        elif field.name == "features" and value is not None:
+            arrays.append(_feature_maps(tuple(value), field.type))
+        elif value is None or isinstance(value, str | int | float):
+            arrays.append(constant_column(value, n, field.type))
+        else:
+            arrays.append(pa.array(value, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=DECISION_SCHEMA)
+
+
+_MICROS_PER_DAY = 86_400_000_000
+
+
+def partitions(table: pa.Table) -> list[tuple[str, str, pa.Table]]:
+    """Split rows by (UTC date, experiment) for the directory layout, vectorized."""
+    if table.num_rows == 0:
+        return []
+    days = table["timestamp"].cast(pa.int64()).to_numpy() // _MICROS_PER_DAY
+    experiments = pc.fill_null(table["experiment_id"], "_none").combine_chunks()
+    encoded = experiments.dictionary_encode()
+    width = len(encoded.dictionary)
+    keys = days * width + encoded.indices.to_numpy(zero_copy_only=False)
+    out: list[tuple[str, str, pa.Table]] = []
+    for key in np.unique(keys):
+        day = (dt.date(1970, 1, 1) + dt.timedelta(days=int(key // width))).isoformat()
+        experiment = str(encoded.dictionary[int(key % width)].as_py())
+        rows = table if len(out) == 0 and bool((keys == key).all()) else table.filter(
+            pa.array(keys == key))
+        out.append((day, experiment, rows))
+    return out
+
+
 class DecisionLogWriter:
     """Buffers decision records and writes them as Parquet in the background."""
 
@@ -127,6 +182,8 @@ class DecisionLogWriter:
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
         self._buffer: list[DecisionRecord] = []
+        self._tables: list[pa.Table] = []
+        self._table_rows = 0
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
@@ -143,7 +200,17 @@ class DecisionLogWriter:
         """Buffer one record; never blocks on I/O."""
         with self._lock:
             self._buffer.append(record)
-            full = len(self._buffer) >= self.batch_rows
+            full = len(self._buffer) + self._table_rows >= self.batch_rows
+        if full:
+            self._wake.set()
+
+    def append_table(self, table: pa.Table) -> None:
+        """Buffer a batch of rows already in :data:`DECISION_SCHEMA` (see
+        :func:`batch_table`); never blocks on I/O."""
+        with self._lock:
+            self._tables.append(table)
+            self._table_rows += table.num_rows
+            full = len(self._buffer) + self._table_rows >= self.batch_rows
         if full:
             self._wake.set()
 
@@ -158,29 +225,29 @@ class DecisionLogWriter:
         with self._write_lock:
             with self._lock:
                 batch, self._buffer = self._buffer, []
-            if not batch:
+                tables, self._tables, self._table_rows = self._tables, [], 0
+            rows: int = len(batch) + sum(int(t.num_rows) for t in tables)
+            if not rows:
                 return 0
             try:
-                self._write(batch)
+                self._write(batch, tables)
             except Exception:  # keep serving; the rows stay counted as lost
                 self.write_errors += 1
-                log.exception("decision log: failed to write %d rows", len(batch))
+                log.exception("decision log: failed to write %d rows", rows)
                 return 0
-            self.rows_written += len(batch)
-            return len(batch)
+            self.rows_written += rows
+            return rows
 
-    def _write(self, batch: list[DecisionRecord]) -> None:
-        groups: dict[tuple[str, str], list[DecisionRecord]] = defaultdict(list)
-        for record in batch:
-            day = dt.datetime.fromtimestamp(record.timestamp, tz=dt.UTC).strftime("%Y-%m-%d")
-            groups[(day, record.experiment_id or "_none")].append(record)
-        for (day, experiment), records in groups.items():
+    def _write(self, batch: list[DecisionRecord], tables: list[pa.Table]) -> None:
+        parts = ([records_to_table(batch)] if batch else []) + tables
+        combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+        for day, experiment, rows in partitions(combined):
             directory = self.root / f"date={day}" / f"experiment={experiment}"
             directory.mkdir(parents=True, exist_ok=True)
             self._sequence += 1
             name = f"part-{self.writer_id}-{self._sequence:08d}.parquet"
             tmp = directory / f".{name}.tmp"
-            pq.write_table(records_to_table(records), tmp, compression="zstd")
+            pq.write_table(rows, tmp, compression="zstd")
             os.replace(tmp, directory / name)
 
     def close(self) -> None:
@@ -195,7 +262,7 @@ class DecisionLogWriter:
     @property
     def pending(self) -> int:
         with self._lock:
-            return len(self._buffer)
+            return len(self._buffer) + self._table_rows
 
 
 def read_decisions(path: str | Path) -> pa.Table:

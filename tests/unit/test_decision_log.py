@@ -59,3 +59,38 @@ def test_partitions_by_date_and_experiment_and_keeps_all_columns(tmp_path: Path)
 
 def test_empty_directory_reads_as_empty_table(tmp_path: Path) -> None:
     assert read_decisions(tmp_path).num_rows == 0
+
+
+def test_columnar_batches_and_records_share_partitions(tmp_path: Path) -> None:
+    """A shadow batch arrives as whole columns; it lands in the same date and
+    experiment partitions as row records, with every column intact."""
+    import numpy as np
+
+    from telemetry.decision_log import batch_table
+
+    writer = DecisionLogWriter(tmp_path, "w4", batch_rows=1000, flush_interval_s=3600)
+    writer.append(_record(1, "exp-a"))
+    day_two = 86_400.0 * 20_000 + 5.0  # 2024-10-04 UTC
+    table = batch_table(3, {
+        "request_id": ["s1", "s2", "s3"], "unit_id": ["u1", "u2", "u3"],
+        "unit_type": "user_id", "experiment_id": ["exp-a", None, "exp-a"],
+        "arm": "shadow", "model_name": "clf", "model_version": "2", "role": "shadow",
+        "timestamp": np.array([time.time(), time.time(), day_two]),
+        "features": [{"f0": 1.0}, {"f0": 2.0, "f1": 3.0}, {"f0": 4.0}],
+        "prediction": np.array([0.1, 0.2, 0.3]), "latency_ms": 0.5, "status": "ok",
+        "error": None,
+    })
+    assert writer.pending == 1
+    writer.append_table(table)
+    assert writer.pending == 4
+    writer.close()
+    assert writer.rows_written == 4
+    dirs = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("date=*/experiment=*"))
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert dirs == sorted({"date=2024-10-04/experiment=exp-a", f"date={today}/experiment=exp-a",
+                           f"date={today}/experiment=_none"})
+    rows = {r["request_id"]: r for r in read_decisions(tmp_path).to_pylist()}
+    assert rows["s2"]["features"] == [("f0", 2.0), ("f1", 3.0)]
+    assert rows["s2"]["experiment_id"] is None and rows["s3"]["prediction"] == 0.3
+    assert rows["s1"]["role"] == "shadow" and rows["s1"]["error"] is None
+    assert rows["r1"]["role"] == "primary"
