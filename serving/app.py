@@ -54,6 +54,7 @@ class ReplicaSettings(BaseModel):
     config: RampartConfig
     tracking_uri: str
     decision_dir: Path
+    outcomes_dir: Path | None = None
     admin_token: str | None = None
     poll_interval_s: float = 0.1
 
@@ -189,6 +190,13 @@ def build_core(settings: ReplicaSettings, table: RoutingTable, registry: Any) ->
     )
     tracer = build_tracer_provider().get_tracer("rampart.gateway")
     core = GatewayCore(table, scorers, RequestMetrics(registry=None), tracer, writer)
+    if settings.outcomes_dir is not None:
+        from telemetry.outcomes_log import OutcomesLogWriter
+
+        outcomes = settings.config.outcomes_log
+        core.outcomes_log = OutcomesLogWriter(
+            settings.outcomes_dir, writer_id=writer.writer_id,
+            batch_rows=outcomes.batch_rows, flush_interval_s=outcomes.flush_interval_s)
     parity = settings.config.parity
     core.drift_monitor = DriftMonitor(DriftMetrics(registry=None),
                                       psi_threshold=parity.psi_threshold,
@@ -235,6 +243,12 @@ def resolve_paths(config: RampartConfig) -> tuple[Path, Path]:
     return absolute(config.decision_log.path), absolute(config.telemetry.metrics_dir)
 
 
+def resolve_outcomes_path(config: RampartConfig) -> Path:
+    """Absolute outcomes-log directory (a relative one is from the cwd)."""
+    path = config.outcomes_log.path
+    return (path if path.is_absolute() else Path.cwd() / path).resolve()
+
+
 def start_gateway(
     config: RampartConfig,
     host: str | None = None,
@@ -256,6 +270,7 @@ def start_gateway(
     tracking_uri = config.resolved_tracking_uri()
     decision_dir, metrics_dir = resolve_paths(config)
     decision_dir.mkdir(parents=True, exist_ok=True)
+    outcomes_dir = resolve_outcomes_path(config)  # created by the first write
     prepare_multiprocess_dir(metrics_dir)
 
     set_ingress_env()
@@ -276,6 +291,7 @@ def start_gateway(
     deployment = _build_deployment(replicas, metrics_dir)
     settings = ReplicaSettings(
         config=config, tracking_uri=tracking_uri, decision_dir=decision_dir,
+        outcomes_dir=outcomes_dir,
         admin_token=admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
     )
     serve.run(deployment.bind(settings), name=APP_NAME, route_prefix="/", blocking=False)

@@ -327,6 +327,26 @@ def cmd_parity_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outcomes_import(args: argparse.Namespace) -> int:
+    from telemetry.outcomes_log import OutcomesInputError, import_outcomes
+
+    if args.outcomes is not None:
+        root = Path(args.outcomes)
+    else:
+        root = _load(args.config or DEFAULT_CONFIG).outcomes_log.path
+    try:
+        result = import_outcomes(args.file, root)
+    except OutcomesInputError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"rows": result.rows, "file": str(result.file),
+                          "seconds": round(result.seconds, 3)}))
+    else:
+        print(f"imported {result.rows} outcome events from {args.file} into {result.file} "
+              f"({result.seconds:.2f} s)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from serving.demo import run_demo
 
@@ -421,6 +441,30 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default from config)")
     report.set_defaults(func=cmd_parity_report)
+
+    outcomes = sub.add_parser("outcomes", help="outcome events for experiment analysis")
+    outcomes_sub = outcomes.add_subparsers(dest="outcomes_command", required=True,
+                                           metavar="COMMAND")
+    outcomes_import = outcomes_sub.add_parser(
+        "import", help="validate a CSV or Parquet file of outcome events and add it to the "
+                       "outcomes log",
+        description="Load FILE (.csv, .csv.gz or .parquet) with the columns unit_id, metric, "
+                    "value and optionally timestamp, experiment_id; check every row; write "
+                    "them all to the outcomes log as one Parquet file, or nothing. "
+                    "A timestamp is seconds since the epoch or ISO-8601 (UTC without an "
+                    "offset); a missing one is the import time. The first bad row is named "
+                    "by its number (data rows count from 1, a CSV header not counted), "
+                    "with exit code 2.",
+    )
+    outcomes_import.add_argument("file", type=Path, metavar="FILE",
+                                 help="CSV or Parquet file of events")
+    outcomes_import.add_argument("--config", type=Path, metavar="FILE",
+                                 help=f"config naming outcomes_log.path (default {DEFAULT_CONFIG})")
+    outcomes_import.add_argument("--outcomes", type=Path, metavar="PATH",
+                                 help="outcomes-log directory (overrides the config)")
+    outcomes_import.add_argument("--json", action="store_true",
+                                 help="print rows, file and seconds as one JSON object")
+    outcomes_import.set_defaults(func=cmd_outcomes_import)
 
     demo = sub.add_parser("demo", help="seed, serve, drive traffic, print per-version table")
     demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG)

@@ -26,12 +26,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from opentelemetry.trace import Tracer
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from models.registry import Scorer
 from serving.router import Decision, RoutingTable, route
 from serving.schemas import (
     MAX_BODY_BYTES,
+    MAX_OUTCOME_BODY_BYTES,
+    MAX_OUTCOME_EVENTS,
     ErrorResponse,
+    OutcomeBatch,
+    OutcomeEvent,
+    OutcomesAccepted,
     PredictRequest,
     PredictResponse,
     format_validation_error,
@@ -40,6 +46,7 @@ from serving.shadow import ShadowJob, ShadowRunner
 from telemetry.decision_log import DecisionLogWriter, DecisionRecord
 from telemetry.drift_monitor import DriftMonitor
 from telemetry.metrics import CONTENT_TYPE, RequestMetrics, RolloutFigures
+from telemetry.outcomes_log import OutcomesLogWriter, outcome_records
 from telemetry.tracing import SPAN_NAME
 
 JSON = "application/json"
@@ -74,6 +81,14 @@ class PayloadTooLarge(RampartError):
 
 class ModelFailed(RampartError):
     code, status = "model_error", 500
+
+
+class UnsupportedMediaType(RampartError):
+    code, status = "unsupported_media_type", 415
+
+
+class OutcomesUnavailable(RampartError):
+    code, status = "outcomes_log_unavailable", 503
 
 
 class InjectedFault(RuntimeError):
@@ -118,8 +133,10 @@ class GatewayCore:
         decision_log: DecisionLogWriter | None = None,
         shadow_runner: ShadowRunner | None = None,
         drift_monitor: DriftMonitor | None = None,
+        outcomes_log: OutcomesLogWriter | None = None,
     ) -> None:
         self.drift_monitor = drift_monitor
+        self.outcomes_log = outcomes_log
         self._table = table
         self.shadow_runner = shadow_runner
         self.scorers = dict(scorers)
@@ -275,11 +292,29 @@ class GatewayCore:
         )
         span.end(end_time=end_ns)
 
+    def record_outcomes(self, body: bytes, header_request_id: str | None = None) -> Outcome:
+        """Answer one ``POST /v1/outcomes`` body: every event is validated first,
+        then all of them are buffered for the outcomes log (or, on any error, none)."""
+        received_at = time.time()
+        try:
+            if len(body) > MAX_OUTCOME_BODY_BYTES:
+                raise PayloadTooLarge(f"body is {len(body)} bytes; the limit is "
+                                      f"{MAX_OUTCOME_BODY_BYTES}", header_request_id)
+            if self.outcomes_log is None:
+                raise OutcomesUnavailable("this gateway keeps no outcomes log", header_request_id)
+            events = parse_outcomes(body, header_request_id)
+        except RampartError as error:
+            return Outcome(error.status, error_body(error))
+        self.outcomes_log.append_many(outcome_records(events, received_at))
+        return Outcome(202, orjson.dumps({"accepted": len(events)}))
+
     def close(self) -> None:
         if self.shadow_runner is not None:
             self.shadow_runner.close()
         if self.decision_log is not None:
             self.decision_log.close()
+        if self.outcomes_log is not None:
+            self.outcomes_log.close()
 
 
 def parse_predict(body: bytes, request_id: str | None) -> PredictRequest:
@@ -295,6 +330,50 @@ def parse_predict(body: bytes, request_id: str | None) -> PredictRequest:
         raise ValidationFailed(
             "invalid request:\n" + format_validation_error(exc), request_id
         ) from None
+
+
+MAX_LISTED_PROBLEMS = 20
+
+
+def parse_outcomes(body: bytes, request_id: str | None) -> list[OutcomeEvent]:
+    """Validate an outcomes body (one event, or ``{"events": [...]}``); raise
+    InvalidJson, PayloadTooLarge or ValidationFailed naming each bad event and field."""
+    try:
+        data = from_json(body)  # NaN/Infinity parse, so validation can name the field
+    except ValueError as exc:
+        raise InvalidJson(f"body is not valid JSON: {exc}", request_id) from None
+    if not isinstance(data, dict):
+        raise ValidationFailed('body must be a JSON object: one event or {"events": [...]}',
+                               request_id)
+    batch = "events" in data
+    events = data.get("events")
+    if isinstance(events, list) and len(events) > MAX_OUTCOME_EVENTS:
+        raise PayloadTooLarge(f"{len(events)} events in one request; the limit is "
+                              f"{MAX_OUTCOME_EVENTS}: send them in several requests", request_id)
+    try:
+        return OutcomeBatch.model_validate(data).events if batch else [
+            OutcomeEvent.model_validate(data)]
+    except ValidationError as exc:
+        lines = format_validation_error(exc).splitlines()
+        if len(lines) > MAX_LISTED_PROBLEMS:
+            lines = [*lines[:MAX_LISTED_PROBLEMS],
+                     f"  ... and {len(lines) - MAX_LISTED_PROBLEMS} more"]
+        if batch and isinstance(events, list):
+            bad = {e["loc"][1] for e in exc.errors()
+                   if len(e["loc"]) > 1 and e["loc"][0] == "events"}
+            head = f"{len(bad)} of {len(events)} events are invalid; none was recorded:"
+        else:
+            head = "invalid outcome event; it was not recorded:"
+        raise ValidationFailed("\n".join([head, *lines]), request_id) from None
+
+
+def require_json(request: Request) -> None:
+    """Refuse a body that is not declared as JSON (415)."""
+    declared = request.headers.get("content-type", "")
+    media = declared.split(";", 1)[0].strip().lower()
+    if media != JSON and not (media.startswith("application/") and media.endswith("+json")):
+        shown = f"{declared!r}" if declared else "none"
+        raise UnsupportedMediaType(f"Content-Type must be {JSON} (got {shown})")
 
 
 def feature_vector(
@@ -374,6 +453,47 @@ def build_app(
             error.request_id = header_id
             return Response(error_body(error), status_code=error.status, media_type=JSON)
         outcome = await core.predict(body, header_id)
+        return Response(outcome.body, status_code=outcome.status_code, media_type=JSON)
+
+    event_schema = OutcomeEvent.model_json_schema()
+    batch_schema = {
+        "type": "object", "title": "OutcomeBatch", "additionalProperties": False,
+        "required": ["events"],
+        "properties": {"events": {"type": "array", "items": event_schema, "minItems": 1,
+                                  "maxItems": MAX_OUTCOME_EVENTS}},
+    }
+
+    @app.post(
+        "/v1/outcomes",
+        status_code=202,
+        response_model=OutcomesAccepted,
+        responses={
+            400: {"model": ErrorResponse, "description": "Body is not JSON"},
+            413: {"model": ErrorResponse,
+                  "description": f"Body over {MAX_OUTCOME_BODY_BYTES >> 20} MiB or over "
+                                 f"{MAX_OUTCOME_EVENTS} events"},
+            415: {"model": ErrorResponse, "description": "Content-Type is not JSON"},
+            422: {"model": ErrorResponse,
+                  "description": "An event fails validation (nothing is recorded)"},
+            503: {"model": ErrorResponse, "description": "No outcomes log"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": {"anyOf": [event_schema, batch_schema]}}},
+            }
+        },
+    )
+    async def outcomes(request: Request) -> Response:
+        """Record outcome events: one event, or ``{"events": [...]}`` (all or none)."""
+        header_id = request.headers.get("x-request-id")
+        try:
+            require_json(request)
+            body = await read_body_limited(request, MAX_OUTCOME_BODY_BYTES)
+        except RampartError as error:
+            error.request_id = header_id
+            return Response(error_body(error), status_code=error.status, media_type=JSON)
+        outcome = core.record_outcomes(body, header_id)
         return Response(outcome.body, status_code=outcome.status_code, media_type=JSON)
 
     @app.get("/healthz")

@@ -1,0 +1,93 @@
+"""Outcome events through the real gateway on Ray Serve, and ``rampart outcomes
+import`` run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from serving.app import start_gateway
+from serving.schemas import parse_config
+from telemetry.outcomes_log import read_outcomes
+
+ROOT = Path(__file__).resolve().parents[2]
+RAMPART = str(Path(sys.executable).parent / "rampart")
+PORT = 18_580
+JAN1 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def _config(mlflow_store: dict[str, Any], tmp: Path) -> Any:
+    data = yaml.safe_load((ROOT / "deploy" / "rampart.yaml").read_text())
+    data["tracking_uri"] = mlflow_store["uri"]
+    data["data_dir"] = str(tmp)
+    data["decision_log"] = {"path": str(tmp / "decisions")}
+    # Neither size nor time flushes during the test: only the replica's shutdown writes.
+    data["outcomes_log"] = {"path": str(tmp / "outcomes"), "batch_rows": 100_000,
+                            "flush_interval_s": 600}
+    data["telemetry"] = {"metrics_dir": str(tmp / "metrics")}
+    data["server"] = {"host": "127.0.0.1", "port": PORT, "num_replicas": 1}
+    return parse_config(data)
+
+
+def test_outcomes_posted_to_the_gateway_land_in_the_outcomes_log(
+    ray_session: None, mlflow_store: dict[str, Any], tmp_path: Path
+) -> None:
+    gateway = start_gateway(_config(mlflow_store, tmp_path))
+    try:
+        url = f"{gateway.url}/v1/outcomes"
+        one = httpx.post(url, json={"unit_id": "user-1", "metric": "conversion", "value": 1,
+                                    "timestamp": "2026-01-01T00:00:00Z",
+                                    "experiment_id": "demo-champion-vs-challenger"})
+        assert (one.status_code, one.json()) == (202, {"accepted": 1})
+        events = [{"unit_id": f"user-{i}", "metric": "revenue", "value": i * 0.5,
+                   "timestamp": 1_767_225_600 + i} for i in range(2, 1002)]
+        batch = httpx.post(url, json={"events": events})
+        assert (batch.status_code, batch.json()) == (202, {"accepted": 1000})
+        refused = [
+            (httpx.post(url, json={"events": [events[0], {**events[1], "value": "x"}]}), 422),
+            (httpx.post(url, content=b"{nope", headers={"content-type": "application/json"}),
+             400),
+            (httpx.post(url, content=b"unit_id=u", headers={"content-type": "text/plain"}), 415),
+        ]
+        for response, status in refused:
+            assert response.status_code == status, response.text
+            assert response.json()["error"]["message"]
+        assert "events.1.value" in refused[0][0].json()["error"]["message"]
+    finally:
+        gateway.stop()  # graceful: the replica closes its writers, which write what is left
+    rows = {r["unit_id"]: r for r in read_outcomes(tmp_path / "outcomes").to_pylist()}
+    assert len(rows) == 1001  # the refused batch recorded nothing
+    assert rows["user-1"]["timestamp"] == JAN1
+    assert rows["user-1"]["experiment_id"] == "demo-champion-vs-challenger"
+    assert rows["user-7"]["value"] == 3.5 and rows["user-7"]["metric"] == "revenue"
+    assert rows["user-7"]["timestamp"] == JAN1 + dt.timedelta(seconds=7)
+    assert all(r["received_at"] > JAN1 for r in rows.values())
+
+
+def test_outcomes_import_from_the_command_line(tmp_path: Path) -> None:
+    source = tmp_path / "events.csv"
+    source.write_text("unit_id,metric,value,timestamp\n"
+                      + "".join(f"user-{i},conversion,{i % 2},{1_767_225_600 + i}\n"
+                                for i in range(5000)))
+    log = tmp_path / "outcomes"
+    result = subprocess.run([RAMPART, "outcomes", "import", str(source), "--outcomes", str(log)],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "imported 5000 outcome events" in result.stdout
+    assert read_outcomes(log).num_rows == 5000
+
+    source.write_text("unit_id,metric,value\nu1,conversion,1\nu2,conversion,\n")
+    bad = subprocess.run([RAMPART, "outcomes", "import", str(source), "--outcomes", str(log)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2
+    assert "row 2: value is missing" in bad.stderr and "Traceback" not in bad.stderr
+    assert read_outcomes(log).num_rows == 5000
+    helped = subprocess.run([RAMPART, "outcomes", "import", "--help"], capture_output=True,
+                            text=True, timeout=60, cwd=ROOT)
+    assert helped.returncode == 0 and "usage: rampart outcomes import" in helped.stdout
