@@ -67,7 +67,9 @@ class EffectEstimate:
     ``ci_low``/``ci_high`` bound the absolute effect; ``rel_ci_low``/
     ``rel_ci_high`` the relative one (delta method). ``error`` is a short code
     (``"empty_arm"``, ``"zero_variance"``, ``"zero_control_mean"``...) when the
-    numbers could not be computed; the numeric fields are then NaN.
+    numbers could not be computed; the numeric fields are then NaN, except for
+    ``"zero_control_mean"``, where only the relative fields are NaN (a control
+    at zero does not invalidate the difference).
     """
 
     mean_control: float
