@@ -1,0 +1,869 @@
+"""``rollout/stats`` cross-checked against GrowthBook's ``gbstats`` 0.8.0.
+
+gbstats pins numpy<2 and pandas<2, so it never enters Rampart's environment:
+a module fixture builds ``.rampart/oracle-venv`` from
+``tests/oracles/requirements.txt`` (again only when the file's hash or the
+Python minor version changed) and runs ``tests/oracles/gbstats_oracle.py``
+there once, on every case below, through stdin/stdout JSON. If the registry
+cannot be reached the fixture *fails*: a skipped cross-check proves nothing.
+
+What is compared, and why the rest is not, is written down in the oracle
+script's docstring. Where the formulas are the same, values must agree to
+``REL_TOL`` (1e-9 relative). Two absolute floors are added, both far below
+any statistical meaning:
+
+* ``P_ABS_TOL`` on p-values: gbstats computes ``2·(1 − F_t(|t|))``, which
+  cancels to an absolute error of a few 1e-16 (and to exactly 0 below about
+  1e-16) where Rampart evaluates the tail directly;
+* ``ROUNDING`` times the operands' magnitude on values that are differences
+  of nearly equal numbers (an effect close to zero, a CI end close to zero):
+  the two sides order the same arithmetic differently (``t/c − 1`` against
+  ``(t − c)/c``; CUPED means adjusted around ``x̄`` or not), so such values
+  agree to rounding of the operands, not of the result.
+
+A CI that gbstats builds with a t quantile where Rampart uses the normal one
+is compared as ``estimate ± z·se`` with gbstats' own ``se``.
+
+The largest differences seen are written to ``.rampart/reports/stats_oracles.json``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from scipy import special, stats
+
+from rollout.stats.bayes import normal_means
+from rollout.stats.cuped import cuped_effect
+from rollout.stats.frequentist import ratio_effect, two_proportion_ztest, welch_ttest
+from rollout.stats.sequential import msprt
+from rollout.stats.srm import srm_test
+from rollout.stats.summary import EffectEstimate, MeanSummary, PairSummary
+
+ROOT = Path(__file__).resolve().parents[2]
+ORACLES = ROOT / "tests" / "oracles"
+REQUIREMENTS = ORACLES / "requirements.txt"
+ORACLE_SCRIPT = ORACLES / "gbstats_oracle.py"
+VENV = ROOT / ".rampart" / "oracle-venv"
+VENV_PYTHON = VENV / "bin" / "python"
+STAMP = VENV / ".requirements-stamp"
+LOCK = ROOT / ".rampart" / "oracle-venv.lock"
+REPORT = ROOT / ".rampart" / "reports" / "stats_oracles.json"
+
+REL_TOL = 1e-9
+P_ABS_TOL = 1e-14
+ROUNDING = 1e-12
+
+Json = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def _run_or_fail(command: list[str], what: str, timeout: float) -> None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{what}: no answer within {timeout:.0f} s", pytrace=False)
+    except OSError as exc:
+        pytest.fail(f"{what}: {exc}", pytrace=False)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-25:])
+        pytest.fail(f"{what} (exit {done.returncode}):\n{tail}", pytrace=False)
+
+
+def _wanted_stamp() -> str:
+    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    return f"{digest} python{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def ensure_oracle_venv() -> float | None:
+    """Build ``.rampart/oracle-venv`` unless its stamp matches; seconds taken, or None.
+
+    The venv is made from this interpreter (the project's ``python3``), since
+    the pinned wheels are for its minor version. A lock keeps two test runs
+    in the same tree from building it at once.
+    """
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        wanted = _wanted_stamp()
+        if (
+            VENV_PYTHON.exists()
+            and STAMP.exists()
+            and STAMP.read_text().splitlines()[:1] == [wanted]
+        ):
+            return None
+        shutil.rmtree(VENV, ignore_errors=True)
+        start = time.monotonic()
+        _run_or_fail(
+            [sys.executable, "-m", "venv", str(VENV)],
+            "creating the oracle virtualenv .rampart/oracle-venv",
+            timeout=60,
+        )
+        _run_or_fail(
+            [
+                str(VENV_PYTHON),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--timeout",
+                "30",
+                "--retries",
+                "2",
+                "-r",
+                str(REQUIREMENTS),
+            ],
+            "installing tests/oracles/requirements.txt into .rampart/oracle-venv failed; "
+            "the oracle environment is needed for this test (is the package registry "
+            "reachable?)",
+            timeout=420,
+        )
+        elapsed = time.monotonic() - start
+        STAMP.write_text(f"{wanted}\ncreated in {elapsed:.1f} s\n")
+        return elapsed
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _mean(y: NDArray[np.float64]) -> MeanSummary:
+    return MeanSummary(int(y.size), float(y.sum()), float(np.dot(y, y)))
+
+
+def _pair(y: NDArray[np.float64], x: NDArray[np.float64]) -> PairSummary:
+    return PairSummary(
+        int(y.size),
+        float(y.sum()),
+        float(np.dot(y, y)),
+        float(x.sum()),
+        float(np.dot(x, x)),
+        float(np.dot(x, y)),
+    )
+
+
+def _binary(n: int, successes: int) -> MeanSummary:
+    return MeanSummary(n, float(successes), float(successes))
+
+
+def _mean_spec(s: MeanSummary) -> Json:
+    return {"kind": "mean", "n": s.n, "sum": s.sum, "sum_squares": s.sum_squares}
+
+
+def _proportion_spec(s: MeanSummary) -> Json:
+    return {"kind": "proportion", "n": s.n, "sum": s.sum}
+
+
+def _ratio_spec(p: PairSummary) -> Json:
+    return {
+        "kind": "ratio",
+        "n": p.n,
+        "numerator": _mean_spec(p.y()),
+        "denominator": _mean_spec(p.x()),
+        "sum_products": p.sum_xy,
+    }
+
+
+def _adjusted_spec(p: PairSummary, proportion: bool = False) -> Json:
+    base = _proportion_spec if proportion else _mean_spec
+    return {
+        "kind": "regression_adjusted",
+        "n": p.n,
+        "post": base(p.y()),
+        "pre": base(p.x()),
+        "sum_products": p.sum_xy,
+    }
+
+
+def _mean_cases() -> dict[str, tuple[MeanSummary, MeanSummary]]:
+    rng = np.random.default_rng(20_261_101)
+    return {
+        # A dozen units, skewed (revenue-like), unequal arm sizes.
+        "small": (_mean(rng.lognormal(1.0, 0.8, 12)), _mean(rng.lognormal(1.2, 0.7, 9))),
+        "large": (_mean(rng.normal(10.0, 4.0, 200_000)), _mean(rng.normal(10.05, 4.0, 200_000))),
+        # 95/5 split with unequal variances: Welch's df far from n − 2.
+        "unbalanced": (_mean(rng.gamma(2.0, 1.5, 95_000)), _mean(rng.gamma(1.2, 2.6, 5_000))),
+        "negative_control": (
+            _mean(rng.normal(-2.0, 1.0, 3_000)),
+            _mean(rng.normal(-1.9, 1.3, 2_500)),
+        ),
+    }
+
+
+def _binary_cases() -> dict[str, tuple[MeanSummary, MeanSummary]]:
+    rng = np.random.default_rng(20_261_102)
+    return {
+        "small": (_binary(40, 18), _binary(45, 27)),
+        # Practically no difference: the mSPRT's 1/Λ exceeds 1 and is capped.
+        "null": (_binary(5_000, 600), _binary(5_000, 601)),
+        "large": (
+            _binary(1_000_000, int(rng.binomial(1_000_000, 0.031))),
+            _binary(1_000_000, int(rng.binomial(1_000_000, 0.0325))),
+        ),
+        "unbalanced": (
+            _binary(190_000, int(rng.binomial(190_000, 0.12))),
+            _binary(10_000, int(rng.binomial(10_000, 0.126))),
+        ),
+    }
+
+
+def _ratio_cases() -> dict[str, tuple[PairSummary, PairSummary]]:
+    rng = np.random.default_rng(20_261_103)
+
+    def clicks_per_view(n: int, ctr: float) -> PairSummary:
+        views = (rng.poisson(6.0, n) + 1).astype(np.float64)
+        clicks = rng.binomial(views.astype(np.int64), ctr).astype(np.float64)
+        return _pair(clicks, views)
+
+    def revenue_per_session(n: int, scale: float) -> PairSummary:
+        sessions = rng.geometric(0.3, n).astype(np.float64)
+        revenue = sessions * rng.gamma(2.0, scale, n)
+        return _pair(revenue, sessions)
+
+    return {
+        "small": (clicks_per_view(50, 0.10), clicks_per_view(60, 0.12)),
+        "unbalanced": (revenue_per_session(50_000, 2.0), revenue_per_session(8_000, 2.06)),
+        "large": (clicks_per_view(300_000, 0.050), clicks_per_view(300_000, 0.0505)),
+    }
+
+
+def _correlated(
+    rng: np.random.Generator, n: int, rho: float, effect: float, pre_mean: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Pre-period ``x`` and in-experiment ``y``, correlation ``rho``, ``x̄`` = ``pre_mean``."""
+    x = rng.gamma(4.0, 2.5, n)
+    noise = rng.normal(0.0, 1.0, n) * x.std() * math.sqrt(1.0 - rho * rho) / rho
+    y = x + noise + effect
+    return y, x - x.mean() + pre_mean
+
+
+def _cuped_cases() -> dict[str, tuple[PairSummary, PairSummary]]:
+    """Continuous CUPED cases whose arms have the same pre-period mean (see the oracle)."""
+    rng = np.random.default_rng(20_261_104)
+
+    def arm(n: int, rho: float, effect: float) -> PairSummary:
+        return _pair(*_correlated(rng, n, rho, effect, pre_mean=10.0))
+
+    return {
+        "small": (arm(200, 0.8, 0.0), arm(150, 0.8, 0.4)),
+        "large": (arm(80_000, 0.7, 0.0), arm(80_000, 0.7, 0.05)),
+        "unbalanced": (arm(60_000, 0.6, 0.0), arm(6_000, 0.6, 0.1)),
+    }
+
+
+def _binary_cuped_cases() -> dict[str, tuple[PairSummary, PairSummary]]:
+    """0/1 metric and 0/1 pre-period covariate, the same pre-period rate in both arms."""
+    rng = np.random.default_rng(20_261_105)
+
+    def arm(n: int, pre_rate: float, p_if_pre: float, p_if_not: float) -> PairSummary:
+        x = np.zeros(n)
+        x[: round(n * pre_rate)] = 1.0
+        rng.shuffle(x)
+        y = (rng.random(n) < np.where(x == 1.0, p_if_pre, p_if_not)).astype(np.float64)
+        return _pair(y, x)
+
+    return {
+        "balanced": (arm(20_000, 0.3, 0.50, 0.10), arm(20_000, 0.3, 0.52, 0.11)),
+        "unbalanced": (arm(40_000, 0.25, 0.40, 0.05), arm(8_000, 0.25, 0.43, 0.05)),
+    }
+
+
+def _imbalanced_pre_case() -> tuple[PairSummary, PairSummary]:
+    """Continuous CUPED arms whose pre-period means differ (by chance and a bit more)."""
+    rng = np.random.default_rng(20_261_106)
+    return (
+        _pair(*_correlated(rng, 3_000, 0.75, 0.0, pre_mean=10.0)),
+        _pair(*_correlated(rng, 2_000, 0.75, 0.3, pre_mean=10.4)),
+    )
+
+
+SRM_CASES: dict[str, tuple[list[int], list[float]]] = {
+    "balanced": ([50_120, 49_880], [1.0, 1.0]),
+    "split_90_10_mismatch": ([90_500, 9_500], [9000.0, 1000.0]),
+    "three_arms": ([33_010, 33_500, 33_490], [1.0, 1.0, 1.0]),
+    "uneven_weights": ([500_000, 252_000, 248_500], [0.5, 0.25, 0.25]),
+    "tiny": ([3, 7], [50.0, 50.0]),
+    "extreme": ([10_000, 11_500], [1.0, 1.0]),
+}
+
+MSPRT_CASES: dict[str, tuple[str, str, str, float, float]] = {
+    # name: (family, data case, difference type, tuning parameter, alpha)
+    "means_large_abs": ("means", "large", "absolute", 5_000.0, 0.05),
+    "means_small_abs": ("means", "small", "absolute", 5_000.0, 0.05),
+    "means_unbalanced_rel": ("means", "unbalanced", "relative", 20_000.0, 0.10),
+    "binary_large_rel": ("binary", "large", "relative", 5_000.0, 0.05),
+    "binary_large_abs": ("binary", "large", "absolute", 200_000.0, 0.01),
+    "binary_null_abs": ("binary", "null", "absolute", 5_000.0, 0.05),
+}
+
+
+@dataclass(frozen=True)
+class Cases:
+    means: dict[str, tuple[MeanSummary, MeanSummary]]
+    binary: dict[str, tuple[MeanSummary, MeanSummary]]
+    ratio: dict[str, tuple[PairSummary, PairSummary]]
+    cuped: dict[str, tuple[PairSummary, PairSummary]]
+    cuped_binary: dict[str, tuple[PairSummary, PairSummary]]
+    imbalanced_pre: tuple[PairSummary, PairSummary]
+
+
+CASES = Cases(
+    means=_mean_cases(),
+    binary=_binary_cases(),
+    ratio=_ratio_cases(),
+    cuped=_cuped_cases(),
+    cuped_binary=_binary_cuped_cases(),
+    imbalanced_pre=_imbalanced_pre_case(),
+)
+ALPHA = 0.05
+
+
+def _ttest(
+    case_id: str, control: Json, treatment: Json, difference: str, alpha: float = ALPHA
+) -> Json:
+    return {
+        "id": case_id,
+        "method": "ttest",
+        "control": control,
+        "treatment": treatment,
+        "alpha": alpha,
+        "difference_type": difference,
+    }
+
+
+def _oracle_cases() -> list[Json]:
+    out: list[Json] = []
+    for name, (users, weights) in SRM_CASES.items():
+        out.append({"id": f"srm/{name}", "method": "srm", "users": users, "weights": weights})
+    out.append(
+        {
+            "id": "srm/zero_weight_empty_arm",
+            "method": "srm",
+            "users": [5_300, 4_700, 0],
+            "weights": [0.5, 0.5, 0.0],
+        }
+    )
+    for difference in ("absolute", "relative"):
+        for name, (c, t) in CASES.means.items():
+            out.append(
+                _ttest(f"means/{name}/{difference}", _mean_spec(c), _mean_spec(t), difference)
+            )
+        for name, (c, t) in CASES.binary.items():
+            out.append(
+                _ttest(
+                    f"binary/{name}/{difference}",
+                    _proportion_spec(c),
+                    _proportion_spec(t),
+                    difference,
+                )
+            )
+        for name, (pc, pt) in CASES.ratio.items():
+            out.append(
+                _ttest(f"ratio/{name}/{difference}", _ratio_spec(pc), _ratio_spec(pt), difference)
+            )
+        for name, (pc, pt) in CASES.cuped.items():
+            out.append(
+                _ttest(
+                    f"cuped/{name}/{difference}", _adjusted_spec(pc), _adjusted_spec(pt), difference
+                )
+            )
+        for name, (pc, pt) in CASES.cuped_binary.items():
+            out.append(
+                _ttest(
+                    f"cuped_binary/{name}/{difference}",
+                    _adjusted_spec(pc),
+                    _adjusted_spec(pt),
+                    difference,
+                )
+            )
+    # Unadjusted variances, for CUPED's variance reduction.
+    for family, table in (("cuped", CASES.cuped), ("cuped_binary", CASES.cuped_binary)):
+        for name, (pc, pt) in table.items():
+            out.append(
+                _ttest(
+                    f"{family}/{name}/unadjusted",
+                    _mean_spec(pc.y()),
+                    _mean_spec(pt.y()),
+                    "absolute",
+                )
+            )
+    # Documented differences: θ with unequal pre-period means, and the proportion path.
+    pc, pt = CASES.imbalanced_pre
+    out.append(_ttest("cuped_imbalanced_pre", _adjusted_spec(pc), _adjusted_spec(pt), "absolute"))
+    for name, (pc, pt) in CASES.cuped_binary.items():
+        out.append(
+            _ttest(
+                f"cuped_binary/{name}/proportion",
+                _adjusted_spec(pc, True),
+                _adjusted_spec(pt, True),
+                "absolute",
+            )
+        )
+    for name, (family, data, difference, tuning, alpha) in MSPRT_CASES.items():
+        c, t = (CASES.means if family == "means" else CASES.binary)[data]
+        spec = _mean_spec if family == "means" else _proportion_spec
+        out.append(
+            {
+                "id": f"msprt/{name}",
+                "method": "sequential",
+                "control": spec(c),
+                "treatment": spec(t),
+                "alpha": alpha,
+                "difference_type": difference,
+                "tuning_parameter": tuning,
+            }
+        )
+    for family in ("means", "binary"):
+        for name, (c, t) in (CASES.means if family == "means" else CASES.binary).items():
+            for credible in (0.95, 0.9):
+                # 0/1 data goes in as a mean statistic (ddof 1), as normal_means reads it.
+                out.append(
+                    {
+                        "id": f"bayes/{family}/{name}/{credible}",
+                        "method": "bayesian",
+                        "control": _mean_spec(c),
+                        "treatment": _mean_spec(t),
+                        "alpha": 1.0 - credible,
+                        "difference_type": "absolute",
+                        "prior": {"proper": False},
+                    }
+                )
+    return out
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+@dataclass(frozen=True)
+class Difference:
+    case: str
+    quantity: str
+    rampart: float
+    gbstats: float
+
+    @property
+    def absolute(self) -> float:
+        return abs(self.rampart - self.gbstats)
+
+    @property
+    def relative(self) -> float:
+        return self.absolute / abs(self.gbstats) if self.gbstats != 0.0 else self.absolute
+
+
+RECORDS: list[Difference] = []
+
+
+def agree(
+    case: str,
+    quantity: str,
+    ours: float,
+    theirs: float,
+    *,
+    rel: float = REL_TOL,
+    abs_tol: float = 0.0,
+) -> None:
+    """Assert ``|ours − theirs| ≤ rel·|theirs| + abs_tol`` and record the difference."""
+    record = Difference(case, quantity, float(ours), float(theirs))
+    RECORDS.append(record)
+    assert math.isfinite(ours) and math.isfinite(theirs), record
+    assert record.absolute <= rel * abs(theirs) + abs_tol, (
+        f"{case}: {quantity} Rampart {ours!r} vs gbstats {theirs!r} "
+        f"(relative difference {record.relative:.3g})"
+    )
+
+
+def _z(alpha: float) -> float:
+    return float(special.ndtri(1.0 - alpha / 2.0))
+
+
+@pytest.fixture(scope="module")
+def oracle() -> Iterator[dict[str, Json]]:
+    """gbstats' answers for every case, keyed by case id."""
+    build_seconds = ensure_oracle_venv()
+    cases = _oracle_cases()
+    try:
+        done = subprocess.run(
+            [str(VENV_PYTHON), "-I", str(ORACLE_SCRIPT)],
+            input=json.dumps(cases),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the gbstats oracle did not answer within 60 s", pytrace=False)
+    if done.returncode != 0:
+        pytest.fail(
+            f"the gbstats oracle failed (exit {done.returncode}):\n{done.stderr}", pytrace=False
+        )
+    results = {r["id"]: r for r in json.loads(done.stdout)}
+    assert set(results) == {c["id"] for c in cases}
+    RECORDS.clear()
+    yield results
+    worst: dict[str, Json] = {}
+    for r in RECORDS:
+        key = f"{r.case.split('/')[0]}: {r.quantity}"
+        if key not in worst or r.relative > worst[key]["relative"]:
+            worst[key] = {"relative": r.relative, "absolute": r.absolute, "case": r.case}
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(
+        json.dumps(
+            {
+                "oracle_venv_build_seconds": build_seconds,
+                "comparisons": len(RECORDS),
+                "max_relative_difference": max((r.relative for r in RECORDS), default=0.0),
+                "worst_by_quantity": dict(sorted(worst.items())),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def _check_effect(
+    case: str,
+    ours: EffectEstimate,
+    absolute: Json,
+    relative: Json,
+    alpha: float,
+    *,
+    t_reference: bool,
+    compare_test: bool,
+    compare_statistic: bool,
+) -> None:
+    """Compare an ``EffectEstimate`` with gbstats' absolute and relative t-test results.
+
+    ``t_reference``: Rampart's absolute CI and p-value use Welch's t as gbstats
+    does (else its CI is checked as ``± z·se`` with gbstats' se).
+    ``compare_test``: the p-value is the same test. ``compare_statistic``: so is
+    the statistic (effect over its unpooled se).
+    """
+    assert ours.error is None and absolute["error"] is None and relative["error"] is None
+    scale = max(abs(ours.mean_control), abs(ours.mean_treatment))
+    agree(case, "mean_control", ours.mean_control, absolute["unadjusted_mean_control"])
+    agree(case, "mean_treatment", ours.mean_treatment, absolute["unadjusted_mean_treatment"])
+    agree(case, "abs_effect", ours.abs_effect, absolute["expected"], abs_tol=ROUNDING * scale)
+    agree(case, "std_error", ours.std_error, absolute["std_error"])
+    if t_reference:
+        low, high = absolute["ci_low"], absolute["ci_high"]
+    else:
+        half = _z(alpha) * absolute["std_error"]
+        low, high = absolute["expected"] - half, absolute["expected"] + half
+    agree(case, "ci_low", ours.ci_low, low, abs_tol=ROUNDING * scale)
+    agree(case, "ci_high", ours.ci_high, high, abs_tol=ROUNDING * scale)
+    if compare_statistic:
+        agree(
+            case,
+            "statistic",
+            ours.statistic,
+            absolute["statistic"],
+            abs_tol=ROUNDING * scale / absolute["std_error"],
+        )
+    if compare_test:
+        agree(case, "p_value", ours.p_value, absolute["p_value"], abs_tol=P_ABS_TOL)
+
+    agree(case, "rel_effect", ours.rel_effect, relative["expected"], abs_tol=ROUNDING)
+    rel_half = _z(alpha) * relative["std_error"]
+    rel_scale = abs(relative["expected"]) + rel_half
+    agree(
+        case,
+        "rel_ci_low",
+        ours.rel_ci_low,
+        relative["expected"] - rel_half,
+        abs_tol=ROUNDING * rel_scale,
+    )
+    agree(
+        case,
+        "rel_ci_high",
+        ours.rel_ci_high,
+        relative["expected"] + rel_half,
+        abs_tol=ROUNDING * rel_scale,
+    )
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_oracle_environment_is_exactly_the_pinned_one(oracle: dict[str, Json]) -> None:
+    """Every installed distribution is pinned in requirements.txt at the installed version."""
+    done = subprocess.run(
+        [str(VENV_PYTHON), "-m", "pip", "freeze", "--all", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+    def normalized(lines: list[str]) -> set[str]:
+        pins = set()
+        for line in lines:
+            line = line.split("#", 1)[0].strip()
+            if "==" in line:
+                name, version = line.split("==", 1)
+                pins.add(f"{re.sub(r'[-_.]+', '-', name).lower()}=={version.strip()}")
+        return pins
+
+    installed = normalized(done.stdout.splitlines())
+    installed = {p for p in installed if not p.startswith(("pip==", "setuptools=="))}
+    assert installed == normalized(REQUIREMENTS.read_text().splitlines())
+
+
+@pytest.mark.parametrize("name", sorted(SRM_CASES))
+def test_srm_p_value_matches_check_srm(oracle: dict[str, Json], name: str) -> None:
+    users, weights = SRM_CASES[name]
+    ours = srm_test(users, weights)
+    assert ours.error is None
+    agree(
+        f"srm/{name}", "p_value", ours.p_value, oracle[f"srm/{name}"]["p_value"], abs_tol=P_ABS_TOL
+    )
+
+
+def test_srm_zero_weight_arm_differs_only_in_degrees_of_freedom(
+    oracle: dict[str, Json],
+) -> None:
+    """An empty zero-weight arm: same statistic, but gbstats still counts the arm in the df.
+
+    gbstats' p-value is the χ² tail of Rampart's statistic with ``k − 1 = 2``
+    df; Rampart leaves the arm out (1 df), the correct reference: an arm that
+    can receive nobody adds no free cell to the multinomial.
+    """
+    ours = srm_test([5_300, 4_700, 0], [0.5, 0.5, 0.0])
+    theirs = oracle["srm/zero_weight_empty_arm"]["p_value"]
+    agree(
+        "srm/zero_weight_empty_arm",
+        "p_value (2 df)",
+        float(stats.chi2.sf(ours.statistic, 2)),
+        theirs,
+        abs_tol=P_ABS_TOL,
+    )
+    agree(
+        "srm/zero_weight_empty_arm",
+        "p_value (1 df)",
+        ours.p_value,
+        float(stats.chi2.sf(ours.statistic, 1)),
+        abs_tol=P_ABS_TOL,
+    )
+    assert ours.p_value < theirs
+
+
+@pytest.mark.parametrize("name", sorted(CASES.means))
+def test_welch_ttest_matches_two_sided_ttest(oracle: dict[str, Json], name: str) -> None:
+    control, treatment = CASES.means[name]
+    _check_effect(
+        f"means/{name}",
+        welch_ttest(control, treatment, ALPHA),
+        oracle[f"means/{name}/absolute"],
+        oracle[f"means/{name}/relative"],
+        ALPHA,
+        t_reference=True,
+        compare_test=True,
+        compare_statistic=True,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CASES.binary))
+def test_two_proportion_ztest_matches_proportion_statistic(
+    oracle: dict[str, Json], name: str
+) -> None:
+    """Unpooled se, effects and CIs; the pooled z statistic has no gbstats counterpart."""
+    control, treatment = CASES.binary[name]
+    _check_effect(
+        f"binary/{name}",
+        two_proportion_ztest(control, treatment, ALPHA),
+        oracle[f"binary/{name}/absolute"],
+        oracle[f"binary/{name}/relative"],
+        ALPHA,
+        t_reference=False,
+        compare_test=False,
+        compare_statistic=False,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CASES.ratio))
+def test_ratio_effect_matches_ratio_statistic(oracle: dict[str, Json], name: str) -> None:
+    control, treatment = CASES.ratio[name]
+    # For a ratio statistic gbstats' "unadjusted mean" is the ratio of sums.
+    _check_effect(
+        f"ratio/{name}",
+        ratio_effect(control, treatment, ALPHA),
+        oracle[f"ratio/{name}/absolute"],
+        oracle[f"ratio/{name}/relative"],
+        ALPHA,
+        t_reference=False,
+        compare_test=False,
+        compare_statistic=True,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CASES.cuped))
+def test_cuped_matches_regression_adjusted_statistic(oracle: dict[str, Json], name: str) -> None:
+    """Equal pre-period means: θ, adjusted effect, Welch inference and relative effect agree."""
+    control, treatment = CASES.cuped[name]
+    ours = cuped_effect(control, treatment, ALPHA)
+    absolute = oracle[f"cuped/{name}/absolute"]
+    case = f"cuped/{name}"
+    agree(case, "theta", ours.theta, absolute["theta"])
+    _check_effect(
+        case,
+        ours.estimate,
+        absolute,
+        oracle[f"cuped/{name}/relative"],
+        ALPHA,
+        t_reference=True,
+        compare_test=True,
+        compare_statistic=True,
+    )
+    reduction = 1.0 - absolute["variance"] / oracle[f"cuped/{name}/unadjusted"]["variance"]
+    agree(case, "variance_reduction", ours.variance_reduction, reduction)
+    assert ours.variance_reduction > 0.2
+
+
+@pytest.mark.parametrize("name", sorted(CASES.cuped_binary))
+def test_binary_cuped_matches_regression_adjusted_statistic(
+    oracle: dict[str, Json], name: str
+) -> None:
+    """0/1 metric with ``binary=True``: z inference, so CIs use gbstats' se with z."""
+    control, treatment = CASES.cuped_binary[name]
+    ours = cuped_effect(control, treatment, ALPHA, binary=True)
+    absolute = oracle[f"cuped_binary/{name}/absolute"]
+    case = f"cuped_binary/{name}"
+    agree(case, "theta", ours.theta, absolute["theta"])
+    _check_effect(
+        case,
+        ours.estimate,
+        absolute,
+        oracle[f"cuped_binary/{name}/relative"],
+        ALPHA,
+        t_reference=False,
+        compare_test=False,
+        compare_statistic=True,
+    )
+    reduction = 1.0 - absolute["variance"] / oracle[f"cuped_binary/{name}/unadjusted"]["variance"]
+    agree(case, "variance_reduction", ours.variance_reduction, reduction)
+
+
+def _centered(n: int, a: float, b: float, ab: float) -> float:
+    return ab - a * b / n
+
+
+def test_cuped_theta_differs_only_by_between_arm_terms(oracle: dict[str, Json]) -> None:
+    """Unequal pre-period means: gbstats' total-sample θ is Rampart's within-arm θ plus
+    the between-arm terms, ``(S_xy + B_xy)/(S_xx + B_xx)``, and nothing else."""
+    control, treatment = CASES.imbalanced_pre
+    ours = cuped_effect(control, treatment, ALPHA)
+    theirs = oracle["cuped_imbalanced_pre"]["theta"]
+    s_xx = sum(_centered(a.n, a.sum_x, a.sum_x, a.sum_xx) for a in (control, treatment))
+    n = control.n + treatment.n
+    x_bar = (control.sum_x + treatment.sum_x) / n
+    y_bar = (control.sum_y + treatment.sum_y) / n
+    b_xx = sum(a.n * (a.sum_x / a.n - x_bar) ** 2 for a in (control, treatment))
+    b_xy = sum(
+        a.n * (a.sum_x / a.n - x_bar) * (a.sum_y / a.n - y_bar) for a in (control, treatment)
+    )
+    predicted = (ours.theta * s_xx + b_xy) / (s_xx + b_xx)
+    agree("cuped_imbalanced_pre", "theta (total sample)", predicted, theirs)
+    assert abs(ours.theta - theirs) > 1e-4 * abs(theirs)
+
+
+@pytest.mark.parametrize("name", sorted(CASES.cuped_binary))
+def test_cuped_theta_of_gbstats_proportion_path_is_inflated_by_n_over_n_minus_1(
+    oracle: dict[str, Json], name: str
+) -> None:
+    """gbstats' ``ProportionStatistic`` θ divides a ddof-1 covariance by a ddof-0
+    variance: ``θ·N/(N − 1)``; Rampart's is the least-squares slope."""
+    control, treatment = CASES.cuped_binary[name]
+    ours = cuped_effect(control, treatment, ALPHA, binary=True)
+    n = control.n + treatment.n
+    agree(
+        f"cuped_binary/{name}",
+        "theta (proportion path)",
+        ours.theta * n / (n - 1),
+        oracle[f"cuped_binary/{name}/proportion"]["theta"],
+    )
+
+
+@pytest.mark.parametrize("name", sorted(MSPRT_CASES))
+def test_msprt_matches_sequential_ttest(oracle: dict[str, Json], name: str) -> None:
+    """One look: gbstats' e-value and interval are the normal mixture with ``τ² = N·ρ²·V``."""
+    family, data, difference, _, alpha = MSPRT_CASES[name]
+    control, treatment = (CASES.means if family == "means" else CASES.binary)[data]
+    estimate = (welch_ttest if family == "means" else two_proportion_ztest)(
+        control, treatment, ALPHA
+    )
+    if difference == "absolute":
+        effect, variance = estimate.abs_effect, estimate.std_error**2
+    else:
+        effect = estimate.rel_effect
+        variance = ((estimate.rel_ci_high - estimate.rel_ci_low) / (2.0 * _z(ALPHA))) ** 2
+    theirs = oracle[f"msprt/{name}"]
+    assert theirs["error"] is None
+    tau2 = theirs["n_total"] * theirs["rho"] ** 2 * variance
+    ours = msprt([effect], [variance], alpha, mixing_variance=tau2)
+    case = f"msprt/{name}"
+    scale = abs(effect) + (ours.ci_high - ours.ci_low) / 2.0
+    agree(case, "estimate", effect, theirs["expected"], abs_tol=ROUNDING * scale)
+    agree(case, "p_value", ours.p_value, theirs["p_value"], abs_tol=P_ABS_TOL)
+    agree(case, "cs_low", ours.ci_low, theirs["ci_low"], abs_tol=ROUNDING * scale)
+    agree(case, "cs_high", ours.ci_high, theirs["ci_high"], abs_tol=ROUNDING * scale)
+
+
+def test_msprt_cases_cover_both_outcomes(oracle: dict[str, Json]) -> None:
+    p_values = [oracle[f"msprt/{name}"]["p_value"] for name in MSPRT_CASES]
+    assert min(p_values) < 0.01 and max(p_values) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("family", "name", "credible"),
+    [
+        (f, n, c)
+        for f, table in (("means", CASES.means), ("binary", CASES.binary))
+        for n in sorted(table)
+        for c in (0.95, 0.9)
+    ],
+)
+def test_normal_means_matches_effect_bayesian_test(
+    oracle: dict[str, Json], family: str, name: str, credible: float
+) -> None:
+    """Flat prior, absolute difference: posterior N(d, σ²), chance to win, CI and losses."""
+    control, treatment = (CASES.means if family == "means" else CASES.binary)[name]
+    ours = normal_means(control, treatment, credible)
+    theirs = oracle[f"bayes/{family}/{name}/{credible}"]
+    case = f"bayes/{family}/{name}/{credible}"
+    assert ours.error is None and theirs["error"] is None
+    sigma = theirs["std_error"]
+    scale = abs(theirs["expected"]) + sigma
+    agree(case, "prob_better", ours.prob_better, theirs["chance_to_win"])
+    agree(case, "ci_low", ours.ci_low, theirs["ci_low"], abs_tol=ROUNDING * scale)
+    agree(case, "ci_high", ours.ci_high, theirs["ci_high"], abs_tol=ROUNDING * scale)
+    # gbstats' risk is [loss of keeping control, loss of shipping treatment].
+    agree(
+        case,
+        "expected_loss_control",
+        ours.expected_loss_control,
+        theirs["risk_control"],
+        abs_tol=ROUNDING * scale,
+    )
+    agree(
+        case,
+        "expected_loss_treatment",
+        ours.expected_loss_treatment,
+        theirs["risk_treatment"],
+        abs_tol=ROUNDING * scale,
+    )
