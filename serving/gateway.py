@@ -271,6 +271,7 @@ class GatewayCore:
                     request_id, decision.unit_id, decision.unit_type, decision.experiment_id,
                     None, decision.arm, decision.model.name, decision.model.version, "primary",
                     now, request.features, prediction, latency_s * 1000.0, status, error,
+                    request.context or None,
                 )
             )
         end_ns = time.time_ns()

@@ -51,6 +51,8 @@ DECISION_SCHEMA = pa.schema(
         pa.field("latency_ms", pa.float64()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
+        # The request's context (country, platform...): what segments are cut by.
+        pa.field("context", pa.map_(pa.string(), pa.string())),
     ]
 )
 
@@ -73,6 +75,7 @@ class DecisionRecord(NamedTuple):
     latency_ms: float | None
     status: str
     error: str | None
+    context: Mapping[str, Any] | None = None
 
 
 def records_to_table(records: list[DecisionRecord]) -> pa.Table:
@@ -87,9 +90,36 @@ def records_to_table(records: list[DecisionRecord]) -> pa.Table:
             arrays.append(pa.array(micros, type=pa.int64()).cast(field.type))
         elif field.name == "features":
             arrays.append(_feature_maps(values, field.type))
+        elif field.name == "context":
+            arrays.append(_context_maps(values, field.type))
         else:
             arrays.append(pa.array(values, type=field.type))
     return pa.Table.from_arrays(arrays, schema=DECISION_SCHEMA)
+
+
+def _context_maps(values: tuple[Any, ...], map_type: pa.DataType) -> pa.Array:
+    """The context column: values as text (booleans as ``true``/``false``), so
+    one segment column serves strings, numbers and flags alike."""
+    if all(not c for c in values):
+        return pa.nulls(len(values), type=map_type)
+    offsets = [0]
+    keys: list[str] = []
+    items: list[str] = []
+    valid: list[bool] = []
+    for context in values:
+        if not context:
+            valid.append(False)
+        else:
+            valid.append(True)
+            for key, value in context.items():
+                keys.append(key)
+                items.append(("true" if value else "false") if isinstance(value, bool)
+                             else str(value))
+        offsets.append(len(keys))
+    mask = None if all(valid) else pa.array([not v for v in valid])
+    return pa.MapArray.from_arrays(
+        pa.array(offsets, type=pa.int32()), pa.array(keys, type=pa.string()),
+        pa.array(items, type=pa.string()), type=map_type, mask=mask)
 
 
 def _feature_maps(values: tuple[Any, ...], map_type: pa.DataType) -> pa.Array:
