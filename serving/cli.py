@@ -466,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="print rows, file and seconds as one JSON object")
     outcomes_import.set_defaults(func=cmd_outcomes_import)
 
+    from rollout.analysis_cli import add_commands as add_analysis_commands
+
+    add_analysis_commands(sub)
+
     demo = sub.add_parser("demo", help="seed, serve, drive traffic, print per-version table")
     demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     demo.add_argument("--requests", type=int, default=4000)

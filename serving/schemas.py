@@ -119,6 +119,11 @@ class MetricSpec(_Frozen):
     type: MetricType = "mean"
     denominator: str | None = Field(default=None, pattern=ID_PATTERN)
 
+    @property
+    def label(self) -> str:
+        """How reports name the metric: ``name``, or ``name/denominator`` for a ratio."""
+        return self.name if self.denominator is None else f"{self.name}/{self.denominator}"
+
     @model_validator(mode="after")
     def _ratio(self) -> MetricSpec:
         if (self.type == "ratio") != (self.denominator is not None):
@@ -202,7 +207,7 @@ class AnalysisPlan(_Frozen):
 
     @model_validator(mode="after")
     def _plan(self) -> AnalysisPlan:
-        names = [self.primary.name] + [m.name for m in self.secondary]
+        names = [self.primary.label] + [m.label for m in self.secondary]
         if len(set(names)) != len(names):
             raise ValueError(f"primary and secondary metrics must be distinct, got {names}")
         if self.mde_relative and self.sequential.method == "msprt" and self.baseline is None:

@@ -35,6 +35,11 @@ class Population:
         x[:, 0] += self.shift_f0
         return x
 
+    def platforms(self) -> list[str]:
+        """Each user's platform, sent as request context (a segment to analyse by)."""
+        draws = np.random.default_rng(self.seed + 1).random(self.size)
+        return np.where(draws < 0.45, "android", np.where(draws < 0.8, "ios", "web")).tolist()
+
 
 @dataclass
 class ClientResult:
@@ -62,6 +67,7 @@ async def _drive(
     rng = np.random.default_rng(seed)
     users = population.user_ids()
     features = population.features()
+    platforms = population.platforms()
     picks = rng.integers(0, population.size, size=requests)
     result = ClientResult()
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -83,6 +89,7 @@ async def _drive(
                     "unit_id": users[user],
                     "features": dict(zip(FEATURE_NAMES, features[user].tolist(), strict=True)),
                     "request_id": request_id,
+                    "context": {"platform": platforms[user]},
                 }
                 started = time.perf_counter()
                 try:

@@ -78,6 +78,7 @@ def decisions_with(n: int, scorer: object, out: Path) -> None:
                               type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
         "features": features, "prediction": pa.array(pred), "latency_ms": pa.array(np.ones(n)),
         "status": pa.array(["ok"] * n), "error": pa.nulls(n, pa.string()),
+        "context": pa.nulls(n, pa.map_(pa.string(), pa.string())),
     }
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(cols, schema=DECISION_SCHEMA), out / "part-bench.parquet")

@@ -1,0 +1,580 @@
+"""Experiment analysis, pure: exposures and outcomes as arrays in, a report out.
+
+The shape follows Kohavi, Tang and Xu's trustworthy-experiment checklist:
+
+1. **Exposure** is a unit's first decision in the experiment; its arm is the
+   arm of that first decision (intention to treat, even if a ramp later moved
+   the unit). Every exposed unit counts, with zeros where it has no outcome.
+2. **Sample ratio mismatch** comes first, because a mismatch invalidates
+   everything after it.
+3. Per metric and treatment arm: a z-test (binary) or Welch's t-test (mean),
+   a delta-method ratio test (ratio of sums), CUPED on the metric's own
+   pre-period values, a Bayesian posterior, and the pre-registered sequential
+   method for the primary metric. p-values are corrected across metrics and arms.
+4. Segments per pre-registered attribute, corrected across segments, with a
+   Simpson's-paradox warning.
+5. A ship / hold / rollback decision that lists every reason.
+
+Everything here is vectorized numpy over per-unit arrays (integer unit codes,
+not strings), so ten million decisions take seconds; reading Parquet into
+those arrays lives in :mod:`rollout.analysis_data`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from rollout.stats.bayes import BayesResult, beta_binomial, normal_means
+from rollout.stats.cuped import cuped_effect
+from rollout.stats.frequentist import ratio_effect, two_proportion_ztest, welch_ttest
+from rollout.stats.multiple import adjust_p_values
+from rollout.stats.sequential import (
+    group_sequential_test,
+    mixing_variance_from_mde,
+    msprt,
+)
+from rollout.stats.srm import srm_test
+from rollout.stats.summary import EffectEstimate, PairSummary
+from serving.schemas import AnalysisPlan, GuardrailSpec, MetricSpec
+
+MICROS = 1_000_000
+ARM_BITS = 4  # up to 16 arms share an int64 with the exposure time (see first_exposures)
+Decision = Literal["ship", "hold", "rollback"]
+MISSING_SEGMENT = "(missing)"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Exposures:
+    """One entry per exposed unit: its arm (index into ``arms``) and when it was
+    first exposed (microseconds since the epoch)."""
+
+    arms: tuple[str, ...]
+    weights: tuple[float, ...]
+    arm: NDArray[np.int64]
+    exposed_at: NDArray[np.int64]
+    crossovers: int = 0  # units seen in more than one arm (counted in their first)
+    segments: dict[str, tuple[NDArray[np.int64], tuple[str, ...]]] = field(default_factory=dict)
+
+    @property
+    def n_units(self) -> int:
+        return int(self.arm.size)
+
+
+@dataclass(frozen=True)
+class OutcomeRows:
+    """Outcome events already matched to exposed units: ``unit`` indexes
+    :class:`Exposures`; ``metric`` indexes ``metrics``."""
+
+    metrics: tuple[str, ...]
+    unit: NDArray[np.int64]
+    metric: NDArray[np.int64]
+    value: NDArray[np.float64]
+    at: NDArray[np.int64]  # microseconds since the epoch
+
+
+def first_exposures(
+    unit_codes: NDArray[np.integer[Any]],
+    n_units: int,
+    arm_codes: NDArray[np.integer[Any]],
+    at_us: NDArray[np.int64],
+) -> tuple[NDArray[np.int64], NDArray[np.int64], int, NDArray[np.bool_]]:
+    """Each unit's first exposure: ``(arm, exposed_at, crossovers, first_rows)``.
+
+    Time and arm are packed into one int64 (time << 4 | arm), so a single
+    unbuffered minimum per unit finds both the first time and the arm at that
+    time without sorting ten million rows. ``first_rows`` marks the rows that
+    are a unit's first decision (for reading segment attributes at exposure).
+    """
+    codes = unit_codes.astype(np.int64, copy=False)
+    packed = (at_us.astype(np.int64) << ARM_BITS) | arm_codes.astype(np.int64)
+    first = np.full(n_units, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, codes, packed)
+    lowest_arm = np.full(n_units, 1 << ARM_BITS, dtype=np.int64)
+    highest_arm = np.full(n_units, -1, dtype=np.int64)
+    arm64 = arm_codes.astype(np.int64)
+    np.minimum.at(lowest_arm, codes, arm64)
+    np.maximum.at(highest_arm, codes, arm64)
+    crossovers = int(np.count_nonzero(lowest_arm != highest_arm))
+    first_rows = packed == first[codes]
+    return first & ((1 << ARM_BITS) - 1), first >> ARM_BITS, crossovers, first_rows
+
+
+# --------------------------------------------------------------------------- per-unit values
+
+
+@dataclass(frozen=True)
+class UnitValues:
+    """Per exposed unit: the metric in its window (``y``) and in its pre-period
+    (``x``, the CUPED covariate; for a ratio metric, the denominator)."""
+
+    y: NDArray[np.float64]
+    x: NDArray[np.float64]
+
+
+def unit_values(
+    spec: MetricSpec,
+    plan: AnalysisPlan,
+    exposures: Exposures,
+    outcomes: OutcomeRows,
+    as_of_us: int,
+) -> UnitValues:
+    """The metric per unit as known at ``as_of_us``.
+
+    In-experiment events fall in ``[exposure, exposure + outcome_window]``;
+    pre-period events in ``[exposure - pre_period, exposure)``.
+    """
+    window_us = int(plan.outcome_window_s * MICROS)
+    pre_us = int(plan.pre_period_s * MICROS)
+    offset = outcomes.at - exposures.exposed_at[outcomes.unit]
+    known = outcomes.at <= as_of_us
+    in_window = known & (offset >= 0) & (offset <= window_us)
+    in_pre = known & (offset < 0) & (offset >= -pre_us)
+
+    def per_unit(name: str, rows: NDArray[np.bool_]) -> NDArray[np.float64]:
+        if name not in outcomes.metrics:
+            return np.zeros(exposures.n_units)
+        selected = rows & (outcomes.metric == outcomes.metrics.index(name))
+        return np.bincount(outcomes.unit[selected], weights=outcomes.value[selected],
+                           minlength=exposures.n_units).astype(np.float64, copy=False)
+
+    if spec.type == "ratio":
+        assert spec.denominator is not None
+        return UnitValues(per_unit(spec.name, in_window), per_unit(spec.denominator, in_window))
+    y = per_unit(spec.name, in_window)
+    x = per_unit(spec.name, in_pre)
+    if spec.type == "binary":
+        y = (y > 0).astype(np.float64)
+        x = (x > 0).astype(np.float64)
+    return UnitValues(y, x)
+
+
+def arm_summaries(
+    arm: NDArray[np.int64], values: UnitValues, n_arms: int,
+    units: NDArray[np.bool_] | None = None,
+) -> list[PairSummary]:
+    """One :class:`PairSummary` per arm over the selected units (all by default)."""
+    y, x = values.y, values.x
+    if units is not None:
+        arm, y, x = arm[units], y[units], x[units]
+
+    def total(weights: NDArray[np.float64] | None) -> NDArray[np.float64]:
+        return np.bincount(arm, weights=weights, minlength=n_arms).astype(np.float64)
+
+    n = total(None)
+    sy, syy, sx, sxx, sxy = total(y), total(y * y), total(x), total(x * x), total(x * y)
+    return [PairSummary(int(n[a]), float(sy[a]), float(syy[a]), float(sx[a]), float(sxx[a]),
+                        float(sxy[a])) for a in range(n_arms)]
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+@dataclass(frozen=True)
+class MetricEstimate:
+    estimate: EffectEstimate
+    unadjusted: EffectEstimate
+    cuped_variance_reduction: float | None
+    bayes: BayesResult | None
+
+
+def estimate(spec: MetricSpec, plan: AnalysisPlan, control: PairSummary,
+             treatment: PairSummary) -> MetricEstimate:
+    """Treatment against control for one metric, CUPED-adjusted when the plan asks
+    for it and the pre-period has data."""
+    if spec.type == "ratio":
+        effect = ratio_effect(control, treatment, plan.alpha)
+        return MetricEstimate(effect, effect, None, None)
+    binary = spec.type == "binary"
+    plain = (two_proportion_ztest if binary else welch_ttest)(
+        control.y(), treatment.y(), plan.alpha)
+    bayes = (beta_binomial(control.y(), treatment.y()) if binary
+             else normal_means(control.y(), treatment.y()))
+    has_pre = control.sum_xx + treatment.sum_xx > 0
+    if not (plan.cuped and plan.pre_period_s > 0 and has_pre):
+        return MetricEstimate(plain, plain, None, bayes)
+    adjusted = cuped_effect(control, treatment, plan.alpha, binary=binary)
+    if adjusted.estimate.error is not None and adjusted.estimate.error != "zero_control_mean":
+        return MetricEstimate(plain, plain, None, bayes)
+    return MetricEstimate(adjusted.estimate, plain, adjusted.variance_reduction, bayes)
+
+
+# --------------------------------------------------------------------------- timeline
+
+
+def look_times(exposures: Exposures, targets_per_arm: Sequence[int], as_of_us: int
+               ) -> list[int | None]:
+    """When every arm had reached each target unit count (None: not yet by ``as_of``)."""
+    times: list[int | None] = []
+    per_arm = [np.sort(exposures.exposed_at[exposures.arm == a])
+               for a in range(len(exposures.arms)) if exposures.weights[a] > 0]
+    for target in targets_per_arm:
+        if any(len(times_) < target for times_ in per_arm):
+            times.append(None)
+            continue
+        reached = max(int(times_[target - 1]) for times_ in per_arm)
+        times.append(reached if reached <= as_of_us else None)
+    return times
+
+
+def estimate_at(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
+                outcomes: OutcomeRows, at_us: int, treatment_arm: int) -> MetricEstimate:
+    """The estimate as it stood at ``at_us``: units exposed by then, outcomes known by then."""
+    values = unit_values(spec, plan, exposures, outcomes, at_us)
+    summaries = arm_summaries(exposures.arm, values, len(exposures.arms),
+                              exposures.exposed_at <= at_us)
+    return estimate(spec, plan, summaries[0], summaries[treatment_arm])
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _num(value: float | None, digits: int | None = None) -> float | None:
+    """JSON-safe number: NaN and infinities become null; full precision unless
+    ``digits`` asks for rounding."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value) if digits is None else round(float(value), digits)
+
+
+def _effect_json(effect: EffectEstimate) -> dict[str, Any]:
+    return {
+        "mean_control": _num(effect.mean_control), "mean_treatment": _num(effect.mean_treatment),
+        "abs_effect": _num(effect.abs_effect), "rel_effect": _num(effect.rel_effect),
+        "ci_low": _num(effect.ci_low), "ci_high": _num(effect.ci_high),
+        "rel_ci_low": _num(effect.rel_ci_low), "rel_ci_high": _num(effect.rel_ci_high),
+        "p_value": _num(effect.p_value), "std_error": _num(effect.std_error),
+        "error": effect.error,
+    }
+
+
+def _bayes_json(bayes: BayesResult | None) -> dict[str, Any] | None:
+    if bayes is None:
+        return None
+    return {"prob_better": _num(bayes.prob_better),
+            "expected_loss_treatment": _num(bayes.expected_loss_treatment),
+            "expected_loss_control": _num(bayes.expected_loss_control),
+            "ci_low": _num(bayes.ci_low), "ci_high": _num(bayes.ci_high),
+            "error": bayes.error}
+
+
+def sequential_json(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
+                    outcomes: OutcomeRows, as_of_us: int, treatment_arm: int,
+                    final: MetricEstimate) -> dict[str, Any]:
+    """The primary metric's pre-registered sequential analysis.
+
+    Looks are reconstructed from the logs as they stood at each look's time:
+    units exposed by then and outcomes known by then.
+    """
+    method = plan.sequential.method
+    if method == "none":
+        return {"method": "none"}
+    if method == "group_sequential":
+        max_units = plan.sequential.max_units_per_arm
+        assert max_units is not None
+        fractions = plan.sequential.fractions()
+        targets = [max(2, math.ceil(f * max_units)) for f in fractions]
+        looks = [(f, t) for f, t in zip(fractions, look_times(exposures, targets, as_of_us),
+                                        strict=True) if t is not None]
+        if not looks:
+            first = targets[0]
+            return {"method": method, "kind": plan.sequential.kind, "looks": [],
+                    "boundary": None, "crossed": False, "decision": "continue",
+                    "note": f"first look at {first} units per arm not reached"}
+        z = [estimate_at(spec, plan, exposures, outcomes, t, treatment_arm).estimate.statistic
+             for _, t in looks]
+        result = group_sequential_test(z, [f for f, _ in looks], plan.alpha,
+                                       plan.sequential.kind)
+        return {
+            "method": method, "kind": plan.sequential.kind,
+            "looks": [{"fraction": f, "at": _iso(t), "z": _num(zk), "boundary": _num(b)}
+                      for (f, t), zk, b in zip(looks, z, result.boundaries, strict=True)],
+            "boundary": _num(result.boundary), "crossed": result.crossed,
+            "first_crossing_look": result.first_crossing_look, "decision": result.decision,
+            "error": result.error,
+        }
+    mde_abs = plan.mde_absolute()
+    if mde_abs is None:  # relative MDE without a baseline: scale by the observed control
+        mde_abs = plan.mde * abs(final.unadjusted.mean_control)
+    tau2 = mixing_variance_from_mde(mde_abs) if mde_abs > 0 else 1.0
+    points = [estimate_at(spec, plan, exposures, outcomes, t, treatment_arm).estimate
+              for t in timeline_times(exposures, as_of_us, plan.sequential.looks)]
+    points.append(final.estimate)
+    always_valid = msprt([p.abs_effect for p in points], [p.std_error ** 2 for p in points],
+                         plan.alpha, mixing_variance=tau2)
+    return {"method": method, "looks": len(points), "mixing_variance": _num(tau2),
+            "always_valid_p_value": _num(always_valid.p_value),
+            "ci_low": _num(always_valid.ci_low), "ci_high": _num(always_valid.ci_high),
+            "rejected": always_valid.rejected,
+            "first_rejection_look": always_valid.first_rejection_look,
+            "error": always_valid.error}
+
+
+def timeline_times(exposures: Exposures, as_of_us: int, points: int) -> list[int]:
+    """``points`` evenly spaced times from the first exposure to ``as_of`` (exclusive)."""
+    if exposures.n_units == 0:
+        return []
+    start = int(exposures.exposed_at.min())
+    if as_of_us <= start:
+        return []
+    return [start + (as_of_us - start) * (k + 1) // (points + 1) for k in range(points)]
+
+
+def timeline_json(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
+                  outcomes: OutcomeRows, as_of_us: int, points: int) -> list[dict[str, Any]]:
+    """Cumulative lift with its interval and the sample ratio, over time, for the plots."""
+    series = []
+    for t in [*timeline_times(exposures, as_of_us, points), as_of_us]:
+        counts = np.bincount(exposures.arm[exposures.exposed_at <= t],
+                             minlength=len(exposures.arms))
+        row: dict[str, Any] = {"at": _iso(t), "units": [int(c) for c in counts], "arms": {}}
+        for arm in range(1, len(exposures.arms)):
+            effect = estimate_at(spec, plan, exposures, outcomes, t, arm).estimate
+            row["arms"][exposures.arms[arm]] = {
+                "abs_effect": _num(effect.abs_effect), "ci_low": _num(effect.ci_low),
+                "ci_high": _num(effect.ci_high), "rel_effect": _num(effect.rel_effect),
+                "z": _num(effect.statistic)}
+        series.append(row)
+    return series
+
+
+def _iso(at_us: int) -> str:
+    return dt.datetime.fromtimestamp(at_us / MICROS, tz=dt.UTC).isoformat()
+
+
+def guardrail_verdict(spec: GuardrailSpec, effect: EffectEstimate) -> tuple[str, str]:
+    """``PASS`` when the interval rules out harm beyond the tolerance, ``FAIL`` when
+    the estimate itself is beyond it, else ``INSUFFICIENT_DATA``; with a reason."""
+    if effect.error is not None and not (spec.relative is False
+                                         and effect.error == "zero_control_mean"):
+        return "INSUFFICIENT_DATA", f"guardrail {spec.label}: {effect.error}"
+    sign = 1.0 if spec.harm == "increase" else -1.0
+    if spec.relative:
+        point, worst = sign * effect.rel_effect, max(sign * effect.rel_ci_low,
+                                                     sign * effect.rel_ci_high)
+        unit = "relative"
+    else:
+        point, worst = sign * effect.abs_effect, max(sign * effect.ci_low, sign * effect.ci_high)
+        unit = "absolute"
+    if not math.isfinite(point):
+        return "INSUFFICIENT_DATA", f"guardrail {spec.label}: no estimate"
+    if point > spec.tolerance:
+        return "FAIL", (f"guardrail {spec.label} harmed: {spec.harm} of {point:.4g} "
+                        f"({unit}) exceeds the tolerated {spec.tolerance:g}")
+    if worst <= spec.tolerance:
+        return "PASS", f"guardrail {spec.label} within tolerance"
+    return "INSUFFICIENT_DATA", (f"guardrail {spec.label}: the interval still allows a "
+                                 f"{spec.harm} of {worst:.4g} ({unit}), beyond {spec.tolerance:g}")
+
+
+def analyze(
+    experiment_id: str,
+    plan: AnalysisPlan,
+    exposures: Exposures,
+    outcomes: OutcomeRows,
+    as_of: dt.datetime,
+    *,
+    exploratory_segments: Sequence[str] = (),
+    timeline_points: int = 0,
+) -> dict[str, Any]:
+    """The whole analysis of one experiment as a JSON-ready dict.
+
+    Keys: ``srm``, ``metrics`` (one entry per metric and treatment arm),
+    ``guardrails``, ``segments``, ``decision``, and ``timeline`` when
+    ``timeline_points`` > 0 (for the HTML report's plots).
+    """
+    as_of_us = int(as_of.timestamp() * MICROS)
+    n_arms = len(exposures.arms)
+    counts = np.bincount(exposures.arm, minlength=n_arms)
+    srm = srm_test([int(c) for c in counts], list(exposures.weights))
+    report: dict[str, Any] = {
+        "experiment_id": experiment_id,
+        "as_of": as_of.astimezone(dt.UTC).isoformat(),
+        "arms": list(exposures.arms),
+        "units": exposures.n_units,
+        "crossovers": exposures.crossovers,
+        "srm": {"p_value": _num(srm.p_value), "statistic": _num(srm.statistic),
+                "observed": list(srm.observed), "expected": [_num(e, 4) for e in srm.expected],
+                "flag": srm.flag, "error": srm.error},
+    }
+    # ---- metrics (primary + secondary), corrected across metrics and arms
+    metric_specs: list[tuple[str, MetricSpec]] = [("primary", plan.primary)] + [
+        ("secondary", m) for m in plan.secondary]
+    entries: list[dict[str, Any]] = []
+    primary_final: dict[int, MetricEstimate] = {}
+    for role, spec in metric_specs:
+        values = unit_values(spec, plan, exposures, outcomes, as_of_us)
+        summaries = arm_summaries(exposures.arm, values, n_arms)
+        for arm in range(1, n_arms):
+            result = estimate(spec, plan, summaries[0], summaries[arm])
+            entry = {
+                "metric": spec.label, "role": role, "type": spec.type, "arm": exposures.arms[arm],
+                "control_arm": exposures.arms[0], "n_control": summaries[0].n,
+                "n_treatment": summaries[arm].n, **_effect_json(result.estimate),
+                "adjusted_p_value": None,
+                "cuped_variance_reduction": _num(result.cuped_variance_reduction),
+                "unadjusted": _effect_json(result.unadjusted),
+                "bayes": _bayes_json(result.bayes),
+                "sequential": None,
+            }
+            if role == "primary":
+                primary_final[arm] = result
+                entry["sequential"] = sequential_json(spec, plan, exposures, outcomes, as_of_us,
+                                                      arm, result)
+            entries.append(entry)
+    adjusted = adjust_p_values([e["p_value"] if e["p_value"] is not None else math.nan
+                                for e in entries], plan.correction)
+    for entry, p in zip(entries, adjusted, strict=True):
+        entry["adjusted_p_value"] = _num(float(p))
+    report["correction"] = plan.correction
+    report["metrics"] = entries
+    # ---- guardrails
+    guardrails = []
+    for spec in plan.guardrails:
+        values = unit_values(spec, plan, exposures, outcomes, as_of_us)
+        summaries = arm_summaries(exposures.arm, values, n_arms)
+        for arm in range(1, n_arms):
+            effect = estimate(spec, plan, summaries[0], summaries[arm]).estimate
+            verdict, reason = guardrail_verdict(spec, effect)
+            guardrails.append({"metric": spec.label, "arm": exposures.arms[arm],
+                               "harm": spec.harm, "tolerance": spec.tolerance,
+                               "relative": spec.relative, "verdict": verdict,
+                               "reason": reason, **_effect_json(effect)})
+    report["guardrails"] = guardrails
+    # ---- segments of the primary metric
+    report["segments"] = segments_json(plan, exposures, outcomes, as_of_us, primary_final,
+                                       exploratory_segments)
+    report["decision"] = decide(plan, report, primary_final)
+    if timeline_points > 0:
+        report["timeline"] = timeline_json(plan.primary, plan, exposures, outcomes, as_of_us,
+                                           timeline_points)
+    return report
+
+
+def segments_json(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
+                  as_of_us: int, pooled: dict[int, MetricEstimate],
+                  exploratory: Sequence[str]) -> list[dict[str, Any]]:
+    """The primary metric per segment value of each attribute, corrected across
+    the attribute's segments; pre-registered attributes are confirmatory."""
+    out: list[dict[str, Any]] = []
+    n_arms = len(exposures.arms)
+    values = unit_values(plan.primary, plan, exposures, outcomes, as_of_us)
+    attributes = [(a, "confirmatory") for a in plan.segments] + [
+        (a, "exploratory") for a in exploratory if a not in plan.segments]
+    for attribute, kind in attributes:
+        if attribute not in exposures.segments:
+            continue
+        codes, labels = exposures.segments[attribute]
+        for arm in range(1, n_arms):
+            rows = []
+            for code, label in enumerate(labels):
+                summaries = arm_summaries(exposures.arm, values, n_arms, codes == code)
+                effect = estimate(plan.primary, plan, summaries[0], summaries[arm]).estimate
+                rows.append({"segment": label, "n_control": summaries[0].n,
+                             "n_treatment": summaries[arm].n, **_effect_json(effect)})
+            adjusted = adjust_p_values([r["p_value"] if r["p_value"] is not None else math.nan
+                                        for r in rows], plan.correction)
+            for row, p in zip(rows, adjusted, strict=True):
+                row["adjusted_p_value"] = _num(float(p))
+            pooled_effect = pooled[arm].estimate.abs_effect if arm in pooled else math.nan
+            signs = {np.sign(r["abs_effect"]) for r in rows
+                     if r["abs_effect"] is not None and r["abs_effect"] != 0}
+            simpson = (len(rows) > 1 and len(signs) == 1 and math.isfinite(pooled_effect)
+                       and pooled_effect != 0 and signs != {np.sign(pooled_effect)})
+            out.append({
+                "attribute": attribute, "kind": kind, "metric": plan.primary.label,
+                "arm": exposures.arms[arm], "segments": rows,
+                "simpsons_paradox": bool(simpson),
+                "warning": ("the pooled effect's sign disagrees with every segment's: "
+                            "Simpson's paradox, check the mix of segments across arms"
+                            if simpson else None),
+            })
+    return out
+
+
+def decide(plan: AnalysisPlan, report: dict[str, Any],
+           primary: dict[int, MetricEstimate]) -> dict[str, Any]:
+    """``ship``, ``hold`` or ``rollback`` with every reason.
+
+    - SRM: hold, whatever else the numbers say (they cannot be trusted).
+    - A guardrail harmed beyond tolerance, or the primary significantly worse:
+      rollback.
+    - Ship when the primary is significantly better (by the pre-registered
+      sequential method when there is one, else the corrected p-value) and every
+      guardrail is shown within tolerance; otherwise hold.
+    """
+    reasons: list[str] = []
+    outcome: Decision = "ship"
+    if report["srm"]["flag"]:
+        reasons.append(f"sample ratio mismatch (p = {report['srm']['p_value']:.3g} < 0.001): "
+                       "the assignment or logging is broken; no effect can be trusted")
+        outcome = "hold"
+    failed = [g for g in report["guardrails"] if g["verdict"] == "FAIL"]
+    unsure = [g for g in report["guardrails"] if g["verdict"] == "INSUFFICIENT_DATA"]
+    for g in failed:
+        reasons.append(g["reason"])
+    for g in unsure:
+        reasons.append(g["reason"])
+    best_arm: str | None = None
+    primary_entries = [e for e in report["metrics"] if e["role"] == "primary"]
+    any_better = False
+    any_worse = False
+    for entry in primary_entries:
+        significant = primary_significant(plan, entry)
+        effect = entry["abs_effect"]
+        name = f"primary {entry['metric']} ({entry['arm']} vs {entry['control_arm']})"
+        if effect is None:
+            reasons.append(f"{name}: no estimate ({entry['error']})")
+        elif significant and effect > 0:
+            any_better = True
+            if best_arm is None or effect > max(
+                    e["abs_effect"] for e in primary_entries if e["arm"] == best_arm):
+                best_arm = entry["arm"]
+            reasons.append(f"{name}: significantly better, {_lift(entry)}")
+        elif significant and effect < 0:
+            any_worse = True
+            reasons.append(f"{name}: significantly worse, {_lift(entry)}")
+        else:
+            reasons.append(f"{name}: not significant, {_lift(entry)}")
+    if report["srm"]["flag"]:
+        outcome = "hold"
+    elif failed or (any_worse and not any_better):
+        outcome = "rollback"
+    elif any_better and not unsure:
+        outcome = "ship"
+    else:
+        outcome = "hold"
+    return {"outcome": outcome, "arm": best_arm if outcome == "ship" else None,
+            "reasons": reasons}
+
+
+def primary_significant(plan: AnalysisPlan, entry: dict[str, Any]) -> bool:
+    """Significance by the pre-registered method."""
+    sequential = entry.get("sequential") or {}
+    method = sequential.get("method", "none")
+    if method == "group_sequential":
+        return bool(sequential.get("crossed"))
+    if method == "msprt":
+        return bool(sequential.get("rejected"))
+    p = entry["adjusted_p_value"]
+    return p is not None and p < plan.alpha
+
+
+def _lift(entry: dict[str, Any]) -> str:
+    rel = entry["rel_effect"]
+    text = f"effect {entry['abs_effect']:.4g}"
+    if rel is not None:
+        text += f" ({rel:+.2%})"
+    if entry["ci_low"] is not None and entry["ci_high"] is not None:
+        text += f", CI [{entry['ci_low']:.4g}, {entry['ci_high']:.4g}]"
+    p = entry["adjusted_p_value"]
+    return text + (f", adjusted p = {p:.3g}" if p is not None else "")

@@ -1,0 +1,195 @@
+"""Reading the decision and outcome logs into the arrays :mod:`rollout.analysis` needs,
+and keeping each experiment's pre-registered analysis plan.
+
+Reading is columnar end to end: Parquet is filtered by experiment, role and
+time while it is read (pushed down to the row groups), unit ids become integer
+codes once (``dictionary_encode``), and outcome rows find their unit with one
+hash lookup (``index_in``). No per-row Python.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from rollout.analysis import MICROS, MISSING_SEGMENT, Exposures, OutcomeRows, first_exposures
+from serving.schemas import AnalysisPlan, ExperimentSpec
+from telemetry.decision_log import DECISION_SCHEMA
+from telemetry.outcomes_log import OUTCOME_SCHEMA
+
+
+class AnalysisInputError(Exception):
+    """Input the analysis cannot use; the message says what and where."""
+
+
+def _dataset(path: Path, schema: pa.Schema, noun: str) -> pads.Dataset:
+    if not path.exists():
+        raise AnalysisInputError(f"no {noun} at {path}")
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise AnalysisInputError(f"no {noun} files (*.parquet) under {path}")
+        return pads.dataset(files, format="parquet", schema=schema)
+    return pads.dataset(str(path), format="parquet", schema=schema)
+
+
+def _micros(column: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(column.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def load_exposures(
+    decisions: Path,
+    experiment: ExperimentSpec,
+    as_of: dt.datetime,
+    segments: tuple[str, ...] = (),
+) -> tuple[Exposures, pa.Array]:
+    """Exposed units of ``experiment`` by ``as_of`` and the unit-id dictionary.
+
+    Only primary decisions count (a shadow call exposes nobody). Decisions in an
+    arm the config does not name are an error: the log and the config disagree.
+    """
+    dataset = _dataset(decisions, DECISION_SCHEMA, "decision log")
+    as_of_scalar = pa.scalar(int(as_of.timestamp() * MICROS), type=pa.int64()).cast(
+        pa.timestamp("us", tz="UTC"))
+    columns = ["unit_id", "arm", "timestamp"] + (["context"] if segments else [])
+    table = dataset.to_table(
+        columns=columns,
+        filter=(pc.field("experiment_id") == experiment.id) & (pc.field("role") == "primary")
+        & (pc.field("timestamp") <= as_of_scalar))
+    arms = tuple(a.name for a in experiment.arms)
+    weights = tuple(float(a.weight_bp) for a in experiment.arms)
+    if table.num_rows == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Exposures(arms, weights, empty, empty), pa.array([], type=pa.string())
+    units = table["unit_id"].combine_chunks().dictionary_encode()
+    arm_codes = pc.index_in(table["arm"], value_set=pa.array(arms))
+    unknown = arm_codes.null_count
+    if unknown:
+        seen = sorted(set(pc.unique(table["arm"]).to_pylist()) - set(arms), key=str)
+        raise AnalysisInputError(
+            f"{unknown} decisions of experiment {experiment.id!r} are in arms the config "
+            f"does not name: {seen}; configured arms are {list(arms)}")
+    codes = np.asarray(units.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    arm, exposed_at, crossovers, first_rows = first_exposures(
+        codes, len(units.dictionary), np.asarray(arm_codes.to_numpy(zero_copy_only=False)),
+        _micros(table["timestamp"]))
+    segment_codes: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
+    for attribute in segments:
+        looked_up = pc.map_lookup(table["context"], attribute, "first")
+        filled = pc.fill_null(looked_up, MISSING_SEGMENT).combine_chunks().dictionary_encode()
+        per_row = np.asarray(filled.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        per_unit = np.zeros(len(units.dictionary), dtype=np.int64)
+        per_unit[codes[first_rows]] = per_row[first_rows]
+        labels = tuple(str(v) for v in filled.dictionary.to_pylist())
+        segment_codes[attribute] = (per_unit, labels)
+    exposures = Exposures(arms, weights, arm, exposed_at, crossovers, segment_codes)
+    return exposures, units.dictionary
+
+
+def load_outcomes(
+    outcomes: Path,
+    unit_dictionary: pa.Array,
+    metrics: tuple[str, ...],
+    experiment_id: str,
+    as_of: dt.datetime,
+) -> OutcomeRows:
+    """Outcome events of exposed units for ``metrics``, known by ``as_of``.
+
+    An event tagged with another experiment's id is not this experiment's; an
+    untagged event belongs to every experiment its unit is in.
+    """
+    dataset = _dataset(outcomes, OUTCOME_SCHEMA, "outcomes log")
+    as_of_scalar = pa.scalar(int(as_of.timestamp() * MICROS), type=pa.int64()).cast(
+        pa.timestamp("us", tz="UTC"))
+    table = dataset.to_table(
+        columns=["unit_id", "metric", "value", "timestamp"],
+        filter=pc.field("metric").isin(list(metrics))
+        & (pc.field("experiment_id").is_null() | (pc.field("experiment_id") == experiment_id))
+        & (pc.field("timestamp") <= as_of_scalar))
+    unit = pc.index_in(table["unit_id"], value_set=unit_dictionary)
+    exposed = pc.is_valid(unit)
+    if table.num_rows and not pc.all(exposed).as_py():
+        table, unit = table.filter(exposed), unit.filter(exposed)
+    metric = pc.index_in(table["metric"], value_set=pa.array(list(metrics)))
+    return OutcomeRows(
+        metrics,
+        np.asarray(unit.to_numpy(zero_copy_only=False), dtype=np.int64),
+        np.asarray(metric.to_numpy(zero_copy_only=False), dtype=np.int64),
+        np.asarray(table["value"].to_numpy(), dtype=np.float64),
+        _micros(table["timestamp"]),
+    )
+
+
+def plan_metrics(plan: AnalysisPlan) -> tuple[str, ...]:
+    """Every outcome metric name the plan reads (numerators and denominators)."""
+    names: list[str] = []
+    for spec in (plan.primary, *plan.secondary, *plan.guardrails):
+        for name in (spec.name, spec.denominator):
+            if name is not None and name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+# --------------------------------------------------------------------------- pre-registration
+
+
+class PlanChanged(Exception):
+    """The analysis plan differs from the one registered before the start."""
+
+
+def plan_fingerprint(plan: AnalysisPlan) -> tuple[str, dict[str, Any]]:
+    body = plan.model_dump(mode="json")
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest(), body
+
+
+def register_plan(directory: Path, experiment_id: str, plan: AnalysisPlan,
+                  now: dt.datetime) -> dict[str, Any]:
+    """Record ``plan`` as the experiment's pre-registration, or check it against
+    the one recorded.
+
+    Before the start a plan may change (the record is replaced). From the start
+    on, a different plan raises :class:`PlanChanged` naming every changed field.
+    Returns the record (``registered_at``, ``registered_after_start``, ``sha256``).
+    """
+    digest, body = plan_fingerprint(plan)
+    path = directory / f"{experiment_id}.json"
+    if path.exists():
+        record = json.loads(path.read_text())
+        if record["sha256"] == digest:
+            return dict(record)
+        if now >= plan.start:
+            changes = _differences(record["plan"], body)
+            raise PlanChanged(
+                f"experiment {experiment_id!r} started at {plan.start.isoformat()}; its "
+                f"pre-registered analysis plan (registered {record['registered_at']}) cannot "
+                f"change after the start. Changed: {'; '.join(changes)}. Revert the config, "
+                "or run the change as a new experiment.")
+    record = {"experiment_id": experiment_id, "sha256": digest, "plan": body,
+              "registered_at": now.astimezone(dt.UTC).isoformat(),
+              "registered_after_start": now >= plan.start}
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return record
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    if old != new:
+        return [f"{prefix.rstrip('.')}: {json.dumps(old)} -> {json.dumps(new)}"]
+    return []
