@@ -38,7 +38,8 @@ class Population:
     def platforms(self) -> list[str]:
         """Each user's platform, sent as request context (a segment to analyse by)."""
         draws = np.random.default_rng(self.seed + 1).random(self.size)
-        return np.where(draws < 0.45, "android", np.where(draws < 0.8, "ios", "web")).tolist()
+        labels = np.where(draws < 0.45, "android", np.where(draws < 0.8, "ios", "web"))
+        return [str(label) for label in labels]
 
 
 @dataclass
