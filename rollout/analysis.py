@@ -518,12 +518,11 @@ def decide(plan: AnalysisPlan, report: dict[str, Any],
         reasons.append(f"sample ratio mismatch (p = {report['srm']['p_value']:.3g} < 0.001): "
                        "the assignment or logging is broken; no effect can be trusted")
         outcome = "hold"
+    elif report["srm"]["p_value"] is not None:
+        reasons.append(f"no sample ratio mismatch (p = {report['srm']['p_value']:.3g})")
     failed = [g for g in report["guardrails"] if g["verdict"] == "FAIL"]
     unsure = [g for g in report["guardrails"] if g["verdict"] == "INSUFFICIENT_DATA"]
-    for g in failed:
-        reasons.append(g["reason"])
-    for g in unsure:
-        reasons.append(g["reason"])
+    reasons += [g["reason"] for g in report["guardrails"]]
     best_arm: str | None = None
     primary_entries = [e for e in report["metrics"] if e["role"] == "primary"]
     any_better = False

@@ -189,8 +189,29 @@ def summary_text(report: dict[str, Any]) -> str:
             f"{_fmt(m['mean_control'])} -> {_fmt(m['mean_treatment'])}, "
             f"effect {_fmt(m['abs_effect'])}{rel} CI [{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]"
             f", p = {_fmt(m['p_value'])} (adjusted {_fmt(m['adjusted_p_value'])}){cuped}")
+        sequential = m.get("sequential") or {}
+        if sequential.get("method") == "msprt":
+            lines.append(f"{'':9} always-valid p = {_fmt(sequential['always_valid_p_value'])}, "
+                         f"confidence sequence [{_fmt(sequential['ci_low'])}, "
+                         f"{_fmt(sequential['ci_high'])}] over {sequential['looks']} looks")
+        elif sequential.get("method") == "group_sequential":
+            lines.append(f"{'':9} {sequential['kind']} boundary "
+                         f"{_fmt(sequential['boundary'])} at look {len(sequential['looks'])}: "
+                         f"{sequential['decision']}")
+        if m.get("bayes"):
+            lines.append(f"{'':9} P(better) = {_fmt(m['bayes']['prob_better'])}")
     for g in report["guardrails"]:
         lines.append(f"guardrail {g['metric']:>12} {g['arm']}: {g['verdict']}")
+    for seg in report["segments"]:
+        cells = ", ".join(f"{r['segment']} {_fmt(r['abs_effect'])} (adj. p "
+                          f"{_fmt(r['adjusted_p_value'])})" for r in seg["segments"])
+        lines.append(f"segments by {seg['attribute']} ({seg['kind']}), {seg['arm']}: {cells}")
+        if seg.get("warning"):
+            lines.append(f"  warning: {seg['warning']}")
+    registration = report.get("preregistration") or {}
+    if registration.get("registered_after_start"):
+        lines.append(f"note: the analysis plan was first recorded at "
+                     f"{registration['registered_at']}, after the start {registration['start']}")
     decision = report["decision"]
     lines.append(f"decision: {decision['outcome'].upper()}"
                  + (f" {decision['arm']}" if decision.get("arm") else ""))
