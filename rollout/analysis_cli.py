@@ -11,8 +11,6 @@ from typing import Any
 
 from serving.cli import DEFAULT_CONFIG, CliError, _load
 
-PREREGISTRATION_DIR = "preregistrations"
-
 
 def add_commands(sub: Any) -> None:
     """Register ``plan`` and ``analyze`` on the top-level sub-parser set."""
@@ -100,10 +98,8 @@ def parse_time(text: str) -> dt.datetime:
 def run_analysis(config: Any, experiment_id: str, *, decisions: Path | None = None,
                  outcomes: Path | None = None, as_of: dt.datetime | None = None,
                  exploratory_segments: tuple[str, ...] = (), timeline_points: int = 0,
-                 now: dt.datetime | None = None, registrations: Path | None = None
-                 ) -> dict[str, Any]:
-    """Check the pre-registration (kept under ``registrations``, by default
-    ``<data_dir>/preregistrations``), read the logs and analyse; CliError on bad input."""
+                 now: dt.datetime | None = None) -> dict[str, Any]:
+    """Check the pre-registration, read the logs and analyse; CliError on bad input."""
     from rollout.analysis import analyze
     from rollout.analysis_data import (
         AnalysisInputError,
@@ -125,9 +121,8 @@ def run_analysis(config: Any, experiment_id: str, *, decisions: Path | None = No
                        "experiments[].analysis (primary metric, alpha, MDE...) before it starts")
     now = now or dt.datetime.now(dt.UTC)
     try:
-        registration = register_plan(
-            registrations or Path(config.data_dir) / PREREGISTRATION_DIR, experiment_id, plan,
-            now)
+        registration = register_plan(config.resolved_preregistration_dir(), experiment_id,
+                                     plan, now)
     except PlanChanged as exc:
         raise CliError(str(exc)) from None
     as_of = as_of or now

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from rollout.analysis import MICROS, MISSING_SEGMENT, Exposures, OutcomeRows, first_exposures
-from serving.schemas import AnalysisPlan, ExperimentSpec
+from serving.schemas import AnalysisPlan, ExperimentSpec, RampartConfig
 from telemetry.decision_log import DECISION_SCHEMA
 from telemetry.outcomes_log import OUTCOME_SCHEMA
 
@@ -182,6 +182,24 @@ def register_plan(directory: Path, experiment_id: str, plan: AnalysisPlan,
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
     os.replace(tmp, path)
     return record
+
+
+def register_config_plans(config: RampartConfig, now: dt.datetime) -> list[str]:
+    """Record every experiment's analysis plan as the gateway starts serving it.
+
+    Returns one message per plan that changed after its start (the gateway keeps
+    serving; ``rampart analyze`` refuses such a plan).
+    """
+    problems = []
+    for experiment in config.experiments:
+        if experiment.analysis is None:
+            continue
+        try:
+            register_plan(config.resolved_preregistration_dir(), experiment.id,
+                          experiment.analysis, now)
+        except PlanChanged as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

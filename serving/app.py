@@ -13,6 +13,7 @@ benchmarks and the integration tests.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -272,6 +273,11 @@ def start_gateway(
     decision_dir.mkdir(parents=True, exist_ok=True)
     outcomes_dir = resolve_outcomes_path(config)  # created by the first write
     prepare_multiprocess_dir(metrics_dir)
+    # Serving an experiment is when its analysis plan must already be fixed.
+    from rollout.analysis_data import register_config_plans
+
+    for problem in register_config_plans(config, dt.datetime.now(dt.UTC)):
+        log.warning("%s", problem)
 
     set_ingress_env()
     owns_ray = not ray.is_initialized()

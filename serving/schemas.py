@@ -363,6 +363,7 @@ class RampartConfig(_Frozen):
     tracking_uri: str | None = None
     data_dir: Path = Path(".rampart")
     rollout_store_url: str | None = None
+    preregistration_dir: Path | None = None
     models: tuple[ModelSpec, ...] = Field(min_length=1)
     default: ModelTarget
     experiments: tuple[ExperimentSpec, ...] = ()
@@ -396,6 +397,10 @@ class RampartConfig(_Frozen):
         if duplicates:
             raise ValueError(f"duplicate experiment ids: {duplicates}")
         return self
+
+    def resolved_preregistration_dir(self) -> Path:
+        """Where experiments' analysis plans are recorded (see ``rampart analyze``)."""
+        return self.preregistration_dir or self.data_dir / "preregistrations"
 
     def resolved_store_url(self) -> str:
         """SQLAlchemy URL of the rollout store: configured, or SQLite under ``data_dir``."""

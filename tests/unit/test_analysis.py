@@ -322,3 +322,17 @@ def test_plan_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert body["n_per_arm"] > 50_000 and body["days"] == -(-2 * body["n_per_arm"] // 5000)
     assert main(["plan", "--metric-type", "mean", "--mde", "0.5"]) == 2
     assert "std_dev" in capsys.readouterr().err
+
+
+def test_the_gateway_records_plans_and_reports_a_late_change(tmp_path: Path) -> None:
+    from rollout.analysis_data import register_config_plans
+
+    config = _config(tmp_path)
+    assert register_config_plans(config, START - dt.timedelta(hours=1)) == []
+    record = json.loads((tmp_path / "preregistrations" / "exp.json").read_text())
+    assert record["registered_after_start"] is False and record["plan"]["alpha"] == 0.05
+    changed = _config(tmp_path, {**ANALYSIS, "alpha": 0.01})
+    problems = register_config_plans(changed, START + dt.timedelta(hours=1))
+    assert len(problems) == 1 and "alpha: 0.05 -> 0.01" in problems[0]
+    with pytest.raises(CliError, match="cannot change after the start"):
+        run_analysis(changed, "exp", as_of=AS_OF, now=AS_OF)
