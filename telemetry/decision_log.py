@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,6 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+from telemetry.batched_writer import BatchedWriter
 
 log = logging.getLogger(__name__)
 
@@ -197,102 +198,37 @@ def partitions(table: pa.Table) -> list[tuple[str, str, pa.Table]]:
     return out
 
 
-class DecisionLogWriter:
-    """Buffers decision records and writes them as Parquet in the background."""
+class DecisionLogWriter(BatchedWriter[DecisionRecord | pa.Table]):
+    """Buffers decision records (and columnar batches) and writes them as Parquet
+    in the background."""
 
-    def __init__(
-        self,
-        root: Path,
-        writer_id: str,
-        batch_rows: int = 5000,
-        flush_interval_s: float = 2.0,
-    ) -> None:
-        self.root = Path(root)
-        self.writer_id = writer_id
-        self.batch_rows = batch_rows
-        self.flush_interval_s = flush_interval_s
-        self._buffer: list[DecisionRecord] = []
-        self._tables: list[pa.Table] = []
-        self._table_rows = 0
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = threading.Event()
-        self._sequence = 0
-        self.rows_written = 0
-        self.write_errors = 0
-        self._thread = threading.Thread(
-            target=self._run, name=f"decision-log-{writer_id}", daemon=True
-        )
-        self._thread.start()
+    noun = "decision-log"
+
+    def __init__(self, root: Path, writer_id: str, batch_rows: int = 5000,
+                 flush_interval_s: float = 2.0) -> None:
+        super().__init__(root, writer_id, batch_rows, flush_interval_s)
 
     def append(self, record: DecisionRecord) -> None:
         """Buffer one record; never blocks on I/O."""
-        with self._lock:
-            self._buffer.append(record)
-            full = len(self._buffer) + self._table_rows >= self.batch_rows
-        if full:
-            self._wake.set()
+        self._buffer_items((record,), 1)
 
     def append_table(self, table: pa.Table) -> None:
         """Buffer a batch of rows already in :data:`DECISION_SCHEMA` (see
         :func:`batch_table`); never blocks on I/O."""
-        with self._lock:
-            self._tables.append(table)
-            self._table_rows += table.num_rows
-            full = len(self._buffer) + self._table_rows >= self.batch_rows
-        if full:
-            self._wake.set()
+        self._buffer_items((table,), table.num_rows)
 
-    def _run(self) -> None:
-        while not self._closed.is_set():
-            self._wake.wait(self.flush_interval_s)
-            self._wake.clear()
-            self.flush()
-
-    def flush(self) -> int:
-        """Write everything buffered so far; returns the rows written."""
-        with self._write_lock:
-            with self._lock:
-                batch, self._buffer = self._buffer, []
-                tables, self._tables, self._table_rows = self._tables, [], 0
-            rows: int = len(batch) + sum(int(t.num_rows) for t in tables)
-            if not rows:
-                return 0
-            try:
-                self._write(batch, tables)
-            except Exception:  # keep serving; the rows stay counted as lost
-                self.write_errors += 1
-                log.exception("decision log: failed to write %d rows", rows)
-                return 0
-            self.rows_written += rows
-            return rows
-
-    def _write(self, batch: list[DecisionRecord], tables: list[pa.Table]) -> None:
-        parts = ([records_to_table(batch)] if batch else []) + tables
+    def _write(self, batch: list[DecisionRecord | pa.Table]) -> None:
+        records = [item for item in batch if isinstance(item, DecisionRecord)]
+        parts = ([records_to_table(records)] if records else []) + [
+            item for item in batch if isinstance(item, pa.Table)]
         combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
         for day, experiment, rows in partitions(combined):
             directory = self.root / f"date={day}" / f"experiment={experiment}"
             directory.mkdir(parents=True, exist_ok=True)
-            self._sequence += 1
-            name = f"part-{self.writer_id}-{self._sequence:08d}.parquet"
+            name = self._next_name()
             tmp = directory / f".{name}.tmp"
             pq.write_table(rows, tmp, compression="zstd")
             os.replace(tmp, directory / name)
-
-    def close(self) -> None:
-        """Stop the background thread and write what is left. Idempotent."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self._wake.set()
-        self._thread.join(timeout=30)
-        self.flush()
-
-    @property
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._buffer) + self._table_rows
 
 
 def read_decisions(path: str | Path) -> pa.Table:

@@ -29,7 +29,6 @@ import datetime as dt
 import logging
 import math
 import os
-import threading
 import time
 import uuid
 from collections import defaultdict
@@ -52,6 +51,7 @@ from serving.schemas import (
     OutcomeEvent,
     parse_outcome_timestamp,
 )
+from telemetry.batched_writer import BatchedWriter
 
 log = logging.getLogger(__name__)
 
@@ -137,85 +137,26 @@ def write_outcome_file(root: Path, day: str, name: str, table: pa.Table) -> Path
     return directory / name
 
 
-class OutcomesLogWriter:
+class OutcomesLogWriter(BatchedWriter[OutcomeRecord]):
     """Buffers outcome records and writes them as Parquet in the background."""
 
-    def __init__(
-        self,
-        root: Path,
-        writer_id: str,
-        batch_rows: int = 5000,
-        flush_interval_s: float = 2.0,
-    ) -> None:
-        self.root = Path(root)
-        self.writer_id = writer_id
-        self.batch_rows = batch_rows
-        self.flush_interval_s = flush_interval_s
-        self._buffer: list[OutcomeRecord] = []
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = threading.Event()
-        self._sequence = 0
-        self.rows_written = 0
-        self.write_errors = 0
-        self._thread = threading.Thread(
-            target=self._run, name=f"outcomes-log-{writer_id}", daemon=True
-        )
-        self._thread.start()
+    noun = "outcomes-log"
+
+    def __init__(self, root: Path, writer_id: str, batch_rows: int = 5000,
+                 flush_interval_s: float = 2.0) -> None:
+        super().__init__(root, writer_id, batch_rows, flush_interval_s)
 
     def append_many(self, records: Sequence[OutcomeRecord]) -> None:
         """Buffer a batch of records at once (all of them or, on error, none); no I/O."""
-        with self._lock:
-            self._buffer.extend(records)
-            full = len(self._buffer) >= self.batch_rows
-        if full:
-            self._wake.set()
-
-    def _run(self) -> None:
-        while not self._closed.is_set():
-            self._wake.wait(self.flush_interval_s)
-            self._wake.clear()
-            self.flush()
-
-    def flush(self) -> int:
-        """Write everything buffered so far; returns the rows written."""
-        with self._write_lock:
-            with self._lock:
-                batch, self._buffer = self._buffer, []
-            if not batch:
-                return 0
-            try:
-                self._write(batch)
-            except Exception:  # keep serving; the rows stay counted as lost
-                self.write_errors += 1
-                log.exception("outcomes log: failed to write %d rows", len(batch))
-                return 0
-            self.rows_written += len(batch)
-            return len(batch)
+        self._buffer_items(records, len(records))
 
     def _write(self, batch: list[OutcomeRecord]) -> None:
         days: dict[int, list[OutcomeRecord]] = defaultdict(list)
         for record in batch:
             days[record.received_at_us // US_PER_DAY].append(record)
         for day, records in days.items():
-            self._sequence += 1
-            name = f"part-{self.writer_id}-{self._sequence:08d}.parquet"
-            write_outcome_file(self.root, _day(day * US_PER_DAY), name, records_to_table(records))
-
-    def close(self) -> None:
-        """Stop the background thread and write what is left. Idempotent."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self._wake.set()
-        self._thread.join(timeout=30)
-        self.flush()
-
-    @property
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._buffer)
+            write_outcome_file(self.root, _day(day * US_PER_DAY), self._next_name(),
+                               records_to_table(records))
 
 
 def read_outcomes(path: str | Path) -> pa.Table:
