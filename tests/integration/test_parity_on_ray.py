@@ -39,7 +39,15 @@ def _serve_and_log(mlflow_store: dict[str, Any], tmp: Path, population: Populati
         result = drive_traffic(gateway.url, population, 600, concurrency=4, seed=2)
         assert result.ok == 600
         if metrics_out is not None:
-            time.sleep(2.5)  # two online drift evaluations (drift_every_s = 1)
+            # Online drift is evaluated every drift_every_s (1 s here); on a loaded machine
+            # the first evaluation can come late, so wait for it rather than for a fixed time.
+            deadline = time.monotonic() + 60
+            while True:
+                text = httpx.get(f"{gateway.url}/metrics").text
+                if 'rampart_feature_psi{feature="f7"' in text or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            time.sleep(1.5)  # one more evaluation, over the whole window
             metrics_out.append(httpx.get(f"{gateway.url}/metrics").text)
     finally:
         gateway.stop()
