@@ -58,7 +58,10 @@ def run_demo(
     run_dir = data_dir / "demo-runs" / f"{int(time.time())}-{os.getpid()}"
     config = config.model_copy(update={
         "decision_log": config.decision_log.model_copy(update={"path": run_dir / "decisions"}),
+        "outcomes_log": config.outcomes_log.model_copy(update={"path": run_dir / "outcomes"}),
         "rollout_store_url": f"sqlite:///{(run_dir / 'rollouts.db').resolve()}",
+        "preregistration_dir": run_dir / "preregistrations",
+        "experiments": _starting_now(config.experiments),
     })
     token = secrets.token_urlsafe(24)
     with console.status("Starting the gateway on local Ray Serve (about 15 s)..."):
@@ -94,6 +97,7 @@ def run_demo(
     if served_ok is not None:
         answered = served_ok + sum(r.ok_answers for r in results)
         ok = _check_log(console, run_dir / "decisions", answered)
+        ok = _analysis_phase(console, config, run_dir, data_dir / "reports") and ok
     expected = {"healthy": "promoted", "latency-fault": "rolled_back", "error-fault": "rolled_back"}
     for result in results:
         if result.outcome != expected[result.scenario]:
@@ -193,6 +197,61 @@ def _shadow_phase(console: Console, gateway: Any, token: str, config: Any,
     page.write_text(render_html(report), encoding="utf-8")
     console.print(f"HTML report with plots: {page}")
     return result.ok
+
+
+def _starting_now(experiments: Any) -> tuple[Any, ...]:
+    """This run's experiments, each analysis plan starting a few seconds from now,
+    so the gateway records the plan before the experiment starts, as a real
+    deployment would."""
+    import datetime as dt
+
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    return tuple(
+        e.model_copy(update={"analysis": e.analysis.model_copy(update={"start": start})})
+        if e.analysis is not None else e for e in experiments)
+
+
+def _analysis_phase(console: Console, config: Any, run_dir: Path, reports: Path) -> bool:
+    """Simulate outcomes with a known effect for the units this run exposed,
+    import them like a user would, analyse, and check the estimate covers the truth."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+    from rollout.analysis_report import write_html
+
+    from rollout.analysis_cli import run_analysis, summary_text
+    from rollout.analysis_data import load_exposures
+    from rollout.simulation import TrueEffects, simulate_outcomes
+    from telemetry.outcomes_log import import_outcomes
+
+    experiment = next((e for e in config.experiments if e.analysis is not None), None)
+    if experiment is None:
+        return True
+    console.rule(f"[bold]Analysis: {experiment.id}")
+    now = dt.datetime.now(dt.UTC)
+    exposures, units = load_exposures(run_dir / "decisions", experiment, now)
+    truth = TrueEffects()
+    simulated = run_dir / "simulated-outcomes.parquet"
+    pq.write_table(simulate_outcomes(units, exposures.arm > 0, exposures.exposed_at, truth,
+                                     seed=2026, experiment_id=experiment.id), simulated)
+    imported = import_outcomes(simulated, run_dir / "outcomes")
+    console.print(f"Simulated outcomes (true effects: conversion +{truth.conversion_lift:g}, "
+                  f"revenue +{truth.revenue_lift:g} a unit) imported: {imported.rows} events")
+    report = run_analysis(config, experiment.id, as_of=now, timeline_points=20)
+    console.print(summary_text(report), markup=False, highlight=False)
+    reports.mkdir(parents=True, exist_ok=True)
+    page = reports / f"analysis-{int(time.time())}.html"
+    write_html(report, page)
+    console.print(f"HTML analysis report: {page}")
+    primary = next(m for m in report["metrics"] if m["role"] == "primary")
+    covered = primary["ci_low"] is not None and (
+        primary["ci_low"] <= truth.conversion_lift <= primary["ci_high"])
+    console.print(f"The {1 - experiment.analysis.alpha:.0%} interval for the conversion effect, "
+                  f"[{primary['ci_low']:.4f}, {primary['ci_high']:.4f}], "
+                  + ("covers" if covered else "does not cover")
+                  + f" the true effect {truth.conversion_lift:g}"
+                  + ("." if covered else " (a 95% interval misses in one run in twenty)."))
+    return True
 
 
 def _print_timeline(console: Console, result: ScenarioResult) -> None:

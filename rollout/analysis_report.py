@@ -1,0 +1,565 @@
+"""The HTML report of ``rampart analyze --html``: one self-contained page.
+
+It renders the JSON-ready dict of :func:`rollout.analysis.analyze` (plus the
+CLI's ``preregistration``) in the order a reader should trust it: the
+decision and its reasons, the sample-ratio check (a mismatch voids the rest),
+the metrics, the guardrails, the primary metric over time (cumulative lift,
+z against the sequential boundary, sample ratio), a forest plot per segment
+attribute and arm, and the pre-registration. Plots are PNGs drawn with
+matplotlib's Agg renderer and inlined as base64; every number may be null
+and then reads "n/a".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from telemetry.parity_report import _png
+
+FIXED_HORIZON_Z = 1.96  # two-sided 5% reference line when no boundary applies
+NA = "n/a"
+DECISION_COLORS = {"ship": "#1a7f37", "hold": "#b26a00", "rollback": "#c62828"}
+VERDICT_CLASSES = {"PASS": "pass", "FAIL": "fail", "INSUFFICIENT_DATA": "unsure"}
+FIGSIZE = (7.5, 3.0)
+
+STYLE = (
+    "body{font-family:sans-serif;margin:2em;max-width:1250px;color:#222}"
+    "h1{margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}"
+    "table{border-collapse:collapse;margin:.8em 0;font-size:.9em}"
+    ".scroll{overflow-x:auto}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;vertical-align:top}"
+    "td{white-space:nowrap}th{background:#f4f4f4}"
+    "td.text,th.text{text-align:left;white-space:normal}.ci{color:#555;font-size:.85em}"
+    ".meta{color:#555}.decision{font-size:1.8em;font-weight:bold;margin:.3em 0}"
+    ".decision.ship{color:#1a7f37}.decision.hold{color:#b26a00}"
+    ".decision.rollback{color:#c62828}.reasons{margin-top:0}"
+    ".banner{padding:.8em 1em;border-radius:4px;margin:.8em 0;font-weight:bold}"
+    ".banner.bad{background:#fdecea;border:2px solid #c62828;color:#8e1c1c}"
+    ".banner.warn{background:#fff4e0;border:2px solid #b26a00;color:#6d4100}"
+    ".banner.good{background:#e9f6ec;border:1px solid #1a7f37;color:#14602a}"
+    ".pass{color:#1a7f37;font-weight:bold}.fail{color:#c62828;font-weight:bold}"
+    ".unsure{color:#b26a00;font-weight:bold}.note{color:#555;font-style:italic}"
+    "figure{margin:1em 0}figcaption{color:#444;font-size:.9em;max-width:850px}"
+    "img.plot{max-width:100%}code{font-size:.9em}"
+)
+# The page records how many plots the browser decoded and their sizes.
+SCRIPT = (
+    "window.addEventListener('load',()=>{const imgs=[...document.images];"
+    "document.body.dataset.plotsLoaded=imgs.filter(i=>i.complete&&i.naturalWidth>0).length;"
+    "document.body.dataset.plotSizes=imgs.map(i=>i.naturalWidth+'x'+i.naturalHeight)"
+    ".join(' ');});"
+)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _finite(value: Any) -> float | None:
+    """A finite float, or None for null, NaN, infinities and non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _num(value: Any, spec: str = ".4g") -> str:
+    number = _finite(value)
+    return NA if number is None else format(number, spec)
+
+
+def _count(value: Any) -> str:
+    number = _finite(value)
+    return NA if number is None else f"{number:,.0f}"
+
+
+def _pct(value: Any, signed: bool = False) -> str:
+    return _num(value, "+.2%" if signed else ".1%")
+
+
+def _ci(low: Any, high: Any, fmt: str = ".4g") -> str:
+    if _finite(low) is None and _finite(high) is None:
+        return ""
+    return f" [{_num(low, fmt)}, {_num(high, fmt)}]"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return NA if value is None else str(value)
+
+
+def _esc(value: Any) -> str:
+    return html.escape(_text(value))
+
+
+def _mpl(value: Any) -> str:
+    """Plain text for a matplotlib label ("$" would start mathtext)."""
+    return _text(value).replace("$", r"\$")
+
+
+def _when(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]],
+           text_columns: Iterable[int] = (0,), classes: str = "") -> str:
+    """Cells are already-escaped HTML; ``text_columns`` are left-aligned."""
+    left = set(text_columns)
+
+    def cls(j: int) -> str:
+        return " class='text'" if j in left else ""
+
+    head = "".join(f"<th{cls(j)}>{html.escape(h)}</th>" for j, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f"<td{cls(j)}>{c}</td>" for j, c in enumerate(row))
+                   + "</tr>" for row in rows)
+    return (f"<div class='scroll'><table class='{classes}'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def _figure(title: str, data: str, caption: str) -> str:
+    return (f"<figure><img class='plot' alt='{html.escape(title, quote=True)}' "
+            f"src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}"
+            "</figcaption></figure>")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _header(report: dict[str, Any]) -> str:
+    decision = report.get("decision") or {}
+    outcome = str(decision.get("outcome") or "unknown")
+    arm = decision.get("arm")
+    arms = report.get("arms") or []
+    css = outcome if outcome in DECISION_COLORS else ""
+    reasons = "".join(f"<li>{_esc(r)}</li>" for r in decision.get("reasons") or [])
+    made = dt.datetime.now(tz=dt.UTC)
+    return (
+        f"<header><h1>Experiment {_esc(report.get('experiment_id'))}</h1>"
+        f"<p class='meta'>as of {_esc(report.get('as_of'))} · "
+        f"{html.escape(_count(report.get('units')))} exposed units in "
+        f"{html.escape(', '.join(str(a) for a in arms)) or NA} · "
+        f"{html.escape(_count(report.get('crossovers')))} crossovers · "
+        f"p-values corrected by {_esc(report.get('correction'))} · "
+        f"made {made:%Y-%m-%d %H:%M:%S} UTC</p>"
+        f"<div class='decision {css}' id='decision'>Decision: {html.escape(outcome.upper())}"
+        f"{' ' + _esc(arm) if arm else ''}</div>"
+        f"<ul class='reasons'>{reasons or '<li>no reason given</li>'}</ul></header>"
+    )
+
+
+def _shares(values: Sequence[Any]) -> list[float | None]:
+    numbers = [_finite(v) for v in values]
+    total = sum(v for v in numbers if v is not None)
+    if total <= 0 or any(v is None for v in numbers):
+        return [None] * len(numbers)
+    return [v / total if v is not None else None for v in numbers]
+
+
+def _srm(report: dict[str, Any]) -> str:
+    srm = report.get("srm") or {}
+    arms = list(report.get("arms") or [])
+    observed = list(srm.get("observed") or [])
+    expected = list(srm.get("expected") or [])
+    n = max(len(arms), len(observed), len(expected))
+    arms += [f"arm {k}" for k in range(len(arms), n)]
+    observed += [None] * (n - len(observed))
+    expected += [None] * (n - len(expected))
+    obs_share, exp_share = _shares(observed), _shares(expected)
+    p = _num(srm.get("p_value"), ".3g")
+    if srm.get("flag"):
+        banner = ("<div class='banner bad' id='srm-banner'>Sample ratio mismatch "
+                  f"(p = {html.escape(p)}): the arms did not receive the configured split, so "
+                  "the assignment or logging is broken. The effects, guardrails, segments and "
+                  "decision below cannot be trusted.</div>")
+    elif srm.get("error"):
+        banner = (f"<div class='banner warn'>The sample-ratio check could not run "
+                  f"({_esc(srm.get('error'))}): the split is unverified.</div>")
+    else:
+        banner = (f"<div class='banner good'>No sample ratio mismatch (p = {html.escape(p)})."
+                  "</div>")
+    rows = [[_esc(arm), _count(o), _num(e, ",.1f"), _pct(os_), _pct(es)]
+            for arm, o, e, os_, es in zip(arms, observed, expected, obs_share, exp_share,
+                                          strict=True)]
+    return (f"<section id='srm'><h2>Sample ratio (SRM)</h2>{banner}"
+            + _table(["arm", "observed units", "expected units", "observed share",
+                      "expected share"], rows)
+            + f"<p>χ² = {html.escape(_num(srm.get('statistic')))}, p = {html.escape(p)} "
+            "(flagged below 0.001)</p></section>")
+
+
+def _sequential_text(seq: Any) -> str:
+    if not isinstance(seq, dict):
+        return NA
+    method = seq.get("method")
+    if method == "none":
+        return "none (fixed horizon)"
+    if method == "group_sequential":
+        looks = seq.get("looks") or []
+        text = (f"group sequential ({_text(seq.get('kind'))}): {_text(seq.get('decision'))}, "
+                f"{len(looks)} look{'s' if len(looks) != 1 else ''}, boundary "
+                f"{_num(seq.get('boundary'), '.3g')}, "
+                f"{'crossed' if seq.get('crossed') else 'not crossed'}")
+        if seq.get("note"):
+            text += f" ({seq['note']})"
+        return text
+    if method == "msprt":
+        return (f"mSPRT: always-valid p {_num(seq.get('always_valid_p_value'), '.3g')}"
+                f"{_ci(seq.get('ci_low'), seq.get('ci_high'))}, "
+                f"{'rejected' if seq.get('rejected') else 'not rejected'} "
+                f"({_text(seq.get('looks'))} looks)")
+    return _text(method)
+
+
+def _with_ci(value: str, ci: str) -> str:
+    """HTML: a value with its interval on a second, smaller line."""
+    return html.escape(value) + (f"<br><span class='ci'>{html.escape(ci.strip())}</span>"
+                                 if ci else "")
+
+
+def _effect(entry: dict[str, Any]) -> tuple[str, str]:
+    """HTML cells: the absolute and the relative effect, each with its interval."""
+    absolute = _with_ci(_num(entry.get("abs_effect")),
+                        _ci(entry.get("ci_low"), entry.get("ci_high")))
+    relative = _with_ci(_pct(entry.get("rel_effect"), signed=True),
+                        _ci(entry.get("rel_ci_low"), entry.get("rel_ci_high"), "+.2%"))
+    return absolute, relative
+
+
+def _prob(value: Any) -> str:
+    number = _finite(value)
+    if number is None:
+        return NA
+    if number >= 0.9995:
+        return ">99.9%"
+    if number <= 0.0005:
+        return "<0.1%"
+    return f"{number:.1%}"
+
+
+def _metrics(report: dict[str, Any]) -> str:
+    rows = []
+    for m in report.get("metrics") or []:
+        absolute, relative = _effect(m)
+        bayes = m.get("bayes") or {}
+        name = (f"{_esc(m.get('metric'))} <span class='note'>({_esc(m.get('role'))}, "
+                f"{_esc(m.get('type'))})</span>")
+        if m.get("error"):
+            name += f"<br><span class='note'>{_esc(m.get('error'))}</span>"
+        rows.append([
+            name, f"{_esc(m.get('arm'))}<br><span class='ci'>vs "
+                  f"{_esc(m.get('control_arm'))}</span>",
+            f"{_count(m.get('n_control'))}<br>{_count(m.get('n_treatment'))}",
+            _num(m.get("mean_control")), _num(m.get("mean_treatment")),
+            absolute, relative, _num(m.get("p_value"), ".3g"),
+            _num(m.get("adjusted_p_value"), ".3g"), _pct(m.get("cuped_variance_reduction")),
+            _prob(bayes.get("prob_better")), html.escape(_sequential_text(m.get("sequential"))),
+        ])
+    if not rows:
+        return "<section id='metrics'><h2>Metrics</h2><p class='note'>no metrics</p></section>"
+    return ("<section id='metrics'><h2>Metrics</h2>" + _table(
+        ["metric", "arm", "n control / treatment", "mean control", "mean treatment",
+         "absolute effect [CI]", "relative effect [CI]", "p", "adjusted p",
+         "CUPED variance reduction", "P(better)", "sequential"], rows, (0, 1, 11))
+        + "<p class='note'>Intervals and p-values are fixed-horizon; the primary metric's "
+          "significance follows its pre-registered sequential method.</p></section>")
+
+
+def _guardrails(report: dict[str, Any]) -> str:
+    rows = []
+    for g in report.get("guardrails") or []:
+        verdict = str(g.get("verdict") or NA)
+        absolute, relative = _effect(g)
+        tolerance = (f"{g.get('harm') or NA} ≤ {_num(g.get('tolerance'))} "
+                     f"({'relative' if g.get('relative') else 'absolute'})")
+        rows.append([
+            _esc(g.get("metric")), _esc(g.get("arm")), html.escape(tolerance),
+            absolute, relative,
+            f"<span class='{VERDICT_CLASSES.get(verdict, '')}'>{html.escape(verdict)}</span>",
+            _esc(g.get("reason")),
+        ])
+    body = (_table(["guardrail", "arm", "tolerated harm", "absolute effect [CI]",
+                    "relative effect [CI]", "verdict", "reason"], rows, (0, 1, 2, 5, 6))
+            if rows else "<p class='note'>no guardrails</p>")
+    return f"<section id='guardrails'><h2>Guardrails</h2>{body}</section>"
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _axes(figsize: tuple[float, float] = FIGSIZE) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _nan(value: Any) -> float:
+    number = _finite(value)
+    return math.nan if number is None else number
+
+
+def _time_axis(ax: Any, dated: bool, xs: Sequence[Any], empty: bool) -> None:
+    if dated:
+        if empty and len(xs) > 1 and xs[0] < xs[-1]:  # nothing to autoscale on
+            ax.set_xlim(xs[0], xs[-1])
+        import matplotlib.dates
+
+        dates: Any = matplotlib.dates
+        locator = dates.AutoDateLocator(maxticks=7)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator))
+        ax.set_xlabel("time (UTC)")
+    else:
+        ax.set_xlabel("timeline point")
+
+
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize="small")
+
+
+def _no_data(ax: Any, values: Iterable[float]) -> bool:
+    """Say so on the axes when no value is finite; True then."""
+    if any(math.isfinite(v) for v in values):
+        return False
+    ax.text(0.5, 0.75, "no estimate yet", transform=ax.transAxes, ha="center",
+            va="center", color="grey")
+    return True
+
+
+def _timeline(report: dict[str, Any], primary: dict[str, dict[str, Any]]) -> list[str]:
+    """Three figures over time: cumulative lift, z with its boundary, sample ratio."""
+    timeline = [p for p in report.get("timeline") or [] if isinstance(p, dict)]
+    arms = [str(a) for a in report.get("arms") or []]
+    metric = next((m.get("metric") for m in primary.values()), None) or "primary metric"
+    moments = [_when(p.get("at")) for p in timeline]
+    dated = all(m is not None for m in moments)
+    xs: list[Any] = moments if dated else list(range(len(timeline)))
+    treatment = arms[1:] or sorted(
+        {name for p in timeline for name in (p.get("arms") or {})})
+
+    def series(arm: str, key: str) -> list[float]:
+        return [_nan(((p.get("arms") or {}).get(arm) or {}).get(key)) for p in timeline]
+
+    def color(arm: str) -> str:
+        return f"C{arms.index(arm) % 10}" if arm in arms else "C9"
+
+    figures = []
+    # (a) cumulative lift with its interval
+    fig, ax = _axes()
+    seen: list[float] = []
+    for arm in treatment:
+        effect, low, high = (series(arm, k) for k in ("abs_effect", "ci_low", "ci_high"))
+        seen += effect
+        ax.plot(xs, effect, color=color(arm), marker="o", markersize=3,
+                label=_mpl(f"{arm} − {arms[0] if arms else 'control'}"))
+        ax.fill_between(xs, low, high, color=color(arm), alpha=0.2, linewidth=0)
+    ax.axhline(0.0, color="black", linewidth=1)
+    ax.set(ylabel="absolute effect", title=_mpl(f"cumulative lift of {metric}"))
+    _time_axis(ax, dated, xs, _no_data(ax, seen))
+    _legend(ax)
+    figures.append(_figure(
+        "Cumulative lift", _png(fig),
+        f"Cumulative absolute effect of {metric} (treatment − control) with its confidence "
+        "band, as the logs stood at each time. The band is fixed-horizon: reading it "
+        "repeatedly is peeking, so judge significance by the sequential plot."))
+    # (b) z statistic against the sequential boundary
+    fig, ax = _axes()
+    seen = []
+    for arm in treatment:
+        z = series(arm, "z")
+        seen += z
+        ax.plot(xs, z, color=color(arm), marker="o", markersize=3, label=_mpl(f"z, {arm}"))
+    sequential: list[dict[str, Any]] = [e["sequential"] for e in primary.values()
+                                        if isinstance(e.get("sequential"), dict)]
+    method = str(sequential[0].get("method")) if sequential else "none"
+    caption = f"z statistic of {metric} over time. "
+    if method == "group_sequential":
+        drawn = False
+        for seq in sequential:
+            times: list[dt.datetime] = []
+            bounds: list[float] = []
+            for look in seq.get("looks") or []:
+                at = _when(look.get("at")) if isinstance(look, dict) else None
+                bound = _finite(look.get("boundary")) if isinstance(look, dict) else None
+                if at is not None and bound is not None:
+                    times.append(at)
+                    bounds.append(bound)
+            if not times or not dated:
+                continue
+            for sign in (1.0, -1.0):
+                ax.plot(times, [sign * b for b in bounds], color="#c62828", linestyle="--",
+                        marker="D", markersize=5,
+                        label=None if drawn or sign < 0 else "group-sequential boundary")
+            drawn = True
+        kind = next((s.get("kind") for s in sequential if s.get("kind")), None)
+        caption += (f"Diamonds: the pre-registered group-sequential boundary ({_text(kind)}) "
+                    "at each look, ± the critical z; the test stops when z crosses it."
+                    if drawn else "The group-sequential method is pre-registered but no "
+                    "look has been reached yet, so there is no boundary to draw"
+                    + (f" ({sequential[0]['note']})." if sequential[0].get("note") else "."))
+    else:
+        for sign in (1.0, -1.0):
+            ax.axhline(sign * FIXED_HORIZON_Z, color="grey", linestyle="--", linewidth=1,
+                       label=None if sign < 0 else "fixed-horizon ±1.96")
+        if method == "msprt":
+            caption += ("Dashed: the fixed-horizon ±1.96 reference only. The pre-registered "
+                        "method is mSPRT, whose always-valid p-value (in the metrics table) "
+                        "decides; it has no z boundary to draw.")
+        else:
+            caption += ("Dashed: the fixed-horizon ±1.96 reference. No sequential method is "
+                        "pre-registered, so it is valid once, at the planned sample size; "
+                        "an earlier crossing is not evidence.")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set(ylabel="z", title=_mpl(f"z statistic of {metric}"))
+    _time_axis(ax, dated, xs, _no_data(ax, seen))
+    _legend(ax)
+    figures.append(_figure("z statistic and sequential boundary", _png(fig), caption))
+    # (c) sample ratio over time
+    fig, ax = _axes()
+    srm = report.get("srm") or {}
+    expected = _shares(list(srm.get("expected") or []))
+    seen = []
+    for k, arm in enumerate(arms):
+        shares = []
+        for p in timeline:
+            units = list(p.get("units") or [])
+            share = _shares(units)[k] if k < len(units) else None
+            shares.append(math.nan if share is None else share)
+        seen += shares
+        ax.plot(xs, shares, color=color(arm), marker="o", markersize=3, label=_mpl(arm))
+        if k < len(expected) and expected[k] is not None:
+            ax.axhline(expected[k], color=color(arm), linestyle="--", linewidth=1)
+    ax.set(ylabel="share of units", title="sample ratio over time")
+    _time_axis(ax, dated, xs, _no_data(ax, seen))
+    _legend(ax)
+    figures.append(_figure(
+        "Sample ratio over time", _png(fig),
+        "Share of exposed units per arm (solid) against the configured split (dashed); "
+        f"SRM p = {_num(srm.get('p_value'), '.3g')} at the as-of time."))
+    return figures
+
+
+def _plots(report: dict[str, Any], primary: dict[str, dict[str, Any]]) -> str:
+    head = "<section id='timeline'><h2>Primary metric over time</h2>"
+    if not report.get("timeline"):
+        return (head + "<p class='note'>No timeline in this report (analyse with a timeline "
+                "to draw the lift, z and sample-ratio plots).</p></section>")
+    return head + "".join(_timeline(report, primary)) + "</section>"
+
+
+def _forest(group: dict[str, Any], pooled: float | None) -> str:
+    rows = [r for r in group.get("segments") or [] if isinstance(r, dict)]
+    height = min(1.3 + 0.35 * max(len(rows), 1), 12.0)
+    fig, ax = _axes((7.5, height))
+    confirmatory = group.get("kind") == "confirmatory"
+    color = "C0" if confirmatory else "C1"
+    ys = list(range(len(rows)))[::-1]
+    for y, row in zip(ys, rows, strict=True):
+        effect = _finite(row.get("abs_effect"))
+        low, high = _finite(row.get("ci_low")), _finite(row.get("ci_high"))
+        if effect is None:
+            continue
+        if low is not None and high is not None:
+            ax.plot([low, high], [y, y], color=color, linewidth=2)
+        ax.plot([effect], [y], marker="s", color=color, markersize=6)
+    if pooled is not None:
+        ax.axvline(pooled, color="#c62828", linestyle="--", linewidth=1.2,
+                   label=f"pooled {pooled:.4g}")
+        _legend(ax)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(ys, [_mpl(f"{r.get('segment')} (n={_count(r.get('n_control'))}/"
+                             f"{_count(r.get('n_treatment'))})") for r in rows])
+    ax.set_ylim(-0.7, max(len(rows), 1) - 0.3)
+    ax.set(xlabel=_mpl(f"absolute effect on {_text(group.get('metric'))}"),
+           title=_mpl(f"{_text(group.get('attribute'))}: {_text(group.get('arm'))} "
+                      f"({_text(group.get('kind'))})"))
+    return _png(fig)
+
+
+def _segments(report: dict[str, Any], primary: dict[str, dict[str, Any]]) -> str:
+    groups = [g for g in report.get("segments") or [] if isinstance(g, dict)]
+    head = "<section id='segments'><h2>Segments</h2>"
+    if not groups:
+        return head + "<p class='note'>No segments in this report.</p></section>"
+    parts = [head, "<p class='note'>Confirmatory attributes were pre-registered; exploratory "
+                   "ones were added at analysis time and can only suggest hypotheses. "
+                   "p-values are corrected across each attribute's segments.</p>"]
+    for g in groups:
+        arm = g.get("arm")
+        pooled = _finite((primary.get(str(arm)) or {}).get("abs_effect"))
+        title = f"{_text(g.get('attribute'))} · {_text(arm)} · {_text(g.get('kind'))}"
+        parts.append(f"<h3>{html.escape(title)}</h3>")
+        if g.get("simpsons_paradox") or g.get("warning"):
+            parts.append(f"<div class='banner warn'>{_esc(g.get('warning') or 'Simpson')}"
+                         "</div>")
+        parts.append(_figure(
+            f"Forest plot: {title}", _forest(g, pooled),
+            f"Effect of {_text(g.get('metric'))} per {_text(g.get('attribute'))} value with "
+            f"its interval; dashed: the pooled effect ({_num(pooled)}); "
+            f"{_text(g.get('kind'))}."))
+        rows = []
+        for r in g.get("segments") or []:
+            if not isinstance(r, dict):
+                continue
+            absolute, relative = _effect(r)
+            rows.append([_esc(r.get("segment")), _count(r.get("n_control")),
+                         _count(r.get("n_treatment")), absolute, relative,
+                         _num(r.get("p_value"), ".3g"),
+                         _num(r.get("adjusted_p_value"), ".3g")])
+        parts.append(_table(["segment", "n control", "n treatment", "absolute effect [CI]",
+                             "relative effect [CI]", "p", "adjusted p"], rows))
+    return "".join(parts) + "</section>"
+
+
+def _preregistration(report: dict[str, Any]) -> str:
+    pre = report.get("preregistration")
+    head = "<section id='preregistration'><h2>Pre-registration</h2>"
+    if not isinstance(pre, dict) or not pre:
+        return head + "<p class='note'>No pre-registration recorded.</p></section>"
+    labels = {"start": "experiment start", "registered_at": "plan registered at",
+              "registered_after_start": "registered after the start",
+              "sha256": "plan SHA-256"}
+    banner = ("<div class='banner warn'>The plan was registered after the experiment "
+              "started: the analysis is not pre-registered.</div>"
+              if pre.get("registered_after_start") else "")
+    ordered = [k for k in labels if k in pre] + [k for k in pre if k not in labels]
+    rows = [[html.escape(str(labels.get(k, k))), f"<code>{_esc(pre[k])}</code>"] for k in ordered]
+    return head + banner + _table(["", "value"], rows, (0, 1)) + "</section>"
+
+
+# --------------------------------------------------------------------------- page
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole report as one self-contained HTML page (inline CSS and PNGs)."""
+    primary = {str(m.get("arm")): m for m in report.get("metrics") or []
+               if isinstance(m, dict) and m.get("role") == "primary"}
+    sections = [_header(report), _srm(report), _metrics(report), _guardrails(report),
+                _plots(report, primary), _segments(report, primary), _preregistration(report)]
+    title = html.escape(f"Rampart analysis: {_text(report.get('experiment_id'))}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(sections)}"
+            f"<script>{SCRIPT}</script></body></html>")
+
+
+def write_html(report: dict[str, Any], path: Path) -> None:
+    """Render ``report`` and write it to ``path`` (UTF-8), creating its directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(report), encoding="utf-8")
