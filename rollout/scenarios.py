@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 
 from models.demo import FEATURE_NAMES
+from serving.traffic import platforms_of
 
 Scenario = Literal["healthy", "latency-fault", "error-fault"]
 SCENARIOS: tuple[Scenario, ...] = ("healthy", "latency-fault", "error-fault")
@@ -55,9 +56,11 @@ class BackgroundTraffic:
 
     async def _run(self) -> None:
         features = np.random.default_rng(3).normal(size=(self.users, len(FEATURE_NAMES)))
+        ids = [f"user-{i:06d}" for i in range(self.users)]
         bodies = [
-            {"unit_id": f"user-{i:06d}", "features": dict(zip(FEATURE_NAMES, row, strict=True))}
-            for i, row in enumerate(features.tolist())
+            {"unit_id": unit, "features": dict(zip(FEATURE_NAMES, row, strict=True)),
+             "context": {"platform": platform}}
+            for unit, row, platform in zip(ids, features.tolist(), platforms_of(ids), strict=True)
         ]
         limits = httpx.Limits(max_connections=self.concurrency)
         async with httpx.AsyncClient(base_url=self.url, timeout=30, limits=limits) as client:

@@ -40,9 +40,11 @@ def simulate_outcomes(
     effects: TrueEffects = TrueEffects(),  # frozen, so one shared default is safe
     seed: int = 7,
     experiment_id: str | None = None,
+    delay_s: float = 60.0,
 ) -> pa.Table:
     """Outcome rows (``unit_id, metric, value, timestamp, experiment_id``) for
-    exposed units; ``treated`` is a boolean per unit."""
+    exposed units; ``treated`` is a boolean per unit. In-experiment events come
+    up to ``delay_s`` after exposure, pre-period events up to a week before."""
     rng = np.random.default_rng(seed)
     n = len(unit_ids)
     treated = np.asarray(treated, dtype=bool)
@@ -59,7 +61,7 @@ def simulate_outcomes(
                          0.0)
     day = 86_400 * MICROS
     pre_at = exposed_at_us - rng.integers(1, 7 * day, n)
-    post_at = exposed_at_us + rng.integers(0, 60 * MICROS, n)
+    post_at = exposed_at_us + rng.integers(0, max(1, int(delay_s * MICROS)), n)
     parts = []
     for mask, metric, values, at in (
         (converted_pre, "converted", np.ones(n), pre_at),

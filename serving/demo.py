@@ -217,10 +217,10 @@ def _analysis_phase(console: Console, config: Any, run_dir: Path, reports: Path)
     import datetime as dt
 
     import pyarrow.parquet as pq
-    from rollout.analysis_report import write_html
 
     from rollout.analysis_cli import run_analysis, summary_text
     from rollout.analysis_data import load_exposures
+    from rollout.analysis_report import write_html
     from rollout.simulation import TrueEffects, simulate_outcomes
     from telemetry.outcomes_log import import_outcomes
 
@@ -230,10 +230,13 @@ def _analysis_phase(console: Console, config: Any, run_dir: Path, reports: Path)
     console.rule(f"[bold]Analysis: {experiment.id}")
     now = dt.datetime.now(dt.UTC)
     exposures, units = load_exposures(run_dir / "decisions", experiment, now)
+    now += dt.timedelta(seconds=1)  # the last exposures' events
     truth = TrueEffects()
     simulated = run_dir / "simulated-outcomes.parquet"
+    # Events follow exposure within a second, so that all of them are known now.
     pq.write_table(simulate_outcomes(units, exposures.arm > 0, exposures.exposed_at, truth,
-                                     seed=2026, experiment_id=experiment.id), simulated)
+                                     seed=2026, experiment_id=experiment.id, delay_s=1.0),
+                   simulated)
     imported = import_outcomes(simulated, run_dir / "outcomes")
     console.print(f"Simulated outcomes (true effects: conversion +{truth.conversion_lift:g}, "
                   f"revenue +{truth.revenue_lift:g} a unit) imported: {imported.rows} events")

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 
 from models.demo import FEATURE_NAMES
+from serving.assignment import buckets_vectorized
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,14 @@ class Population:
 
     def platforms(self) -> list[str]:
         """Each user's platform, sent as request context (a segment to analyse by)."""
-        draws = np.random.default_rng(self.seed + 1).random(self.size)
-        labels = np.where(draws < 0.45, "android", np.where(draws < 0.8, "ios", "web"))
-        return [str(label) for label in labels]
+        return platforms_of(self.user_ids())
+
+
+def platforms_of(user_ids: list[str]) -> list[str]:
+    """A stable platform per user id (the same in every simulated population)."""
+    buckets = buckets_vectorized("simulated-platform", user_ids)
+    labels = np.where(buckets < 4_500, "android", np.where(buckets < 8_000, "ios", "web"))
+    return [str(label) for label in labels]
 
 
 @dataclass
