@@ -121,24 +121,47 @@ class UnitValues:
     x: NDArray[np.float64]
 
 
-def unit_values(
-    spec: MetricSpec,
-    plan: AnalysisPlan,
-    exposures: Exposures,
-    outcomes: OutcomeRows,
-    as_of_us: int,
-) -> UnitValues:
-    """The metric per unit as known at ``as_of_us``.
+@dataclass(frozen=True)
+class OutcomePeriods:
+    """Which outcome rows count, as known at one time: ``in_window`` (in-experiment)
+    and ``in_pre`` (pre-period). The same for every metric of a plan, so an analysis
+    computes it once per time instead of once per metric."""
 
-    In-experiment events fall in ``[exposure, exposure + outcome_window]``;
-    pre-period events in ``[exposure - pre_period, exposure)``.
-    """
+    in_window: NDArray[np.bool_]
+    in_pre: NDArray[np.bool_]
+
+
+def outcome_periods(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
+                    as_of_us: int) -> OutcomePeriods:
+    """In-experiment events fall in ``[exposure, exposure + outcome_window]``;
+    pre-period events in ``[exposure - pre_period, exposure)``; both known by
+    ``as_of_us``."""
     window_us = int(plan.outcome_window_s * MICROS)
     pre_us = int(plan.pre_period_s * MICROS)
     offset = outcomes.at - exposures.exposed_at[outcomes.unit]
     known = outcomes.at <= as_of_us
     in_window = known & (offset >= 0) & (offset <= window_us)
     in_pre = known & (offset < 0) & (offset >= -pre_us)
+    return OutcomePeriods(in_window, in_pre)
+
+
+def unit_values(
+    spec: MetricSpec,
+    plan: AnalysisPlan,
+    exposures: Exposures,
+    outcomes: OutcomeRows,
+    as_of_us: int,
+    periods: OutcomePeriods | None = None,
+) -> UnitValues:
+    """The metric per unit as known at ``as_of_us``.
+
+    In-experiment events fall in ``[exposure, exposure + outcome_window]``;
+    pre-period events in ``[exposure - pre_period, exposure)``. ``periods``, when
+    given, must be :func:`outcome_periods` of the same plan, data and time.
+    """
+    if periods is None:
+        periods = outcome_periods(plan, exposures, outcomes, as_of_us)
+    in_window, in_pre = periods.in_window, periods.in_pre
 
     def per_unit(name: str, rows: NDArray[np.bool_]) -> NDArray[np.float64]:
         if name not in outcomes.metrics:
@@ -411,8 +434,9 @@ def analyze(
         ("secondary", m) for m in plan.secondary]
     entries: list[dict[str, Any]] = []
     primary_final: dict[int, MetricEstimate] = {}
+    periods = outcome_periods(plan, exposures, outcomes, as_of_us)
     for role, spec in metric_specs:
-        values = unit_values(spec, plan, exposures, outcomes, as_of_us)
+        values = unit_values(spec, plan, exposures, outcomes, as_of_us, periods)
         summaries = arm_summaries(exposures.arm, values, n_arms)
         for arm in range(1, n_arms):
             result = estimate(spec, plan, summaries[0], summaries[arm])
@@ -440,7 +464,7 @@ def analyze(
     # ---- guardrails
     guardrails = []
     for spec in plan.guardrails:
-        values = unit_values(spec, plan, exposures, outcomes, as_of_us)
+        values = unit_values(spec, plan, exposures, outcomes, as_of_us, periods)
         summaries = arm_summaries(exposures.arm, values, n_arms)
         for arm in range(1, n_arms):
             effect = estimate(spec, plan, summaries[0], summaries[arm]).estimate
@@ -452,7 +476,7 @@ def analyze(
     report["guardrails"] = guardrails
     # ---- segments of the primary metric
     report["segments"] = segments_json(plan, exposures, outcomes, as_of_us, primary_final,
-                                       exploratory_segments)
+                                       exploratory_segments, periods=periods)
     report["decision"] = decide(plan, report, primary_final)
     if timeline_points > 0:
         report["timeline"] = timeline_json(plan.primary, plan, exposures, outcomes, as_of_us,
@@ -462,17 +486,19 @@ def analyze(
 
 def segments_json(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
                   as_of_us: int, pooled: dict[int, MetricEstimate],
-                  exploratory: Sequence[str]) -> list[dict[str, Any]]:
+                  exploratory: Sequence[str], *, periods: OutcomePeriods | None = None
+                  ) -> list[dict[str, Any]]:
     """The primary metric per segment value of each attribute, corrected across
     the attribute's segments; pre-registered attributes are confirmatory."""
     out: list[dict[str, Any]] = []
     n_arms = len(exposures.arms)
-    values = unit_values(plan.primary, plan, exposures, outcomes, as_of_us)
     attributes = [(a, "confirmatory") for a in plan.segments] + [
         (a, "exploratory") for a in exploratory if a not in plan.segments]
+    attributes = [(a, kind) for a, kind in attributes if a in exposures.segments]
+    if not attributes:
+        return out
+    values = unit_values(plan.primary, plan, exposures, outcomes, as_of_us, periods)
     for attribute, kind in attributes:
-        if attribute not in exposures.segments:
-            continue
         codes, labels = exposures.segments[attribute]
         for arm in range(1, n_arms):
             rows = []

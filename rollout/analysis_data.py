@@ -115,18 +115,22 @@ def load_outcomes(
         filter=pc.field("metric").isin(list(metrics))
         & (pc.field("experiment_id").is_null() | (pc.field("experiment_id") == experiment_id))
         & (pc.field("timestamp") <= as_of_scalar))
-    unit = pc.index_in(table["unit_id"], value_set=unit_dictionary)
-    exposed = pc.is_valid(unit)
-    if table.num_rows and not pc.all(exposed).as_py():
-        table, unit = table.filter(exposed), unit.filter(exposed)
-    metric = pc.index_in(table["metric"], value_set=pa.array(list(metrics)))
-    return OutcomeRows(
-        metrics,
-        np.asarray(unit.to_numpy(zero_copy_only=False), dtype=np.int64),
-        np.asarray(metric.to_numpy(zero_copy_only=False), dtype=np.int64),
-        np.asarray(table["value"].to_numpy(), dtype=np.float64),
-        _micros(table["timestamp"]),
-    )
+    # Rows of units never exposed are dropped from the numeric columns, not from the
+    # table: filtering the table would copy every unit-id string once more.
+    unit = _codes(pc.index_in(table["unit_id"], value_set=unit_dictionary))
+    metric = _codes(pc.index_in(table["metric"], value_set=pa.array(list(metrics))))
+    value = np.asarray(table["value"].to_numpy(), dtype=np.float64)
+    at = _micros(table["timestamp"])
+    exposed = unit >= 0
+    if not exposed.all():
+        unit, metric, value, at = unit[exposed], metric[exposed], value[exposed], at[exposed]
+    return OutcomeRows(metrics, unit, metric, value, at)
+
+
+def _codes(positions: pa.ChunkedArray) -> np.ndarray:
+    """``index_in`` positions as int64, -1 where the value was not found."""
+    filled = pc.fill_null(positions, -1)
+    return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def plan_metrics(plan: AnalysisPlan) -> tuple[str, ...]:

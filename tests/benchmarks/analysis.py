@@ -1,0 +1,551 @@
+"""Analysis benchmark: Rampart's experiment analysis end to end from Parquet, against the
+same numbers computed the straightforward way with pandas and statsmodels, in one run.
+
+    .venv/bin/python tests/benchmarks/analysis.py [--decisions 10000000] [--repeat 1]
+                                                  [--keep DIR] [--seed 1]
+
+The data (generated first, timed separately, in neither figure):
+
+- a decision log in the gateway's layout (``date=YYYY-MM-DD/experiment=<id>/part-*.parquet``,
+  zstd, the real :data:`DECISION_SCHEMA` with a one-entry feature map and a platform
+  context) with ``--decisions`` primary decisions of experiment ``exp`` (control /
+  treatment, 50/50 per unit). Units decide one or more times, geometric with mean 2.5
+  (about 4,000,000 units at 10,000,000 decisions); first decisions are spread over 28
+  days and ``as_of`` falls half a day before the last, so some units are not exposed
+  yet. 0.2% of repeat decisions are in the other arm (a ramp moved the unit: counted in
+  the arm of its first decision). On top, not counted in ``--decisions``: shadow rows
+  for 5% of the decisions (``role=shadow``) and 3% decisions outside any experiment.
+- outcome events in the real :data:`OUTCOME_SCHEMA` (``date=YYYY-MM-DD/part-0.parquet``)
+  from :func:`rollout.simulation.simulate_outcomes` (``converted`` and ``revenue`` with a
+  pre-period, untagged), plus events each definition must drop or keep: revenue after
+  the outcome window, conversions before the pre-period, events exactly on both window
+  edges, revenue refunds (negative values), events tagged with another experiment
+  (dropped) and with this one (kept), a ``sessions`` metric the plan does not read, and
+  events of units never exposed.
+
+Rampart: :func:`rollout.analysis_cli.run_analysis` with primary ``converted`` (binary),
+secondary ``revenue`` (mean), CUPED on, sequential ``none``, no segments, no timeline.
+
+Straightforward: ``pandas.read_parquet`` of both logs, filters, first exposure per unit,
+a merge of the outcomes on ``unit_id``, window filters and per-unit sums in pandas, then
+``scipy.stats.chisquare`` (SRM), statsmodels' ``proportions_ztest`` /
+``confint_proportions_2indep`` (binary), ``ttest_ind`` / ``CompareMeans`` (mean, Welch)
+and CUPED by hand (pooled within-arm slope, tested with statsmodels' ``ztest`` / Welch
+``ttest_ind`` on the adjusted values).
+
+Both are timed ``--repeat`` times, alternating; the figures are the medians (every
+timing is printed too). Every compared number must agree to 1e-9 relative.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+_ROOT = os.path.dirname(os.path.dirname(_HERE))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import argparse  # noqa: E402
+import datetime as dt  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+EXPERIMENT = "exp"
+ARMS = ("control", "treatment")
+START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+AS_OF = START + dt.timedelta(days=28, hours=12)
+MICROS = 1_000_000
+DAY = 86_400 * MICROS
+WINDOW_S = 7 * 86_400.0
+PRE_PERIOD_S = 14 * 86_400.0
+MEAN_DECISIONS_PER_UNIT = 2.5
+CROSSOVER_SHARE = 0.002
+SHADOW_SHARE = 0.05
+OUTSIDE_SHARE = 0.03
+TOLERANCE = 1e-9
+# Small planted effects, so that the p-values are ordinary numbers (not 0) at 10M decisions.
+CONVERSION_LIFT = 0.001
+REVENUE_LIFT = 0.01
+
+
+# --------------------------------------------------------------------------- data
+
+
+def fixed_width_ids(prefix: str, numbers: np.ndarray, digits: int) -> pa.Array:
+    """``prefix`` + zero-padded ``numbers`` as an Arrow string array, built from buffers."""
+    n = int(numbers.size)
+    head = np.frombuffer(prefix.encode(), dtype=np.uint8)
+    width = head.size + digits
+    chars = np.empty((n, width), dtype=np.uint8)
+    chars[:, :head.size] = head
+    rest = numbers.astype(np.int64)
+    for j in range(width - 1, head.size - 1, -1):
+        chars[:, j] = rest % 10 + 48
+        rest //= 10
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(width)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars))
+
+
+def _timestamps(us: np.ndarray) -> pa.Array:
+    return pa.array(us, type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+
+
+def decision_rows(rng: np.random.Generator, unit_ids: pa.Array, unit: np.ndarray,
+                  arm: np.ndarray, at_us: np.ndarray, first_request: int, *,
+                  experiment: str | None, role: str, arm_names: tuple[str, ...],
+                  versions: tuple[str, ...]) -> pa.Table:
+    """Decision rows in :data:`DECISION_SCHEMA`; ``arm`` indexes ``arm_names``/``versions``."""
+    from telemetry.decision_log import DECISION_SCHEMA
+
+    n = int(unit.size)
+    arm_index = pa.array(arm.astype(np.int32))
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32))
+    platform = pa.array(["android", "ios"]).take(pa.array(
+        (rng.random(n) < 0.3).astype(np.int32)))
+    return pa.table({
+        "request_id": fixed_width_ids("r", np.arange(first_request, first_request + n), 10),
+        "unit_id": unit_ids.take(pa.array(unit)),
+        "unit_type": pa.repeat(pa.scalar("user_id"), n),
+        "experiment_id": pa.repeat(pa.scalar(experiment, type=pa.string()), n),
+        "layer": pa.nulls(n, pa.string()),
+        "arm": pa.array(list(arm_names)).take(arm_index),
+        "model_name": pa.repeat(pa.scalar("clf"), n),
+        "model_version": pa.array(list(versions)).take(arm_index),
+        "role": pa.repeat(pa.scalar(role), n),
+        "timestamp": _timestamps(at_us),
+        "features": pa.MapArray.from_arrays(offsets, pa.repeat(pa.scalar("f0"), n),
+                                            pa.array(rng.normal(size=n))),
+        "prediction": pa.array(rng.random(n)),
+        "latency_ms": pa.array(rng.gamma(2.0, 0.5, n)),
+        "status": pa.repeat(pa.scalar("ok"), n),
+        "error": pa.nulls(n, pa.string()),
+        "context": pa.MapArray.from_arrays(offsets, pa.repeat(pa.scalar("platform"), n),
+                                           platform),
+    }, schema=DECISION_SCHEMA)
+
+
+def write_by_day(table: pa.Table, root: Path, subdir: str = "") -> int:
+    """One file per UTC day of ``timestamp`` (in time order, as the logs are written)."""
+    at = table["timestamp"].cast(pa.int64()).to_numpy()
+    order = np.argsort(at, kind="stable")
+    table, at = table.take(pa.array(order)), at[order]
+    days = at // DAY
+    cuts = np.flatnonzero(np.diff(days)) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [at.size]])
+    for start, end in zip(starts, ends, strict=True):
+        day = (dt.date(1970, 1, 1) + dt.timedelta(days=int(days[start]))).isoformat()
+        directory = root / f"date={day}" / subdir
+        directory.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.slice(int(start), int(end - start)),
+                       directory / "part-bench-0.parquet", compression="zstd")
+    return len(starts)
+
+
+def generate(directory: Path, n_decisions: int, seed: int) -> dict[str, Any]:
+    """Write ``decisions/`` and ``outcomes/`` under ``directory``; see the module docstring."""
+    from rollout.simulation import TrueEffects, simulate_outcomes
+    from telemetry.outcomes_log import OUTCOME_SCHEMA
+
+    rng = np.random.default_rng(seed)
+    start_us = int(START.timestamp() * MICROS)
+    # decisions per unit: 1 + geometric, mean MEAN_DECISIONS_PER_UNIT, cut at n_decisions
+    guess = int(n_decisions / MEAN_DECISIONS_PER_UNIT * 1.1) + 16
+    counts = rng.geometric(1.0 / MEAN_DECISIONS_PER_UNIT, guess)
+    ends = np.cumsum(counts)
+    n_units = int(np.searchsorted(ends, n_decisions)) + 1
+    counts = counts[:n_units]
+    counts[-1] -= int(ends[n_units - 1]) - n_decisions
+    unit_ids = fixed_width_ids("u-", rng.permutation(n_units), 9)
+    treated = rng.random(n_units) < 0.5
+    first_at = start_us + DAY + rng.integers(0, 28 * DAY, n_units)
+
+    unit = np.repeat(np.arange(n_units), counts)
+    first_row = np.zeros(n_decisions, dtype=bool)
+    first_row[np.concatenate([[0], np.cumsum(counts)[:-1]])] = True
+    at = first_at[unit] + np.where(first_row, 0, rng.integers(1, 3 * DAY, n_decisions))
+    arm = treated[unit].astype(np.int64)
+    moved = ~first_row & (rng.random(n_decisions) < CROSSOVER_SHARE)
+    arm[moved] = 1 - arm[moved]
+
+    tables = [decision_rows(rng, unit_ids, unit, arm, at, 0, experiment=EXPERIMENT,
+                            role="primary", arm_names=ARMS, versions=("1", "2"))]
+    shadow = np.flatnonzero(rng.random(n_decisions) < SHADOW_SHARE)
+    tables.append(decision_rows(
+        rng, unit_ids, unit[shadow], np.zeros(shadow.size, dtype=np.int64), at[shadow] + 2_000,
+        n_decisions, experiment=EXPERIMENT, role="shadow", arm_names=("shadow",),
+        versions=("3",)))
+    n_outside = int(n_decisions * OUTSIDE_SHARE)
+    outside_ids = fixed_width_ids("w-", np.arange(n_outside), 9)
+    tables.append(decision_rows(
+        rng, outside_ids, np.arange(n_outside), np.zeros(n_outside, dtype=np.int64),
+        start_us + DAY + rng.integers(0, 28 * DAY, n_outside),
+        n_decisions + shadow.size, experiment=None, role="primary", arm_names=("default",),
+        versions=("1",)))
+    log_rows = sum(t.num_rows for t in tables)
+    decisions_dir = directory / "decisions"
+    for experiment, table in ((EXPERIMENT, pa.concat_tables(tables[:2])),
+                              ("_none", tables[2])):
+        write_by_day(table, decisions_dir, f"experiment={experiment}")
+    del tables
+
+    events = [simulate_outcomes(unit_ids, treated, first_at, TrueEffects(
+        conversion_lift=CONVERSION_LIFT, revenue_lift=REVENUE_LIFT), seed=seed)]
+    window_us, pre_us = int(WINDOW_S * MICROS), int(PRE_PERIOD_S * MICROS)
+
+    def extra(share: float, metric: str, offset_us: np.ndarray | int,
+              value: np.ndarray | float, experiment: str | None = None,
+              ids: pa.Array = unit_ids, at_us: np.ndarray = first_at) -> None:
+        rows = np.flatnonzero(rng.random(len(ids)) < share)
+        offsets = np.broadcast_to(np.asarray(offset_us, dtype=np.int64), (len(ids),))
+        values = np.broadcast_to(np.asarray(value, dtype=np.float64), (len(ids),))
+        events.append(pa.table({
+            "unit_id": ids.take(pa.array(rows)),
+            "metric": pa.repeat(pa.scalar(metric), rows.size),
+            "value": pa.array(values[rows]),
+            "timestamp": _timestamps(at_us[rows] + offsets[rows]),
+            "experiment_id": pa.repeat(pa.scalar(experiment, type=pa.string()), rows.size),
+        }))
+
+    def revenue() -> np.ndarray:
+        return rng.gamma(2.0, 5.0, n_units)
+
+    extra(0.10, "revenue", window_us + rng.integers(1, 7 * DAY, n_units), revenue())
+    extra(0.05, "converted", -pre_us - rng.integers(1, 7 * DAY, n_units), 1.0)
+    extra(0.01, "revenue", window_us, revenue())                # on the window's end: kept
+    extra(0.01, "converted", -pre_us, 1.0)                      # on the pre-period's start: kept
+    extra(0.01, "revenue", -1, revenue())                       # just before exposure: pre
+    extra(0.02, "revenue", rng.integers(0, 3 * DAY, n_units), -revenue())  # refunds
+    extra(0.03, "revenue", rng.integers(0, DAY, n_units), revenue(), "exp-other")
+    extra(0.02, "revenue", rng.integers(0, DAY, n_units), revenue(), EXPERIMENT)
+    extra(0.20, "sessions", rng.integers(0, DAY, n_units), 1.0)
+    extra(0.50, "revenue", rng.integers(0, DAY, n_outside), rng.gamma(2.0, 5.0, n_outside),
+          ids=outside_ids, at_us=start_us + DAY + rng.integers(0, 28 * DAY, n_outside))
+    outcomes = pa.concat_tables(events)
+    events.clear()
+    received = _timestamps(outcomes["timestamp"].cast(pa.int64()).to_numpy()
+                           + rng.integers(0, 60 * MICROS, outcomes.num_rows))
+    outcomes = outcomes.append_column("received_at", received).cast(OUTCOME_SCHEMA)
+    write_by_day(outcomes, directory / "outcomes")
+    return {"units": n_units, "decision_log_rows": log_rows, "outcome_rows": outcomes.num_rows}
+
+
+# --------------------------------------------------------------------------- Rampart
+
+
+def rampart_config(directory: Path) -> Any:
+    from serving.schemas import parse_config
+
+    return parse_config({
+        "data_dir": str(directory / "rampart"),
+        "models": [{"name": "clf", "versions": ["1", "2"]}],
+        "default": {"model": "clf", "version": "1"},
+        "experiments": [{
+            "id": EXPERIMENT, "salt": "s1", "arms": [
+                {"name": ARMS[0], "model": "clf", "version": "1", "weight_bp": 5000},
+                {"name": ARMS[1], "model": "clf", "version": "2", "weight_bp": 5000}],
+            "analysis": {
+                "start": START.isoformat(),
+                "primary": {"name": "converted", "type": "binary"},
+                "secondary": [{"name": "revenue", "type": "mean"}],
+                "alpha": 0.05, "mde": 0.05, "baseline": 0.1,
+                "cuped": True, "sequential": {"method": "none"},
+                "outcome_window_s": WINDOW_S, "pre_period_s": PRE_PERIOD_S,
+            }}],
+        "decision_log": {"path": str(directory / "decisions")},
+        "outcomes_log": {"path": str(directory / "outcomes")},
+    })
+
+
+def run_rampart(config: Any, directory: Path) -> dict[str, Any]:
+    from rollout.analysis_cli import run_analysis
+
+    # the pre-registration is kept under the config's data_dir, inside ``directory``
+    return run_analysis(config, EXPERIMENT, decisions=directory / "decisions",
+                        outcomes=directory / "outcomes", as_of=AS_OF, now=AS_OF)
+
+
+def rampart_numbers(report: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {"srm_p": report["srm"]["p_value"],
+                             "srm_statistic": report["srm"]["statistic"],
+                             "units": report["units"]}
+    for entry in report["metrics"]:
+        name = entry["metric"]
+        out[f"{name}.n_control"] = entry["n_control"]
+        out[f"{name}.n_treatment"] = entry["n_treatment"]
+        for prefix, body in (("", entry["unadjusted"]), ("cuped.", entry)):
+            for key in ("mean_control", "mean_treatment", "abs_effect", "rel_effect",
+                        "std_error", "ci_low", "ci_high", "p_value"):
+                out[f"{name}.{prefix}{key}"] = body[key]
+        out[f"{name}.cuped.variance_reduction"] = entry["cuped_variance_reduction"]
+    return out
+
+
+# --------------------------------------------------------------------------- straightforward
+
+
+def straightforward(directory: Path, alpha: float = 0.05) -> dict[str, float]:
+    """The same analysis as an analyst would write it with pandas and statsmodels."""
+    import pandas as pd
+    from scipy import stats
+    from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttest_ind, ztest
+
+    as_of = pd.Timestamp(AS_OF)
+    metrics = ["converted", "revenue"]
+
+    # exposures: each unit's first primary decision in the experiment, and its arm
+    decisions = pd.read_parquet(directory / "decisions",
+                                columns=["unit_id", "experiment_id", "role", "arm", "timestamp"])
+    decisions = decisions[(decisions["experiment_id"] == EXPERIMENT)
+                          & (decisions["role"] == "primary")
+                          & (decisions["timestamp"] <= as_of)]
+    decisions["arm_index"] = decisions["arm"].map({a: i for i, a in enumerate(ARMS)})
+    # ties at the same microsecond go to the arm listed first in the config
+    exposures = (decisions.sort_values(["timestamp", "arm_index"])
+                 .drop_duplicates("unit_id")
+                 .rename(columns={"timestamp": "exposed_at"})
+                 [["unit_id", "arm_index", "exposed_at"]])
+    del decisions
+
+    # outcomes of exposed units, in the window or in the pre-period
+    outcomes = pd.read_parquet(directory / "outcomes",
+                               columns=["unit_id", "metric", "value", "timestamp",
+                                        "experiment_id"])
+    outcomes = outcomes[outcomes["metric"].isin(metrics)
+                        & (outcomes["experiment_id"].isna()
+                           | (outcomes["experiment_id"] == EXPERIMENT))
+                        & (outcomes["timestamp"] <= as_of)]
+    events = outcomes.merge(exposures[["unit_id", "exposed_at"]], on="unit_id")
+    del outcomes
+    offset = events["timestamp"] - events["exposed_at"]
+    window = pd.Timedelta(microseconds=int(WINDOW_S * MICROS))
+    pre = pd.Timedelta(microseconds=int(PRE_PERIOD_S * MICROS))
+    events["period"] = np.select([(offset >= pd.Timedelta(0)) & (offset <= window),
+                                  (offset < pd.Timedelta(0)) & (offset >= -pre)],
+                                 ["y", "x"], "")
+    events = events[events["period"] != ""]
+    events["positive"] = (events["value"] > 0).astype(np.float64)
+    sums = events.groupby(["unit_id", "metric", "period"])[["value", "positive"]].sum()
+    del events
+    wide = sums.unstack(["metric", "period"], fill_value=0.0)
+    wide.columns = [".".join(c) for c in wide.columns]
+    units = exposures.set_index("unit_id").join(wide).fillna(0.0)
+
+    out: dict[str, float] = {}
+    counts = units["arm_index"].value_counts().reindex(range(len(ARMS)), fill_value=0)
+    srm = stats.chisquare(counts.to_numpy(), counts.sum() * np.array([0.5, 0.5]))
+    out.update(srm_p=float(srm.pvalue), srm_statistic=float(srm.statistic),
+               units=float(len(units)))
+    control = units["arm_index"].to_numpy() == 0
+
+    def column(key: str) -> np.ndarray:
+        if key not in units:
+            return np.zeros(len(units))
+        return np.asarray(units[key].to_numpy(dtype=np.float64))
+
+    for name, binary in (("converted", True), ("revenue", False)):
+        if binary:  # converted: any event with a positive value in the period
+            y = (column(f"positive.{name}.y") > 0).astype(np.float64)
+            x = (column(f"positive.{name}.x") > 0).astype(np.float64)
+        else:       # revenue: the sum of the values in the period
+            y, x = column(f"value.{name}.y"), column(f"value.{name}.x")
+        yc, yt, xc, xt = y[control], y[~control], x[control], x[~control]
+        out[f"{name}.n_control"], out[f"{name}.n_treatment"] = float(yc.size), float(yt.size)
+        out.update(_means(f"{name}.", yc, yt))
+        if binary:
+            _, p = proportions_ztest([yt.sum(), yc.sum()], [yt.size, yc.size])
+            low, high = confint_proportions_2indep(yt.sum(), yt.size, yc.sum(), yc.size,
+                                                   method="wald", compare="diff", alpha=alpha)
+            se = math.sqrt(yt.mean() * (1 - yt.mean()) / yt.size
+                           + yc.mean() * (1 - yc.mean()) / yc.size)
+        else:
+            _, p, _ = ttest_ind(yt, yc, usevar="unequal")
+            low, high = CompareMeans(DescrStatsW(yt), DescrStatsW(yc)).tconfint_diff(
+                alpha, usevar="unequal")
+            se = math.sqrt(yt.var(ddof=1) / yt.size + yc.var(ddof=1) / yc.size)
+        out.update({f"{name}.p_value": float(p), f"{name}.ci_low": float(low),
+                    f"{name}.ci_high": float(high), f"{name}.std_error": se})
+
+        # CUPED: θ is the slope of y on x pooled within arms (centered per arm)
+        dx = np.concatenate([xc - xc.mean(), xt - xt.mean()])
+        dy = np.concatenate([yc - yc.mean(), yt - yt.mean()])
+        theta = float(np.dot(dx, dy) / np.dot(dx, dx))
+        adjusted = y - theta * (x - x.mean())
+        ac, at_ = adjusted[control], adjusted[~control]
+        out.update(_means(f"{name}.cuped.", ac, at_))
+        adjusted_means = CompareMeans(DescrStatsW(at_), DescrStatsW(ac))
+        if binary:
+            _, p = ztest(at_, ac, usevar="unequal")
+            low, high = adjusted_means.zconfint_diff(alpha, usevar="unequal")
+        else:
+            _, p, _ = ttest_ind(at_, ac, usevar="unequal")
+            low, high = adjusted_means.tconfint_diff(alpha, usevar="unequal")
+        var_adjusted = at_.var(ddof=1) / at_.size + ac.var(ddof=1) / ac.size
+        var_plain = yt.var(ddof=1) / yt.size + yc.var(ddof=1) / yc.size
+        out.update({f"{name}.cuped.p_value": float(p), f"{name}.cuped.ci_low": float(low),
+                    f"{name}.cuped.ci_high": float(high),
+                    f"{name}.cuped.std_error": math.sqrt(var_adjusted),
+                    f"{name}.cuped.variance_reduction": 1.0 - var_adjusted / var_plain,
+                    f"{name}.cuped.theta": theta,
+                    f"{name}.pre_mean_control": float(xc.mean()),
+                    f"{name}.pre_mean_treatment": float(xt.mean())})
+    return out
+
+
+def _means(prefix: str, control: np.ndarray, treatment: np.ndarray) -> dict[str, float]:
+    mean_c, mean_t = float(control.mean()), float(treatment.mean())
+    return {f"{prefix}mean_control": mean_c, f"{prefix}mean_treatment": mean_t,
+            f"{prefix}abs_effect": mean_t - mean_c, f"{prefix}rel_effect": mean_t / mean_c - 1}
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def implied_theta(rampart: dict[str, float], plain: dict[str, float], name: str
+                  ) -> float | None:
+    """θ behind Rampart's adjusted effect, which the report does not carry:
+    (plain − adjusted effect) / (x̄_t − x̄_c); None when the pre-period means are equal."""
+    shift = plain[f"{name}.pre_mean_treatment"] - plain[f"{name}.pre_mean_control"]
+    if shift == 0:
+        return None
+    return (rampart[f"{name}.abs_effect"] - rampart[f"{name}.cuped.abs_effect"]) / shift
+
+
+def compare(rampart: dict[str, float], plain: dict[str, float]
+            ) -> tuple[float, str, list[str], int]:
+    """Largest relative difference over every number both sides have, its key, the
+    numbers beyond the tolerance, and how many numbers were compared."""
+    rampart = dict(rampart)
+    for name in ("converted", "revenue"):
+        theta = implied_theta(rampart, plain, name)
+        if theta is not None:
+            rampart[f"{name}.cuped.theta"] = theta
+    worst, worst_key, bad, compared = 0.0, "", [], 0
+    for key, value in rampart.items():
+        if key not in plain:
+            continue
+        compared += 1
+        a, b = value, plain[key]
+        if a is None or not math.isfinite(a) or not math.isfinite(b):
+            diff = 0.0 if a == b else math.inf
+        else:
+            scale = max(abs(a), abs(b))
+            diff = 0.0 if scale == 0 else abs(a - b) / scale
+        if diff > worst:
+            worst, worst_key = diff, key
+        if diff > TOLERANCE:
+            bad.append(f"{key}: rampart {a!r} vs straightforward {b!r}")
+    return worst, worst_key, bad, compared
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--decisions", type=int, default=10_000_000,
+                        help="primary decisions of the experiment (default 10,000,000)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="time each version this many times, alternating; report medians")
+    parser.add_argument("--keep", type=Path,
+                        help="generate the data here and keep it; reused when it was "
+                             "generated with the same --decisions and --seed, else its "
+                             "decisions/, outcomes/ and rampart/ are replaced")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    if args.decisions < 1_000 or args.repeat < 1:
+        parser.error("--decisions must be at least 1,000 and --repeat at least 1")
+    print(json.dumps({"OPENBLAS_CORETYPE_set": "OPENBLAS_CORETYPE" in os.environ,
+                      "OPENBLAS_L2_SIZE_set": "OPENBLAS_L2_SIZE" in os.environ,
+                      "cpu_count": os.cpu_count()}), flush=True)
+
+    tmp = None if args.keep else tempfile.mkdtemp(prefix="rampart-analysis-")
+    directory = args.keep or Path(str(tmp))
+    try:
+        meta_path = directory / "benchmark.json"
+        wanted = {"decisions": args.decisions, "seed": args.seed}
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        if {k: meta.get(k) for k in wanted} == wanted:
+            print(json.dumps({"generated": "reused", "directory": str(directory), **meta}),
+                  flush=True)
+        else:
+            for sub in ("decisions", "outcomes", "rampart"):
+                shutil.rmtree(directory / sub, ignore_errors=True)
+            directory.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            meta = {**wanted, **generate(directory, args.decisions, args.seed)}
+            meta["generation_seconds"] = round(time.perf_counter() - started, 2)
+            meta_path.write_text(json.dumps(meta))
+            print(json.dumps({"generated": str(directory), **meta}), flush=True)
+        gc.collect()
+
+        config = rampart_config(directory)
+        rampart_times: list[float] = []
+        plain_times: list[float] = []
+        report: dict[str, Any] = {}
+        plain: dict[str, float] = {}
+        for round_no in range(args.repeat):
+            started = time.perf_counter()
+            report = run_rampart(config, directory)
+            rampart_times.append(time.perf_counter() - started)
+            gc.collect()
+            started = time.perf_counter()
+            plain = straightforward(directory)
+            plain_times.append(time.perf_counter() - started)
+            gc.collect()
+            print(json.dumps({"round": round_no, "rampart_seconds": round(rampart_times[-1], 3),
+                              "straightforward_seconds": round(plain_times[-1], 3)}),
+                  flush=True)
+
+        numbers = rampart_numbers(report)
+        worst, worst_key, bad, compared = compare(numbers, plain)
+        for line in bad:
+            print(f"MISMATCH {line}", file=sys.stderr)
+        rampart_s = statistics.median(rampart_times)
+        plain_s = statistics.median(plain_times)
+        print(json.dumps({
+            "metrics": {m["metric"]: {
+                "n": [m["n_control"], m["n_treatment"]],
+                "means": [m["unadjusted"]["mean_control"], m["unadjusted"]["mean_treatment"]],
+                "effect": m["unadjusted"]["abs_effect"], "p": m["unadjusted"]["p_value"],
+                "cuped_effect": m["abs_effect"], "cuped_p": m["p_value"],
+                "cuped_theta": plain[f"{m['metric']}.cuped.theta"],
+                "cuped_variance_reduction": m["cuped_variance_reduction"]}
+                for m in report["metrics"]},
+            "srm_p": report["srm"]["p_value"], "crossovers": report["crossovers"],
+            "sequential": report["metrics"][0]["sequential"]["method"],
+        }), flush=True)
+        print(json.dumps({
+            "rows": args.decisions, "decision_log_rows": meta["decision_log_rows"],
+            "outcome_rows": meta["outcome_rows"], "units": report["units"],
+            "rampart_seconds": round(rampart_s, 3),
+            "straightforward_seconds": round(plain_s, 3),
+            "speedup": round(plain_s / rampart_s, 2),
+            "goal_under_10s": rampart_s < 10.0, "goal_5x": plain_s / rampart_s >= 5.0,
+            "numbers_identical": not bad, "numbers_compared": compared,
+            "max_rel_diff": worst, "max_rel_diff_at": worst_key,
+            "timing": f"median of {args.repeat}",
+        }), flush=True)
+        return 0 if not bad else 1
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
