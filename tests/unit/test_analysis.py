@@ -336,3 +336,20 @@ def test_the_gateway_records_plans_and_reports_a_late_change(tmp_path: Path) -> 
     assert len(problems) == 1 and "alpha: 0.05 -> 0.01" in problems[0]
     with pytest.raises(CliError, match="cannot change after the start"):
         run_analysis(changed, "exp", as_of=AS_OF, now=AS_OF)
+
+
+def test_binary_means_any_positive_event_and_mean_sums_them() -> None:
+    """A refund (a negative event after a conversion) does not undo the conversion
+    of a binary metric; a mean metric adds both."""
+    from rollout.analysis import Exposures, OutcomeRows, unit_values
+    from serving.schemas import MetricSpec
+
+    plan = AnalysisPlan.model_validate(ANALYSIS)
+    exposures = Exposures(("control", "treatment"), (5000.0, 5000.0),
+                          np.array([0, 1, 1], dtype=np.int64), np.zeros(3, dtype=np.int64))
+    outcomes = OutcomeRows(("converted",), np.array([0, 0, 1, 2]), np.zeros(4, dtype=np.int64),
+                           np.array([1.0, -1.0, -1.0, 0.0]), np.array([1, 2, 3, 4]))
+    binary = unit_values(MetricSpec(name="converted", type="binary"), plan, exposures,
+                         outcomes, 10)
+    mean = unit_values(MetricSpec(name="converted", type="mean"), plan, exposures, outcomes, 10)
+    assert binary.y.tolist() == [1.0, 0.0, 0.0] and mean.y.tolist() == [0.0, -1.0, 0.0]
