@@ -96,17 +96,16 @@ def first_exposures(
     are a unit's first decision (for reading segment attributes at exposure).
     """
     codes = unit_codes.astype(np.int64, copy=False)
-    packed = (at_us.astype(np.int64) << ARM_BITS) | arm_codes.astype(np.int64)
+    arm64 = arm_codes.astype(np.int64, copy=False)
+    packed = (at_us.astype(np.int64, copy=False) << ARM_BITS) | arm64
     first = np.full(n_units, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first, codes, packed)
-    lowest_arm = np.full(n_units, 1 << ARM_BITS, dtype=np.int64)
-    highest_arm = np.full(n_units, -1, dtype=np.int64)
-    arm64 = arm_codes.astype(np.int64)
-    np.minimum.at(lowest_arm, codes, arm64)
-    np.maximum.at(highest_arm, codes, arm64)
-    crossovers = int(np.count_nonzero(lowest_arm != highest_arm))
-    first_rows = packed == first[codes]
-    return first & ((1 << ARM_BITS) - 1), first >> ARM_BITS, crossovers, first_rows
+    first_of_row = first[codes]
+    first_rows = packed == first_of_row
+    arm_mask = (1 << ARM_BITS) - 1
+    moved = (first_of_row & arm_mask) != arm64  # rows in another arm than the unit's first
+    crossovers = int(np.count_nonzero(np.bincount(codes[moved], minlength=n_units)))
+    return first & arm_mask, first >> ARM_BITS, crossovers, first_rows
 
 
 # --------------------------------------------------------------------------- per-unit values

@@ -104,8 +104,7 @@ def run_analysis(config: Any, experiment_id: str, *, decisions: Path | None = No
     from rollout.analysis_data import (
         AnalysisInputError,
         PlanChanged,
-        load_exposures,
-        load_outcomes,
+        load_experiment,
         plan_metrics,
         register_plan,
     )
@@ -128,10 +127,10 @@ def run_analysis(config: Any, experiment_id: str, *, decisions: Path | None = No
     as_of = as_of or now
     segments = tuple(dict.fromkeys((*plan.segments, *exploratory_segments)))
     try:
-        exposures, dictionary = load_exposures(
-            Path(decisions or config.decision_log.path), experiment, as_of, segments)
-        rows = load_outcomes(Path(outcomes or config.outcomes_log.path), dictionary,
-                             plan_metrics(plan), experiment_id, as_of)
+        exposures, rows, _ = load_experiment(
+            Path(decisions or config.decision_log.path),
+            Path(outcomes or config.outcomes_log.path), experiment, plan_metrics(plan), as_of,
+            segments)
     except AnalysisInputError as exc:
         raise CliError(str(exc)) from None
     if exposures.n_units == 0:

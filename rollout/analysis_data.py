@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,34 @@ def _micros(column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(column.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+def _as_of_scalar(as_of: dt.datetime) -> pa.Scalar:
+    return pa.scalar(int(as_of.timestamp() * MICROS), type=pa.int64()).cast(
+        pa.timestamp("us", tz="UTC"))
+
+
+def encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Integer codes (int64) and the dictionary of a string column, in one hash pass.
+
+    Arrow encodes chunk after chunk with one insertion-ordered memo table, so each
+    chunk's dictionary is a prefix of the last one's and every chunk's indices are
+    valid against the last dictionary; that is checked, not assumed.
+    """
+    if len(column) == 0:
+        return np.zeros(0, dtype=np.int64), pa.array([], type=pa.string())
+    encoded = pc.dictionary_encode(column)
+    chunks = [c for c in encoded.chunks if len(c)]
+    dictionary = chunks[-1].dictionary
+    for chunk in chunks:
+        size = len(chunk.dictionary)
+        if size != len(dictionary) and not chunk.dictionary.equals(dictionary.slice(0, size)):
+            combined = column.combine_chunks().dictionary_encode()
+            return (np.asarray(combined.indices.to_numpy(zero_copy_only=False),
+                               dtype=np.int64), combined.dictionary)
+    codes = np.concatenate([np.asarray(c.indices.to_numpy(zero_copy_only=False),
+                                       dtype=np.int64) for c in chunks])
+    return codes, dictionary
+
+
 def load_exposures(
     decisions: Path,
     experiment: ExperimentSpec,
@@ -57,20 +86,30 @@ def load_exposures(
     Only primary decisions count (a shadow call exposes nobody). Decisions in an
     arm the config does not name are an error: the log and the config disagree.
     """
+    table = _read_decisions(decisions, experiment, as_of, segments)
+    codes, dictionary = encode(table["unit_id"])
+    return _exposures(table, codes, len(dictionary), experiment, segments), dictionary
+
+
+def _read_decisions(decisions: Path, experiment: ExperimentSpec, as_of: dt.datetime,
+                    segments: tuple[str, ...]) -> pa.Table:
     dataset = _dataset(decisions, DECISION_SCHEMA, "decision log")
-    as_of_scalar = pa.scalar(int(as_of.timestamp() * MICROS), type=pa.int64()).cast(
-        pa.timestamp("us", tz="UTC"))
     columns = ["unit_id", "arm", "timestamp"] + (["context"] if segments else [])
-    table = dataset.to_table(
+    return dataset.to_table(
         columns=columns,
         filter=(pc.field("experiment_id") == experiment.id) & (pc.field("role") == "primary")
-        & (pc.field("timestamp") <= as_of_scalar))
+        & (pc.field("timestamp") <= _as_of_scalar(as_of)))
+
+
+def _exposures(table: pa.Table, codes: np.ndarray, n_codes: int, experiment: ExperimentSpec,
+               segments: tuple[str, ...]) -> Exposures:
+    """Exposures indexed by unit code (``codes`` per decision row, ``n_codes`` of
+    them; a code without decisions is left unexposed and dropped by the caller)."""
     arms = tuple(a.name for a in experiment.arms)
     weights = tuple(float(a.weight_bp) for a in experiment.arms)
     if table.num_rows == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return Exposures(arms, weights, empty, empty), pa.array([], type=pa.string())
-    units = table["unit_id"].combine_chunks().dictionary_encode()
+        return Exposures(arms, weights, empty, empty)
     arm_codes = pc.index_in(table["arm"], value_set=pa.array(arms))
     unknown = arm_codes.null_count
     if unknown:
@@ -78,21 +117,47 @@ def load_exposures(
         raise AnalysisInputError(
             f"{unknown} decisions of experiment {experiment.id!r} are in arms the config "
             f"does not name: {seen}; configured arms are {list(arms)}")
-    codes = np.asarray(units.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
     arm, exposed_at, crossovers, first_rows = first_exposures(
-        codes, len(units.dictionary), np.asarray(arm_codes.to_numpy(zero_copy_only=False)),
+        codes, n_codes, np.asarray(arm_codes.to_numpy(zero_copy_only=False)),
         _micros(table["timestamp"]))
     segment_codes: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
     for attribute in segments:
         looked_up = pc.map_lookup(table["context"], attribute, "first")
         filled = pc.fill_null(looked_up, MISSING_SEGMENT).combine_chunks().dictionary_encode()
         per_row = np.asarray(filled.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        per_unit = np.zeros(len(units.dictionary), dtype=np.int64)
+        per_unit = np.zeros(n_codes, dtype=np.int64)
         per_unit[codes[first_rows]] = per_row[first_rows]
         labels = tuple(str(v) for v in filled.dictionary.to_pylist())
         segment_codes[attribute] = (per_unit, labels)
-    exposures = Exposures(arms, weights, arm, exposed_at, crossovers, segment_codes)
-    return exposures, units.dictionary
+    return Exposures(arms, weights, arm, exposed_at, crossovers, segment_codes)
+
+
+def _read_outcomes(outcomes: Path, metrics: tuple[str, ...], experiment_id: str,
+                   as_of: dt.datetime) -> pa.Table:
+    """Outcome events for ``metrics`` known by ``as_of``.
+
+    An event tagged with another experiment's id is not this experiment's; an
+    untagged event belongs to every experiment its unit is in.
+    """
+    dataset = _dataset(outcomes, OUTCOME_SCHEMA, "outcomes log")
+    return dataset.to_table(
+        columns=["unit_id", "metric", "value", "timestamp"],
+        filter=pc.field("metric").isin(list(metrics))
+        & (pc.field("experiment_id").is_null() | (pc.field("experiment_id") == experiment_id))
+        & (pc.field("timestamp") <= _as_of_scalar(as_of)))
+
+
+def _outcome_rows(table: pa.Table, unit: np.ndarray, metrics: tuple[str, ...]) -> OutcomeRows:
+    """Numeric columns of outcome rows; ``unit`` is -1 for units never exposed, and
+    those rows are dropped from the arrays (not from the table: that would copy
+    every unit-id string once more)."""
+    metric = _codes(pc.index_in(table["metric"], value_set=pa.array(list(metrics))))
+    value = np.asarray(table["value"].to_numpy(), dtype=np.float64)
+    at = _micros(table["timestamp"])
+    exposed = unit >= 0
+    if not exposed.all():
+        unit, metric, value, at = unit[exposed], metric[exposed], value[exposed], at[exposed]
+    return OutcomeRows(metrics, unit, metric, value, at)
 
 
 def load_outcomes(
@@ -102,29 +167,52 @@ def load_outcomes(
     experiment_id: str,
     as_of: dt.datetime,
 ) -> OutcomeRows:
-    """Outcome events of exposed units for ``metrics``, known by ``as_of``.
-
-    An event tagged with another experiment's id is not this experiment's; an
-    untagged event belongs to every experiment its unit is in.
-    """
-    dataset = _dataset(outcomes, OUTCOME_SCHEMA, "outcomes log")
-    as_of_scalar = pa.scalar(int(as_of.timestamp() * MICROS), type=pa.int64()).cast(
-        pa.timestamp("us", tz="UTC"))
-    table = dataset.to_table(
-        columns=["unit_id", "metric", "value", "timestamp"],
-        filter=pc.field("metric").isin(list(metrics))
-        & (pc.field("experiment_id").is_null() | (pc.field("experiment_id") == experiment_id))
-        & (pc.field("timestamp") <= as_of_scalar))
-    # Rows of units never exposed are dropped from the numeric columns, not from the
-    # table: filtering the table would copy every unit-id string once more.
+    """Outcome events of the units in ``unit_dictionary`` for ``metrics``, known by
+    ``as_of`` (see :func:`_read_outcomes`)."""
+    table = _read_outcomes(outcomes, metrics, experiment_id, as_of)
     unit = _codes(pc.index_in(table["unit_id"], value_set=unit_dictionary))
-    metric = _codes(pc.index_in(table["metric"], value_set=pa.array(list(metrics))))
-    value = np.asarray(table["value"].to_numpy(), dtype=np.float64)
-    at = _micros(table["timestamp"])
-    exposed = unit >= 0
-    if not exposed.all():
-        unit, metric, value, at = unit[exposed], metric[exposed], value[exposed], at[exposed]
-    return OutcomeRows(metrics, unit, metric, value, at)
+    return _outcome_rows(table, unit, metrics)
+
+
+def load_experiment(
+    decisions: Path,
+    outcomes: Path,
+    experiment: ExperimentSpec,
+    metrics: tuple[str, ...],
+    as_of: dt.datetime,
+    segments: tuple[str, ...] = (),
+) -> tuple[Exposures, OutcomeRows, pa.Array]:
+    """Exposures, their outcome rows and the exposed units' ids.
+
+    Hashing unit-id strings is most of the cost at millions of rows, so the unit
+    ids of both logs are encoded together in one pass (one hash table, every
+    string hashed once); codes of units that have outcomes but no decision are
+    then dropped. The two logs are read side by side (Arrow releases the GIL).
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:  # leaving waits for the outcomes side
+        pending = pool.submit(_read_outcomes, outcomes, metrics, experiment.id, as_of)
+        decided = _read_decisions(decisions, experiment, as_of, segments)
+        happened = pending.result()
+    n_decided = decided.num_rows
+    codes, dictionary = encode(pa.chunked_array(
+        decided["unit_id"].chunks + happened["unit_id"].chunks, type=pa.string()))
+    raw = _exposures(decided, codes[:n_decided], len(dictionary), experiment, segments)
+    # Codes were shared with units that only have outcomes: keep the exposed ones,
+    # renumbered in the same order.
+    exposed = np.zeros(len(dictionary), dtype=bool)
+    exposed[codes[:n_decided]] = True
+    renumber = np.cumsum(exposed) - 1
+    renumber[~exposed] = -1
+    exposures = Exposures(
+        raw.arms, raw.weights, raw.arm[exposed], raw.exposed_at[exposed], raw.crossovers,
+        {name: (per_unit[exposed], labels) for name, (per_unit, labels) in raw.segments.items()})
+    if raw.arm.size == 0:
+        exposures = raw
+    unit = renumber[codes[n_decided:]] if raw.arm.size else np.full(
+        happened.num_rows, -1, dtype=np.int64)
+    units = dictionary.filter(pa.array(exposed)) if raw.arm.size else pa.array(
+        [], type=pa.string())
+    return exposures, _outcome_rows(happened, unit, metrics), units
 
 
 def _codes(positions: pa.ChunkedArray) -> np.ndarray:

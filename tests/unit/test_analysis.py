@@ -353,3 +353,33 @@ def test_binary_means_any_positive_event_and_mean_sums_them() -> None:
                          outcomes, 10)
     mean = unit_values(MetricSpec(name="converted", type="mean"), plan, exposures, outcomes, 10)
     assert binary.y.tolist() == [1.0, 0.0, 0.0] and mean.y.tolist() == [0.0, -1.0, 0.0]
+
+
+def test_joint_loading_matches_loading_each_log_alone(tmp_path: Path) -> None:
+    """One hash pass over both logs' unit ids gives the same exposures and outcome
+    rows as encoding the decisions and looking the outcomes up; events of units
+    never exposed are left out either way."""
+    from rollout.analysis_data import load_experiment, load_outcomes
+
+    write_experiment(tmp_path, units=500)
+    stranger = pa.table({
+        "unit_id": ["nobody", "user-3"], "metric": ["converted", "converted"],
+        "value": [1.0, 1.0],
+        "timestamp": pa.array([1_795_000_000_000_000] * 2).cast(pa.timestamp("us", tz="UTC")),
+        "experiment_id": pa.nulls(2, pa.string()),
+        "received_at": pa.array([0, 0]).cast(pa.timestamp("us", tz="UTC")),
+    }).cast(OUTCOME_SCHEMA)
+    pq.write_table(stranger, tmp_path / "outcomes" / "part-1.parquet")
+    experiment = _config(tmp_path).experiments[0]
+    metrics = ("converted", "revenue")
+    joint, rows, units = load_experiment(tmp_path / "decisions", tmp_path / "outcomes",
+                                         experiment, metrics, AS_OF, ("platform",))
+    alone, dictionary = load_exposures(tmp_path / "decisions", experiment, AS_OF, ("platform",))
+    separate = load_outcomes(tmp_path / "outcomes", dictionary, metrics, experiment.id, AS_OF)
+    assert units.to_pylist() == dictionary.to_pylist()
+    assert np.array_equal(joint.arm, alone.arm)
+    assert np.array_equal(joint.exposed_at, alone.exposed_at)
+    assert np.array_equal(joint.segments["platform"][0], alone.segments["platform"][0])
+    for name in ("unit", "metric", "value", "at"):
+        assert np.array_equal(getattr(rows, name), getattr(separate, name)), name
+    assert "nobody" not in units.to_pylist() and rows.unit.size == separate.unit.size
