@@ -22,7 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from rollout.analysis import MICROS, MISSING_SEGMENT, Exposures, OutcomeRows, first_exposures
+from rollout.analysis import (
+    ARM_BITS,
+    MICROS,
+    MISSING_SEGMENT,
+    Exposures,
+    OutcomeRows,
+    first_exposures,
+)
 from serving.schemas import AnalysisPlan, ExperimentSpec, RampartConfig
 from telemetry.decision_log import DECISION_SCHEMA
 from telemetry.outcomes_log import OUTCOME_SCHEMA
@@ -101,6 +108,20 @@ def _read_decisions(decisions: Path, experiment: ExperimentSpec, as_of: dt.datet
         & (pc.field("timestamp") <= _as_of_scalar(as_of)))
 
 
+def _arm_codes(table: pa.Table, experiment: ExperimentSpec) -> np.ndarray:
+    """Each decision's arm as its index in the config; an arm the config does not
+    name is an error (the log and the config disagree)."""
+    arms = [a.name for a in experiment.arms]
+    arm_codes = pc.index_in(table["arm"], value_set=pa.array(arms))
+    unknown = arm_codes.null_count
+    if unknown:
+        seen = sorted(set(pc.unique(table["arm"]).to_pylist()) - set(arms), key=str)
+        raise AnalysisInputError(
+            f"{unknown} decisions of experiment {experiment.id!r} are in arms the config "
+            f"does not name: {seen}; configured arms are {arms}")
+    return np.asarray(arm_codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
 def _exposures(table: pa.Table, codes: np.ndarray, n_codes: int, experiment: ExperimentSpec,
                segments: tuple[str, ...]) -> Exposures:
     """Exposures indexed by unit code (``codes`` per decision row, ``n_codes`` of
@@ -110,16 +131,8 @@ def _exposures(table: pa.Table, codes: np.ndarray, n_codes: int, experiment: Exp
     if table.num_rows == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Exposures(arms, weights, empty, empty)
-    arm_codes = pc.index_in(table["arm"], value_set=pa.array(arms))
-    unknown = arm_codes.null_count
-    if unknown:
-        seen = sorted(set(pc.unique(table["arm"]).to_pylist()) - set(arms), key=str)
-        raise AnalysisInputError(
-            f"{unknown} decisions of experiment {experiment.id!r} are in arms the config "
-            f"does not name: {seen}; configured arms are {list(arms)}")
     arm, exposed_at, crossovers, first_rows = first_exposures(
-        codes, n_codes, np.asarray(arm_codes.to_numpy(zero_copy_only=False)),
-        _micros(table["timestamp"]))
+        codes, n_codes, _arm_codes(table, experiment), _micros(table["timestamp"]))
     segment_codes: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
     for attribute in segments:
         looked_up = pc.map_lookup(table["context"], attribute, "first")
@@ -184,35 +197,40 @@ def load_experiment(
 ) -> tuple[Exposures, OutcomeRows, pa.Array]:
     """Exposures, their outcome rows and the exposed units' ids.
 
-    Hashing unit-id strings is most of the cost at millions of rows, so the unit
-    ids of both logs are encoded together in one pass (one hash table, every
-    string hashed once); codes of units that have outcomes but no decision are
-    then dropped. The two logs are read side by side (Arrow releases the GIL).
+    The two logs are read side by side (Arrow releases the GIL). Hashing unit-id
+    strings is most of the cost at millions of rows, so without segments the
+    first exposures come from one multi-threaded hash aggregation and outcome
+    rows find their unit by a hash join, both in Arrow's engine; with segments,
+    the context at each unit's first decision needs row-level codes
+    (:func:`load_exposures`). Both paths give the same exposures and the same
+    figures; only the order of units differs, and no figure depends on it.
     """
     with ThreadPoolExecutor(max_workers=1) as pool:  # leaving waits for the outcomes side
         pending = pool.submit(_read_outcomes, outcomes, metrics, experiment.id, as_of)
         decided = _read_decisions(decisions, experiment, as_of, segments)
         happened = pending.result()
-    n_decided = decided.num_rows
-    codes, dictionary = encode(pa.chunked_array(
-        decided["unit_id"].chunks + happened["unit_id"].chunks, type=pa.string()))
-    raw = _exposures(decided, codes[:n_decided], len(dictionary), experiment, segments)
-    # Codes were shared with units that only have outcomes: keep the exposed ones,
-    # renumbered in the same order.
-    exposed = np.zeros(len(dictionary), dtype=bool)
-    exposed[codes[:n_decided]] = True
-    renumber = np.cumsum(exposed) - 1
-    renumber[~exposed] = -1
+    if segments or decided.num_rows == 0:
+        codes, dictionary = encode(decided["unit_id"])
+        exposures = _exposures(decided, codes, len(dictionary), experiment, segments)
+        unit = _codes(pc.index_in(happened["unit_id"], value_set=dictionary))
+        return exposures, _outcome_rows(happened, unit, metrics), dictionary
+    arm_codes = _arm_codes(decided, experiment)
+    packed = (_micros(decided["timestamp"]) << ARM_BITS) | arm_codes
+    first = pa.table({"unit_id": decided["unit_id"], "first": pa.array(packed),
+                      "arm": pa.array(arm_codes)}).group_by("unit_id").aggregate(
+        [("first", "min"), ("arm", "min_max")])
+    first_packed = np.asarray(first["first_min"].to_numpy(), dtype=np.int64)
+    arm_range = pc.struct_field(first["arm_min_max"], "min"), pc.struct_field(
+        first["arm_min_max"], "max")
+    crossovers = int(pc.sum(pc.not_equal(*arm_range)).as_py() or 0)
     exposures = Exposures(
-        raw.arms, raw.weights, raw.arm[exposed], raw.exposed_at[exposed], raw.crossovers,
-        {name: (per_unit[exposed], labels) for name, (per_unit, labels) in raw.segments.items()})
-    if raw.arm.size == 0:
-        exposures = raw
-    unit = renumber[codes[n_decided:]] if raw.arm.size else np.full(
-        happened.num_rows, -1, dtype=np.int64)
-    units = dictionary.filter(pa.array(exposed)) if raw.arm.size else pa.array(
-        [], type=pa.string())
-    return exposures, _outcome_rows(happened, unit, metrics), units
+        tuple(a.name for a in experiment.arms), tuple(float(a.weight_bp) for a in experiment.arms),
+        first_packed & ((1 << ARM_BITS) - 1), first_packed >> ARM_BITS, crossovers)
+    units = first["unit_id"]
+    keyed = pa.table({"unit_id": units, "unit": pa.array(np.arange(len(units)))})
+    joined = happened.join(keyed, keys="unit_id", join_type="inner")
+    unit = np.asarray(joined["unit"].to_numpy(), dtype=np.int64)
+    return exposures, _outcome_rows(joined, unit, metrics), units.combine_chunks()
 
 
 def _codes(positions: pa.ChunkedArray) -> np.ndarray:
