@@ -82,6 +82,7 @@ class ShadowRunner:
         queue_size: int = 10_000,
         drain_interval_s: float = 0.25,
         publish_every: int = 200,
+        publish_interval_s: float = 1.0,
     ) -> None:
         self.scorer_for = scorer_for
         self.metrics = metrics
@@ -91,6 +92,8 @@ class ShadowRunner:
         self.pending: deque[ShadowJob] = deque()
         self.parity = ParityTracker()
         self.publish_every = publish_every
+        self.publish_interval_s = publish_interval_s
+        self._published_at = 0.0
         self.completed = 0
         self.dropped = 0
         self._since_publish = 0
@@ -132,8 +135,13 @@ class ShadowRunner:
                 log.exception("shadow batch failed")
         self.completed += len(batch)
         self._since_publish += len(batch)
-        if self._since_publish >= self.publish_every:
+        # Agreement is recomputed over the whole window (quantiles of thousands of
+        # pairs): after enough new pairs and at most once per publish_interval_s.
+        now = time.monotonic()
+        if (self._since_publish >= self.publish_every
+                and now - self._published_at >= self.publish_interval_s):
             self._since_publish = 0
+            self._published_at = now
             self.publish_parity()
         return len(batch)
 

@@ -19,6 +19,7 @@ need to parse paths (:func:`read_decisions`).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import os
 from collections.abc import Mapping
@@ -125,9 +126,21 @@ def _context_maps(values: tuple[Any, ...], map_type: pa.DataType) -> pa.Array:
 
 def _feature_maps(values: tuple[Any, ...], map_type: pa.DataType) -> pa.Array:
     """A map column from dicts, built from flat keys/items (several times faster
-    than converting a list of lists of pairs)."""
+    than converting a list of lists of pairs). When every row has the same keys
+    in the same order (the usual case: one model's features), keys are repeated
+    and values flattened without a Python loop per row."""
+    if values and all(v is not None for v in values):
+        keys = tuple(values[0])
+        width = len(keys)
+        if all(len(v) == width for v in values) and all(tuple(v) == keys for v in values):
+            n = len(values)
+            return pa.MapArray.from_arrays(
+                pa.array(np.arange(0, width * n + 1, width, dtype=np.int32)),
+                pa.array(list(keys) * n, type=pa.string()),
+                pa.array(list(itertools.chain.from_iterable(v.values() for v in values)),
+                         type=pa.float64()), type=map_type)
     offsets = [0]
-    keys: list[str] = []
+    keys_out: list[str] = []
     items: list[float] = []
     valid: list[bool] = []
     for features in values:
@@ -135,12 +148,12 @@ def _feature_maps(values: tuple[Any, ...], map_type: pa.DataType) -> pa.Array:
             valid.append(False)
         else:
             valid.append(True)
-            keys.extend(features.keys())
+            keys_out.extend(features.keys())
             items.extend(features.values())
-        offsets.append(len(keys))
+        offsets.append(len(keys_out))
     mask = None if all(valid) else pa.array([not v for v in valid])
     return pa.MapArray.from_arrays(
-        pa.array(offsets, type=pa.int32()), pa.array(keys, type=pa.string()),
+        pa.array(offsets, type=pa.int32()), pa.array(keys_out, type=pa.string()),
         pa.array(items, type=pa.float64()), type=map_type, mask=mask)
 
 

@@ -94,3 +94,19 @@ def test_columnar_batches_and_records_share_partitions(tmp_path: Path) -> None:
     assert rows["s2"]["experiment_id"] is None and rows["s3"]["prediction"] == 0.3
     assert rows["s1"]["role"] == "shadow" and rows["s1"]["error"] is None
     assert rows["r1"]["role"] == "primary"
+
+
+def test_feature_maps_fast_and_general_paths_agree() -> None:
+    """Rows with one key order take a vectorized path; anything else the general
+    one; both must build the same column."""
+    import pyarrow as pa
+
+    from telemetry.decision_log import _feature_maps
+
+    map_type = pa.map_(pa.string(), pa.float64())
+    uniform = tuple({"f0": float(i), "f1": -float(i)} for i in range(5))
+    fast = _feature_maps(uniform, map_type)
+    general = _feature_maps((*uniform, None), map_type)
+    assert fast.to_pylist() == general.to_pylist()[:5] and general.to_pylist()[5] is None
+    reordered = (*uniform, {"f1": 1.0, "f0": 2.0})
+    assert _feature_maps(reordered, map_type).to_pylist()[5] == [("f1", 1.0), ("f0", 2.0)]

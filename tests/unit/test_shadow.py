@@ -62,7 +62,7 @@ def _build(tmp_path: Path, shadow_scorer: Any, sample_bp: int = 10_000,
                        build_tracer_provider().get_tracer("t"), writer)
     core.shadow_runner = ShadowRunner(lambda n, v: core.scorers.get((n, v)),
                                       ShadowMetrics(prom), writer, queue_size=queue_size,
-                                      publish_every=10)
+                                      publish_every=10, publish_interval_s=0.0)
     return core, prom, writer
 
 
