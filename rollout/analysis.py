@@ -569,12 +569,12 @@ def decide(plan: AnalysisPlan, report: dict[str, Any],
             if best_arm is None or effect > max(
                     e["abs_effect"] for e in primary_entries if e["arm"] == best_arm):
                 best_arm = entry["arm"]
-            reasons.append(f"{name}: significantly better, {_lift(entry)}")
+            reasons.append(f"{name}: significantly better {_by(entry)}, {_lift(entry)}")
         elif significant and effect < 0:
             any_worse = True
-            reasons.append(f"{name}: significantly worse, {_lift(entry)}")
+            reasons.append(f"{name}: significantly worse {_by(entry)}, {_lift(entry)}")
         else:
-            reasons.append(f"{name}: not significant, {_lift(entry)}")
+            reasons.append(f"{name}: not significant {_by(entry)}, {_lift(entry)}")
     if report["srm"]["flag"]:
         outcome = "hold"
     elif failed or (any_worse and not any_better):
@@ -597,6 +597,19 @@ def primary_significant(plan: AnalysisPlan, entry: dict[str, Any]) -> bool:
         return bool(sequential.get("rejected"))
     p = entry["adjusted_p_value"]
     return p is not None and p < plan.alpha
+
+
+def _by(entry: dict[str, Any]) -> str:
+    """Which pre-registered test the significance verdict comes from."""
+    sequential = entry.get("sequential") or {}
+    method = sequential.get("method", "none")
+    if method == "group_sequential":
+        return (f"by the {sequential.get('kind', '')} group-sequential boundary "
+                f"({sequential.get('decision', 'continue')})")
+    if method == "msprt":
+        p = sequential.get("always_valid_p_value")
+        return "by the mSPRT" + (f" (always-valid p = {p:.3g})" if p is not None else "")
+    return "at the fixed horizon"
 
 
 def _lift(entry: dict[str, Any]) -> str:

@@ -253,6 +253,8 @@ def test_group_sequential_and_msprt_report_their_looks(tmp_path: Path) -> None:
     sequential = report["metrics"][0]["sequential"]
     assert sequential["looks"] == 11 and sequential["rejected"] is True
     assert sequential["always_valid_p_value"] >= report["metrics"][0]["p_value"]
+    assert any("significantly better by the mSPRT (always-valid p" in reason
+               for reason in report["decision"]["reasons"])
 
 
 def test_plan_cannot_change_after_the_start(tmp_path: Path) -> None:
