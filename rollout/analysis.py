@@ -544,17 +544,16 @@ def decide(plan: AnalysisPlan, report: dict[str, Any],
       guardrail is shown within tolerance; otherwise hold.
     """
     reasons: list[str] = []
-    outcome: Decision = "ship"
     if report["srm"]["flag"]:
         reasons.append(f"sample ratio mismatch (p = {report['srm']['p_value']:.3g} < 0.001): "
                        "the assignment or logging is broken; no effect can be trusted")
-        outcome = "hold"
     elif report["srm"]["p_value"] is not None:
         reasons.append(f"no sample ratio mismatch (p = {report['srm']['p_value']:.3g})")
     failed = [g for g in report["guardrails"] if g["verdict"] == "FAIL"]
     unsure = [g for g in report["guardrails"] if g["verdict"] == "INSUFFICIENT_DATA"]
     reasons += [g["reason"] for g in report["guardrails"]]
     best_arm: str | None = None
+    best_effect = 0.0
     primary_entries = [e for e in report["metrics"] if e["role"] == "primary"]
     any_better = False
     any_worse = False
@@ -566,15 +565,15 @@ def decide(plan: AnalysisPlan, report: dict[str, Any],
             reasons.append(f"{name}: no estimate ({entry['error']})")
         elif significant and effect > 0:
             any_better = True
-            if best_arm is None or effect > max(
-                    e["abs_effect"] for e in primary_entries if e["arm"] == best_arm):
-                best_arm = entry["arm"]
+            if best_arm is None or effect > best_effect:
+                best_arm, best_effect = entry["arm"], effect
             reasons.append(f"{name}: significantly better {_by(entry)}, {_lift(entry)}")
         elif significant and effect < 0:
             any_worse = True
             reasons.append(f"{name}: significantly worse {_by(entry)}, {_lift(entry)}")
         else:
             reasons.append(f"{name}: not significant {_by(entry)}, {_lift(entry)}")
+    outcome: Decision
     if report["srm"]["flag"]:
         outcome = "hold"
     elif failed or (any_worse and not any_better):
