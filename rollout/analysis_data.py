@@ -31,6 +31,7 @@ from rollout.analysis import (
     first_exposures,
 )
 from serving.schemas import AnalysisPlan, ExperimentSpec, RampartConfig
+from telemetry.batched_writer import visible_parquet_files
 from telemetry.decision_log import DECISION_SCHEMA
 from telemetry.outcomes_log import OUTCOME_SCHEMA
 
@@ -43,7 +44,7 @@ def _dataset(path: Path, schema: pa.Schema, noun: str) -> pads.Dataset:
     if not path.exists():
         raise AnalysisInputError(f"no {noun} at {path}")
     if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        files = visible_parquet_files(path)
         if not files:
             raise AnalysisInputError(f"no {noun} files (*.parquet) under {path}")
         return pads.dataset(files, format="parquet", schema=schema)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -19,7 +20,13 @@ log = logging.getLogger(__name__)
 ItemT = TypeVar("ItemT")
 
 
-class BatchedWriter(Generic[ItemT]):
+def visible_parquet_files(root: Path) -> list[str]:
+    """The finished Parquet files under ``root``, sorted: a file still being
+    written has a dot-prefixed temporary name and is left out."""
+    return sorted(str(p) for p in Path(root).rglob("*.parquet") if not p.name.startswith("."))
+
+
+class BatchedWriter(ABC, Generic[ItemT]):
     """Buffers items (rows, or batches of rows) and writes them in the background.
 
     Subclasses implement :meth:`_write` for one taken batch.
@@ -83,8 +90,10 @@ class BatchedWriter(Generic[ItemT]):
         self._sequence += 1
         return f"part-{self.writer_id}-{self._sequence:08d}.parquet"
 
+    @abstractmethod
     def _write(self, batch: list[ItemT]) -> None:
-        raise NotImplementedError
+        """Write one taken batch (the rows' files, each under a temporary name
+        then renamed)."""
 
     def close(self) -> None:
         """Stop the background thread and write what is left. Idempotent."""

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from telemetry.batched_writer import BatchedWriter
+from telemetry.batched_writer import BatchedWriter, visible_parquet_files
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def read_decisions(path: str | Path) -> pa.Table:
     """Every decision row under ``path`` (a directory tree or one file)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        files = visible_parquet_files(path)
         if not files:
             return DECISION_SCHEMA.empty_table()
         dataset = pads.dataset(files, format="parquet", schema=DECISION_SCHEMA)

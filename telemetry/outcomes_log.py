@@ -51,7 +51,7 @@ from serving.schemas import (
     OutcomeEvent,
     parse_outcome_timestamp,
 )
-from telemetry.batched_writer import BatchedWriter
+from telemetry.batched_writer import BatchedWriter, visible_parquet_files
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def read_outcomes(path: str | Path) -> pa.Table:
     table in :data:`OUTCOME_SCHEMA` when there is none."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        files = visible_parquet_files(path)
         if not files:
             return OUTCOME_SCHEMA.empty_table()
         return pads.dataset(files, format="parquet", schema=OUTCOME_SCHEMA).to_table()
