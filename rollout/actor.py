@@ -17,12 +17,12 @@ from typing import Any
 
 import ray
 
-from rollout.api import dispatch
+from rollout.commands import dispatch
+from rollout.core.plan import RolloutPlan
 from rollout.metrics_source import BuiltinMetricsSource, MetricsSource, PrometheusMetricsSource
-from rollout.plan import RolloutPlan
 from rollout.service import RolloutService, RoutingSnapshot
 from rollout.store import RolloutStore
-from serving.schemas import RampartConfig
+from serving.kernel.config import RampartConfig
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import httpx
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from rollout.guardrails import ArmWindow, Window
-from rollout.plan import PromQLCheck, RolloutPlan
+from rollout.core.guardrails import ArmWindow, Window
+from rollout.core.plan import PromQLCheck, RolloutPlan
 
 Snapshot = dict[str, ArmWindow]  # arm name -> cumulative counts
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rollout.controller import (
+from rollout.core.controller import (
     Audit,
     AuditRecord,
     Event,
@@ -38,29 +38,18 @@ from rollout.controller import (
     new_rollout,
     step,
 )
+from rollout.core.plan import RolloutPlan
 from rollout.metrics_source import MetricsSource, MetricsUnavailable, Snapshot, window_between
-from rollout.plan import RolloutPlan
 from rollout.store import RolloutStore
-from serving.router import RoutingTable, build_routing_table
-from serving.schemas import ArmSpec, ExperimentSpec, ModelSpec, RampartConfig, ShadowSpec
+from serving.kernel.config import ArmSpec, ExperimentSpec, ModelSpec, RampartConfig, ShadowSpec
+from serving.kernel.errors import InvalidRollout, RolloutConflict, RolloutNotFound
+from serving.routing.router import RoutingTable, build_routing_table
 
 log = logging.getLogger(__name__)
 
 BASELINE_ARM = "baseline"
 CANDIDATE_ARM = "candidate"
 CHAMPION_ALIAS = "champion"
-
-
-class RolloutNotFound(LookupError):
-    pass
-
-
-class RolloutConflict(Exception):
-    pass
-
-
-class InvalidRollout(ValueError):
-    pass
 
 
 class WritableRegistry(Protocol):

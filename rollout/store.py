@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
-from rollout.controller import TERMINAL, AuditRecord, RolloutState
+from rollout.core.controller import TERMINAL, AuditRecord, RolloutState
 
 metadata = MetaData()
 

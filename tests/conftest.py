@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A real MLflow tracking store on SQLite with the demo versions registered."""
-    from models.demo import seed_demo_models
+    from serving.cli.demo.models import seed_demo_models
 
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -34,7 +34,7 @@ def ray_session() -> Iterator[None]:
     """One local Ray for the whole session (starting Ray costs ~10 s)."""
     import ray
 
-    from serving.app import set_ingress_env
+    from serving.gateway.ray_app import set_ingress_env
 
     set_ingress_env()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

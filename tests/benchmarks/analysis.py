@@ -158,7 +158,7 @@ def write_by_day(table: pa.Table, root: Path, subdir: str = "") -> int:
 
 def generate(directory: Path, n_decisions: int, seed: int) -> dict[str, Any]:
     """Write ``decisions/`` and ``outcomes/`` under ``directory``; see the module docstring."""
-    from rollout.simulation import TrueEffects, simulate_outcomes
+    from serving.cli.demo.simulated_outcomes import TrueEffects, simulate_outcomes
     from telemetry.outcomes_log import OUTCOME_SCHEMA
 
     rng = np.random.default_rng(seed)
@@ -248,7 +248,7 @@ def generate(directory: Path, n_decisions: int, seed: int) -> dict[str, Any]:
 
 
 def rampart_config(directory: Path) -> Any:
-    from serving.schemas import parse_config
+    from serving.kernel.config import parse_config
 
     return parse_config({
         "data_dir": str(directory / "rampart"),
@@ -272,7 +272,7 @@ def rampart_config(directory: Path) -> Any:
 
 
 def run_rampart(config: Any, directory: Path) -> dict[str, Any]:
-    from rollout.analysis_cli import run_analysis
+    from serving.cli.analyze import run_analysis
 
     # the pre-registration is kept under the config's data_dir, inside ``directory``
     return run_analysis(config, EXPERIMENT, decisions=directory / "decisions",

@@ -26,8 +26,8 @@ import yaml  # noqa: E402
 
 
 def main() -> int:
-    from serving.app import start_gateway
-    from serving.schemas import parse_config
+    from serving.gateway.ray_app import start_gateway
+    from serving.kernel.config import parse_config
 
     uri, work_dir, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     with open(Path(_ROOT) / "deploy" / "rampart.yaml") as fh:

@@ -37,10 +37,10 @@ FLAGGER_INTERVAL_S = 60.0
 
 
 def main() -> int:
-    from models.demo import DEMO_MODEL_NAME, seed_demo_models
-    from rollout.scenarios import run_scenario
-    from serving.app import start_gateway
-    from serving.schemas import parse_config
+    from serving.cli.demo.models import DEMO_MODEL_NAME, seed_demo_models
+    from serving.cli.demo.scenarios import run_scenario
+    from serving.gateway.ray_app import start_gateway
+    from serving.kernel.config import parse_config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="latency-fault runs")

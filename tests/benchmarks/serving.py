@@ -130,7 +130,7 @@ def seed_registry(work_dir: Path) -> tuple[str, dict[str, dict[str, float]]]:
     import mlflow.sklearn
     import pandas as pd
 
-    from models.demo import seed_demo_models
+    from serving.cli.demo.models import seed_demo_models
 
     uri = f"sqlite:///{work_dir / 'mlflow.db'}"
     seeded = seed_demo_models(uri, work_dir / "artifacts")

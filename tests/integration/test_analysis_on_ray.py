@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import yaml
 
-from serving.app import start_gateway
-from serving.schemas import parse_config
-from serving.traffic import Population, drive_traffic
+from serving.cli.demo.traffic import Population, drive_traffic
+from serving.gateway.ray_app import start_gateway
+from serving.kernel.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 RAMPART = str(Path(sys.executable).parent / "rampart")

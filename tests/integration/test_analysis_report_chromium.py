@@ -15,8 +15,8 @@ import struct
 import subprocess
 from pathlib import Path
 
-from rollout.analysis_cli import run_analysis
-from rollout.analysis_report import write_html
+from rollout.experiments.report import write_html
+from serving.cli.analyze import run_analysis
 from tests.unit.test_analysis import ANALYSIS, AS_OF, START, _config, write_experiment
 
 # Runs after the page's own load handler; records whether the decision is on

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from serving.assignment import bucket
-from serving.traffic import Population, drive_traffic
+from serving.cli.demo.traffic import Population, drive_traffic
+from serving.routing.assignment import bucket
 from telemetry.decision_log import read_decisions
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ import httpx
 import pytest
 import yaml
 
-from serving.app import RunningGateway, start_gateway
-from serving.schemas import parse_config
-from serving.traffic import Population, drive_traffic
+from serving.cli.demo.traffic import Population, drive_traffic
+from serving.gateway.ray_app import RunningGateway, start_gateway
+from serving.kernel.config import parse_config
 from telemetry.decision_log import read_decisions
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.demo import DEMO_MODEL_NAME, FEATURE_NAMES, seed_demo_models
 from models.registry import LinearScorer, MlflowRegistry, UnknownModelVersion
+from serving.cli.demo.models import DEMO_MODEL_NAME, FEATURE_NAMES, seed_demo_models
 
 
 def test_seed_is_idempotent(mlflow_store: dict[str, Any]) -> None:

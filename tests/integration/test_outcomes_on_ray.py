@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import yaml
 
-from serving.app import start_gateway
-from serving.schemas import parse_config
+from serving.gateway.ray_app import start_gateway
+from serving.kernel.config import parse_config
 from telemetry.outcomes_log import read_outcomes
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from rollout.metrics_source import PrometheusMetricsSource
-from rollout.scenarios import AdminClient, BackgroundTraffic
-from serving.app import start_gateway
-from serving.schemas import parse_config
+from serving.cli.demo.scenarios import AdminClient, BackgroundTraffic
+from serving.gateway.ray_app import start_gateway
+from serving.kernel.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

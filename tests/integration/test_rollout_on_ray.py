@@ -12,10 +12,10 @@ import mlflow
 import pytest
 import yaml
 
-from models.demo import DEMO_MODEL_NAME, seed_demo_models
-from rollout.scenarios import run_scenario
-from serving.app import RunningGateway, start_gateway
-from serving.schemas import parse_config
+from serving.cli.demo.models import DEMO_MODEL_NAME, seed_demo_models
+from serving.cli.demo.scenarios import run_scenario
+from serving.gateway.ray_app import RunningGateway, start_gateway
+from serving.kernel.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "rollout-test-token"

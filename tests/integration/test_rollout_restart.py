@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import yaml
 
-from models.demo import FEATURE_NAMES
-from rollout.scenarios import BackgroundTraffic
+from serving.cli.demo.models import FEATURE_NAMES
+from serving.cli.demo.scenarios import BackgroundTraffic
 
 ROOT = Path(__file__).resolve().parents[2]
 RAMPART = str(Path(sys.executable).parent / "rampart")

@@ -48,12 +48,12 @@ import pytest
 from numpy.typing import NDArray
 from scipy import special, stats
 
-from rollout.stats.bayes import normal_means
-from rollout.stats.cuped import cuped_effect
-from rollout.stats.frequentist import ratio_effect, two_proportion_ztest, welch_ttest
-from rollout.stats.sequential import msprt
-from rollout.stats.srm import srm_test
-from rollout.stats.summary import EffectEstimate, MeanSummary, PairSummary
+from rollout.experiments.stats.bayes import normal_means
+from rollout.experiments.stats.cuped import cuped_effect
+from rollout.experiments.stats.frequentist import ratio_effect, two_proportion_ztest, welch_ttest
+from rollout.experiments.stats.sequential import msprt
+from rollout.experiments.stats.srm import srm_test
+from rollout.experiments.stats.summary import EffectEstimate, MeanSummary, PairSummary
 
 ROOT = Path(__file__).resolve().parents[2]
 ORACLES = ROOT / "tests" / "oracles"

@@ -8,9 +8,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from models.registry import LinearScorer, UnknownModelVersion
-from serving.gateway import GatewayCore
-from serving.router import build_routing_table
-from serving.schemas import RampartConfig, parse_config
+from serving.gateway.core import GatewayCore
+from serving.kernel.config import RampartConfig, parse_config
+from serving.routing.router import build_routing_table
 from telemetry.decision_log import DecisionLogWriter
 from telemetry.metrics import RequestMetrics
 

@@ -13,13 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats as scipy_stats
 
-from rollout.analysis import MICROS, first_exposures
-from rollout.analysis_cli import run_analysis
-from rollout.analysis_data import load_exposures, register_plan
-from rollout.simulation import TrueEffects, simulate_outcomes
-from serving.assignment import buckets_vectorized
-from serving.cli import CliError, main
-from serving.schemas import AnalysisPlan, parse_config
+from rollout.experiments.analysis import MICROS, first_exposures
+from rollout.experiments.data import load_exposures, register_plan
+from serving.cli.analyze import run_analysis
+from serving.cli.demo.simulated_outcomes import TrueEffects, simulate_outcomes
+from serving.cli.main import CliError, main
+from serving.kernel.analysis_plan import AnalysisPlan
+from serving.kernel.config import parse_config
+from serving.routing.assignment import buckets_vectorized
 from telemetry.decision_log import batch_table
 from telemetry.outcomes_log import OUTCOME_SCHEMA
 
@@ -204,7 +205,7 @@ def test_segments_are_corrected_and_simpson_is_flagged(tmp_path: Path) -> None:
 def test_simpsons_paradox_warning() -> None:
     """Both segments favour treatment, but treatment is mostly in the low-rate
     segment, so the pooled effect is negative."""
-    from rollout.analysis import Exposures, OutcomeRows, analyze
+    from rollout.experiments.analysis import Exposures, OutcomeRows, analyze
 
     plan = AnalysisPlan.model_validate({**ANALYSIS, "secondary": [], "guardrails": [],
                                         "cuped": False, "segments": ["tier"]})
@@ -327,7 +328,7 @@ def test_plan_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_the_gateway_records_plans_and_reports_a_late_change(tmp_path: Path) -> None:
-    from rollout.analysis_data import register_config_plans
+    from rollout.experiments.data import register_config_plans
 
     config = _config(tmp_path)
     assert register_config_plans(config, START - dt.timedelta(hours=1)) == []
@@ -343,8 +344,8 @@ def test_the_gateway_records_plans_and_reports_a_late_change(tmp_path: Path) -> 
 def test_binary_means_any_positive_event_and_mean_sums_them() -> None:
     """A refund (a negative event after a conversion) does not undo the conversion
     of a binary metric; a mean metric adds both."""
-    from rollout.analysis import Exposures, OutcomeRows, unit_values
-    from serving.schemas import MetricSpec
+    from rollout.experiments.analysis import Exposures, OutcomeRows, unit_values
+    from serving.kernel.analysis_plan import MetricSpec
 
     plan = AnalysisPlan.model_validate(ANALYSIS)
     exposures = Exposures(("control", "treatment"), (5000.0, 5000.0),
@@ -361,7 +362,7 @@ def test_joint_loading_matches_loading_each_log_alone(tmp_path: Path) -> None:
     """One hash pass over both logs' unit ids gives the same exposures and outcome
     rows as encoding the decisions and looking the outcomes up; events of units
     never exposed are left out either way."""
-    from rollout.analysis_data import load_experiment, load_outcomes
+    from rollout.experiments.data import load_experiment, load_outcomes
 
     write_experiment(tmp_path, units=500)
     stranger = pa.table({
@@ -390,7 +391,7 @@ def test_joint_loading_matches_loading_each_log_alone(tmp_path: Path) -> None:
 def test_aggregated_loading_gives_the_same_units_and_outcomes(tmp_path: Path) -> None:
     """Without segments, exposures come from a hash aggregation and outcomes from a
     hash join; unit by unit they equal the row-level path's."""
-    from rollout.analysis_data import load_experiment
+    from rollout.experiments.data import load_experiment
 
     write_experiment(tmp_path, units=700)
     experiment = _config(tmp_path).experiments[0]

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from rollout.analysis_cli import run_analysis
-from rollout.analysis_report import VERDICT_CLASSES, render_html, write_html
+from rollout.experiments.report import VERDICT_CLASSES, render_html, write_html
+from serving.cli.analyze import run_analysis
 from tests.unit.test_analysis import ANALYSIS, AS_OF, START, _config, write_experiment
 
 BEFORE_START = START - dt.timedelta(days=1)  # lets one log be analysed under several plans

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from serving.assignment import (
+from serving.routing.assignment import (
     BUCKETS,
     allocate,
     bucket,

@@ -6,7 +6,9 @@ from typing import Any
 import pytest
 import yaml
 
-from serving.schemas import ConfigError, load_config, parse_config
+from serving.documents import load_config
+from serving.kernel.config import parse_config
+from serving.kernel.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rollout.controller import (
+from rollout.core.controller import (
     Audit,
     Event,
     Phase,
@@ -17,8 +17,9 @@ from rollout.controller import (
     new_rollout,
     step,
 )
-from rollout.guardrails import ArmWindow, Window, histogram_quantile
-from rollout.plan import PlanError, parse_plan
+from rollout.core.guardrails import ArmWindow, Window, histogram_quantile
+from rollout.core.plan import parse_plan
+from serving.kernel.errors import PlanError
 
 BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, float("inf"))
 

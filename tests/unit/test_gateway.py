@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from serving.gateway import GatewayCore, build_app
-from serving.router import route
+from serving.gateway.core import GatewayCore, build_app
+from serving.routing.router import route
 from telemetry.decision_log import DecisionLogWriter, read_decisions
 from telemetry.tracing import build_tracer_provider
 from tests.unit.fakes import FEATURES, make_core

@@ -16,14 +16,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from serving.cli import main
-from serving.gateway import GatewayCore, build_app
-from serving.schemas import (
-    MAX_OUTCOME_EVENTS,
-    OutcomeBatch,
-    OutcomeEvent,
-    format_validation_error,
-)
+from serving.cli.main import main
+from serving.gateway.core import GatewayCore, build_app
+from serving.kernel.config import format_validation_error
+from telemetry.outcome_events import MAX_OUTCOME_EVENTS, OutcomeBatch, OutcomeEvent
 from telemetry.outcomes_log import (
     OUTCOME_SCHEMA,
     OutcomeRecord,
@@ -132,7 +128,8 @@ def test_config_has_an_outcomes_log_beside_the_decision_log() -> None:
     custom = test_config(outcomes_log={"path": "/tmp/o", "batch_rows": 10,
                                        "flush_interval_s": 0.5})
     assert (custom.outcomes_log.path, custom.outcomes_log.batch_rows) == (Path("/tmp/o"), 10)
-    from serving.schemas import ConfigError, parse_config
+    from serving.kernel.config import parse_config
+    from serving.kernel.errors import ConfigError
 
     data = {"models": [{"name": "clf", "versions": ["1"]}],
             "default": {"model": "clf", "version": "1"},

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from rollout.api import LocalControlPlane, dispatch
-from rollout.controller import Phase
-from rollout.guardrails import ArmWindow
+from rollout.commands import LocalControlPlane, dispatch
+from rollout.core.controller import Phase
+from rollout.core.guardrails import ArmWindow
+from rollout.core.plan import RolloutPlan, parse_plan
 from rollout.metrics_source import MetricsUnavailable, Snapshot
-from rollout.plan import RolloutPlan, parse_plan
 from rollout.service import RolloutService
 from rollout.store import RolloutStore
-from serving.gateway import build_app
-from serving.router import route
+from serving.gateway.core import build_app
+from serving.routing.router import route
 from telemetry.tracing import build_tracer_provider
 from tests.unit.fakes import InMemoryRegistry, make_core, test_config
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.assignment import bucket
-from serving.router import build_routing_table, route, route_many, rule_matches
-from serving.schemas import TargetingRule
+from serving.kernel.config import TargetingRule
+from serving.routing.assignment import bucket
+from serving.routing.router import build_routing_table, route, route_many, rule_matches
 from tests.unit.fakes import InMemoryRegistry, test_config
 
 

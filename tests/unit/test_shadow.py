@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from models.registry import LinearScorer
-from serving.gateway import GatewayCore, build_app
-from serving.router import build_routing_table
-from serving.shadow import ShadowRunner
+from serving.gateway.core import GatewayCore, build_app
+from serving.gateway.shadow import ShadowRunner
+from serving.routing.router import build_routing_table
 from telemetry.decision_log import DecisionLogWriter, read_decisions
 from telemetry.metrics import RequestMetrics, ShadowMetrics
 from telemetry.tracing import build_tracer_provider

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from rollout.stats.bayes import BayesResult, beta_binomial, normal_means
-from rollout.stats.summary import MeanSummary
+from rollout.experiments.stats.bayes import BayesResult, beta_binomial, normal_means
+from rollout.experiments.stats.summary import MeanSummary
 
 
 def binary(n: int, successes: int) -> MeanSummary:

@@ -14,16 +14,16 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttest_ind
 
-from rollout.stats.cuped import cuped_effect
-from rollout.stats.frequentist import (
+from rollout.experiments.stats.cuped import cuped_effect
+from rollout.experiments.stats.frequentist import (
     ratio_effect,
     relative_effect,
     two_proportion_ztest,
     welch_ttest,
 )
-from rollout.stats.multiple import adjust_p_values
-from rollout.stats.srm import srm_test
-from rollout.stats.summary import EffectEstimate, MeanSummary, PairSummary
+from rollout.experiments.stats.multiple import adjust_p_values
+from rollout.experiments.stats.srm import srm_test
+from rollout.experiments.stats.summary import EffectEstimate, MeanSummary, PairSummary
 
 Array = npt.NDArray[np.float64]
 REL = 1e-9

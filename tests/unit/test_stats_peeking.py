@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rollout.stats.sequential import (
+from rollout.experiments.stats.sequential import (
     group_sequential_design,
     group_sequential_test,
     mixing_variance_from_mde,

@@ -17,7 +17,7 @@ from scipy import optimize
 from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import proportion_effectsize
 
-from rollout.stats.power import (
+from rollout.experiments.stats.power import (
     PowerPlan,
     duration_days,
     mde_mean,

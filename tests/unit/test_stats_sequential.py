@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from rollout.stats import sequential
-from rollout.stats.sequential import (
+from rollout.experiments.stats import sequential
+from rollout.experiments.stats.sequential import (
     group_sequential_design,
     group_sequential_test,
     mixing_variance_from_mde,

@@ -16,11 +16,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from rollout.stats.cuped import cuped_effect
-from rollout.stats.frequentist import ratio_effect, two_proportion_ztest, welch_ttest
-from rollout.stats.power import sample_size_mean, sample_size_proportion
-from rollout.stats.srm import srm_test
-from rollout.stats.summary import EffectEstimate, MeanSummary, PairSummary
+from rollout.experiments.stats.cuped import cuped_effect
+from rollout.experiments.stats.frequentist import ratio_effect, two_proportion_ztest, welch_ttest
+from rollout.experiments.stats.power import sample_size_mean, sample_size_proportion
+from rollout.experiments.stats.srm import srm_test
+from rollout.experiments.stats.summary import EffectEstimate, MeanSummary, PairSummary
 
 Array = npt.NDArray[np.float64]
 N_SIMS = 2000

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from scipy import integrate, optimize, special
 
-from rollout.stats.summary import MeanSummary
+from rollout.experiments.stats.summary import MeanSummary
 
 # Each Beta posterior is integrated over its central 1 − 2·_TAIL quantile
 # range: the truncation changes any probability by at most 2e-15 while the

@@ -11,15 +11,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rollout.plan import PlanError, parse_plan
-from rollout.service import (
-    Fault,
-    InvalidRollout,
-    RolloutConflict,
-    RolloutNotFound,
-    RolloutService,
-)
-from serving.schemas import ShadowSpec, format_validation_error
+from rollout.core.plan import parse_plan
+from rollout.service import Fault, RolloutService
+from serving.kernel.config import ShadowSpec, format_validation_error
+from serving.kernel.errors import InvalidRollout, PlanError, RolloutConflict, RolloutNotFound
 
 ERROR_STATUS: dict[type[Exception], tuple[int, str]] = {
     PlanError: (422, "invalid_plan"),

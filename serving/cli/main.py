@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -18,53 +17,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CONFIG = Path("deploy/rampart.yaml")
-
-
-class CliError(Exception):
-    """A user mistake: printed as one message, exit code 2."""
-
-
-def _load(path: Path) -> Any:
-    from serving.schemas import ConfigError, load_config
-
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
-
-
-def _registry(config: Any) -> Any:
-    from models.registry import MlflowRegistry
-
-    return MlflowRegistry(config.resolved_tracking_uri())
-
-
-def _routing_table(config: Any) -> Any:
-    from models.registry import UnknownModelVersion
-    from serving.router import build_routing_table
-
-    try:
-        return build_routing_table(config, _registry(config).resolve)
-    except UnknownModelVersion as exc:
-        raise CliError(f"{exc}. Run `rampart models seed-demo` for the demo models.") from None
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
+from serving.cli.common import (
+    DEFAULT_CONFIG,
+    CliError,
+    load_config_or_exit,
+    load_plan_or_exit,
+    port_free,
+    routing_table,
+)
 
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_seed_demo(args: argparse.Namespace) -> int:
-    from models.demo import seed_demo_models
+    from serving.cli.demo.models import seed_demo_models
 
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,10 +42,10 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from serving.app import start_gateway
-    from serving.process_guard import AlreadyServing, claim, reap_previous, release
+    from serving.cli.process_guard import AlreadyServing, claim, reap_previous, release
+    from serving.gateway.ray_app import start_gateway
 
-    config = _load(args.config)
+    config = load_config_or_exit(args.config)
     host = args.host or config.server.host
     port = args.port or config.server.port
     try:
@@ -88,9 +54,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if reaped:
         print(f"ended {len(reaped)} processes left by a killed rampart serve", flush=True)
-    if not _port_free(host, port):
+    if not port_free(host, port):
         raise CliError(f"port {port} on {host} is in use; pick another with --port")
-    _routing_table(config)  # fail fast, with a clear message, on unknown versions
+    routing_table(config)  # fail fast, with a clear message, on unknown versions
     claim(config.data_dir)
     # Both signals become a clean, flushing shutdown, also while starting up
     # (start_gateway keeps these handlers across ray.init).
@@ -112,12 +78,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
-    from serving.router import route, route_many
+    from serving.routing.router import route, route_many
 
-    config = _load(args.config)
+    config = load_config_or_exit(args.config)
     if (args.unit_id is None) == (args.units_file is None):
         raise CliError("give exactly one of --unit-id or --units-file")
-    table = _routing_table(config)
+    table = routing_table(config)
     if args.unit_id is not None:
         if not args.unit_id:
             raise CliError("--unit-id must not be empty")
@@ -200,12 +166,7 @@ def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None) -
 
 
 def cmd_rollout_start(args: argparse.Namespace) -> int:
-    from rollout.plan import PlanError, load_plan
-
-    try:
-        plan = load_plan(args.plan)
-    except PlanError as exc:
-        raise CliError(str(exc)) from None
+    plan = load_plan_or_exit(args.plan)
     body = _admin(args, "POST", "/v1/admin/rollouts", plan.model_dump(mode="json",
                                                                        by_alias=True,
                                                                        exclude_none=True))
@@ -221,7 +182,7 @@ def cmd_rollout_command(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout_status(args: argparse.Namespace) -> int:
-    from rollout.status_view import render_status
+    from serving.cli.status_view import render_status
 
     body = _admin(args, "GET", f"/v1/admin/rollouts/{args.id}")
     if args.json:
@@ -245,7 +206,7 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
 def _parity_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
     from telemetry.parity_report import ParityInputError, load_offline_model
 
-    config = _load(args.config)
+    config = load_config_or_exit(args.config)
     model = None
     if getattr(args, "model", None):
         try:
@@ -333,7 +294,7 @@ def cmd_outcomes_import(args: argparse.Namespace) -> int:
     if args.outcomes is not None:
         root = Path(args.outcomes)
     else:
-        root = _load(args.config or DEFAULT_CONFIG).outcomes_log.path
+        root = load_config_or_exit(args.config or DEFAULT_CONFIG).outcomes_log.path
     try:
         result = import_outcomes(args.file, root)
     except OutcomesInputError as exc:
@@ -348,7 +309,7 @@ def cmd_outcomes_import(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from serving.demo import run_demo
+    from serving.cli.demo.run import run_demo
 
     return run_demo(
         config_path=args.config, requests=args.requests, concurrency=args.concurrency,
@@ -466,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="print rows, file and seconds as one JSON object")
     outcomes_import.set_defaults(func=cmd_outcomes_import)
 
-    from rollout.analysis_cli import add_commands as add_analysis_commands
+    from serving.cli.analyze import add_commands as add_analysis_commands
 
     add_analysis_commands(sub)
 

@@ -15,7 +15,9 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from serving.assignment import (
+from serving.kernel.config import FeatureTransform, RampartConfig, TargetingRule
+from serving.kernel.ids import ContextValue
+from serving.routing.assignment import (
     HASH_VERSION,
     Allocation,
     allocate,
@@ -23,7 +25,6 @@ from serving.assignment import (
     buckets_vectorized,
     salt_state,
 )
-from serving.schemas import ContextValue, FeatureTransform, RampartConfig, TargetingRule
 
 DEFAULT_ARM = "default"
 

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from rollout.plan import Guardrails
+from rollout.core.plan import Guardrails
 
 
 class Verdict(StrEnum):

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from rollout.scenarios import ScenarioResult, run_scenario
-from serving.traffic import Population, drive_traffic, summarize
+from serving.cli.demo.scenarios import ScenarioResult, run_scenario
+from serving.cli.demo.traffic import Population, drive_traffic, summarize
 
 
 def run_demo(
@@ -34,16 +34,16 @@ def run_demo(
     """Serving phase, then rollouts; or, with ``scenario``, that one rollout only."""
     import secrets
 
-    from models.demo import DEMO_MODEL_NAME, seed_demo_models
-    from serving.app import start_gateway
-    from serving.cli import CliError, _load, _port_free
+    from serving.cli.common import CliError, load_config_or_exit, port_free
+    from serving.cli.demo.models import DEMO_MODEL_NAME, seed_demo_models
+    from serving.gateway.ray_app import start_gateway
 
     console = Console(width=max(110, Console().width), stderr=as_json)
     if requests < 1 or concurrency < 1:
         raise CliError("--requests and --concurrency must be at least 1")
-    config = _load(config_path)
+    config = load_config_or_exit(config_path)
     host, port = config.server.host, port or config.server.port
-    if not _port_free(host, port):
+    if not port_free(host, port):
         raise CliError(f"port {port} on {host} is in use; pick another with --port")
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -113,8 +113,8 @@ def run_demo(
 
 def seed_versions(config: Any) -> dict[str, str]:
     """Where the demo aliases point now (promotion moves ``champion``)."""
-    from models.demo import DEMO_MODEL_NAME
     from models.registry import MlflowRegistry
+    from serving.cli.demo.models import DEMO_MODEL_NAME
 
     registry = MlflowRegistry(config.resolved_tracking_uri())
     return {alias: registry.resolve(DEMO_MODEL_NAME, alias)
@@ -154,8 +154,8 @@ def _serving_phase(console: Console, gateway: Any, requests: int, concurrency: i
 def _shadow_phase(console: Console, gateway: Any, token: str, config: Any,
                   versions: dict[str, str], reports: Path, decisions: Path) -> int:
     """Mirror live traffic to the candidate, then print and write the parity report."""
-    from models.demo import DEMO_MODEL_NAME
-    from rollout.scenarios import AdminClient
+    from serving.cli.demo.models import DEMO_MODEL_NAME
+    from serving.cli.demo.scenarios import AdminClient
     from telemetry.parity_report import build_report, load_offline_model, render_html
 
     console.rule("[bold]Shadow: candidate v" + versions["candidate"])
@@ -218,10 +218,10 @@ def _analysis_phase(console: Console, config: Any, run_dir: Path, reports: Path)
 
     import pyarrow.parquet as pq
 
-    from rollout.analysis_cli import run_analysis, summary_text
-    from rollout.analysis_data import load_exposures
-    from rollout.analysis_report import write_html
-    from rollout.simulation import TrueEffects, simulate_outcomes
+    from rollout.experiments.data import load_exposures
+    from rollout.experiments.report import write_html
+    from serving.cli.analyze import run_analysis, summary_text
+    from serving.cli.demo.simulated_outcomes import TrueEffects, simulate_outcomes
     from telemetry.outcomes_log import import_outcomes
 
     experiment = next((e for e in config.experiments if e.analysis is not None), None)

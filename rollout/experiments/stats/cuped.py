@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rollout.stats.frequentist import (
+from rollout.experiments.stats.frequentist import (
     NAN,
     centered_cross_products,
     centered_sum_squares,
@@ -23,7 +23,7 @@ from rollout.stats.frequentist import (
     t_inference,
     z_inference,
 )
-from rollout.stats.summary import EffectEstimate, PairSummary
+from rollout.experiments.stats.summary import EffectEstimate, PairSummary
 
 # Tolerance on Σy² − Σy for the 0/1 check of ``binary=True``: sums of 0/1
 # values are integers, so only float accumulation noise is allowed.

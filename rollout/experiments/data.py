@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from rollout.analysis import (
+from rollout.experiments.analysis import (
     ARM_BITS,
     MICROS,
     MISSING_SEGMENT,
@@ -30,7 +30,8 @@ from rollout.analysis import (
     OutcomeRows,
     first_exposures,
 )
-from serving.schemas import AnalysisPlan, ExperimentSpec, RampartConfig
+from serving.kernel.analysis_plan import AnalysisPlan
+from serving.kernel.config import ExperimentSpec, RampartConfig
 from telemetry.batched_writer import visible_parquet_files
 from telemetry.decision_log import DECISION_SCHEMA
 from telemetry.outcomes_log import OUTCOME_SCHEMA

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from scipy import special
 
-from rollout.stats.summary import EffectEstimate, MeanSummary, PairSummary
+from rollout.experiments.stats.summary import EffectEstimate, MeanSummary, PairSummary
 
 NAN = math.nan
 

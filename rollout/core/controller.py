@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rollout.guardrails import ArmWindow, CheckResult, Verdict, Window, evaluate
-from rollout.plan import RolloutPlan
+from rollout.core.guardrails import ArmWindow, CheckResult, Verdict, Window, evaluate
+from rollout.core.plan import RolloutPlan
 
 FULL_BP = 10_000
 

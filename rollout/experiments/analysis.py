@@ -31,18 +31,18 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from rollout.stats.bayes import BayesResult, beta_binomial, normal_means
-from rollout.stats.cuped import cuped_effect
-from rollout.stats.frequentist import ratio_effect, two_proportion_ztest, welch_ttest
-from rollout.stats.multiple import adjust_p_values
-from rollout.stats.sequential import (
+from rollout.experiments.stats.bayes import BayesResult, beta_binomial, normal_means
+from rollout.experiments.stats.cuped import cuped_effect
+from rollout.experiments.stats.frequentist import ratio_effect, two_proportion_ztest, welch_ttest
+from rollout.experiments.stats.multiple import adjust_p_values
+from rollout.experiments.stats.sequential import (
     group_sequential_test,
     mixing_variance_from_mde,
     msprt,
 )
-from rollout.stats.srm import srm_test
-from rollout.stats.summary import EffectEstimate, PairSummary
-from serving.schemas import AnalysisPlan, GuardrailSpec, MetricSpec
+from rollout.experiments.stats.srm import srm_test
+from rollout.experiments.stats.summary import EffectEstimate, PairSummary
+from serving.kernel.analysis_plan import AnalysisPlan, GuardrailSpec, MetricSpec
 
 MICROS = 1_000_000
 ARM_BITS = 4  # up to 16 arms share an int64 with the exposure time (see first_exposures)

@@ -9,18 +9,13 @@ failed checks in a row before rollback, ``steps`` in percent.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serving.schemas import (
-    ID_PATTERN,
-    SALT_PATTERN,
-    UnitType,
-    read_document,
-    validate_document,
-)
+from serving.kernel.config import validate_document
+from serving.kernel.errors import PlanError
+from serving.kernel.ids import ID_PATTERN, SALT_PATTERN, UnitType
 
 
 class _Frozen(BaseModel):
@@ -134,15 +129,6 @@ class RolloutPlan(_Frozen):
         return round(self.steps[index] * 100)
 
 
-class PlanError(Exception):
-    """A plan that cannot be used; the message names every problem."""
-
-
 def parse_plan(data: Any, source: str = "plan") -> RolloutPlan:
     """Validate a plan mapping; raise :class:`PlanError` naming each mistake."""
     return validate_document(RolloutPlan, data, source, "rollout plan", PlanError)
-
-
-def load_plan(path: str | Path) -> RolloutPlan:
-    """Read a plan from YAML or JSON."""
-    return parse_plan(read_document(path, "plan", PlanError), source=str(path))

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from serving.cli import DEFAULT_CONFIG, CliError, _load
+from serving.cli.common import DEFAULT_CONFIG, CliError, load_config_or_exit
 
 
 def add_commands(sub: Any) -> None:
@@ -54,7 +54,7 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from rollout.stats.power import plan
+    from rollout.experiments.stats.power import plan
 
     try:
         result = plan(args.metric_type, args.baseline, args.mde, relative=args.relative,
@@ -100,8 +100,8 @@ def run_analysis(config: Any, experiment_id: str, *, decisions: Path | None = No
                  exploratory_segments: tuple[str, ...] = (), timeline_points: int = 0,
                  now: dt.datetime | None = None) -> dict[str, Any]:
     """Check the pre-registration, read the logs and analyse; CliError on bad input."""
-    from rollout.analysis import analyze
-    from rollout.analysis_data import (
+    from rollout.experiments.analysis import analyze
+    from rollout.experiments.data import (
         AnalysisInputError,
         PlanChanged,
         load_experiment,
@@ -148,14 +148,14 @@ def run_analysis(config: Any, experiment_id: str, *, decisions: Path | None = No
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = load_config_or_exit(args.config)
     as_of = parse_time(args.as_of) if args.as_of else None
     report = run_analysis(config, args.experiment, decisions=args.decisions,
                           outcomes=args.outcomes, as_of=as_of,
                           exploratory_segments=tuple(args.segment),
                           timeline_points=20 if args.html else 0)
     if args.html:
-        from rollout.analysis_report import write_html
+        from rollout.experiments.report import write_html
 
         write_html(report, args.html)
     if args.json:

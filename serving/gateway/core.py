@@ -29,66 +29,34 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from models.registry import Scorer
-from serving.router import Decision, RoutingTable, route
-from serving.schemas import (
-    MAX_BODY_BYTES,
-    MAX_OUTCOME_BODY_BYTES,
-    MAX_OUTCOME_EVENTS,
-    ErrorResponse,
-    OutcomeBatch,
-    OutcomeEvent,
-    OutcomesAccepted,
-    PredictRequest,
-    PredictResponse,
-    format_validation_error,
+from serving.gateway.schemas import ErrorResponse, PredictRequest, PredictResponse
+from serving.gateway.shadow import ShadowJob, ShadowRunner
+from serving.kernel.config import format_validation_error
+from serving.kernel.errors import (
+    InvalidJson,
+    ModelFailed,
+    OutcomesUnavailable,
+    PayloadTooLarge,
+    RampartError,
+    UnsupportedMediaType,
+    ValidationFailed,
 )
-from serving.shadow import ShadowJob, ShadowRunner
+from serving.kernel.ids import MAX_BODY_BYTES
+from serving.routing.router import Decision, RoutingTable, route
 from telemetry.decision_log import DecisionLogWriter, DecisionRecord
 from telemetry.drift_monitor import DriftMonitor
 from telemetry.metrics import CONTENT_TYPE, RequestMetrics, RolloutFigures
+from telemetry.outcome_events import (
+    MAX_OUTCOME_BODY_BYTES,
+    MAX_OUTCOME_EVENTS,
+    OutcomeBatch,
+    OutcomeEvent,
+    OutcomesAccepted,
+)
 from telemetry.outcomes_log import OutcomesLogWriter, outcome_records
 from telemetry.tracing import SPAN_NAME
 
 JSON = "application/json"
-
-
-class RampartError(Exception):
-    """An error with a stable code and HTTP status, answered as JSON."""
-
-    code = "internal_error"
-    status = 500
-
-    def __init__(self, message: str, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.request_id = request_id
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable across Ray
-        return (type(self), (self.message, self.request_id))
-
-
-class InvalidJson(RampartError):
-    code, status = "invalid_json", 400
-
-
-class ValidationFailed(RampartError):
-    code, status = "validation_failed", 422
-
-
-class PayloadTooLarge(RampartError):
-    code, status = "payload_too_large", 413
-
-
-class ModelFailed(RampartError):
-    code, status = "model_error", 500
-
-
-class UnsupportedMediaType(RampartError):
-    code, status = "unsupported_media_type", 415
-
-
-class OutcomesUnavailable(RampartError):
-    code, status = "outcomes_log_unavailable", 503
 
 
 class InjectedFault(RuntimeError):

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from models.registry import Scorer
-from serving.router import ModelRef
+from serving.routing.router import ModelRef
 from telemetry.decision_log import DecisionLogWriter, batch_table
 from telemetry.metrics import ShadowMetrics
 from telemetry.parity import agreement

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from models.demo import FEATURE_NAMES
-from serving.assignment import buckets_vectorized
+from serving.cli.demo.models import FEATURE_NAMES
+from serving.routing.assignment import buckets_vectorized
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 
-from models.demo import FEATURE_NAMES
-from serving.traffic import platforms_of
+from serving.cli.demo.models import FEATURE_NAMES
+from serving.cli.demo.traffic import platforms_of
 
 Scenario = Literal["healthy", "latency-fault", "error-fault"]
 SCENARIOS: tuple[Scenario, ...] = ("healthy", "latency-fault", "error-fault")

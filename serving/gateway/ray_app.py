@@ -27,8 +27,8 @@ from typing import Any
 import ray
 from pydantic import BaseModel, ConfigDict
 
-from serving.router import RoutingTable
-from serving.schemas import RampartConfig
+from serving.kernel.config import RampartConfig
+from serving.routing.router import RoutingTable
 from telemetry.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def set_ingress_env() -> None:
 def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
     from ray import serve
 
-    from serving.gateway import GatewayCore, build_app
+    from serving.gateway.core import GatewayCore, build_app
 
     @serve.deployment(
         name=DEPLOYMENT_NAME,
@@ -166,7 +166,7 @@ class RayControlPlane:
 
 
 def active_faults(snapshot: Any) -> dict[tuple[str, str], Any]:
-    from serving.gateway import ActiveFault
+    from serving.gateway.core import ActiveFault
 
     return {(f.model_name, f.model_version): ActiveFault(f.latency_ms / 1000.0, f.error_rate)
             for f in snapshot.faults}
@@ -174,8 +174,8 @@ def active_faults(snapshot: Any) -> dict[tuple[str, str], Any]:
 
 def build_core(settings: ReplicaSettings, table: RoutingTable, registry: Any) -> Any:
     """Load every reachable version and wire the request path for one replica."""
-    from serving.gateway import GatewayCore
-    from serving.shadow import ShadowRunner
+    from serving.gateway.core import GatewayCore
+    from serving.gateway.shadow import ShadowRunner
     from telemetry.decision_log import DecisionLogWriter
     from telemetry.drift_monitor import DriftMonitor
     from telemetry.metrics import DriftMetrics, RequestMetrics, ShadowMetrics
@@ -274,7 +274,7 @@ def start_gateway(
     outcomes_dir = resolve_outcomes_path(config)  # created by the first write
     prepare_multiprocess_dir(metrics_dir)
     # Serving an experiment is when its analysis plan must already be fixed.
-    from rollout.analysis_data import register_config_plans
+    from rollout.experiments.data import register_config_plans
 
     for problem in register_config_plans(config, dt.datetime.now(dt.UTC)):
         log.warning("%s", problem)

@@ -1,0 +1,298 @@
+"""The routing configuration: models, experiments, arms, targeting, shadows,
+transforms and where logs go (part of the config kernel).
+
+Pure: validated once, at the edge (CLI or admin API), from a mapping;
+everything deeper receives these frozen objects, never dicts. Reading YAML
+files is the edge's job (``serving/documents.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from serving.kernel.analysis_plan import AnalysisPlan
+from serving.kernel.errors import ConfigError
+from serving.kernel.ids import BUCKETS, ID_PATTERN, UnitType, check_salt
+from serving.kernel.ids import Frozen as _Frozen
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+class ModelSpec(_Frozen):
+    """A registered MLflow model and the versions (numbers or aliases) to serve."""
+
+    name: str = Field(min_length=1, max_length=256)
+    versions: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("versions")
+    @classmethod
+    def _distinct(cls, versions: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(versions)) != len(versions):
+            raise ValueError(f"versions listed twice: {sorted(versions)}")
+        if any(not v.strip() for v in versions):
+            raise ValueError("a version or alias must not be empty")
+        return versions
+
+
+class ModelTarget(_Frozen):
+    """Which model version something routes to: a version number or an alias."""
+
+    model: str
+    version: str = Field(min_length=1)
+
+
+class TargetingRule(_Frozen):
+    """Eligibility on request context, checked before bucketing.
+
+    ``{"attribute": "country", "op": "in", "values": ["US", "CA"]}``. A unit
+    whose context lacks the attribute is not eligible.
+    """
+
+    attribute: str = Field(min_length=1, max_length=64)
+    op: Literal["in", "not_in", "eq", "ne", "gt", "gte", "lt", "lte"]
+    values: tuple[str | float | bool, ...] = ()
+    value: str | float | bool | None = None
+
+    @model_validator(mode="after")
+    def _operands(self) -> TargetingRule:
+        if self.op in ("in", "not_in"):
+            if not self.values:
+                raise ValueError(f"op {self.op!r} needs a non-empty 'values' list")
+        elif self.value is None:
+            raise ValueError(f"op {self.op!r} needs a 'value'")
+        if self.op in ("gt", "gte", "lt", "lte") and (
+            isinstance(self.value, bool) or not isinstance(self.value, int | float)
+        ):
+            raise ValueError(f"op {self.op!r} needs a numeric 'value'")
+        return self
+
+
+class ArmSpec(ModelTarget):
+    """One arm of an experiment: a name, a weight in basis points, a model version."""
+
+    name: str = Field(pattern=ID_PATTERN)
+    weight_bp: int = Field(ge=0, le=BUCKETS)
+
+
+class ExperimentSpec(_Frozen):
+    """An experiment: who is eligible, how units are hashed, which arm serves what.
+
+    The first arm is the control (baseline). Weights are basis points and sum
+    to 10,000 (100%).
+    """
+
+    id: str = Field(pattern=ID_PATTERN)
+    salt: str
+    unit: UnitType = "user_id"
+    arms: tuple[ArmSpec, ...] = Field(min_length=2, max_length=16)
+    targeting: tuple[TargetingRule, ...] = ()
+    analysis: AnalysisPlan | None = None
+
+    @field_validator("salt")
+    @classmethod
+    def _salt(cls, salt: str) -> str:
+        return check_salt(salt)
+
+    # A field validator (not a model one) so that a bad salt and bad weights
+    # are both reported in the same error.
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, arms: tuple[ArmSpec, ...], info: ValidationInfo) -> tuple[ArmSpec, ...]:
+        experiment = info.data.get("id", "?")
+        names = [a.name for a in arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment {experiment!r}: arm names must be distinct, got {names}")
+        total = sum(a.weight_bp for a in arms)
+        if total != BUCKETS:
+            raise ValueError(
+                f"experiment {experiment!r}: arm weights sum to {total} basis points; "
+                f"they must sum to {BUCKETS} (100%)"
+            )
+        return arms
+
+
+class ShadowSpec(ModelTarget):
+    """A version that receives a copy of live traffic off the hot path.
+
+    ``sample_bp`` basis points of units are mirrored, chosen by bucket under
+    ``salt`` so the same units are always mirrored.
+    """
+
+    sample_bp: int = Field(default=10_000, ge=1, le=BUCKETS)
+    salt: str = "shadow"
+
+    @field_validator("salt")
+    @classmethod
+    def _salt(cls, salt: str) -> str:
+        return check_salt(salt)
+
+
+class FeatureTransform(_Frozen):
+    """An online feature computation applied before scoring: ``scale`` multiplies,
+    ``shift`` adds, ``log1p`` takes log(1 + x), ``clip`` bounds to ``[low, high]``.
+
+    The decision log keeps the features as the client sent them, so offline
+    replay (``rampart parity replay``) catches a transform the offline model
+    does not apply."""
+
+    feature: str = Field(min_length=1)
+    op: Literal["scale", "shift", "log1p", "clip"]
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _operands(self) -> FeatureTransform:
+        if self.op in ("scale", "shift") and self.value is None:
+            raise ValueError(f"{self.op} needs a 'value'")
+        if self.op == "clip" and (self.low is None or self.high is None or self.low > self.high):
+            raise ValueError("clip needs 'low' <= 'high'")
+        return self
+
+    def apply(self, x: float) -> float:
+        if self.op == "scale":
+            return x * (self.value or 0.0)
+        if self.op == "shift":
+            return x + (self.value or 0.0)
+        if self.op == "log1p":
+            return math.log1p(x) if x > -1 else float("nan")
+        assert self.low is not None and self.high is not None
+        return min(max(x, self.low), self.high)
+
+
+class ParityConfig(_Frozen):
+    """Thresholds for parity and drift checks."""
+
+    replay_tolerance: float = Field(default=1e-6, gt=0)
+    psi_threshold: float = Field(default=0.2, gt=0)
+    ks_alpha: float = Field(default=0.001, gt=0, lt=1)
+    min_label_agreement: float = Field(default=0.95, ge=0, le=1)
+    drift_every_s: float = Field(default=10.0, gt=0, le=3600,
+                                 description="how often replicas recompute online drift")
+
+
+class ShadowConfig(_Frozen):
+    queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
+class DecisionLogConfig(_Frozen):
+    path: Path = Path(".rampart/decisions")
+    batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
+    flush_interval_s: float = Field(default=2.0, gt=0, le=3600)
+
+
+class OutcomesLogConfig(_Frozen):
+    """Where outcome events (``POST /v1/outcomes``, ``rampart outcomes import``) land."""
+
+    path: Path = Path(".rampart/outcomes")
+    batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
+    flush_interval_s: float = Field(default=2.0, gt=0, le=3600)
+
+
+class TelemetryConfig(_Frozen):
+    metrics_dir: Path = Path(".rampart/metrics")
+    # "otlp" exports when OTEL_EXPORTER_OTLP_ENDPOINT is set; spans are always
+    # created so a sampled or in-memory pipeline sees every request.
+    tracing: Literal["auto", "off"] = "auto"
+
+
+class ServerConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    num_replicas: int = Field(default=1, ge=1, le=64)
+
+
+class RampartConfig(_Frozen):
+    """The whole routing configuration (``deploy/rampart.yaml``)."""
+
+    tracking_uri: str | None = None
+    data_dir: Path = Path(".rampart")
+    rollout_store_url: str | None = None
+    preregistration_dir: Path | None = None
+    models: tuple[ModelSpec, ...] = Field(min_length=1)
+    default: ModelTarget
+    experiments: tuple[ExperimentSpec, ...] = ()
+    shadows: tuple[ShadowSpec, ...] = ()
+    shadow: ShadowConfig = ShadowConfig()
+    feature_transforms: tuple[FeatureTransform, ...] = ()
+    parity: ParityConfig = ParityConfig()
+    decision_log: DecisionLogConfig = DecisionLogConfig()
+    outcomes_log: OutcomesLogConfig = OutcomesLogConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    server: ServerConfig = ServerConfig()
+
+    @model_validator(mode="after")
+    def _references(self) -> RampartConfig:
+        served = {(m.name, v) for m in self.models for v in m.versions}
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models listed twice: {names}")
+        targets: list[tuple[str, ModelTarget]] = [("default", self.default)]
+        targets += [(f"shadow {s.model}/{s.version}", s) for s in self.shadows]
+        for exp in self.experiments:
+            targets += [(f"experiment {exp.id!r} arm {a.name!r}", a) for a in exp.arms]
+        for where, target in targets:
+            if (target.model, target.version) not in served:
+                raise ValueError(
+                    f"{where}: unknown model version {target.model}/{target.version}; "
+                    f"served versions are {sorted(f'{m}/{v}' for m, v in served)}"
+                )
+        ids = [e.id for e in self.experiments]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate experiment ids: {duplicates}")
+        return self
+
+    def resolved_preregistration_dir(self) -> Path:
+        """Where experiments' analysis plans are recorded (see ``rampart analyze``)."""
+        return self.preregistration_dir or self.data_dir / "preregistrations"
+
+    def resolved_store_url(self) -> str:
+        """SQLAlchemy URL of the rollout store: configured, or SQLite under ``data_dir``."""
+        if self.rollout_store_url:
+            return self.rollout_store_url
+        return f"sqlite:///{(self.data_dir / 'rollouts.db').resolve()}"
+
+    def resolved_tracking_uri(self) -> str:
+        """MLflow tracking URI: the configured one or SQLite under ``data_dir``."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, with the path to the offending field."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(root)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def validate_document(
+    model: type[ModelT], data: Any, source: str, noun: str, error: type[Exception]
+) -> ModelT:
+    """Validate a mapping into ``model``; raise ``error`` naming every mistake."""
+    if not isinstance(data, dict):
+        raise error(f"{source} must hold a mapping at the top level")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = format_validation_error(exc)
+        raise error(f"{source} is not a valid {noun}:\n{problems}") from None
+
+
+def parse_config(data: Any, source: str = "config") -> RampartConfig:
+    """Validate a config mapping; raise :class:`ConfigError` naming each mistake."""
+    return validate_document(RampartConfig, data, source, "Rampart config", ConfigError)

@@ -1,0 +1,105 @@
+"""The one error hierarchy of Rampart.
+
+Every error a user can cause has a stable ``code`` and an HTTP ``status``;
+the HTTP layer turns any :class:`RampartError` into
+``{"error": {"code", "message", "request_id"}}`` with that status (one table:
+the class attributes below), and the CLI prints its message on one line and
+exits 2. Errors are picklable, so they cross Ray's actor boundary intact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RampartError(Exception):
+    """An error with a stable code and HTTP status, answered as JSON."""
+
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across Ray
+        return (type(self), (self.message, self.request_id))
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error body every 4xx/5xx answer carries."""
+        return {"error": {"code": self.code, "message": self.message,
+                          "request_id": self.request_id}}
+
+
+# ----------------------------------------------------------------- request input
+
+class InvalidJson(RampartError):
+    code, status = "invalid_json", 400
+
+
+class ValidationFailed(RampartError):
+    code, status = "validation_failed", 422
+
+
+class PayloadTooLarge(RampartError):
+    code, status = "payload_too_large", 413
+
+
+class UnsupportedMediaType(RampartError):
+    code, status = "unsupported_media_type", 415
+
+
+class Unauthorized(RampartError):
+    code, status = "unauthorized", 401
+
+
+# ----------------------------------------------------------------- serving
+
+class ModelFailed(RampartError):
+    code, status = "model_error", 500
+
+
+class OutcomesUnavailable(RampartError):
+    code, status = "outcomes_log_unavailable", 503
+
+
+class NoControlPlane(RampartError):
+    code, status = "no_control_plane", 503
+
+
+# ----------------------------------------------------------------- configuration
+
+class ConfigError(RampartError):
+    """A configuration that cannot be used; the message names every problem."""
+
+    code, status = "invalid_config", 422
+
+
+class PlanError(RampartError):
+    """A rollout plan that cannot be used; the message names every problem."""
+
+    code, status = "invalid_plan", 422
+
+
+# ----------------------------------------------------------------- control plane
+
+class InvalidRollout(RampartError):
+    """A well-formed command the control plane cannot carry out as asked."""
+
+    code, status = "invalid_rollout", 422
+
+
+class RolloutNotFound(RampartError):
+    code, status = "rollout_not_found", 404
+
+
+class RolloutConflict(RampartError):
+    """A command that contradicts the rollout's state (finished, or a second
+    rollout of the same model)."""
+
+    code, status = "rollout_conflict", 409
+
+
+class ControlPlaneUnavailable(RampartError):
+    code, status = "control_plane_unavailable", 503
