@@ -1,7 +1,8 @@
 """Where the controller reads per-arm counts: the gateway's own metrics or Prometheus.
 
 Both sources return *cumulative* per-arm counts (requests, errors, latency
-histogram buckets) of a rollout's experiment; the service differences two
+histogram buckets) of the traffic a rollout's split routed (the
+``rollout_id``/``rollout_arm`` labels of ``rampart_requests_total``); the service differences two
 snapshots into an analysis window, so the window is exactly the traffic
 between two checks whatever the scrape or poll timing.
 
@@ -33,8 +34,8 @@ class MetricsUnavailable(Exception):
 
 
 class MetricsSource(Protocol):
-    def snapshot(self, experiment_id: str) -> Snapshot:
-        """Cumulative counts per arm; raises MetricsUnavailable."""
+    def snapshot(self, rollout_id: str) -> Snapshot:
+        """Cumulative counts per rollout arm; raises MetricsUnavailable."""
         ...
 
     def custom(self, plan: RolloutPlan, rollout_id: str) -> dict[str, float | None]:
@@ -65,7 +66,7 @@ class BuiltinMetricsSource:
     def __init__(self, metrics_dir: Path) -> None:
         self.metrics_dir = metrics_dir
 
-    def snapshot(self, experiment_id: str) -> Snapshot:
+    def snapshot(self, rollout_id: str) -> Snapshot:
         if not self.metrics_dir.is_dir():
             raise MetricsUnavailable(f"metrics directory {self.metrics_dir} does not exist")
         registry = CollectorRegistry()
@@ -78,9 +79,9 @@ class BuiltinMetricsSource:
         for family in families:
             for sample in family.samples:
                 labels = sample.labels
-                if labels.get("experiment_id") != experiment_id:
+                if labels.get("rollout_id") != rollout_id:
                     continue
-                arm = _add(raw, labels["arm"])
+                arm = _add(raw, labels["rollout_arm"])
                 if sample.name == "rampart_requests_total":
                     arm["requests"] = float(str(arm["requests"])) + sample.value
                     if labels.get("status") == "error":
@@ -144,20 +145,20 @@ class PrometheusMetricsSource:
         assert isinstance(result, list)
         return result
 
-    def snapshot(self, experiment_id: str) -> Snapshot:
-        selector = f'{{experiment_id="{experiment_id}"}}'
+    def snapshot(self, rollout_id: str) -> Snapshot:
+        selector = f'{{rollout_id="{rollout_id}"}}'
         raw: dict[str, dict[str, object]] = {}
-        for item in self._query(f"sum by (arm, status) (rampart_requests_total{selector})"):
+        for item in self._query(f"sum by (rollout_arm, status) (rampart_requests_total{selector})"):
             labels, value = _sample(item)
-            arm = _add(raw, labels["arm"])
+            arm = _add(raw, labels["rollout_arm"])
             arm["requests"] = float(str(arm["requests"])) + value
             if labels.get("status") == "error":
                 arm["errors"] = float(str(arm["errors"])) + value
         for item in self._query(
-            f"sum by (arm, le) (rampart_request_latency_seconds_bucket{selector})"
+            f"sum by (rollout_arm, le) (rampart_request_latency_seconds_bucket{selector})"
         ):
             labels, value = _sample(item)
-            buckets = _add(raw, labels["arm"])["buckets"]
+            buckets = _add(raw, labels["rollout_arm"])["buckets"]
             assert isinstance(buckets, dict)
             buckets[float(labels["le"])] = value
         return _freeze(raw)

@@ -41,14 +41,12 @@ from rollout.core.controller import (
 from rollout.core.plan import RolloutPlan
 from rollout.metrics_source import MetricsSource, MetricsUnavailable, Snapshot, window_between
 from rollout.store import RolloutStore
-from serving.kernel.config import ArmSpec, ExperimentSpec, ModelSpec, RampartConfig, ShadowSpec
+from serving.kernel.config import ModelSpec, RampartConfig, ShadowSpec
 from serving.kernel.errors import InvalidRollout, RolloutConflict, RolloutNotFound
-from serving.routing.router import RoutingTable, build_routing_table
+from serving.routing.router import RolloutRoute, RoutingTable, build_routing_table
 
 log = logging.getLogger(__name__)
 
-BASELINE_ARM = "baseline"
-CANDIDATE_ARM = "candidate"
 CHAMPION_ALIAS = "champion"
 
 
@@ -110,6 +108,8 @@ class RolloutService:
     _faults: dict[tuple[str, str], Fault] = field(default_factory=dict)
     _shadows: dict[tuple[str, str], ShadowSpec] = field(default_factory=dict)
     _snapshot: RoutingSnapshot | None = None
+    # Promoted rollouts whose alias has not moved yet: their split stays at 100%.
+    _alias_pending: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         # A restarted controller resumes every rollout where the store left it.
@@ -119,38 +119,39 @@ class RolloutService:
     # ------------------------------------------------------------------ routing
 
     def _compose_config(self) -> RampartConfig:
-        """The base config with one experiment per rollout that routes traffic."""
-        experiments: list[ExperimentSpec] = []
+        """The base config with the shadows attached at run time.
+
+        Rollouts are not experiments: they reach routing as splits of their
+        baseline's traffic (:meth:`_rollout_routes`), so configured
+        experiments keep their units while a rollout runs and after it ends.
+        """
         served: dict[str, set[str]] = {m.name: set(m.versions) for m in self.config.models}
-        promoted_seen: set[str] = set()
-        for state in sorted(self._states.values(), key=lambda s: -s.created_at):
-            if state.phase in (Phase.ROLLED_BACK, Phase.ABORTED):
-                continue  # traffic is back on the configured routing
-            plan = state.plan
-            if state.phase == Phase.PROMOTED:
-                if plan.model_name in promoted_seen:
-                    continue
-                promoted_seen.add(plan.model_name)
-            served.setdefault(plan.model_name, set()).update(
-                {plan.baseline_version, plan.candidate_version})
-            experiments.append(ExperimentSpec(
-                id=state.id, salt=state.salt, unit=plan.unit,
-                arms=(
-                    ArmSpec(name=BASELINE_ARM, model=plan.model_name,
-                            version=plan.baseline_version, weight_bp=10_000 - state.weight_bp),
-                    ArmSpec(name=CANDIDATE_ARM, model=plan.model_name,
-                            version=plan.candidate_version, weight_bp=state.weight_bp),
-                ),
-            ))
         for shadow in self._shadows.values():
             served.setdefault(shadow.model, set()).add(shadow.version)
         models = tuple(ModelSpec(name=name, versions=tuple(sorted(versions)))
                        for name, versions in served.items())
         shadows = {(s.model, s.version): s for s in self.config.shadows}
         shadows.update(self._shadows)
-        return self.config.model_copy(update={
-            "models": models, "experiments": (*experiments, *self.config.experiments),
-            "shadows": tuple(shadows.values())})
+        return self.config.model_copy(update={"models": models,
+                                              "shadows": tuple(shadows.values())})
+
+    def _rollout_routes(self) -> tuple[RolloutRoute, ...]:
+        """The rollouts whose split routes traffic: every unfinished one, and a
+        promoted one until its alias has moved (so promotion never sends
+        traffic back to the baseline in between). After that the alias carries
+        the candidate and the split ends; rolled-back and aborted rollouts
+        route nothing."""
+        routes = []
+        for state in self._states.values():
+            promoting = state.phase == Phase.PROMOTED and state.id in self._alias_pending
+            if state.terminal and not promoting:
+                continue
+            plan = state.plan
+            routes.append(RolloutRoute(
+                rollout_id=state.id, salt=state.salt, unit_type=plan.unit,
+                model_name=plan.model_name, baseline_version=plan.baseline_version,
+                candidate_version=plan.candidate_version, weight_bp=state.weight_bp))
+        return tuple(routes)
 
     def set_shadow(self, shadow: ShadowSpec, enabled: bool = True) -> RoutingSnapshot:
         """Attach (or detach) a version as a shadow of all or a sample of traffic."""
@@ -168,13 +169,21 @@ class RolloutService:
             assert self._snapshot is not None
             return self._snapshot
 
-    def _publish(self) -> None:
+    def _publish(self) -> list[str]:
+        """Build and publish the next routing table; return the experiments
+        whose arms newly all serve one version (see :meth:`RoutingTable.shared_versions`)."""
         version = self.store.next_counter("routing_version")
-        table = build_routing_table(self._compose_config(), self.registry.resolve, version)
+        table = build_routing_table(self._compose_config(), self.registry.resolve, version,
+                                    self._rollout_routes())
+        before = set(self._snapshot.table.shared_versions()) if self._snapshot else set()
         gauges = tuple(
             RolloutGauge(s.id, not s.terminal, s.weight_bp, s.last_transition_at or s.created_at)
             for s in self._states.values())
         self._snapshot = RoutingSnapshot(table, tuple(self._faults.values()), gauges)
+        collapsed = [line for line in table.shared_versions() if line not in before]
+        for line in collapsed:
+            log.warning("routing version %d: %s", version, line)
+        return collapsed
 
     def snapshot(self, known_version: int = -1) -> RoutingSnapshot | None:
         """The routing snapshot if newer than ``known_version``, else None."""
@@ -326,15 +335,22 @@ class RolloutService:
                  metrics_error: str = "") -> None:
         new_state, actions = step(state, window, events, now, metrics_error)
         records: list[AuditRecord] = []
+        collapsed: list[str] = []
         published = False
+        if new_state.phase == Phase.PROMOTED and state.phase != Phase.PROMOTED:
+            # Until the alias has moved, the split keeps the candidate serving.
+            self._alias_pending.add(state.id)
         for action in actions:
             if isinstance(action, SetWeight):
                 self._states[state.id] = new_state
-                self._publish()  # traffic moves before anything else
+                collapsed += self._publish()  # traffic moves before anything else
                 published = True
             elif isinstance(action, PromoteAlias):
                 promote = functools.partial(self._promote, new_state, action)
-                self._mlflow(promote, records, now, new_state)
+                if self._mlflow(promote, records, now, new_state):
+                    # The alias now reaches the candidate: the rollout's split ends.
+                    self._alias_pending.discard(state.id)
+                    collapsed += self._publish()
             elif isinstance(action, TagRolledBack):
                 tag = functools.partial(self._tag_rollback, new_state, action)
                 self._mlflow(tag, records, now, new_state)
@@ -342,7 +358,14 @@ class RolloutService:
                 records.append(action.record)
         self._states[state.id] = new_state
         if records and not published:
-            self._publish()  # a transition without a weight change still updates gauges
+            collapsed += self._publish()  # a transition without a weight change updates gauges
+        if collapsed:
+            # An alias move can leave an experiment comparing a version with itself.
+            records.append(AuditRecord(
+                at=now, from_phase=new_state.phase, to_phase=new_state.phase,
+                step_index=new_state.step_index, weight_bp=new_state.weight_bp,
+                reason="routing now compares a version with itself: " + "; ".join(collapsed),
+                figures={"shared_versions": collapsed}))
         if new_state != state:
             self.store.save(new_state, records)
 
@@ -365,8 +388,11 @@ class RolloutService:
                                       value)
 
     def _mlflow(self, call: Callable[[], None], records: list[AuditRecord], now: float,
-                state: RolloutState) -> None:
-        # MLflow being down must not stop traffic from moving; the trail says so.
+                state: RolloutState) -> bool:
+        """Run an MLflow update; True if it succeeded.
+
+        MLflow being down must not stop traffic from moving; the trail says so.
+        """
         try:
             call()
         except Exception as exc:
@@ -375,6 +401,8 @@ class RolloutService:
                 at=now, from_phase=state.phase, to_phase=state.phase,
                 step_index=state.step_index, weight_bp=state.weight_bp,
                 reason=f"MLflow update failed: {exc}", figures={}))
+            return False
+        return True
 
 
 def _window_json(state: RolloutState) -> dict[str, Any] | None:

@@ -22,7 +22,12 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-REQUEST_LABELS = ("model_name", "model_version", "experiment_id", "arm", "status")
+# ``rollout_id``/``rollout_arm`` are set where a rollout's split decided the
+# version (baseline or candidate), empty elsewhere: the rollout controller and
+# its alert rules read exactly the traffic its split routed, while
+# ``experiment_id``/``arm`` keep the experiment's assignment of the same request.
+REQUEST_LABELS = ("model_name", "model_version", "experiment_id", "arm", "rollout_id",
+                  "rollout_arm", "status")
 LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -84,7 +89,7 @@ class RequestMetrics:
             self.rollout_weight.labels(r.rollout_id).set(r.weight_bp)
             self.rollout_transition.labels(r.rollout_id).set(r.last_transition_at)
 
-    def observe(self, labels: tuple[str, str, str, str, str], latency_s: float) -> None:
+    def observe(self, labels: tuple[str, str, str, str, str, str, str], latency_s: float) -> None:
         """Count one request and its latency."""
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(latency_s)

@@ -100,6 +100,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
             "bucket": decision.bucket,
             "experiment_id": decision.experiment_id,
             "arm": decision.arm,
+            "layer": decision.layer,
             "model_name": decision.model.name,
             "model_version": decision.model.version,
             "routing_version": table.version,
@@ -126,6 +127,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
         "bucket": pa.array(columns["bucket"], type=pa.int64()).cast(pa.int64()),
         "experiment_id": pa.array(columns["experiment_id"], type=pa.string()),
         "arm": pa.array(columns["arm"], type=pa.string()),
+        "layer": pa.array(columns["layer"], type=pa.string()),
         "model_name": pa.array(columns["model_name"], type=pa.string()),
         "model_version": pa.array(columns["model_version"], type=pa.string()),
     })

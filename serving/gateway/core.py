@@ -57,6 +57,7 @@ from telemetry.outcomes_log import OutcomesLogWriter, outcome_records
 from telemetry.tracing import SPAN_NAME
 
 JSON = "application/json"
+REJECTED_LABELS = ("", "", "", "", "", "", "rejected")
 
 
 class InjectedFault(RuntimeError):
@@ -158,7 +159,7 @@ class GatewayCore:
                 )
             request = parse_predict(body, request_id)
         except RampartError as error:
-            self.metrics.observe(("", "", "", "", "rejected"), time.perf_counter() - started)
+            self.metrics.observe(REJECTED_LABELS, time.perf_counter() - started)
             return Outcome(error.status, error_body(error))
         request_id = request.request_id or request_id or uuid.uuid4().hex
         table = self._table  # one snapshot for the whole request
@@ -169,7 +170,7 @@ class GatewayCore:
             features = table.transform(request.features)
             values = feature_vector(features, scorer, self._feature_sets[key], request_id)
         except RampartError as error:
-            self.metrics.observe(("", "", "", "", "rejected"), time.perf_counter() - started)
+            self.metrics.observe(REJECTED_LABELS, time.perf_counter() - started)
             return Outcome(error.status, error_body(error))
         error_text: str | None = None
         prediction: float | None = None
@@ -229,6 +230,8 @@ class GatewayCore:
             decision.model.version,
             decision.experiment_id or "",
             decision.arm,
+            decision.rollout_id or "",
+            decision.rollout_arm or "",
             status,
         )
         self.metrics.observe(labels, latency_s)
@@ -237,7 +240,8 @@ class GatewayCore:
             self.decision_log.append(
                 DecisionRecord(
                     request_id, decision.unit_id, decision.unit_type, decision.experiment_id,
-                    None, decision.arm, decision.model.name, decision.model.version, "primary",
+                    decision.layer, decision.arm, decision.model.name, decision.model.version,
+                    "primary",
                     now, request.features, prediction, latency_s * 1000.0, status, error,
                     request.context or None,
                 )
@@ -253,6 +257,7 @@ class GatewayCore:
                 "rampart.unit_type": decision.unit_type,
                 "rampart.experiment_id": decision.experiment_id or "",
                 "rampart.arm": decision.arm,
+                "rampart.layer": decision.layer,
                 "rampart.model_name": decision.model.name,
                 "rampart.model_version": decision.model.version,
                 "rampart.status": status,

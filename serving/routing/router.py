@@ -3,12 +3,20 @@
 Pure code over an immutable :class:`RoutingTable` snapshot. A gateway replica
 holds one table at a time and swaps the whole object when a newer version
 arrives, so no request ever sees half of one table and half of another.
+
+A request is routed in layers. First the experiments (config order; the first
+whose targeting the context satisfies takes the unit) or, outside them, the
+default route give a model version. Then a running rollout of that model from
+version B to C applies only where the result is B: its own salt splits those
+units between B and C. So an arm that serves another version keeps exactly
+its units, and promotion (moving the alias to C, after which the rollout's
+split ends) changes only what reached B through that alias.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +35,11 @@ from serving.routing.assignment import (
 )
 
 DEFAULT_ARM = "default"
+DEFAULT_LAYER = "default"
+EXPERIMENT_LAYER_PREFIX = "experiment:"
+ROLLOUT_LAYER_PREFIX = "rollout:"
+BASELINE_ARM = "baseline"
+CANDIDATE_ARM = "candidate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +77,50 @@ class CompiledShadow:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutSplit:
+    """A running rollout of one model as routing sees it: of the units whose
+    route ends on ``baseline``, those with a bucket under ``weight_bp`` (hashed
+    with the rollout's own salt) are served ``candidate``.
+
+    The candidate owns buckets ``[0, weight_bp)``, so ramping only adds units
+    (monotone) and a weight of 0 returns every unit to the baseline.
+    """
+
+    rollout_id: str
+    salt: str
+    salt_state: int
+    unit_type: str
+    baseline: ModelRef
+    candidate: ModelRef
+    weight_bp: int
+
+    @property
+    def layer(self) -> str:
+        return f"{ROLLOUT_LAYER_PREFIX}{self.rollout_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingTable:
-    """Everything a replica needs to route, frozen, with a version number."""
+    """Everything a replica needs to route, frozen, with a version number.
+
+    Aliases are resolved when the table is built, so a table version names
+    concrete model versions: the decision log records what was served, and an
+    alias moved by a promotion takes effect with the next table.
+    """
 
     version: int
     experiments: tuple[CompiledExperiment, ...]
     default: ModelRef
     shadows: tuple[CompiledShadow, ...] = ()
     feature_transforms: tuple[FeatureTransform, ...] = ()
+    rollouts: tuple[RolloutSplit, ...] = ()
+
+    def rollout_for(self, model_name: str) -> RolloutSplit | None:
+        """The running rollout of ``model_name``, if any (at most one per model)."""
+        for split in self.rollouts:
+            if split.baseline.name == model_name:
+                return split
+        return None
 
     def transform(self, features: Mapping[str, float]) -> Mapping[str, float]:
         """The features the models see: the online transforms applied in order."""
@@ -88,7 +137,39 @@ class RoutingTable:
         refs = {self.default, *(s.model for s in self.shadows)}
         for exp in self.experiments:
             refs.update(exp.arm_models)
-        return tuple(sorted(refs, key=lambda r: (r.name, r.version)))
+        for split in self.rollouts:
+            refs.update((split.baseline, split.candidate))
+        return tuple(sorted(refs, key=lambda r: (r.name, r.version, r.alias or "")))
+
+    def versions_by_arm(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        """Per experiment, the concrete versions each arm can be served:
+        its own, plus the rollout candidate where a rollout splits that version."""
+        out: dict[str, dict[str, tuple[str, ...]]] = {}
+        for exp in self.experiments:
+            arms: dict[str, tuple[str, ...]] = {}
+            for name, ref in zip(exp.allocation.arm_names, exp.arm_models, strict=True):
+                served = [f"{ref.name}/{ref.version}"]
+                split = self.rollout_for(ref.name)
+                if split is not None and split.baseline.version == ref.version and (
+                        split.weight_bp > 0):
+                    served.append(f"{split.candidate.name}/{split.candidate.version}")
+                arms[name] = tuple(served)
+            out[exp.id] = arms
+        return out
+
+    def shared_versions(self) -> list[str]:
+        """Experiments whose arms serve one and the same version (each arm a
+        single version): such an experiment compares nothing. One line each."""
+        lines = []
+        for exp_id, arms in self.versions_by_arm().items():
+            seen: dict[tuple[str, ...], list[str]] = {}
+            for arm, served in arms.items():
+                seen.setdefault(served, []).append(arm)
+            for served, names in seen.items():
+                if len(names) > 1 and len(served) == 1:
+                    lines.append(f"experiment {exp_id!r}: arms {', '.join(names)} all serve "
+                                 f"{served[0]}")
+        return lines
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready view for ``GET /v1/routing``."""
@@ -98,6 +179,13 @@ class RoutingTable:
             "default": _ref_json(self.default),
             "shadows": [{**_ref_json(s.model), "sample_bp": s.sample_bp, "salt": s.salt}
                         for s in self.shadows],
+            "rollouts": [
+                {"id": r.rollout_id, "layer": r.layer, "unit": r.unit_type, "salt": r.salt,
+                 "model_name": r.baseline.name, "baseline_version": r.baseline.version,
+                 "candidate_version": r.candidate.version, "weight_bp": r.weight_bp,
+                 "candidate_buckets": [[0, r.weight_bp]] if r.weight_bp else []}
+                for r in self.rollouts
+            ],
             "experiments": [
                 {
                     "id": e.id,
@@ -125,7 +213,14 @@ def _ref_json(ref: ModelRef) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Where one request goes and why."""
+    """Where one request goes and why.
+
+    ``experiment_id``/``arm`` are the experiment layer's assignment (or none
+    and ``"default"``); ``layer`` names the layer whose choice is served:
+    ``experiment:<id>``, ``rollout:<id>`` when a rollout's split decided
+    between its baseline and candidate, or ``default``. ``rollout_arm`` is
+    ``baseline`` or ``candidate`` under a rollout, else None.
+    """
 
     unit_id: str
     unit_type: str
@@ -133,16 +228,38 @@ class Decision:
     arm: str
     bucket: int | None
     model: ModelRef
+    layer: str = DEFAULT_LAYER
+    rollout_id: str | None = None
+    rollout_arm: str | None = None
 
 
 VersionResolver = Callable[[str, str], str]
 """``(model_name, version_or_alias) -> concrete version``."""
 
 
+@dataclass(frozen=True, slots=True)
+class RolloutRoute:
+    """What the control plane tells routing about one running rollout."""
+
+    rollout_id: str
+    salt: str
+    unit_type: str
+    model_name: str
+    baseline_version: str
+    candidate_version: str
+    weight_bp: int
+
+
 def build_routing_table(
-    config: RampartConfig, resolve: VersionResolver, version: int = 1
+    config: RampartConfig, resolve: VersionResolver, version: int = 1,
+    rollouts: Sequence[RolloutRoute] = (),
 ) -> RoutingTable:
-    """Compile a validated config into a routing table, resolving aliases once."""
+    """Compile a validated config (and the running rollouts) into a routing
+    table, resolving aliases once.
+
+    At most one rollout per model may split traffic; a second one is a
+    ``ValueError`` (the control plane refuses it before it gets here).
+    """
 
     def ref(model: str, version_or_alias: str) -> ModelRef:
         concrete = resolve(model, version_or_alias)
@@ -165,12 +282,26 @@ def build_routing_table(
         CompiledShadow(ref(s.model, s.version), s.salt, salt_state(s.salt), s.sample_bp)
         for s in config.shadows
     )
+    models = [r.model_name for r in rollouts]
+    if len(set(models)) != len(models):
+        raise ValueError(f"more than one rollout splits the same model: {sorted(models)}")
+    splits = tuple(
+        RolloutSplit(
+            rollout_id=r.rollout_id, salt=r.salt, salt_state=salt_state(r.salt),
+            unit_type=r.unit_type,
+            baseline=ref(r.model_name, r.baseline_version),
+            candidate=ref(r.model_name, r.candidate_version),
+            weight_bp=r.weight_bp,
+        )
+        for r in rollouts
+    )
     return RoutingTable(
         version=version,
         experiments=experiments,
         default=ref(config.default.model, config.default.version),
         shadows=shadows,
         feature_transforms=config.feature_transforms,
+        rollouts=splits,
     )
 
 
@@ -201,10 +332,10 @@ def rule_matches(rule: TargetingRule, context: Mapping[str, ContextValue]) -> bo
     return actual <= threshold
 
 
-def unit_for(experiment: CompiledExperiment, unit_id: str, context: Mapping[str, Any]) -> str:
-    """The id hashed for an experiment: the context's id of the experiment's
-    unit type when the request carries one, else the request's ``unit_id``."""
-    typed = context.get(experiment.unit_type)
+def unit_for(unit_type: str, unit_id: str, context: Mapping[str, Any]) -> str:
+    """The id hashed for a layer: the context's id of the layer's unit type
+    when the request carries one, else the request's ``unit_id``."""
+    typed = context.get(unit_type)
     return typed if isinstance(typed, str) and typed else unit_id
 
 
@@ -215,31 +346,55 @@ def route(
 
     Experiments are tried in config order; the first one whose targeting the
     context satisfies takes the unit. A unit no experiment takes gets the
-    default version with arm ``"default"`` and no experiment.
+    default version with arm ``"default"`` and no experiment. Then, where the
+    version reached is a running rollout's baseline, the rollout's split
+    decides between baseline and candidate.
     """
     ctx: Mapping[str, ContextValue] = context or {}
+    decision = _route_experiments(table, unit_id, ctx)
+    if not table.rollouts:
+        return decision
+    split = table.rollout_for(decision.model.name)
+    if split is None or split.baseline.version != decision.model.version:
+        return decision
+    unit = unit_for(split.unit_type, unit_id, ctx)
+    on_candidate = bucket_from_state(split.salt_state, unit) < split.weight_bp
+    return replace(
+        decision,
+        model=split.candidate if on_candidate else decision.model,
+        layer=split.layer,
+        rollout_id=split.rollout_id,
+        rollout_arm=CANDIDATE_ARM if on_candidate else BASELINE_ARM,
+    )
+
+
+def _route_experiments(
+    table: RoutingTable, unit_id: str, ctx: Mapping[str, ContextValue]
+) -> Decision:
     for exp in table.experiments:
         if exp.targeting and not all(rule_matches(r, ctx) for r in exp.targeting):
             continue
-        unit = unit_for(exp, unit_id, ctx)
+        unit = unit_for(exp.unit_type, unit_id, ctx)
         b = bucket_from_state(exp.salt_state, unit)
         arm = exp.allocation.arm_of(b)
         return Decision(unit, exp.unit_type, exp.id, exp.allocation.arm_names[arm], b,
-                        exp.arm_models[arm])
+                        exp.arm_models[arm], EXPERIMENT_LAYER_PREFIX + exp.id)
     return Decision(unit_id, "user_id", None, DEFAULT_ARM, None, table.default)
 
 
 def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[str, Any]:
     """Vectorized :func:`route` for units without context (offline replay).
 
-    Returns columns ``bucket, experiment_id, arm, model_name, model_version``
-    as numpy arrays aligned with ``unit_ids``. Only experiments without
-    targeting can take a unit that has no context, mirroring :func:`route`.
+    Returns columns ``bucket, experiment_id, arm, layer, model_name,
+    model_version`` as numpy arrays aligned with ``unit_ids``. Only
+    experiments without targeting can take a unit that has no context,
+    mirroring :func:`route`; rollouts then split their baselines' units.
     """
     n = len(unit_ids)
     bucket_col: npt.NDArray[np.int64] = np.full(n, -1, dtype=np.int64)
     exp_col = np.full(n, None, dtype=object)
     arm_col = np.full(n, DEFAULT_ARM, dtype=object)
+    layer_col = np.full(n, DEFAULT_LAYER, dtype=object)
     name_col = np.full(n, table.default.name, dtype=object)
     version_col = np.full(n, table.default.version, dtype=object)
     for exp in table.experiments:
@@ -249,14 +404,23 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
         arms = exp.allocation.arms_of(buckets)
         bucket_col = buckets
         exp_col[:] = exp.id
+        layer_col[:] = EXPERIMENT_LAYER_PREFIX + exp.id
         arm_col = np.asarray(exp.allocation.arm_names, dtype=object)[arms]
         name_col = np.asarray([m.name for m in exp.arm_models], dtype=object)[arms]
         version_col = np.asarray([m.version for m in exp.arm_models], dtype=object)[arms]
         break
+    for split in table.rollouts:
+        on_baseline = (name_col == split.baseline.name) & (version_col == split.baseline.version)
+        if not on_baseline.any():
+            continue
+        layer_col[on_baseline] = split.layer
+        candidate = on_baseline & (buckets_vectorized(split.salt, unit_ids) < split.weight_bp)
+        version_col[candidate] = split.candidate.version
     return {
         "bucket": bucket_col,
         "experiment_id": exp_col,
         "arm": arm_col,
+        "layer": layer_col,
         "model_name": name_col,
         "model_version": version_col,
     }

@@ -99,8 +99,8 @@ def test_bad_input_is_counted_but_not_logged_as_a_decision(gateway: dict[str, An
     assert read_decisions(gateway["dir"]).num_rows == 1
     rejected = gateway["prom"].get_sample_value(
         "rampart_requests_total",
-        {"model_name": "", "model_version": "", "experiment_id": "", "arm": "",
-         "status": "rejected"},
+        {"model_name": "", "model_version": "", "experiment_id": "", "arm": "", "rollout_id": "",
+         "rollout_arm": "", "status": "rejected"},
     )
     assert rejected == 1.0
 
@@ -125,12 +125,13 @@ def test_every_request_is_counted_logged_and_traced_with_the_same_keys(
         for key in ("experiment_id", "arm", "model_name", "model_version"):
             assert row[key] == answer[key] == span.attributes[f"rampart.{key}"]
         assert row["unit_id"] == span.attributes["rampart.unit_id"]
+        assert row["layer"] == span.attributes["rampart.layer"] == "experiment:exp-a"
         assert row["status"] == "ok" and row["prediction"] == answer["prediction"]
         assert dict(row["features"]) == GOOD_FEATURES
     prom = gateway["prom"]
     for arm, version in (("control", "1"), ("challenger", "2")):
         labels = {"model_name": "clf", "model_version": version, "experiment_id": "exp-a",
-                  "arm": arm, "status": "ok"}
+                  "arm": arm, "rollout_id": "", "rollout_arm": "", "status": "ok"}
         n = sum(1 for a in answers if a["arm"] == arm)
         assert prom.get_sample_value("rampart_requests_total", labels) == (n or None)
         if n:

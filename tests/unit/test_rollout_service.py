@@ -95,8 +95,9 @@ def test_healthy_rollout_ramps_publishes_tables_and_moves_the_alias(tmp_path: Pa
     state = service.create(parse_plan(PLAN))
     assert state.phase == Phase.PROGRESSING and state.weight_bp == 100
     table = service.snapshot().table
-    assert table.experiments[0].id == "ro-1"
-    assert [m.version for m in table.experiments[0].arm_models] == ["1", "2"]
+    assert table.experiments == ()
+    (split,) = table.rollouts
+    assert (split.rollout_id, split.baseline.version, split.candidate.version) == ("ro-1", "1", "2")
     versions = [table.version]
     for _ in range(12):
         tick(service, counts, clock)
@@ -124,8 +125,8 @@ def test_latency_fault_rolls_back_and_tags_the_candidate(tmp_path: Path) -> None
     assert state.phase == Phase.ROLLED_BACK and state.weight_bp == 0
     assert registry.aliases["champion"] == "1"
     assert "p99_latency_delta" in registry.tags[("clf", "2")]["rampart.rolled_back_reason"]
-    # traffic is back on the configured routing: no rollout experiment in the table
-    assert [e.id for e in service.snapshot().table.experiments] == []
+    # traffic is back on the configured routing: no rollout split in the table
+    assert service.snapshot().table.rollouts == ()
 
 
 def test_metrics_source_down_holds_and_says_why(tmp_path: Path) -> None:

@@ -120,6 +120,7 @@ def test_a_failing_or_missing_shadow_is_logged_and_counted_not_felt(
     assert all(needle in r["error"] for r in rows)
     assert prom.get_sample_value("rampart_requests_total", {
         "model_name": "clf", "model_version": "1", "experiment_id": "", "arm": "default",
+        "rollout_id": "", "rollout_arm": "",
         "status": "ok"}) == 20
 
 
