@@ -187,9 +187,6 @@ class MlflowRegistry:
         """Record something on a version (each rollout's outcome, say)."""
         self.client.set_model_version_tag(name, version, key, value)
 
-    def version_tags(self, name: str, version: str) -> dict[str, str]:
-        return dict(self.client.get_model_version(name, version).tags)
-
     def reference_sample(self, name: str, version: str) -> dict[str, npt.NDArray[np.float64]]:
         """The training sample logged with a version under ``reference/`` (for drift);
         empty when the version has none."""

@@ -9,10 +9,12 @@ collector never fails or slows a prediction.
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Tracer
 
 OTLP_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 SPAN_NAME = "rampart.predict"
@@ -31,3 +33,12 @@ def build_tracer_provider(
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
+
+
+def build_tracer(mode: Literal["auto", "off"], name: str = "rampart.gateway") -> Tracer | None:
+    """The gateway's tracer for ``telemetry.tracing`` in the config: ``auto``
+    makes a span per request (exported when an OTLP endpoint is set); ``off``
+    gives None, and the request path then makes no span at all."""
+    if mode == "off":
+        return None
+    return build_tracer_provider().get_tracer(name)

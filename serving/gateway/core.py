@@ -98,7 +98,7 @@ class GatewayCore:
         table: RoutingTable,
         scorers: Mapping[tuple[str, str], Scorer],
         metrics: RequestMetrics,
-        tracer: Tracer,
+        tracer: Tracer | None,
         decision_log: DecisionLogWriter | None = None,
         shadow_runner: ShadowRunner | None = None,
         drift_monitor: DriftMonitor | None = None,
@@ -246,6 +246,8 @@ class GatewayCore:
                     request.context or None,
                 )
             )
+        if self.tracer is None:  # tracing is off in the config
+            return
         end_ns = time.time_ns()
         span = self.tracer.start_span(
             SPAN_NAME, start_time=end_ns - int(latency_s * 1e9)

@@ -201,8 +201,8 @@ class OutcomesLogConfig(_Frozen):
 
 class TelemetryConfig(_Frozen):
     metrics_dir: Path = Path(".rampart/metrics")
-    # "otlp" exports when OTEL_EXPORTER_OTLP_ENDPOINT is set; spans are always
-    # created so a sampled or in-memory pipeline sees every request.
+    # "auto": a span per request, exported when OTEL_EXPORTER_OTLP_ENDPOINT is
+    # set; "off": the request path makes no span at all.
     tracing: Literal["auto", "off"] = "auto"
 
 

@@ -56,3 +56,22 @@ def test_no_endpoint_means_no_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
     span = provider.get_tracer("t").start_span(SPAN_NAME)
     span.end()
     assert span.get_span_context().is_valid  # spans still made, simply not exported
+
+
+def test_tracing_off_makes_no_span_on_the_request_path() -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.gateway.core import build_app
+    from telemetry.tracing import build_tracer
+    from tests.unit.fakes import make_core
+
+    assert build_tracer("off") is None
+    core, prom = make_core(None)
+    with TestClient(build_app(core)) as client:
+        answer = client.post("/v1/predict", json={
+            "unit_id": "u1", "features": {f"f{i}": 1.0 for i in range(8)}})
+    assert answer.status_code == 200
+    assert prom.get_sample_value("rampart_requests_total", {
+        "model_name": "clf", "model_version": "1", "experiment_id": "exp-b",
+        "arm": answer.json()["arm"], "rollout_id": "", "rollout_arm": "",
+        "status": "ok"}) == 1.0
