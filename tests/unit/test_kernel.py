@@ -1,0 +1,43 @@
+"""The config kernel's shared pieces: limits telemetry repeats, and the one
+error hierarchy (stable codes, HTTP statuses, picklable across Ray)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from serving.kernel import errors, ids
+from telemetry import outcome_events
+
+pytestmark = pytest.mark.unit
+
+
+def test_telemetry_repeats_the_kernels_limits_exactly() -> None:
+    # telemetry never imports serving, so it keeps its own copies of these.
+    assert outcome_events.ID_PATTERN == ids.ID_PATTERN
+    assert outcome_events.MAX_UNIT_ID_CHARS == ids.MAX_UNIT_ID_CHARS
+
+
+def _all_errors() -> list[type[errors.RampartError]]:
+    found = [errors.RampartError]
+    for value in vars(errors).values():
+        if isinstance(value, type) and issubclass(value, errors.RampartError):
+            found.append(value)
+    return sorted(set(found), key=lambda cls: cls.__name__)
+
+
+def test_every_error_has_its_own_code_and_an_http_status() -> None:
+    classes = _all_errors()
+    codes = [cls.code for cls in classes]
+    assert len(set(codes)) == len(codes), codes
+    assert all(400 <= cls.status <= 599 for cls in classes)
+
+
+@pytest.mark.parametrize("cls", _all_errors(), ids=lambda cls: cls.__name__)
+def test_errors_cross_process_boundaries_intact(cls: type[errors.RampartError]) -> None:
+    error = cls("something went wrong", request_id="req-1")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is cls
+    assert copy.body() == {"error": {"code": cls.code, "message": "something went wrong",
+                                     "request_id": "req-1"}}
