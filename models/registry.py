@@ -15,6 +15,7 @@ pyfunc ``predict``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,19 @@ import numpy.typing as npt
 
 class UnknownModelVersion(LookupError):
     """The registry has no such model, version or alias."""
+
+
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
+
+
+def parse_model_uri(uri: str) -> tuple[str, str]:
+    """``(name, version or alias)`` of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``;
+    ``ValueError`` naming both forms for anything else."""
+    match = MODEL_URI.match(uri)
+    if not match:
+        raise ValueError(
+            f"a model URI looks like models:/NAME/VERSION or models:/NAME@ALIAS, got {uri!r}")
+    return match["name"], match["version"] or match["alias"]
 
 
 class Scorer(Protocol):
@@ -109,6 +123,29 @@ class PyfuncScorer:
         return out[:, -1] if out.ndim == 2 else out
 
 
+@dataclass(frozen=True)
+class SklearnScorer:
+    """A scikit-learn model through its own ``predict_proba`` (positive class) or
+    ``predict``: the offline path, never folded, that replay parity compares the
+    serving scorers with."""
+
+    name: str
+    version: str
+    feature_names: tuple[str, ...]
+    estimator: Any
+
+    def predict_one(self, values: Sequence[float]) -> float:
+        return float(self.predict_batch(np.asarray([values], dtype=np.float64))[0])
+
+    def predict_batch(self, matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        import pandas as pd
+
+        frame = pd.DataFrame(matrix, columns=list(self.feature_names))
+        if hasattr(self.estimator, "predict_proba"):
+            return np.asarray(self.estimator.predict_proba(frame), dtype=np.float64)[:, 1]
+        return np.asarray(self.estimator.predict(frame), dtype=np.float64)
+
+
 def fold_linear(estimator: Any) -> tuple[tuple[float, ...], float, bool] | None:
     """Weights, intercept and link of a (scaled) sklearn linear model, or None.
 
@@ -179,6 +216,13 @@ class MlflowRegistry:
             ) from exc
         return str(mv.version)
 
+    def resolve_uri(self, model_uri: str) -> tuple[str, str]:
+        """``(name, concrete version)`` of ``models:/NAME/VERSION`` or
+        ``models:/NAME@ALIAS``: ``ValueError`` for another form,
+        :class:`UnknownModelVersion` when the registry has no such version or alias."""
+        name, version_or_alias = parse_model_uri(model_uri)
+        return name, self.resolve(name, version_or_alias)
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point ``alias`` at ``version`` (promotion moves ``champion``)."""
         self.client.set_registered_model_alias(name, alias, version)
@@ -193,12 +237,11 @@ class MlflowRegistry:
         import pyarrow.parquet as pq
 
         run_id = self.client.get_model_version(name, version).run_id
-        if not run_id:
+        # A version logged without a reference has no such artifact; any other
+        # failure (a store that cannot be read) is an error, not "no reference".
+        if not run_id or not self.client.list_artifacts(run_id, "reference"):
             return {}
-        try:
-            local = self.client.download_artifacts(run_id, "reference")
-        except Exception:
-            return {}
+        local = self.client.download_artifacts(run_id, "reference")
         files = sorted(Path(local).glob("*.parquet"))
         if not files:
             return {}
@@ -208,6 +251,24 @@ class MlflowRegistry:
 
     def model_uri(self, name: str, version: str) -> str:
         return f"models:/{name}/{version}"
+
+    def load_offline(self, name: str, version: str) -> Scorer:
+        """One version through MLflow's own prediction (scikit-learn's
+        ``predict_proba``/``predict``, else pyfunc), never folded: what a
+        training notebook would compute, for replay parity."""
+        import mlflow
+        from mlflow.models import get_model_info
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.registry_uri)
+        uri = self.model_uri(name, version)
+        info = get_model_info(uri)
+        if info.signature is None or info.signature.inputs is None:
+            raise UnknownModelVersion(f"{uri} has no input signature; log it with one")
+        features = tuple(str(n) for n in info.signature.inputs.input_names())
+        if "sklearn" in info.flavors:
+            return SklearnScorer(name, version, features, mlflow.sklearn.load_model(uri))
+        return PyfuncScorer(name, version, features, mlflow.pyfunc.load_model(uri))
 
     def load(self, name: str, version: str) -> Scorer:
         import mlflow

@@ -43,11 +43,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from serving.kernel.ids import ID_PATTERN, MAX_UNIT_ID_CHARS
 from telemetry.batched_writer import BatchedWriter, visible_parquet_files
 from telemetry.outcome_events import (
     EPOCH,
+    ID_PATTERN,
     MAX_OUTCOME_SECONDS,
+    MAX_UNIT_ID_CHARS,
     OutcomeEvent,
     parse_outcome_timestamp,
 )

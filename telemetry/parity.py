@@ -15,24 +15,19 @@ explicit ``n == 0`` result, never a NaN in a report.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
+from telemetry.verdict import Verdict
+
 QUANTILES = (0.5, 0.9, 0.99)
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
-
-
-class ParityVerdict(StrEnum):
-    PASS = "PASS"
-    FAIL = "FAIL"
-    INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
 
 
 class Agreement(_Frozen):
@@ -94,7 +89,7 @@ class ReplayParity(_Frozen):
     abs_diff_quantiles: dict[str, float]
     over_tolerance: int
     examples: list[str]
-    verdict: ParityVerdict
+    verdict: Verdict
 
 
 def replay_parity(
@@ -108,7 +103,7 @@ def replay_parity(
     if on.size == 0:
         return ReplayParity(n=0, tolerance=tolerance, max_abs_diff=None, abs_diff_quantiles={},
                             over_tolerance=0, examples=[],
-                            verdict=ParityVerdict.INSUFFICIENT_DATA)
+                            verdict=Verdict.INSUFFICIENT_DATA)
     diff = np.abs(on - off)
     over = np.nonzero(diff > tolerance)[0]
     worst = over[np.argsort(-diff[over])][:max_examples]
@@ -116,7 +111,7 @@ def replay_parity(
         n=int(on.size), tolerance=tolerance, max_abs_diff=float(diff.max()),
         abs_diff_quantiles=_quantiles(diff), over_tolerance=int(over.size),
         examples=[str(request_ids[i]) for i in worst],
-        verdict=ParityVerdict.FAIL if over.size else ParityVerdict.PASS,
+        verdict=Verdict.FAIL if over.size else Verdict.PASS,
     )
 
 

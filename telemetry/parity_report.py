@@ -12,10 +12,9 @@ import base64
 import datetime as dt
 import html
 import io
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,8 +31,10 @@ from telemetry.parity import (
     drift,
     replay_parity,
 )
+from telemetry.verdict import Verdict
 
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
+if TYPE_CHECKING:
+    from models.registry import MlflowRegistry
 
 
 class ParityInputError(ValueError):
@@ -49,71 +50,31 @@ class OfflineModel:
     reference: dict[str, npt.NDArray[np.float64]] | None
 
 
-def load_offline_model(model_uri: str, tracking_uri: str) -> OfflineModel:
-    """Resolve ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` and load it offline."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import get_model_info
+def load_offline_model(model_uri: str, tracking_uri: str,
+                       registry: MlflowRegistry | None = None) -> OfflineModel:
+    """Resolve ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` through the model
+    registry and load it on MLflow's offline path, with the training reference it
+    was logged with (None when it has none).
 
-    match = MODEL_URI.match(model_uri)
-    if not match:
-        raise ParityInputError(
-            f"--model must look like models:/NAME/VERSION or models:/NAME@ALIAS, got {model_uri!r}")
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    name = match["name"]
+    A malformed URI, or a name, version or alias the registry does not have, is a
+    :class:`ParityInputError`; any other failure (the store cannot be read) is
+    raised as it is.
+    """
+    from models.registry import MlflowRegistry, UnknownModelVersion, parse_model_uri
+
     try:
-        mv = (client.get_model_version(name, match["version"]) if match["version"]
-              else client.get_model_version_by_alias(name, match["alias"]))
-    except MlflowException as exc:
-        raise ParityInputError(f"MLflow has no {model_uri} ({tracking_uri})") from exc
-    version = str(mv.version)
-    uri = f"models:/{name}/{version}"
-    info = get_model_info(uri)
-    if info.signature is None or info.signature.inputs is None:
-        raise ParityInputError(f"{uri} has no input signature")
-    features = tuple(str(n) for n in info.signature.inputs.input_names())
-    if "sklearn" in info.flavors:
-        estimator = mlflow.sklearn.load_model(uri)
-
-        def predict(matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-            import pandas as pd
-
-            frame = pd.DataFrame(matrix, columns=list(features))
-            if hasattr(estimator, "predict_proba"):
-                return np.asarray(estimator.predict_proba(frame))[:, 1]
-            return np.asarray(estimator.predict(frame), dtype=np.float64)
-    else:
-        pyfunc = mlflow.pyfunc.load_model(uri)
-
-        def predict(matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-            import pandas as pd
-
-            out = np.asarray(pyfunc.predict(pd.DataFrame(matrix, columns=list(features))),
-                             dtype=np.float64)
-            return out[:, -1] if out.ndim == 2 else out
-
-    return OfflineModel(name, version, features, predict, _reference(client, mv.run_id))
-
-
-def _reference(client: Any, run_id: str | None) -> dict[str, npt.NDArray[np.float64]] | None:
-    """The training sample a version was logged with (``reference/*.parquet``), if any."""
-    import pyarrow.parquet as pq
-
-    if not run_id:
-        return None
+        parse_model_uri(model_uri)
+    except ValueError as exc:
+        raise ParityInputError(f"--model: {exc}") from None
+    registry = registry or MlflowRegistry(tracking_uri)
     try:
-        local = client.download_artifacts(run_id, "reference")
-    except Exception:
-        return None
-    files = sorted(Path(local).glob("*.parquet"))
-    if not files:
-        return None
-    table = pq.read_table(files[0])
-    return {name: table.column(name).to_numpy().astype(np.float64)
-            for name in table.column_names if not name.startswith("__")}  # pandas' index
+        name, version = registry.resolve_uri(model_uri)
+        scorer = registry.load_offline(name, version)
+        reference = registry.reference_sample(name, version)
+    except UnknownModelVersion as exc:
+        raise ParityInputError(f"--model {model_uri}: {exc}") from exc
+    return OfflineModel(name, version, scorer.feature_names, scorer.predict_batch,
+                        reference or None)
 
 
 def feature_matrix(table: pa.Table, names: tuple[str, ...]) -> npt.NDArray[np.float64]:
@@ -221,14 +182,22 @@ class ParityReport:
     min_label_agreement: float
 
     @property
-    def verdict(self) -> str:
+    def verdict(self) -> Verdict:
+        """FAIL when replay fails, a feature drifted or shadow agreement is below
+        the minimum; else INSUFFICIENT_DATA when the replay had no rows or there
+        was nothing to check (a check without data is not a pass); else PASS."""
         failing = (
-            (self.replay is not None and self.replay.verdict == "FAIL")
+            (self.replay is not None and self.replay.verdict == Verdict.FAIL)
             or any(d.drifted for d in self.drift)
             or any(a.label_agreement is not None and a.label_agreement
                    < self.min_label_agreement for _, a, _ in self.agreement)
         )
-        return "FAIL" if failing else "PASS"
+        if failing:
+            return Verdict.FAIL
+        unjudged = self.replay is not None and self.replay.verdict != Verdict.PASS
+        if unjudged or not (self.agreement or self.drift or self.replay is not None):
+            return Verdict.INSUFFICIENT_DATA
+        return Verdict.PASS
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -344,6 +313,7 @@ def render_html(report: ParityReport) -> str:
     style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:"
              "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              ".verdict{font-size:1.5em;font-weight:bold}.PASS{color:#1a7f37}.FAIL{color:#c62828}"
+             ".INSUFFICIENT_DATA{color:#b26a00}"
              "img.plot{max-width:100%}")
     # The page reports how many plots the browser decoded (checked by a test).
     script = ("window.addEventListener('load',()=>{const ok=[...document.images].filter(i=>"

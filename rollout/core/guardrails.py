@@ -2,25 +2,22 @@
 
 A window holds, per arm, the request and error counts and the latency
 histogram (cumulative bucket counts, as Prometheus exposes them). Verdicts
-are enums, never booleans: a check with too few samples is
-``INSUFFICIENT_DATA``, which is not a pass.
+are the one :class:`telemetry.verdict.Verdict` (re-exported here), never
+booleans: a check with too few samples is ``INSUFFICIENT_DATA``, which is not
+a pass.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
 from rollout.core.plan import Guardrails
+from telemetry.verdict import Verdict
 
-
-class Verdict(StrEnum):
-    PASS = "PASS"
-    FAIL = "FAIL"
-    INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
+__all__ = ["ArmWindow", "CheckResult", "Verdict", "Window", "evaluate", "histogram_quantile"]
 
 
 class ArmWindow(BaseModel):

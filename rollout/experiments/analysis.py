@@ -13,11 +13,17 @@ The shape follows Kohavi, Tang and Xu's trustworthy-experiment checklist:
    method for the primary metric. p-values are corrected across metrics and arms.
 4. Segments per pre-registered attribute, corrected across segments, with a
    Simpson's-paradox warning.
-5. A ship / hold / rollback decision that lists every reason.
+5. A ship / hold / rollback decision that lists every reason, computed from
+   the typed results of :mod:`rollout.experiments.results`.
+
+An experiment whose arms changed the versions they serve is analysed one
+period at a time (:mod:`rollout.experiments.periods`): the exposures given
+here are one period's, and a period in which two arms serve the same versions
+holds the decision.
 
 Everything here is vectorized numpy over per-unit arrays (integer unit codes,
 not strings), so ten million decisions take seconds; reading Parquet into
-those arrays lives in :mod:`rollout.analysis_data`.
+those arrays lives in :mod:`rollout.experiments.data`.
 """
 
 from __future__ import annotations
@@ -31,10 +37,31 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from rollout.experiments.results import (
+    BayesSummary,
+    Decision,
+    Effect,
+    ExperimentAnalysis,
+    GroupSequentialLook,
+    GroupSequentialSummary,
+    GuardrailResult,
+    MetricResult,
+    MsprtSummary,
+    NoSequential,
+    Outcome,
+    Period,
+    PeriodWarning,
+    SegmentCell,
+    SegmentResult,
+    SequentialSummary,
+    SrmCheck,
+    TimelineArm,
+    TimelinePoint,
+)
 from rollout.experiments.stats.bayes import BayesResult, beta_binomial, normal_means
 from rollout.experiments.stats.cuped import cuped_effect
 from rollout.experiments.stats.frequentist import ratio_effect, two_proportion_ztest, welch_ttest
-from rollout.experiments.stats.multiple import adjust_p_values
+from rollout.experiments.stats.multiple import AdjustMethod, adjust_p_values
 from rollout.experiments.stats.sequential import (
     group_sequential_test,
     mixing_variance_from_mde,
@@ -43,10 +70,10 @@ from rollout.experiments.stats.sequential import (
 from rollout.experiments.stats.srm import srm_test
 from rollout.experiments.stats.summary import EffectEstimate, PairSummary
 from serving.kernel.analysis_plan import AnalysisPlan, GuardrailSpec, MetricSpec
+from telemetry.verdict import Verdict
 
 MICROS = 1_000_000
 ARM_BITS = 4  # up to 16 arms share an int64 with the exposure time (see first_exposures)
-Decision = Literal["ship", "hold", "rollback"]
 MISSING_SEGMENT = "(missing)"
 
 
@@ -56,7 +83,13 @@ MISSING_SEGMENT = "(missing)"
 @dataclass(frozen=True)
 class Exposures:
     """One entry per exposed unit: its arm (index into ``arms``) and when it was
-    first exposed (microseconds since the epoch)."""
+    first exposed (microseconds since the epoch).
+
+    ``entered_at``, when given, is each unit's first decision in the experiment
+    at all, earlier than its exposure when a later period is analysed: the
+    pre-period (the CUPED covariate) must end there, because what came after
+    was already shaped by the unit's arm.
+    """
 
     arms: tuple[str, ...]
     weights: tuple[float, ...]
@@ -64,6 +97,7 @@ class Exposures:
     exposed_at: NDArray[np.int64]
     crossovers: int = 0  # units seen in more than one arm (counted in their first)
     segments: dict[str, tuple[NDArray[np.int64], tuple[str, ...]]] = field(default_factory=dict)
+    entered_at: NDArray[np.int64] | None = None
 
     @property
     def n_units(self) -> int:
@@ -133,7 +167,8 @@ class OutcomePeriods:
 def outcome_periods(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
                     as_of_us: int) -> OutcomePeriods:
     """In-experiment events fall in ``[exposure, exposure + outcome_window]``;
-    pre-period events in ``[exposure - pre_period, exposure)``; both known by
+    pre-period events in ``[exposure - pre_period, exposure)``, and before the
+    unit entered the experiment when ``entered_at`` says so; both known by
     ``as_of_us``."""
     window_us = int(plan.outcome_window_s * MICROS)
     pre_us = int(plan.pre_period_s * MICROS)
@@ -141,6 +176,8 @@ def outcome_periods(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeR
     known = outcomes.at <= as_of_us
     in_window = known & (offset >= 0) & (offset <= window_us)
     in_pre = known & (offset < 0) & (offset >= -pre_us)
+    if exposures.entered_at is not None:
+        in_pre &= outcomes.at < exposures.entered_at[outcomes.unit]
     return OutcomePeriods(in_window, in_pre)
 
 
@@ -263,41 +300,12 @@ def estimate_at(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
     return estimate(spec, plan, summaries[0], summaries[treatment_arm])
 
 
-# --------------------------------------------------------------------------- report
+# --------------------------------------------------------------------------- sequential
 
 
-def _num(value: float | None, digits: int | None = None) -> float | None:
-    """JSON-safe number: NaN and infinities become null; full precision unless
-    ``digits`` asks for rounding."""
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value) if digits is None else round(float(value), digits)
-
-
-def _effect_json(effect: EffectEstimate) -> dict[str, Any]:
-    return {
-        "mean_control": _num(effect.mean_control), "mean_treatment": _num(effect.mean_treatment),
-        "abs_effect": _num(effect.abs_effect), "rel_effect": _num(effect.rel_effect),
-        "ci_low": _num(effect.ci_low), "ci_high": _num(effect.ci_high),
-        "rel_ci_low": _num(effect.rel_ci_low), "rel_ci_high": _num(effect.rel_ci_high),
-        "p_value": _num(effect.p_value), "std_error": _num(effect.std_error),
-        "error": effect.error,
-    }
-
-
-def _bayes_json(bayes: BayesResult | None) -> dict[str, Any] | None:
-    if bayes is None:
-        return None
-    return {"prob_better": _num(bayes.prob_better),
-            "expected_loss_treatment": _num(bayes.expected_loss_treatment),
-            "expected_loss_control": _num(bayes.expected_loss_control),
-            "ci_low": _num(bayes.ci_low), "ci_high": _num(bayes.ci_high),
-            "error": bayes.error}
-
-
-def sequential_json(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
-                    outcomes: OutcomeRows, as_of_us: int, treatment_arm: int,
-                    final: MetricEstimate) -> dict[str, Any]:
+def sequential_summary(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
+                       outcomes: OutcomeRows, as_of_us: int, treatment_arm: int,
+                       final: MetricEstimate) -> SequentialSummary:
     """The primary metric's pre-registered sequential analysis.
 
     Looks are reconstructed from the logs as they stood at each look's time:
@@ -305,7 +313,7 @@ def sequential_json(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
     """
     method = plan.sequential.method
     if method == "none":
-        return {"method": "none"}
+        return NoSequential()
     if method == "group_sequential":
         max_units = plan.sequential.max_units_per_arm
         assert max_units is not None
@@ -314,22 +322,20 @@ def sequential_json(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
         looks = [(f, t) for f, t in zip(fractions, look_times(exposures, targets, as_of_us),
                                         strict=True) if t is not None]
         if not looks:
-            first = targets[0]
-            return {"method": method, "kind": plan.sequential.kind, "looks": [],
-                    "boundary": None, "crossed": False, "decision": "continue",
-                    "note": f"first look at {first} units per arm not reached"}
+            return GroupSequentialSummary(
+                kind=plan.sequential.kind,
+                note=f"first look at {targets[0]} units per arm not reached")
         z = [estimate_at(spec, plan, exposures, outcomes, t, treatment_arm).estimate.statistic
              for _, t in looks]
         result = group_sequential_test(z, [f for f, _ in looks], plan.alpha,
                                        plan.sequential.kind)
-        return {
-            "method": method, "kind": plan.sequential.kind,
-            "looks": [{"fraction": f, "at": _iso(t), "z": _num(zk), "boundary": _num(b)}
-                      for (f, t), zk, b in zip(looks, z, result.boundaries, strict=True)],
-            "boundary": _num(result.boundary), "crossed": result.crossed,
-            "first_crossing_look": result.first_crossing_look, "decision": result.decision,
-            "error": result.error,
-        }
+        return GroupSequentialSummary(
+            kind=plan.sequential.kind,
+            looks=tuple(GroupSequentialLook(fraction=f, at=_time(t), z=zk, boundary=b)
+                        for (f, t), zk, b in zip(looks, z, result.boundaries, strict=True)),
+            boundary=result.boundary, crossed=result.crossed,
+            first_crossing_look=result.first_crossing_look, decision=result.decision,
+            error=result.error)
     mde_abs = plan.mde_absolute()
     if mde_abs is None:  # relative MDE without a baseline: scale by the observed control
         mde_abs = plan.mde * abs(final.unadjusted.mean_control)
@@ -339,12 +345,11 @@ def sequential_json(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
     points.append(final.estimate)
     always_valid = msprt([p.abs_effect for p in points], [p.std_error ** 2 for p in points],
                          plan.alpha, mixing_variance=tau2)
-    return {"method": method, "looks": len(points), "mixing_variance": _num(tau2),
-            "always_valid_p_value": _num(always_valid.p_value),
-            "ci_low": _num(always_valid.ci_low), "ci_high": _num(always_valid.ci_high),
-            "rejected": always_valid.rejected,
-            "first_rejection_look": always_valid.first_rejection_look,
-            "error": always_valid.error}
+    return MsprtSummary(
+        looks=len(points), mixing_variance=tau2, always_valid_p_value=always_valid.p_value,
+        ci_low=always_valid.ci_low, ci_high=always_valid.ci_high,
+        rejected=always_valid.rejected, first_rejection_look=always_valid.first_rejection_look,
+        error=always_valid.error)
 
 
 def timeline_times(exposures: Exposures, as_of_us: int, points: int) -> list[int]:
@@ -357,34 +362,37 @@ def timeline_times(exposures: Exposures, as_of_us: int, points: int) -> list[int
     return [start + (as_of_us - start) * (k + 1) // (points + 1) for k in range(points)]
 
 
-def timeline_json(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
-                  outcomes: OutcomeRows, as_of_us: int, points: int) -> list[dict[str, Any]]:
-    """Cumulative lift with its interval and the sample ratio, over time, for the plots."""
+def timeline(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
+             outcomes: OutcomeRows, as_of_us: int, points: int) -> tuple[TimelinePoint, ...]:
+    """Cumulative lift with its interval and the sample ratio over time, for the plots:
+    ``points`` times before ``as_of`` and ``as_of`` itself."""
     series = []
     for t in [*timeline_times(exposures, as_of_us, points), as_of_us]:
         counts = np.bincount(exposures.arm[exposures.exposed_at <= t],
                              minlength=len(exposures.arms))
-        row: dict[str, Any] = {"at": _iso(t), "units": [int(c) for c in counts], "arms": {}}
+        arms = {}
         for arm in range(1, len(exposures.arms)):
             effect = estimate_at(spec, plan, exposures, outcomes, t, arm).estimate
-            row["arms"][exposures.arms[arm]] = {
-                "abs_effect": _num(effect.abs_effect), "ci_low": _num(effect.ci_low),
-                "ci_high": _num(effect.ci_high), "rel_effect": _num(effect.rel_effect),
-                "z": _num(effect.statistic)}
-        series.append(row)
-    return series
+            arms[exposures.arms[arm]] = TimelineArm(
+                abs_effect=effect.abs_effect, ci_low=effect.ci_low, ci_high=effect.ci_high,
+                rel_effect=effect.rel_effect, z=effect.statistic)
+        series.append(TimelinePoint(at=_time(t), units=tuple(int(c) for c in counts), arms=arms))
+    return tuple(series)
 
 
-def _iso(at_us: int) -> str:
-    return dt.datetime.fromtimestamp(at_us / MICROS, tz=dt.UTC).isoformat()
+def _time(at_us: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(at_us / MICROS, tz=dt.UTC)
 
 
-def guardrail_verdict(spec: GuardrailSpec, effect: EffectEstimate) -> tuple[str, str]:
+# --------------------------------------------------------------------------- guardrails
+
+
+def guardrail_verdict(spec: GuardrailSpec, effect: EffectEstimate) -> tuple[Verdict, str]:
     """``PASS`` when the interval rules out harm beyond the tolerance, ``FAIL`` when
     the estimate itself is beyond it, else ``INSUFFICIENT_DATA``; with a reason."""
     if effect.error is not None and not (spec.relative is False
                                          and effect.error == "zero_control_mean"):
-        return "INSUFFICIENT_DATA", f"guardrail {spec.label}: {effect.error}"
+        return Verdict.INSUFFICIENT_DATA, f"guardrail {spec.label}: {effect.error}"
     sign = 1.0 if spec.harm == "increase" else -1.0
     if spec.relative:
         point, worst = sign * effect.rel_effect, max(sign * effect.rel_ci_low,
@@ -394,14 +402,90 @@ def guardrail_verdict(spec: GuardrailSpec, effect: EffectEstimate) -> tuple[str,
         point, worst = sign * effect.abs_effect, max(sign * effect.ci_low, sign * effect.ci_high)
         unit = "absolute"
     if not math.isfinite(point):
-        return "INSUFFICIENT_DATA", f"guardrail {spec.label}: no estimate"
+        return Verdict.INSUFFICIENT_DATA, f"guardrail {spec.label}: no estimate"
     if point > spec.tolerance:
-        return "FAIL", (f"guardrail {spec.label} harmed: {spec.harm} of {point:.4g} "
-                        f"({unit}) exceeds the tolerated {spec.tolerance:g}")
+        return Verdict.FAIL, (f"guardrail {spec.label} harmed: {spec.harm} of {point:.4g} "
+                              f"({unit}) exceeds the tolerated {spec.tolerance:g}")
     if worst <= spec.tolerance:
-        return "PASS", f"guardrail {spec.label} within tolerance"
-    return "INSUFFICIENT_DATA", (f"guardrail {spec.label}: the interval still allows a "
-                                 f"{spec.harm} of {worst:.4g} ({unit}), beyond {spec.tolerance:g}")
+        return Verdict.PASS, f"guardrail {spec.label} within tolerance"
+    return Verdict.INSUFFICIENT_DATA, (
+        f"guardrail {spec.label}: the interval still allows a {spec.harm} of {worst:.4g} "
+        f"({unit}), beyond {spec.tolerance:g}")
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def srm_check(exposures: Exposures) -> SrmCheck:
+    """The sample-ratio test of the exposed units against the configured weights."""
+    counts = np.bincount(exposures.arm, minlength=len(exposures.arms))
+    srm = srm_test([int(c) for c in counts], list(exposures.weights))
+    return SrmCheck(p_value=srm.p_value, statistic=srm.statistic, observed=srm.observed,
+                    expected=tuple(_rounded(e, 4) for e in srm.expected), flag=srm.flag,
+                    error=srm.error)
+
+
+def _rounded(value: float, digits: int) -> float | None:
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def _adjusted(p_values: Sequence[float | None], correction: AdjustMethod) -> list[float]:
+    """Corrected p-values; a missing p-value stays missing (NaN, stored as None)."""
+    raw = [math.nan if p is None else p for p in p_values]
+    return [float(p) for p in adjust_p_values(raw, correction)]
+
+
+def metric_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
+                   as_of_us: int, periods: OutcomePeriods
+                   ) -> tuple[tuple[MetricResult, ...], dict[int, MetricEstimate]]:
+    """Every metric (primary, then secondary) against control for each treatment arm,
+    p-values corrected across all of them; and the primary's estimates by arm."""
+    n_arms = len(exposures.arms)
+    specs: list[tuple[Literal["primary", "secondary"], MetricSpec]] = [
+        ("primary", plan.primary), *(("secondary", m) for m in plan.secondary)]
+    pending: list[dict[str, Any]] = []
+    primary: dict[int, MetricEstimate] = {}
+    for role, spec in specs:
+        values = unit_values(spec, plan, exposures, outcomes, as_of_us, periods)
+        summaries = arm_summaries(exposures.arm, values, n_arms)
+        for arm in range(1, n_arms):
+            result = estimate(spec, plan, summaries[0], summaries[arm])
+            sequential: SequentialSummary | None = None
+            if role == "primary":
+                primary[arm] = result
+                sequential = sequential_summary(spec, plan, exposures, outcomes, as_of_us,
+                                                arm, result)
+            pending.append({
+                **Effect.fields_of(result.estimate),
+                "metric": spec.label, "role": role, "type": spec.type,
+                "arm": exposures.arms[arm], "control_arm": exposures.arms[0],
+                "n_control": summaries[0].n, "n_treatment": summaries[arm].n,
+                "cuped_variance_reduction": result.cuped_variance_reduction,
+                "unadjusted": Effect.of(result.unadjusted),
+                "bayes": None if result.bayes is None else BayesSummary.of(result.bayes),
+                "sequential": sequential,
+            })
+    adjusted = _adjusted([entry["p_value"] for entry in pending], plan.correction)
+    return tuple(MetricResult(**entry, adjusted_p_value=p)
+                 for entry, p in zip(pending, adjusted, strict=True)), primary
+
+
+def guardrail_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
+                      as_of_us: int, periods: OutcomePeriods) -> tuple[GuardrailResult, ...]:
+    """Each guardrail for each treatment arm, judged by :func:`guardrail_verdict`."""
+    n_arms = len(exposures.arms)
+    out = []
+    for spec in plan.guardrails:
+        values = unit_values(spec, plan, exposures, outcomes, as_of_us, periods)
+        summaries = arm_summaries(exposures.arm, values, n_arms)
+        for arm in range(1, n_arms):
+            effect = estimate(spec, plan, summaries[0], summaries[arm]).estimate
+            verdict, reason = guardrail_verdict(spec, effect)
+            out.append(GuardrailResult(
+                **Effect.fields_of(effect), metric=spec.label, arm=exposures.arms[arm],
+                harm=spec.harm, tolerance=spec.tolerance, relative=spec.relative,
+                verdict=verdict, reason=reason))
+    return tuple(out)
 
 
 def analyze(
@@ -413,168 +497,131 @@ def analyze(
     *,
     exploratory_segments: Sequence[str] = (),
     timeline_points: int = 0,
-) -> dict[str, Any]:
-    """The whole analysis of one experiment as a JSON-ready dict.
+    period: Period | None = None,
+    periods: Sequence[Period] = (),
+) -> ExperimentAnalysis:
+    """The whole analysis of one experiment (of one ``period`` of it, when given).
 
-    Keys: ``srm``, ``metrics`` (one entry per metric and treatment arm),
-    ``guardrails``, ``segments``, ``decision``, and ``timeline`` when
-    ``timeline_points`` > 0 (for the HTML report's plots).
+    SRM, every metric and guardrail, segments, the decision, and a timeline of
+    ``timeline_points`` points before ``as_of`` when asked (for the HTML report's
+    plots). A period whose arms serve the same versions holds the decision.
     """
     as_of_us = int(as_of.timestamp() * MICROS)
-    n_arms = len(exposures.arms)
-    counts = np.bincount(exposures.arm, minlength=n_arms)
-    srm = srm_test([int(c) for c in counts], list(exposures.weights))
-    report: dict[str, Any] = {
-        "experiment_id": experiment_id,
-        "as_of": as_of.astimezone(dt.UTC).isoformat(),
-        "arms": list(exposures.arms),
-        "units": exposures.n_units,
-        "crossovers": exposures.crossovers,
-        "srm": {"p_value": _num(srm.p_value), "statistic": _num(srm.statistic),
-                "observed": list(srm.observed), "expected": [_num(e, 4) for e in srm.expected],
-                "flag": srm.flag, "error": srm.error},
-    }
-    # ---- metrics (primary + secondary), corrected across metrics and arms
-    metric_specs: list[tuple[str, MetricSpec]] = [("primary", plan.primary)] + [
-        ("secondary", m) for m in plan.secondary]
-    entries: list[dict[str, Any]] = []
-    primary_final: dict[int, MetricEstimate] = {}
-    periods = outcome_periods(plan, exposures, outcomes, as_of_us)
-    for role, spec in metric_specs:
-        values = unit_values(spec, plan, exposures, outcomes, as_of_us, periods)
-        summaries = arm_summaries(exposures.arm, values, n_arms)
-        for arm in range(1, n_arms):
-            result = estimate(spec, plan, summaries[0], summaries[arm])
-            entry = {
-                "metric": spec.label, "role": role, "type": spec.type, "arm": exposures.arms[arm],
-                "control_arm": exposures.arms[0], "n_control": summaries[0].n,
-                "n_treatment": summaries[arm].n, **_effect_json(result.estimate),
-                "adjusted_p_value": None,
-                "cuped_variance_reduction": _num(result.cuped_variance_reduction),
-                "unadjusted": _effect_json(result.unadjusted),
-                "bayes": _bayes_json(result.bayes),
-                "sequential": None,
-            }
-            if role == "primary":
-                primary_final[arm] = result
-                entry["sequential"] = sequential_json(spec, plan, exposures, outcomes, as_of_us,
-                                                      arm, result)
-            entries.append(entry)
-    adjusted = adjust_p_values([e["p_value"] if e["p_value"] is not None else math.nan
-                                for e in entries], plan.correction)
-    for entry, p in zip(entries, adjusted, strict=True):
-        entry["adjusted_p_value"] = _num(float(p))
-    report["correction"] = plan.correction
-    report["metrics"] = entries
-    # ---- guardrails
-    guardrails = []
-    for spec in plan.guardrails:
-        values = unit_values(spec, plan, exposures, outcomes, as_of_us, periods)
-        summaries = arm_summaries(exposures.arm, values, n_arms)
-        for arm in range(1, n_arms):
-            effect = estimate(spec, plan, summaries[0], summaries[arm]).estimate
-            verdict, reason = guardrail_verdict(spec, effect)
-            guardrails.append({"metric": spec.label, "arm": exposures.arms[arm],
-                               "harm": spec.harm, "tolerance": spec.tolerance,
-                               "relative": spec.relative, "verdict": verdict,
-                               "reason": reason, **_effect_json(effect)})
-    report["guardrails"] = guardrails
-    # ---- segments of the primary metric
-    report["segments"] = segments_json(plan, exposures, outcomes, as_of_us, primary_final,
-                                       exploratory_segments, periods=periods)
-    report["decision"] = decide(plan, report, primary_final)
-    if timeline_points > 0:
-        report["timeline"] = timeline_json(plan.primary, plan, exposures, outcomes, as_of_us,
-                                           timeline_points)
-    return report
+    srm = srm_check(exposures)
+    windows = outcome_periods(plan, exposures, outcomes, as_of_us)
+    metrics, primary = metric_results(plan, exposures, outcomes, as_of_us, windows)
+    guardrails = guardrail_results(plan, exposures, outcomes, as_of_us, windows)
+    warnings = () if period is None else period.warnings
+    return ExperimentAnalysis(
+        experiment_id=experiment_id, as_of=as_of.astimezone(dt.UTC), arms=exposures.arms,
+        units=exposures.n_units, crossovers=exposures.crossovers, srm=srm,
+        correction=plan.correction, metrics=metrics, guardrails=guardrails,
+        segments=segment_results(plan, exposures, outcomes, as_of_us, primary,
+                                 exploratory_segments, periods=windows),
+        decision=decide(plan, srm, metrics, guardrails, warnings,
+                        period=period, n_periods=len(periods)),
+        timeline=(timeline(plan.primary, plan, exposures, outcomes, as_of_us, timeline_points)
+                  if timeline_points > 0 else None),
+        period=period, periods=tuple(periods), warnings=warnings,
+    )
 
 
-def segments_json(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
-                  as_of_us: int, pooled: dict[int, MetricEstimate],
-                  exploratory: Sequence[str], *, periods: OutcomePeriods | None = None
-                  ) -> list[dict[str, Any]]:
+def segment_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
+                    as_of_us: int, pooled: dict[int, MetricEstimate],
+                    exploratory: Sequence[str], *, periods: OutcomePeriods | None = None
+                    ) -> tuple[SegmentResult, ...]:
     """The primary metric per segment value of each attribute, corrected across
-    the attribute's segments; pre-registered attributes are confirmatory."""
-    out: list[dict[str, Any]] = []
+    the attribute's segments; pre-registered attributes are confirmatory, and a
+    pooled effect whose sign disagrees with every segment's is flagged (Simpson)."""
+    out: list[SegmentResult] = []
     n_arms = len(exposures.arms)
-    attributes = [(a, "confirmatory") for a in plan.segments] + [
-        (a, "exploratory") for a in exploratory if a not in plan.segments]
+    attributes: list[tuple[str, Literal["confirmatory", "exploratory"]]] = [
+        (a, "confirmatory") for a in plan.segments]
+    attributes += [(a, "exploratory") for a in exploratory if a not in plan.segments]
     attributes = [(a, kind) for a, kind in attributes if a in exposures.segments]
     if not attributes:
-        return out
+        return ()
     values = unit_values(plan.primary, plan, exposures, outcomes, as_of_us, periods)
     for attribute, kind in attributes:
         codes, labels = exposures.segments[attribute]
         for arm in range(1, n_arms):
-            rows = []
+            cells: list[tuple[str, PairSummary, PairSummary, EffectEstimate]] = []
             for code, label in enumerate(labels):
                 summaries = arm_summaries(exposures.arm, values, n_arms, codes == code)
                 effect = estimate(plan.primary, plan, summaries[0], summaries[arm]).estimate
-                rows.append({"segment": label, "n_control": summaries[0].n,
-                             "n_treatment": summaries[arm].n, **_effect_json(effect)})
-            adjusted = adjust_p_values([r["p_value"] if r["p_value"] is not None else math.nan
-                                        for r in rows], plan.correction)
-            for row, p in zip(rows, adjusted, strict=True):
-                row["adjusted_p_value"] = _num(float(p))
+                cells.append((label, summaries[0], summaries[arm], effect))
+            adjusted = _adjusted([c[3].p_value for c in cells], plan.correction)
+            rows = tuple(SegmentCell(**Effect.fields_of(effect), segment=label,
+                                     n_control=control.n, n_treatment=treatment.n,
+                                     adjusted_p_value=p)
+                         for (label, control, treatment, effect), p
+                         in zip(cells, adjusted, strict=True))
             pooled_effect = pooled[arm].estimate.abs_effect if arm in pooled else math.nan
-            signs = {np.sign(r["abs_effect"]) for r in rows
-                     if r["abs_effect"] is not None and r["abs_effect"] != 0}
+            signs = {np.sign(r.abs_effect) for r in rows
+                     if r.abs_effect is not None and r.abs_effect != 0}
             simpson = (len(rows) > 1 and len(signs) == 1 and math.isfinite(pooled_effect)
                        and pooled_effect != 0 and signs != {np.sign(pooled_effect)})
-            out.append({
-                "attribute": attribute, "kind": kind, "metric": plan.primary.label,
-                "arm": exposures.arms[arm], "segments": rows,
-                "simpsons_paradox": bool(simpson),
-                "warning": ("the pooled effect's sign disagrees with every segment's: "
-                            "Simpson's paradox, check the mix of segments across arms"
-                            if simpson else None),
-            })
-    return out
+            out.append(SegmentResult(
+                attribute=attribute, kind=kind, metric=plan.primary.label,
+                arm=exposures.arms[arm], segments=rows, simpsons_paradox=bool(simpson),
+                warning=("the pooled effect's sign disagrees with every segment's: "
+                         "Simpson's paradox, check the mix of segments across arms"
+                         if simpson else None)))
+    return tuple(out)
 
 
-def decide(plan: AnalysisPlan, report: dict[str, Any],
-           primary: dict[int, MetricEstimate]) -> dict[str, Any]:
+# --------------------------------------------------------------------------- decision
+
+
+def decide(plan: AnalysisPlan, srm: SrmCheck, metrics: Sequence[MetricResult],
+           guardrails: Sequence[GuardrailResult], warnings: Sequence[PeriodWarning] = (),
+           *, period: Period | None = None, n_periods: int = 1) -> Decision:
     """``ship``, ``hold`` or ``rollback`` with every reason.
 
-    - SRM: hold, whatever else the numbers say (they cannot be trusted).
+    - Arms that serve the same versions in the analysed period: hold (the
+      period compares nothing), and so for SRM (no number can be trusted).
     - A guardrail harmed beyond tolerance, or the primary significantly worse:
       rollback.
     - Ship when the primary is significantly better (by the pre-registered
       sequential method when there is one, else the corrected p-value) and every
       guardrail is shown within tolerance; otherwise hold.
     """
-    reasons: list[str] = []
-    if report["srm"]["flag"]:
-        reasons.append(f"sample ratio mismatch (p = {report['srm']['p_value']:.3g} < 0.001): "
+    same = [w for w in warnings if w.kind == "same_versions"]
+    reasons: list[str] = [w.message for w in same]
+    if period is not None and n_periods > 1:
+        reasons.append(f"period {period.index} of {n_periods} (from "
+                       f"{period.start.isoformat().replace('+00:00', 'Z')}): an arm's served "
+                       "versions changed during the experiment; other periods are not pooled in")
+    reasons += [w.message for w in warnings if w.kind != "same_versions"]
+    if srm.flag:
+        reasons.append(f"sample ratio mismatch (p = {srm.p_value or 0.0:.3g} < 0.001): "
                        "the assignment or logging is broken; no effect can be trusted")
-    elif report["srm"]["p_value"] is not None:
-        reasons.append(f"no sample ratio mismatch (p = {report['srm']['p_value']:.3g})")
-    failed = [g for g in report["guardrails"] if g["verdict"] == "FAIL"]
-    unsure = [g for g in report["guardrails"] if g["verdict"] == "INSUFFICIENT_DATA"]
-    reasons += [g["reason"] for g in report["guardrails"]]
-    best_arm: str | None = None
-    best_effect = 0.0
-    primary_entries = [e for e in report["metrics"] if e["role"] == "primary"]
-    any_better = False
-    any_worse = False
-    for entry in primary_entries:
-        significant = primary_significant(plan, entry)
-        effect = entry["abs_effect"]
-        name = f"primary {entry['metric']} ({entry['arm']} vs {entry['control_arm']})"
+    elif srm.p_value is not None:
+        reasons.append(f"no sample ratio mismatch (p = {srm.p_value:.3g})")
+    failed = [g for g in guardrails if g.verdict == Verdict.FAIL]
+    unsure = [g for g in guardrails if g.verdict == Verdict.INSUFFICIENT_DATA]
+    reasons += [g.reason for g in guardrails]
+    best: MetricResult | None = None
+    any_better = any_worse = False
+    for entry in (m for m in metrics if m.role == "primary"):
+        effect = entry.abs_effect
         if effect is None:
-            reasons.append(f"{name}: no estimate ({entry['error']})")
-        elif significant and effect > 0:
+            reasons.append(f"{entry.name}: no estimate ({entry.error})")
+            continue
+        significant = primary_significant(plan, entry)
+        if significant and effect > 0:
             any_better = True
-            if best_arm is None or effect > best_effect:
-                best_arm, best_effect = entry["arm"], effect
-            reasons.append(f"{name}: significantly better {_by(entry)}, {_lift(entry)}")
+            if best is None or effect > (best.abs_effect or 0.0):
+                best = entry
+            verdict = "significantly better"
         elif significant and effect < 0:
             any_worse = True
-            reasons.append(f"{name}: significantly worse {_by(entry)}, {_lift(entry)}")
+            verdict = "significantly worse"
         else:
-            reasons.append(f"{name}: not significant {_by(entry)}, {_lift(entry)}")
-    outcome: Decision
-    if report["srm"]["flag"]:
+            verdict = "not significant"
+        reasons.append(f"{entry.name}: {verdict} {_by(entry)}, {_lift(entry)}")
+    outcome: Outcome
+    if same or srm.flag:
         outcome = "hold"
     elif failed or (any_worse and not any_better):
         outcome = "rollback"
@@ -582,41 +629,40 @@ def decide(plan: AnalysisPlan, report: dict[str, Any],
         outcome = "ship"
     else:
         outcome = "hold"
-    return {"outcome": outcome, "arm": best_arm if outcome == "ship" else None,
-            "reasons": reasons}
+    return Decision(outcome=outcome,
+                    arm=best.arm if outcome == "ship" and best is not None else None,
+                    reasons=tuple(reasons))
 
 
-def primary_significant(plan: AnalysisPlan, entry: dict[str, Any]) -> bool:
-    """Significance by the pre-registered method."""
-    sequential = entry.get("sequential") or {}
-    method = sequential.get("method", "none")
-    if method == "group_sequential":
-        return bool(sequential.get("crossed"))
-    if method == "msprt":
-        return bool(sequential.get("rejected"))
-    p = entry["adjusted_p_value"]
+def primary_significant(plan: AnalysisPlan, entry: MetricResult) -> bool:
+    """Significance by the pre-registered method: the group-sequential boundary
+    crossed, the mSPRT rejected, or else the corrected fixed-horizon p-value."""
+    sequential = entry.sequential
+    if isinstance(sequential, GroupSequentialSummary):
+        return sequential.crossed
+    if isinstance(sequential, MsprtSummary):
+        return sequential.rejected
+    p = entry.adjusted_p_value
     return p is not None and p < plan.alpha
 
 
-def _by(entry: dict[str, Any]) -> str:
+def _by(entry: MetricResult) -> str:
     """Which pre-registered test the significance verdict comes from."""
-    sequential = entry.get("sequential") or {}
-    method = sequential.get("method", "none")
-    if method == "group_sequential":
-        return (f"by the {sequential.get('kind', '')} group-sequential boundary "
-                f"({sequential.get('decision', 'continue')})")
-    if method == "msprt":
-        p = sequential.get("always_valid_p_value")
+    sequential = entry.sequential
+    if isinstance(sequential, GroupSequentialSummary):
+        return (f"by the {sequential.kind} group-sequential boundary "
+                f"({sequential.decision})")
+    if isinstance(sequential, MsprtSummary):
+        p = sequential.always_valid_p_value
         return "by the mSPRT" + (f" (always-valid p = {p:.3g})" if p is not None else "")
     return "at the fixed horizon"
 
 
-def _lift(entry: dict[str, Any]) -> str:
-    rel = entry["rel_effect"]
-    text = f"effect {entry['abs_effect']:.4g}"
-    if rel is not None:
-        text += f" ({rel:+.2%})"
-    if entry["ci_low"] is not None and entry["ci_high"] is not None:
-        text += f", CI [{entry['ci_low']:.4g}, {entry['ci_high']:.4g}]"
-    p = entry["adjusted_p_value"]
+def _lift(entry: MetricResult) -> str:
+    text = f"effect {entry.abs_effect:.4g}"
+    if entry.rel_effect is not None:
+        text += f" ({entry.rel_effect:+.2%})"
+    if entry.ci_low is not None and entry.ci_high is not None:
+        text += f", CI [{entry.ci_low:.4g}, {entry.ci_high:.4g}]"
+    p = entry.adjusted_p_value
     return text + (f", adjusted p = {p:.3g}" if p is not None else "")

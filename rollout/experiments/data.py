@@ -1,10 +1,20 @@
-"""Reading the decision and outcome logs into the arrays :mod:`rollout.analysis` needs,
-and keeping each experiment's pre-registered analysis plan.
+"""Reading the decision and outcome logs into the arrays :mod:`rollout.experiments.analysis`
+needs, finding the experiment's periods, and keeping each experiment's
+pre-registered analysis plan.
 
 Reading is columnar end to end: Parquet is filtered by experiment, role and
-time while it is read (pushed down to the row groups), unit ids become integer
-codes once (``dictionary_encode``), and outcome rows find their unit with one
-hash lookup (``index_in``). No per-row Python.
+time while it is read (pushed down to the row groups), the arm and served
+version columns arrive as dictionary indices (never one string per row), unit
+ids become integer codes once (``dictionary_encode``), and outcome rows find
+their unit with one hash lookup (``index_in``) or join. No per-row Python.
+
+Periods: the decision log records the concrete version every request was
+served. When an arm's served versions change (an alias moved, a rollout split
+the arm), :func:`load_experiment` cuts the experiment into periods
+(:func:`rollout.experiments.periods.split_periods`) and loads one of them: its
+exposures are the units' first decisions within it. A log in which every arm
+served one version is one period, found with one counting pass over integer
+codes.
 """
 
 from __future__ import annotations
@@ -14,8 +24,9 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -30,26 +41,49 @@ from rollout.experiments.analysis import (
     OutcomeRows,
     first_exposures,
 )
+from rollout.experiments.periods import (
+    ServedSpan,
+    from_micros,
+    same_version_warnings,
+    split_periods,
+    to_micros,
+)
+from rollout.experiments.results import Period
 from serving.kernel.analysis_plan import AnalysisPlan
 from serving.kernel.config import ExperimentSpec, RampartConfig
+from serving.kernel.errors import RampartError
 from telemetry.batched_writer import visible_parquet_files
 from telemetry.decision_log import DECISION_SCHEMA
 from telemetry.outcomes_log import OUTCOME_SCHEMA
 
+# Low-cardinality columns read as Arrow dictionaries: Parquet's dictionary pages
+# become integer indices directly, without materializing a string per row.
+DICTIONARY_COLUMNS = ("arm", "model_name", "model_version")
+_DECISIONS_AS_READ = pa.schema([
+    f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in DICTIONARY_COLUMNS else f
+    for f in DECISION_SCHEMA])
+_DECISIONS_FORMAT = pads.ParquetFileFormat(
+    read_options=pads.ParquetReadOptions(dictionary_columns=list(DICTIONARY_COLUMNS)))
 
-class AnalysisInputError(Exception):
+PeriodChoice = int | Literal["latest"]
+
+
+class AnalysisInputError(RampartError):
     """Input the analysis cannot use; the message says what and where."""
 
+    code, status = "invalid_analysis_input", 422
 
-def _dataset(path: Path, schema: pa.Schema, noun: str) -> pads.Dataset:
+
+def _dataset(path: Path, schema: pa.Schema, noun: str,
+             format: pads.FileFormat | str = "parquet") -> pads.Dataset:
     if not path.exists():
         raise AnalysisInputError(f"no {noun} at {path}")
     if path.is_dir():
         files = visible_parquet_files(path)
         if not files:
             raise AnalysisInputError(f"no {noun} files (*.parquet) under {path}")
-        return pads.dataset(files, format="parquet", schema=schema)
-    return pads.dataset(str(path), format="parquet", schema=schema)
+        return pads.dataset(files, format=format, schema=schema)
+    return pads.dataset(str(path), format=format, schema=schema)
 
 
 def _micros(column: pa.ChunkedArray) -> np.ndarray:
@@ -84,60 +118,139 @@ def encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return codes, dictionary
 
 
-def load_exposures(
-    decisions: Path,
-    experiment: ExperimentSpec,
-    as_of: dt.datetime,
-    segments: tuple[str, ...] = (),
-) -> tuple[Exposures, pa.Array]:
-    """Exposed units of ``experiment`` by ``as_of`` and the unit-id dictionary.
+def dictionary_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str | None]]:
+    """Row codes into one dictionary of a dictionary-typed column, and its values.
 
-    Only primary decisions count (a shadow call exposes nobody). Decisions in an
-    arm the config does not name are an error: the log and the config disagree.
+    Chunks read from different files have different dictionaries; unifying them
+    remaps indices of small dictionaries only. A null row is code -1.
     """
-    table = _read_decisions(decisions, experiment, as_of, segments)
-    codes, dictionary = encode(table["unit_id"])
-    return _exposures(table, codes, len(dictionary), experiment, segments), dictionary
+    unified = column.unify_dictionaries()
+    chunks = [c for c in unified.chunks if len(c)]
+    if not chunks:
+        return np.zeros(0, dtype=np.int32), []
+    parts = []
+    for chunk in chunks:
+        indices = chunk.indices
+        if indices.null_count:
+            indices = pc.fill_null(indices, -1)
+        parts.append(np.asarray(indices.to_numpy(zero_copy_only=False), dtype=np.int32))
+    values = [None if v is None else str(v) for v in chunks[0].dictionary.to_pylist()]
+    return np.concatenate(parts), values
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class DecisionRows:
+    """The numeric columns of an experiment's primary decisions, one entry per row.
+
+    ``arm`` indexes the config's arms; ``at`` is microseconds since the epoch;
+    ``served`` codes the served model version as ``(name + 1) * (len(versions) + 1)
+    + version + 1`` over ``names``/``versions`` (0 in either part: not logged).
+    """
+
+    table: pa.Table
+    arm: np.ndarray
+    at: np.ndarray
+    served: np.ndarray
+    names: list[str | None]
+    versions: list[str | None]
+
+    def served_label(self, key: int) -> str | None:
+        """``model/version`` of a served code; None when either part was not logged."""
+        name, version = divmod(int(key), len(self.versions) + 1)
+        if name == 0 or version == 0:
+            return None
+        return f"{self.names[name - 1]}/{self.versions[version - 1]}"
+
+    def subset(self, mask: np.ndarray) -> DecisionRows:
+        return DecisionRows(self.table.filter(pa.array(mask)), self.arm[mask], self.at[mask],
+                            self.served[mask], self.names, self.versions)
 
 
 def _read_decisions(decisions: Path, experiment: ExperimentSpec, as_of: dt.datetime,
                     segments: tuple[str, ...]) -> pa.Table:
-    dataset = _dataset(decisions, DECISION_SCHEMA, "decision log")
-    columns = ["unit_id", "arm", "timestamp"] + (["context"] if segments else [])
+    dataset = _dataset(decisions, _DECISIONS_AS_READ, "decision log", _DECISIONS_FORMAT)
+    columns = ["unit_id", "timestamp", *DICTIONARY_COLUMNS] + (["context"] if segments else [])
     return dataset.to_table(
         columns=columns,
         filter=(pc.field("experiment_id") == experiment.id) & (pc.field("role") == "primary")
         & (pc.field("timestamp") <= _as_of_scalar(as_of)))
 
 
-def _arm_codes(table: pa.Table, experiment: ExperimentSpec) -> np.ndarray:
-    """Each decision's arm as its index in the config; an arm the config does not
-    name is an error (the log and the config disagree)."""
+def decision_rows(table: pa.Table, experiment: ExperimentSpec) -> DecisionRows:
+    """Arm codes, times and served versions of decisions read by :func:`_read_decisions`.
+
+    A decision in an arm the config does not name is an error: the log and the
+    config disagree.
+    """
     arms = [a.name for a in experiment.arms]
-    arm_codes = pc.index_in(table["arm"], value_set=pa.array(arms))
-    unknown = arm_codes.null_count
-    if unknown:
-        seen = sorted(set(pc.unique(table["arm"]).to_pylist()) - set(arms), key=str)
+    codes, labels = dictionary_codes(table["arm"])
+    # index -1 (a null arm) picks the appended -1: unknown, like a name the config lacks
+    lookup = np.array([arms.index(v) if v in arms else -1 for v in labels] + [-1],
+                      dtype=np.int64)
+    arm = lookup[codes]
+    unknown = arm < 0
+    if unknown.any():
+        seen = sorted({None if c < 0 else labels[c] for c in np.unique(codes[unknown])}, key=str)
         raise AnalysisInputError(
-            f"{unknown} decisions of experiment {experiment.id!r} are in arms the config "
-            f"does not name: {seen}; configured arms are {arms}")
-    return np.asarray(arm_codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+            f"{int(unknown.sum())} decisions of experiment {experiment.id!r} are in arms the "
+            f"config does not name: {seen}; configured arms are {arms}")
+    names, name_labels = dictionary_codes(table["model_name"])
+    versions, version_labels = dictionary_codes(table["model_version"])
+    served = (names + 1) * (len(version_labels) + 1) + (versions + 1)
+    return DecisionRows(table, arm, _micros(table["timestamp"]), served, name_labels,
+                        version_labels)
 
 
-def _exposures(table: pa.Table, codes: np.ndarray, n_codes: int, experiment: ExperimentSpec,
-               segments: tuple[str, ...]) -> Exposures:
+def find_periods(rows: DecisionRows, experiment: ExperimentSpec) -> tuple[Period, ...]:
+    """The experiment's periods (:func:`split_periods`); none without decisions.
+
+    Counting (arm, served version) pairs is one pass over integer codes; only when
+    some arm served more than one version are the pairs' first and last times
+    aggregated.
+    """
+    if rows.arm.size == 0:
+        return ()
+    arms = tuple(a.name for a in experiment.arms)
+    size = (len(rows.names) + 1) * (len(rows.versions) + 1)
+    pair = rows.arm * size + rows.served
+    present = np.flatnonzero(np.bincount(pair, minlength=len(arms) * size))
+    per_arm: dict[str, list[str]] = {}
+    for p in present:
+        label = rows.served_label(int(p) % size)
+        if label is not None:
+            per_arm.setdefault(arms[int(p) // size], []).append(label)
+    if all(len(labels) == 1 for labels in per_arm.values()):
+        start = from_micros(int(rows.at.min()))
+        served = {a: tuple(per_arm.get(a, ())) for a in arms}
+        return (Period(index=1, start=start, served=served,
+                       warnings=same_version_warnings(arms, served, start)),)
+    spans_table = pa.table({"pair": pa.array(pair), "at": pa.array(rows.at)}).group_by(
+        "pair").aggregate([("at", "min"), ("at", "max")])
+    spans = []
+    for p, first, last in zip(spans_table["pair"].to_pylist(), spans_table["at_min"].to_pylist(),
+                              spans_table["at_max"].to_pylist(), strict=True):
+        label = rows.served_label(p % size)
+        if label is not None:
+            spans.append(ServedSpan(arms[p // size], label, first, last))
+    return split_periods(arms, spans)
+
+
+def _exposures(rows: DecisionRows, codes: np.ndarray, n_codes: int,
+               experiment: ExperimentSpec, segments: tuple[str, ...]) -> Exposures:
     """Exposures indexed by unit code (``codes`` per decision row, ``n_codes`` of
-    them; a code without decisions is left unexposed and dropped by the caller)."""
+    them, each with at least one decision)."""
     arms = tuple(a.name for a in experiment.arms)
     weights = tuple(float(a.weight_bp) for a in experiment.arms)
-    if table.num_rows == 0:
+    if rows.arm.size == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Exposures(arms, weights, empty, empty)
-    arm, exposed_at, crossovers, first_rows = first_exposures(
-        codes, n_codes, _arm_codes(table, experiment), _micros(table["timestamp"]))
+    arm, exposed_at, crossovers, first_rows = first_exposures(codes, n_codes, rows.arm, rows.at)
     segment_codes: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
     for attribute in segments:
-        looked_up = pc.map_lookup(table["context"], attribute, "first")
+        looked_up = pc.map_lookup(rows.table["context"], attribute, "first")
         filled = pc.fill_null(looked_up, MISSING_SEGMENT).combine_chunks().dictionary_encode()
         per_row = np.asarray(filled.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
         per_unit = np.zeros(n_codes, dtype=np.int64)
@@ -145,6 +258,26 @@ def _exposures(table: pa.Table, codes: np.ndarray, n_codes: int, experiment: Exp
         labels = tuple(str(v) for v in filled.dictionary.to_pylist())
         segment_codes[attribute] = (per_unit, labels)
     return Exposures(arms, weights, arm, exposed_at, crossovers, segment_codes)
+
+
+def load_exposures(
+    decisions: Path,
+    experiment: ExperimentSpec,
+    as_of: dt.datetime,
+    segments: tuple[str, ...] = (),
+) -> tuple[Exposures, pa.Array]:
+    """Exposed units of ``experiment`` by ``as_of`` over all its periods, and the
+    unit-id dictionary.
+
+    Only primary decisions count (a shadow call exposes nobody). Decisions in an
+    arm the config does not name are an error: the log and the config disagree.
+    """
+    rows = decision_rows(_read_decisions(decisions, experiment, as_of, segments), experiment)
+    codes, dictionary = encode(rows.table["unit_id"])
+    return _exposures(rows, codes, len(dictionary), experiment, segments), dictionary
+
+
+# --------------------------------------------------------------------------- outcomes
 
 
 def _read_outcomes(outcomes: Path, metrics: tuple[str, ...], experiment_id: str,
@@ -189,6 +322,23 @@ def load_outcomes(
     return _outcome_rows(table, unit, metrics)
 
 
+# --------------------------------------------------------------------------- experiments
+
+
+@dataclass(frozen=True)
+class ExperimentData:
+    """One period of an experiment, ready for :func:`rollout.experiments.analysis.analyze`:
+    its exposures, their outcome rows, the exposed units' ids (indexed like the
+    exposures), the period and every period of the experiment (``period`` is
+    None only when nobody was exposed)."""
+
+    exposures: Exposures
+    outcomes: OutcomeRows
+    units: pa.Array
+    period: Period | None
+    periods: tuple[Period, ...]
+
+
 def load_experiment(
     decisions: Path,
     outcomes: Path,
@@ -196,30 +346,114 @@ def load_experiment(
     metrics: tuple[str, ...],
     as_of: dt.datetime,
     segments: tuple[str, ...] = (),
-) -> tuple[Exposures, OutcomeRows, pa.Array]:
-    """Exposures, their outcome rows and the exposed units' ids.
+    period: PeriodChoice = "latest",
+) -> ExperimentData:
+    """One period of the experiment (the latest by default, else the 1-based index).
 
     The two logs are read side by side (Arrow releases the GIL). Hashing unit-id
-    strings is most of the cost at millions of rows, so without segments the
-    first exposures come from one multi-threaded hash aggregation and outcome
-    rows find their unit by a hash join, both in Arrow's engine; with segments,
-    the context at each unit's first decision needs row-level codes
-    (:func:`load_exposures`). Both paths give the same exposures and the same
+    strings is most of the cost at millions of rows, so for a one-period
+    experiment without segments the first exposures come from one multi-threaded
+    hash aggregation and outcome rows find their unit by a hash join, both in
+    Arrow's engine; with segments, the context at each unit's first decision
+    needs row-level codes. Both paths give the same exposures and the same
     figures; only the order of units differs, and no figure depends on it.
     """
+    return _load(decisions, outcomes, experiment, metrics, as_of, segments, period)[0]
+
+
+def load_all_periods(
+    decisions: Path,
+    outcomes: Path,
+    experiment: ExperimentSpec,
+    metrics: tuple[str, ...],
+    as_of: dt.datetime,
+    segments: tuple[str, ...] = (),
+) -> list[ExperimentData]:
+    """Every period of the experiment, each loaded as :func:`load_experiment` loads one."""
+    return _load(decisions, outcomes, experiment, metrics, as_of, segments, "all")
+
+
+def _load(decisions: Path, outcomes: Path, experiment: ExperimentSpec,
+          metrics: tuple[str, ...], as_of: dt.datetime, segments: tuple[str, ...],
+          which: PeriodChoice | Literal["all"]) -> list[ExperimentData]:
     with ThreadPoolExecutor(max_workers=1) as pool:  # leaving waits for the outcomes side
         pending = pool.submit(_read_outcomes, outcomes, metrics, experiment.id, as_of)
         decided = _read_decisions(decisions, experiment, as_of, segments)
         happened = pending.result()
-    if segments or decided.num_rows == 0:
-        codes, dictionary = encode(decided["unit_id"])
-        exposures = _exposures(decided, codes, len(dictionary), experiment, segments)
+    rows = decision_rows(decided, experiment)
+    periods = find_periods(rows, experiment)
+    chosen = _choose(periods, which, experiment.id)
+    if len(periods) <= 1:
+        data = _one_period(rows, happened, experiment, metrics, segments)
+        period = periods[0].model_copy(update={"units": data.exposures.n_units}) if periods \
+            else None
+        return [ExperimentData(data.exposures, data.outcomes, data.units, period,
+                               () if period is None else (period,))]
+    in_period = [(rows.at >= to_micros(p.start))
+                 & (rows.at < (np.iinfo(np.int64).max if p.end is None else to_micros(p.end)))
+                 for p in periods]
+    periods = tuple(p.model_copy(update={"units": int(pc.count_distinct(
+        rows.table["unit_id"].filter(pa.array(mask))).as_py())})
+                    for p, mask in zip(periods, in_period, strict=True))
+    entered = pa.table({"unit_id": rows.table["unit_id"], "at": pa.array(rows.at)}).group_by(
+        "unit_id").aggregate([("at", "min")])
+    out = []
+    for index in chosen:
+        period_rows = rows.subset(in_period[index - 1])
+        codes, dictionary = encode(period_rows.table["unit_id"])
+        exposures = _exposures(period_rows, codes, len(dictionary), experiment, segments)
+        if index > 1:
+            position = _codes(pc.index_in(dictionary,
+                                          value_set=entered["unit_id"].combine_chunks()))
+            exposures = _with_entry(exposures, np.asarray(
+                entered["at_min"].to_numpy(), dtype=np.int64)[position])
         unit = _codes(pc.index_in(happened["unit_id"], value_set=dictionary))
-        return exposures, _outcome_rows(happened, unit, metrics), dictionary
-    arm_codes = _arm_codes(decided, experiment)
-    packed = (_micros(decided["timestamp"]) << ARM_BITS) | arm_codes
-    first = pa.table({"unit_id": decided["unit_id"], "first": pa.array(packed),
-                      "arm": pa.array(arm_codes)}).group_by("unit_id").aggregate(
+        out.append(ExperimentData(exposures, _outcome_rows(happened, unit, metrics),
+                                  dictionary, periods[index - 1], periods))
+    return out
+
+
+def _with_entry(exposures: Exposures, entered_at: np.ndarray) -> Exposures:
+    return Exposures(exposures.arms, exposures.weights, exposures.arm, exposures.exposed_at,
+                     exposures.crossovers, exposures.segments, entered_at)
+
+
+def _choose(periods: tuple[Period, ...], which: PeriodChoice | Literal["all"],
+            experiment_id: str) -> list[int]:
+    """The 1-based indices of the periods to load; a period that does not exist is
+    an :class:`AnalysisInputError`."""
+    count = max(len(periods), 1)
+    if which == "all":
+        return list(range(1, count + 1))
+    if which == "latest":
+        return [count]
+    if not 1 <= which <= count:
+        raise AnalysisInputError(
+            f"experiment {experiment_id!r} has {count} period{'s' if count > 1 else ''} "
+            f"(its arms' served versions changed {count - 1} times); choose a period "
+            f"from 1 to {count}, or all")
+    return [which]
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    exposures: Exposures
+    outcomes: OutcomeRows
+    units: pa.Array
+
+
+def _one_period(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSpec,
+                metrics: tuple[str, ...], segments: tuple[str, ...]) -> _Loaded:
+    """Exposures and outcomes of an experiment with one period (see
+    :func:`load_experiment` for the two paths)."""
+    if segments or rows.arm.size == 0:
+        codes, dictionary = encode(rows.table["unit_id"])
+        exposures = _exposures(rows, codes, len(dictionary), experiment, segments)
+        unit = _codes(pc.index_in(happened["unit_id"], value_set=dictionary))
+        return _Loaded(exposures, _outcome_rows(happened, unit, metrics), dictionary)
+    packed = (rows.at << ARM_BITS) | rows.arm
+    first = pa.table({"unit_id": rows.table["unit_id"], "first": pa.array(packed),
+                      "arm": pa.array(rows.arm)}).group_by("unit_id").aggregate(
         [("first", "min"), ("arm", "min_max")])
     first_packed = np.asarray(first["first_min"].to_numpy(), dtype=np.int64)
     arm_range = pc.struct_field(first["arm_min_max"], "min"), pc.struct_field(
@@ -232,10 +466,10 @@ def load_experiment(
     keyed = pa.table({"unit_id": units, "unit": pa.array(np.arange(len(units)))})
     joined = happened.join(keyed, keys="unit_id", join_type="inner")
     unit = np.asarray(joined["unit"].to_numpy(), dtype=np.int64)
-    return exposures, _outcome_rows(joined, unit, metrics), units.combine_chunks()
+    return _Loaded(exposures, _outcome_rows(joined, unit, metrics), units.combine_chunks())
 
 
-def _codes(positions: pa.ChunkedArray) -> np.ndarray:
+def _codes(positions: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """``index_in`` positions as int64, -1 where the value was not found."""
     filled = pc.fill_null(positions, -1)
     return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=np.int64)
@@ -254,8 +488,10 @@ def plan_metrics(plan: AnalysisPlan) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- pre-registration
 
 
-class PlanChanged(Exception):
+class PlanChanged(RampartError):
     """The analysis plan differs from the one registered before the start."""
+
+    code, status = "analysis_plan_changed", 409
 
 
 def plan_fingerprint(plan: AnalysisPlan) -> tuple[str, dict[str, Any]]:

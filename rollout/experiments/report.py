@@ -1,30 +1,37 @@
 """The HTML report of ``rampart analyze --html``: one self-contained page.
 
-It renders the JSON-ready dict of :func:`rollout.analysis.analyze` (plus the
-CLI's ``preregistration``) in the order a reader should trust it: the
-decision and its reasons, the sample-ratio check (a mismatch voids the rest),
-the metrics, the guardrails, the primary metric over time (cumulative lift,
-z against the sequential boundary, sample ratio), a forest plot per segment
-attribute and arm, and the pre-registration. Plots are PNGs drawn with
-matplotlib's Agg renderer and inlined as base64; every number may be null
-and then reads "n/a".
+It renders an :class:`~rollout.experiments.results.ExperimentAnalysis` through
+its JSON document (:meth:`~rollout.experiments.results.ExperimentAnalysis.to_json`,
+the same one ``rampart analyze --json`` prints, so a saved document renders
+too) in the order a reader should trust it: the decision and its reasons,
+a warning when the arms of the analysed period serve the same versions, the
+periods and the versions each arm served, the sample-ratio check (a mismatch
+voids the rest), the metrics, the guardrails, the primary metric over time
+(cumulative lift, z against the sequential boundary, sample ratio), a forest
+plot per segment attribute and arm, and the pre-registration. Plots are PNGs
+drawn with matplotlib's Agg renderer and inlined as base64; every number may
+be null and then reads "n/a".
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import html
+import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from telemetry.parity_report import _png
+from rollout.experiments.results import ExperimentAnalysis
+from telemetry.verdict import Verdict
 
 FIXED_HORIZON_Z = 1.96  # two-sided 5% reference line when no boundary applies
 NA = "n/a"
 DECISION_COLORS = {"ship": "#1a7f37", "hold": "#b26a00", "rollback": "#c62828"}
-VERDICT_CLASSES = {"PASS": "pass", "FAIL": "fail", "INSUFFICIENT_DATA": "unsure"}
+VERDICT_CLASSES: dict[str, str] = {Verdict.PASS: "pass", Verdict.FAIL: "fail",
+                                   Verdict.INSUFFICIENT_DATA: "unsure"}
 FIGSIZE = (7.5, 3.0)
 
 STYLE = (
@@ -127,6 +134,13 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]],
             f"<tbody>{body}</tbody></table></div>")
 
 
+def _png(fig: Any) -> str:
+    """A matplotlib figure as base64 PNG (dpi 90, tight bounding box)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 def _figure(title: str, data: str, caption: str) -> str:
     return (f"<figure><img class='plot' alt='{html.escape(title, quote=True)}' "
             f"src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}"
@@ -151,11 +165,63 @@ def _header(report: dict[str, Any]) -> str:
         f"{html.escape(', '.join(str(a) for a in arms)) or NA} · "
         f"{html.escape(_count(report.get('crossovers')))} crossovers · "
         f"p-values corrected by {_esc(report.get('correction'))} · "
+        f"{_period_meta(report)}"
         f"made {made:%Y-%m-%d %H:%M:%S} UTC</p>"
         f"<div class='decision {css}' id='decision'>Decision: {html.escape(outcome.upper())}"
         f"{' ' + _esc(arm) if arm else ''}</div>"
-        f"<ul class='reasons'>{reasons or '<li>no reason given</li>'}</ul></header>"
+        f"<ul class='reasons'>{reasons or '<li>no reason given</li>'}</ul>"
+        f"{_period_banners(report)}</header>"
     )
+
+
+def _period_banners(report: dict[str, Any]) -> str:
+    """Red for arms serving the same versions (the period compares nothing),
+    amber for arms sharing some versions."""
+    out = []
+    for warning in report.get("warnings") or []:
+        if not isinstance(warning, dict):
+            continue
+        same = warning.get("kind") == "same_versions"
+        out.append(f"<div class='banner {'bad' if same else 'warn'}' "
+                   f"id='period-warning'>{_esc(warning.get('message'))}</div>")
+    return "".join(out)
+
+
+def _periods(report: dict[str, Any]) -> str:
+    """Every period with the versions each arm served; the analysed one marked."""
+    periods = [p for p in report.get("periods") or [] if isinstance(p, dict)]
+    head = "<section id='periods'><h2>Periods and served versions</h2>"
+    if not periods:
+        return head + "<p class='note'>No period information in this report.</p></section>"
+    analysed = (report.get("period") or {}).get("index")
+    arms = [str(a) for a in report.get("arms") or []]
+    for p in periods:
+        arms += [str(a) for a in (p.get("served") or {}) if str(a) not in arms]
+    rows = []
+    for p in periods:
+        served = p.get("served") or {}
+        kinds = {w.get("kind") for w in p.get("warnings") or [] if isinstance(w, dict)}
+        flag = ("<span class='fail'>same versions</span>" if "same_versions" in kinds else
+                "<span class='unsure'>shared versions</span>" if kinds else "")
+        rows.append([
+            _esc(p.get("index")) + (" <b>(analysed)</b>" if p.get("index") == analysed else ""),
+            _esc(p.get("start")), _esc(p.get("end") or "(latest)"), _count(p.get("units")),
+            *[_esc(" + ".join(str(v) for v in served.get(arm) or []) or "-") for arm in arms],
+            flag,
+        ])
+    note = ("<p class='note'>An arm's served versions changed during the experiment (an "
+            "alias moved or a rollout split an arm): each period is a different comparison, "
+            "so periods are analysed apart and never pooled.</p>" if len(periods) > 1 else "")
+    return (head + note + _table(["period", "from", "to", "units", *arms, ""], rows,
+                                 range(3 + len(arms) + 2)) + "</section>")
+
+
+def _period_meta(report: dict[str, Any]) -> str:
+    periods = report.get("periods") or []
+    period = report.get("period") or {}
+    if len(periods) < 2 or not isinstance(period, dict):
+        return ""
+    return f"period {_esc(period.get('index'))} of {len(periods)} · "
 
 
 def _shares(values: Sequence[Any]) -> list[float | None]:
@@ -546,20 +612,23 @@ def _preregistration(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- page
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The whole report as one self-contained HTML page (inline CSS and PNGs)."""
+def render_html(analysis: ExperimentAnalysis | Mapping[str, Any]) -> str:
+    """The whole report as one self-contained HTML page (inline CSS and PNGs), from
+    an analysis or its JSON document."""
+    report = analysis.to_json() if isinstance(analysis, ExperimentAnalysis) else dict(analysis)
     primary = {str(m.get("arm")): m for m in report.get("metrics") or []
                if isinstance(m, dict) and m.get("role") == "primary"}
-    sections = [_header(report), _srm(report), _metrics(report), _guardrails(report),
-                _plots(report, primary), _segments(report, primary), _preregistration(report)]
+    sections = [_header(report), _periods(report), _srm(report), _metrics(report),
+                _guardrails(report), _plots(report, primary), _segments(report, primary),
+                _preregistration(report)]
     title = html.escape(f"Rampart analysis: {_text(report.get('experiment_id'))}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(sections)}"
             f"<script>{SCRIPT}</script></body></html>")
 
 
-def write_html(report: dict[str, Any], path: Path) -> None:
-    """Render ``report`` and write it to ``path`` (UTF-8), creating its directory."""
+def write_html(analysis: ExperimentAnalysis | Mapping[str, Any], path: Path) -> None:
+    """Render ``analysis`` and write it to ``path`` (UTF-8), creating its directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(report), encoding="utf-8")
+    path.write_text(render_html(analysis), encoding="utf-8")

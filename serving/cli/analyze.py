@@ -7,9 +7,12 @@ import datetime as dt
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from serving.cli.common import DEFAULT_CONFIG, CliError, load_config_or_exit
+
+if TYPE_CHECKING:
+    from rollout.experiments.results import ExperimentAnalysis
 
 
 def add_commands(sub: Any) -> None:
@@ -48,6 +51,10 @@ def add_commands(sub: Any) -> None:
                                          "(ISO-8601 with a zone, or seconds since the epoch)")
     analyze.add_argument("--segment", action="append", default=[],
                          help="an extra (exploratory) segment attribute; repeatable")
+    analyze.add_argument("--period", type=period_choice, default="latest", metavar="N|all",
+                         help="which period to analyse when an arm's served versions changed "
+                              "during the experiment: its number (from 1), or all of them "
+                              "one by one (default: the latest)")
     analyze.add_argument("--json", action="store_true", help="print one JSON object")
     analyze.add_argument("--html", type=Path, help="write an HTML report with plots here")
     analyze.set_defaults(func=cmd_analyze)
@@ -76,6 +83,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def period_choice(text: str) -> int | Literal["latest", "all"]:
+    """``--period``: a period number from 1, ``all`` or ``latest``."""
+    if text in ("all", "latest"):
+        return "all" if text == "all" else "latest"
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a period number from 1, or all; got {text!r}")
+
+
 def parse_time(text: str) -> dt.datetime:
     """An ISO-8601 time with a zone, or seconds since the epoch."""
     try:
@@ -98,16 +114,40 @@ def parse_time(text: str) -> dt.datetime:
 def run_analysis(config: Any, experiment_id: str, *, decisions: Path | None = None,
                  outcomes: Path | None = None, as_of: dt.datetime | None = None,
                  exploratory_segments: tuple[str, ...] = (), timeline_points: int = 0,
-                 now: dt.datetime | None = None) -> dict[str, Any]:
-    """Check the pre-registration, read the logs and analyse; CliError on bad input."""
+                 now: dt.datetime | None = None, period: int | Literal["latest"] = "latest"
+                 ) -> ExperimentAnalysis:
+    """Check the pre-registration, read the logs and analyse one period of the
+    experiment (the latest by default); CliError on bad input."""
+    return _run(config, experiment_id, decisions=decisions, outcomes=outcomes, as_of=as_of,
+                exploratory_segments=exploratory_segments, timeline_points=timeline_points,
+                now=now, which=period)[0]
+
+
+def run_all_periods(config: Any, experiment_id: str, *, decisions: Path | None = None,
+                    outcomes: Path | None = None, as_of: dt.datetime | None = None,
+                    exploratory_segments: tuple[str, ...] = (), timeline_points: int = 0,
+                    now: dt.datetime | None = None) -> list[ExperimentAnalysis]:
+    """:func:`run_analysis` of every period of the experiment, in time order."""
+    return _run(config, experiment_id, decisions=decisions, outcomes=outcomes, as_of=as_of,
+                exploratory_segments=exploratory_segments, timeline_points=timeline_points,
+                now=now, which="all")
+
+
+def _run(config: Any, experiment_id: str, *, decisions: Path | None,
+         outcomes: Path | None, as_of: dt.datetime | None,
+         exploratory_segments: tuple[str, ...], timeline_points: int,
+         now: dt.datetime | None, which: int | Literal["latest", "all"]
+         ) -> list[ExperimentAnalysis]:
     from rollout.experiments.analysis import analyze
     from rollout.experiments.data import (
         AnalysisInputError,
         PlanChanged,
+        load_all_periods,
         load_experiment,
         plan_metrics,
         register_plan,
     )
+    from rollout.experiments.results import Preregistration
 
     experiments = {e.id: e for e in config.experiments}
     if experiment_id not in experiments:
@@ -126,40 +166,62 @@ def run_analysis(config: Any, experiment_id: str, *, decisions: Path | None = No
         raise CliError(str(exc)) from None
     as_of = as_of or now
     segments = tuple(dict.fromkeys((*plan.segments, *exploratory_segments)))
+    paths = (Path(decisions or config.decision_log.path),
+             Path(outcomes or config.outcomes_log.path))
     try:
-        exposures, rows, _ = load_experiment(
-            Path(decisions or config.decision_log.path),
-            Path(outcomes or config.outcomes_log.path), experiment, plan_metrics(plan), as_of,
-            segments)
+        loaded = (load_all_periods(*paths, experiment, plan_metrics(plan), as_of, segments)
+                  if which == "all" else
+                  [load_experiment(*paths, experiment, plan_metrics(plan), as_of, segments,
+                                   period=which)])
     except AnalysisInputError as exc:
         raise CliError(str(exc)) from None
-    if exposures.n_units == 0:
+    if loaded[-1].exposures.n_units == 0:
         raise CliError(f"no unit of experiment {experiment_id!r} was exposed by "
                        f"{as_of.isoformat()} in the decision log")
-    report = analyze(experiment_id, plan, exposures, rows, as_of,
-                     exploratory_segments=exploratory_segments,
-                     timeline_points=timeline_points)
-    report["preregistration"] = {
-        "registered_at": registration["registered_at"],
-        "registered_after_start": registration["registered_after_start"],
-        "sha256": registration["sha256"], "start": plan.start.isoformat(),
-    }
-    return report
+    preregistration = Preregistration(
+        registered_at=registration["registered_at"],
+        registered_after_start=registration["registered_after_start"],
+        sha256=registration["sha256"], start=plan.start)
+    analyses = []
+    for data in loaded:
+        # An earlier period is analysed as it stood when it ended: what came after
+        # was served by other versions.
+        end = data.period.end if data.period is not None else None
+        period_as_of = min(as_of, end) if end is not None else as_of
+        analysis = analyze(experiment_id, plan, data.exposures, data.outcomes, period_as_of,
+                           exploratory_segments=exploratory_segments,
+                           timeline_points=timeline_points, period=data.period,
+                           periods=data.periods)
+        analyses.append(analysis.model_copy(update={"preregistration": preregistration}))
+    return analyses
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     as_of = parse_time(args.as_of) if args.as_of else None
-    report = run_analysis(config, args.experiment, decisions=args.decisions,
-                          outcomes=args.outcomes, as_of=as_of,
-                          exploratory_segments=tuple(args.segment),
-                          timeline_points=20 if args.html else 0)
+    common: dict[str, Any] = {
+        "decisions": args.decisions, "outcomes": args.outcomes, "as_of": as_of,
+        "exploratory_segments": tuple(args.segment), "timeline_points": 20 if args.html else 0}
+    if args.period == "all":
+        if args.html:
+            raise CliError("--html renders one period: choose it with --period N "
+                           "(or leave --period out for the latest)")
+        analyses = run_all_periods(config, args.experiment, **common)
+        if args.json:
+            print(json.dumps({"experiment_id": args.experiment,
+                              "periods": [p.model_dump(mode="json")
+                                          for p in analyses[-1].periods],
+                              "analyses": [a.to_json() for a in analyses]}))
+        else:
+            print("\n\n".join(summary_text(a) for a in analyses))
+        return 0
+    report = run_analysis(config, args.experiment, period=args.period, **common)
     if args.html:
         from rollout.experiments.report import write_html
 
         write_html(report, args.html)
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report.to_json()))
     else:
         print(summary_text(report))
         if args.html:
@@ -167,49 +229,81 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary_text(report: dict[str, Any]) -> str:
-    """A short human summary: SRM first, then each metric, then the decision."""
-    srm = report["srm"]
-    lines = [f"experiment {report['experiment_id']} as of {report['as_of']}: "
-             f"{report['units']:,} exposed units in {report['arms']}"]
-    lines.append(f"SRM: observed {srm['observed']}, expected {srm['expected']}, "
-                 f"p = {_fmt(srm['p_value'])}" + ("  ** MISMATCH **" if srm["flag"] else ""))
-    for m in report["metrics"]:
-        reduction = m["cuped_variance_reduction"]
+def _when(moment: dt.datetime | None) -> str:
+    return "now" if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def periods_text(report: ExperimentAnalysis) -> list[str]:
+    """The periods, one line each, and every warning of the analysed one, loudly."""
+    lines: list[str] = []
+    if len(report.periods) > 1:
+        analysed = report.period.index if report.period is not None else None
+        lines.append(f"{len(report.periods)} periods: an arm's served versions changed "
+                     "during the experiment; periods are analysed apart, never pooled")
+        for p in report.periods:
+            served = ", ".join(f"{arm} {'+'.join(v) or '-'}" for arm, v in p.served.items())
+            units = f", {p.units:,} units" if p.units is not None else ""
+            mark = "  <- analysed" if p.index == analysed else ""
+            span = (f"{_when(p.start)} to {_when(p.end)}" if p.end is not None
+                    else f"from {_when(p.start)} on")
+            lines.append(f"  period {p.index}: {span}: {served}{units}{mark}")
+    elif report.period is not None:
+        served = ", ".join(f"{arm} {'+'.join(v) or '-'}"
+                           for arm, v in report.period.served.items())
+        lines.append(f"served versions: {served}")
+    for warning in report.warnings:
+        lines.append(f"** WARNING: {warning.message} **")
+    return lines
+
+
+def summary_text(report: ExperimentAnalysis) -> str:
+    """A short human summary: periods and their warnings, SRM, each metric, then
+    the decision."""
+    from rollout.experiments.results import GroupSequentialSummary, MsprtSummary
+
+    srm = report.srm
+    lines = [f"experiment {report.experiment_id} as of {_when(report.as_of)}: "
+             f"{report.units:,} exposed units in {list(report.arms)}"]
+    lines += periods_text(report)
+    lines.append(f"SRM: observed {list(srm.observed)}, expected {list(srm.expected)}, "
+                 f"p = {_fmt(srm.p_value)}" + ("  ** MISMATCH **" if srm.flag else ""))
+    for m in report.metrics:
+        reduction = m.cuped_variance_reduction
         cuped = f", CUPED -{reduction:.0%} variance" if reduction else ""
-        rel = f" ({m['rel_effect']:+.2%})" if m["rel_effect"] is not None else ""
+        rel = f" ({m.rel_effect:+.2%})" if m.rel_effect is not None else ""
         lines.append(
-            f"{m['role']:9} {m['metric']:>12} {m['arm']} vs {m['control_arm']}: "
-            f"{_fmt(m['mean_control'])} -> {_fmt(m['mean_treatment'])}, "
-            f"effect {_fmt(m['abs_effect'])}{rel} CI [{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]"
-            f", p = {_fmt(m['p_value'])} (adjusted {_fmt(m['adjusted_p_value'])}){cuped}")
-        sequential = m.get("sequential") or {}
-        if sequential.get("method") == "msprt":
-            lines.append(f"{'':9} always-valid p = {_fmt(sequential['always_valid_p_value'])}, "
-                         f"confidence sequence [{_fmt(sequential['ci_low'])}, "
-                         f"{_fmt(sequential['ci_high'])}] over {sequential['looks']} looks")
-        elif sequential.get("method") == "group_sequential":
-            lines.append(f"{'':9} {sequential['kind']} boundary "
-                         f"{_fmt(sequential['boundary'])} at look {len(sequential['looks'])}: "
-                         f"{sequential['decision']}")
-        if m.get("bayes"):
-            lines.append(f"{'':9} P(better) = {_fmt(m['bayes']['prob_better'])}")
-    for g in report["guardrails"]:
-        lines.append(f"guardrail {g['metric']:>12} {g['arm']}: {g['verdict']}")
-    for seg in report["segments"]:
-        cells = ", ".join(f"{r['segment']} {_fmt(r['abs_effect'])} (adj. p "
-                          f"{_fmt(r['adjusted_p_value'])})" for r in seg["segments"])
-        lines.append(f"segments by {seg['attribute']} ({seg['kind']}), {seg['arm']}: {cells}")
-        if seg.get("warning"):
-            lines.append(f"  warning: {seg['warning']}")
-    registration = report.get("preregistration") or {}
-    if registration.get("registered_after_start"):
+            f"{m.role:9} {m.metric:>12} {m.arm} vs {m.control_arm}: "
+            f"{_fmt(m.mean_control)} -> {_fmt(m.mean_treatment)}, "
+            f"effect {_fmt(m.abs_effect)}{rel} CI [{_fmt(m.ci_low)}, {_fmt(m.ci_high)}]"
+            f", p = {_fmt(m.p_value)} (adjusted {_fmt(m.adjusted_p_value)}){cuped}")
+        sequential = m.sequential
+        if isinstance(sequential, MsprtSummary):
+            lines.append(f"{'':9} always-valid p = {_fmt(sequential.always_valid_p_value)}, "
+                         f"confidence sequence [{_fmt(sequential.ci_low)}, "
+                         f"{_fmt(sequential.ci_high)}] over {sequential.looks} looks")
+        elif isinstance(sequential, GroupSequentialSummary):
+            lines.append(f"{'':9} {sequential.kind} boundary "
+                         f"{_fmt(sequential.boundary)} at look {len(sequential.looks)}: "
+                         f"{sequential.decision}")
+        if m.bayes is not None:
+            lines.append(f"{'':9} P(better) = {_fmt(m.bayes.prob_better)}")
+    for g in report.guardrails:
+        lines.append(f"guardrail {g.metric:>12} {g.arm}: {g.verdict}")
+    for seg in report.segments:
+        cells = ", ".join(f"{r.segment} {_fmt(r.abs_effect)} (adj. p "
+                          f"{_fmt(r.adjusted_p_value)})" for r in seg.segments)
+        lines.append(f"segments by {seg.attribute} ({seg.kind}), {seg.arm}: {cells}")
+        if seg.warning:
+            lines.append(f"  warning: {seg.warning}")
+    registration = report.preregistration
+    if registration is not None and registration.registered_after_start:
         lines.append(f"note: the analysis plan was first recorded at "
-                     f"{registration['registered_at']}, after the start {registration['start']}")
-    decision = report["decision"]
-    lines.append(f"decision: {decision['outcome'].upper()}"
-                 + (f" {decision['arm']}" if decision.get("arm") else ""))
-    lines += [f"  - {reason}" for reason in decision["reasons"]]
+                     f"{_when(registration.registered_at)}, after the start "
+                     f"{_when(registration.start)}")
+    decision = report.decision
+    lines.append(f"decision: {decision.outcome.upper()}"
+                 + (f" {decision.arm}" if decision.arm else ""))
+    lines += [f"  - {reason}" for reason in decision.reasons]
     return "\n".join(lines)
 
 

@@ -16,12 +16,12 @@ import numpy as np
 import yaml
 
 from serving.cli.demo.traffic import Population, drive_traffic
-from serving.gateway.ray_app import start_gateway
+from serving.cli.launch import start_gateway
 from serving.kernel.config import parse_config
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RAMPART = str(Path(sys.executable).parent / "rampart")
-PORT = 18_620
 EXPERIMENT = "demo-champion-vs-challenger"
 
 
@@ -31,7 +31,7 @@ def _config_data(mlflow_store: dict[str, Any], tmp: Path) -> dict[str, Any]:
     data["decision_log"] = {"path": str(tmp / "decisions")}
     data["outcomes_log"] = {"path": str(tmp / "outcomes")}
     data["telemetry"] = {"metrics_dir": str(tmp / "metrics")}
-    data["server"] = {"host": "127.0.0.1", "port": PORT, "num_replicas": 1}
+    data["server"] = {"host": "127.0.0.1", "port": free_port(), "num_replicas": 1}
     experiment = data["experiments"][0]
     experiment["arms"][0]["weight_bp"] = 5000
     experiment["arms"][1]["weight_bp"] = 5000
@@ -99,6 +99,11 @@ def test_gateway_logs_and_posted_outcomes_are_analysed_end_to_end(
     assert country["kind"] == "exploratory"
     assert report["decision"]["outcome"] == "ship" and report["decision"]["arm"] == "challenger"
     assert report["preregistration"]["registered_after_start"] is False
+    # no alias moved while the traffic ran: one period, each arm on its own version
+    (period,) = report["periods"]
+    assert period == report["period"] and report["warnings"] == []
+    assert all(len(v) == 1 for v in period["served"].values())
+    assert len({v[0] for v in period["served"].values()}) == 2
     assert html.stat().st_size > 10_000 and "<img" in html.read_text()
 
     # The plan is fixed once the experiment has started.

@@ -41,7 +41,7 @@ def test_report_plots_decode_and_the_decision_is_visible_in_chromium(tmp_path: P
     report = run_analysis(_config(tmp_path, plan), "exp", as_of=AS_OF,
                           now=START - dt.timedelta(days=1), timeline_points=20,
                           exploratory_segments=("country",))
-    assert report["decision"]["outcome"] == "ship" and report["decision"]["arm"] == "treatment"
+    assert report.decision.outcome == "ship" and report.decision.arm == "treatment"
     page = tmp_path / "report.html"
     write_html(report, page)
     text = page.read_text(encoding="utf-8")

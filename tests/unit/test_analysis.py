@@ -15,6 +15,7 @@ from scipy import stats as scipy_stats
 
 from rollout.experiments.analysis import MICROS, first_exposures
 from rollout.experiments.data import load_exposures, register_plan
+from rollout.experiments.results import GroupSequentialSummary, MsprtSummary
 from serving.cli.analyze import run_analysis
 from serving.cli.demo.simulated_outcomes import TrueEffects, simulate_outcomes
 from serving.cli.main import CliError, main
@@ -23,6 +24,7 @@ from serving.kernel.config import parse_config
 from serving.routing.assignment import buckets_vectorized
 from telemetry.decision_log import batch_table
 from telemetry.outcomes_log import OUTCOME_SCHEMA
+from telemetry.verdict import Verdict
 
 START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 ANALYSIS: dict[str, Any] = {
@@ -113,24 +115,29 @@ def test_planted_effect_is_estimated_and_covered(tmp_path: Path) -> None:
     truth = TrueEffects()
     write_experiment(tmp_path, effects=truth)
     report = run_analysis(_config(tmp_path), "exp", as_of=AS_OF, now=AS_OF)
-    assert report["units"] == 20_000 and report["crossovers"] == 0
-    assert not report["srm"]["flag"]
-    primary = next(m for m in report["metrics"] if m["role"] == "primary")
-    assert primary["ci_low"] < truth.conversion_lift < primary["ci_high"]
-    assert primary["p_value"] < 1e-3 and primary["bayes"]["prob_better"] > 0.999
+    assert report.units == 20_000 and report.crossovers == 0
+    assert not report.srm.flag
+    (primary,) = report.primary()
+    assert primary.ci_low < truth.conversion_lift < primary.ci_high
+    assert primary.p_value < 1e-3 and primary.bayes.prob_better > 0.999
     # the pre-period predicts the outcome, so CUPED must shrink the variance
-    assert primary["cuped_variance_reduction"] > 0.02
-    assert primary["std_error"] < primary["unadjusted"]["std_error"]
-    revenue = next(m for m in report["metrics"] if m["metric"] == "revenue"
-                   and m["type"] == "mean")
-    assert revenue["ci_low"] < truth.revenue_lift * 0.99 < revenue["ci_high"]
-    assert revenue["cuped_variance_reduction"] > 0.4
-    ratio = next(m for m in report["metrics"] if m["type"] == "ratio")
-    assert ratio["cuped_variance_reduction"] is None and ratio["p_value"] is not None
-    assert [g["verdict"] for g in report["guardrails"]] == ["PASS"]
-    assert report["decision"]["outcome"] == "ship"
-    assert report["decision"]["arm"] == "treatment"
-    json.dumps(report, allow_nan=False)  # strictly JSON: no NaN leaks
+    assert primary.cuped_variance_reduction > 0.02
+    assert primary.std_error < primary.unadjusted.std_error
+    revenue = next(m for m in report.metrics if m.metric == "revenue" and m.type == "mean")
+    assert revenue.ci_low < truth.revenue_lift * 0.99 < revenue.ci_high
+    assert revenue.cuped_variance_reduction > 0.4
+    ratio = next(m for m in report.metrics if m.type == "ratio")
+    assert ratio.cuped_variance_reduction is None and ratio.p_value is not None
+    assert [g.verdict for g in report.guardrails] == [Verdict.PASS]
+    assert report.decision.outcome == "ship" and report.decision.arm == "treatment"
+    # one period, both arms' versions named, nothing to warn about
+    assert len(report.periods) == 1 and report.period == report.periods[0]
+    assert report.period.served == {"control": ("clf/1",), "treatment": ("clf/2",)}
+    assert report.period.units == 20_000 and report.warnings == ()
+    body = report.to_json()
+    json.dumps(body, allow_nan=False)  # strictly JSON: no NaN leaks
+    assert body["guardrails"][0]["verdict"] == "PASS"
+    assert body["period"]["served"] == {"control": ["clf/1"], "treatment": ["clf/2"]}
 
 
 def test_numbers_agree_with_a_direct_computation(tmp_path: Path) -> None:
@@ -139,7 +146,7 @@ def test_numbers_agree_with_a_direct_computation(tmp_path: Path) -> None:
     data = write_experiment(tmp_path, units=3_000, seed=3)
     plan = _config(tmp_path, {**ANALYSIS, "cuped": False}).experiments[0].analysis
     report = run_analysis(_config(tmp_path, {**ANALYSIS, "cuped": False}), "exp", as_of=AS_OF,
-                          now=AS_OF)
+                          now=AS_OF).to_json()
     outcomes = pq.read_table(tmp_path / "outcomes").to_pylist()
     first_us = {u: round(t * MICROS) for u, t in zip(data["ids"], data["first_at"],
                                                             strict=True)}
@@ -168,30 +175,30 @@ def test_numbers_agree_with_a_direct_computation(tmp_path: Path) -> None:
 def test_sample_ratio_mismatch_holds_the_decision(tmp_path: Path) -> None:
     write_experiment(tmp_path, units=20_000, treatment_share=0.45)
     report = run_analysis(_config(tmp_path), "exp", as_of=AS_OF, now=AS_OF)
-    assert report["srm"]["flag"] and report["decision"]["outcome"] == "hold"
-    assert report["decision"]["reasons"][0].startswith("sample ratio mismatch")
+    assert report.srm.flag and report.decision.outcome == "hold"
+    assert report.decision.reasons[0].startswith("sample ratio mismatch")
 
 
 def test_harmed_guardrail_rolls_back(tmp_path: Path) -> None:
     write_experiment(tmp_path, effects=TrueEffects(revenue_lift=-2.0))
     report = run_analysis(_config(tmp_path), "exp", as_of=AS_OF, now=AS_OF)
-    assert report["guardrails"][0]["verdict"] == "FAIL"
-    assert report["decision"]["outcome"] == "rollback"
-    assert any("guardrail revenue harmed" in r for r in report["decision"]["reasons"])
+    assert report.guardrails[0].verdict == Verdict.FAIL
+    assert report.decision.outcome == "rollback"
+    assert any("guardrail revenue harmed" in r for r in report.decision.reasons)
 
 
 def test_no_effect_holds(tmp_path: Path) -> None:
     write_experiment(tmp_path, units=4_000,
                      effects=TrueEffects(conversion_lift=0.0, revenue_lift=0.0))
     report = run_analysis(_config(tmp_path), "exp", as_of=AS_OF, now=AS_OF)
-    assert report["decision"]["outcome"] in ("hold", "rollback")
-    assert report["decision"]["arm"] is None
+    assert report.decision.outcome in ("hold", "rollback")
+    assert report.decision.arm is None
 
 
 def test_segments_are_corrected_and_simpson_is_flagged(tmp_path: Path) -> None:
     write_experiment(tmp_path)
     report = run_analysis(_config(tmp_path), "exp", as_of=AS_OF, now=AS_OF,
-                          exploratory_segments=("country",))
+                          exploratory_segments=("country",)).to_json()
     by_attribute = {s["attribute"]: s for s in report["segments"]}
     platform = by_attribute["platform"]
     assert platform["kind"] == "confirmatory"
@@ -226,17 +233,17 @@ def test_simpsons_paradox_warning() -> None:
                            np.zeros(rows.size, dtype=np.int64), np.ones(rows.size),
                            np.ones(rows.size, dtype=np.int64))
     report = analyze("exp", plan, exposures, outcomes, AS_OF)
-    pooled = report["metrics"][0]["abs_effect"]
-    tier = report["segments"][0]
-    assert pooled < 0 and all(r["abs_effect"] > 0 for r in tier["segments"])
-    assert tier["simpsons_paradox"] is True and "Simpson" in tier["warning"]
+    pooled = report.metrics[0].abs_effect
+    tier = report.segments[0]
+    assert pooled < 0 and all(r.abs_effect > 0 for r in tier.segments)
+    assert tier.simpsons_paradox is True and "Simpson" in tier.warning
 
 
 def test_as_of_sees_only_what_was_known(tmp_path: Path) -> None:
     data = write_experiment(tmp_path, units=2_000)
     early = dt.datetime.fromtimestamp(float(np.median(data["first_at"])), tz=dt.UTC)
     report = run_analysis(_config(tmp_path), "exp", as_of=early, now=AS_OF)
-    assert 900 < report["units"] < 1_100
+    assert 900 < report.units < 1_100
 
 
 def test_group_sequential_and_msprt_report_their_looks(tmp_path: Path) -> None:
@@ -245,17 +252,19 @@ def test_group_sequential_and_msprt_report_their_looks(tmp_path: Path) -> None:
                                      "max_units_per_arm": 10_000}}
     before_start = START - dt.timedelta(days=1)  # the plan may still change
     report = run_analysis(_config(tmp_path, gs), "exp", as_of=AS_OF, now=before_start)
-    sequential = report["metrics"][0]["sequential"]
-    assert [look["fraction"] for look in sequential["looks"]] == [0.25, 0.5, 0.75]
-    assert sequential["boundary"] > 1.96 and sequential["crossed"] is True
-    assert report["decision"]["outcome"] == "ship"
+    sequential = report.metrics[0].sequential
+    assert isinstance(sequential, GroupSequentialSummary)
+    assert [look.fraction for look in sequential.looks] == [0.25, 0.5, 0.75]
+    assert sequential.boundary > 1.96 and sequential.crossed is True
+    assert report.decision.outcome == "ship"
     mixture = {**ANALYSIS, "sequential": {"method": "msprt", "looks": 10}}
     report = run_analysis(_config(tmp_path, mixture), "exp", as_of=AS_OF, now=before_start)
-    sequential = report["metrics"][0]["sequential"]
-    assert sequential["looks"] == 11 and sequential["rejected"] is True
-    assert sequential["always_valid_p_value"] >= report["metrics"][0]["p_value"]
+    sequential = report.metrics[0].sequential
+    assert isinstance(sequential, MsprtSummary)
+    assert sequential.looks == 11 and sequential.rejected is True
+    assert sequential.always_valid_p_value >= report.metrics[0].p_value
     assert any("significantly better by the mSPRT (always-valid p" in reason
-               for reason in report["decision"]["reasons"])
+               for reason in report.decision.reasons)
 
 
 def test_plan_cannot_change_after_the_start(tmp_path: Path) -> None:
@@ -375,8 +384,9 @@ def test_joint_loading_matches_loading_each_log_alone(tmp_path: Path) -> None:
     pq.write_table(stranger, tmp_path / "outcomes" / "part-1.parquet")
     experiment = _config(tmp_path).experiments[0]
     metrics = ("converted", "revenue")
-    joint, rows, units = load_experiment(tmp_path / "decisions", tmp_path / "outcomes",
-                                         experiment, metrics, AS_OF, ("platform",))
+    loaded = load_experiment(tmp_path / "decisions", tmp_path / "outcomes", experiment,
+                             metrics, AS_OF, ("platform",))
+    joint, rows, units = loaded.exposures, loaded.outcomes, loaded.units
     alone, dictionary = load_exposures(tmp_path / "decisions", experiment, AS_OF, ("platform",))
     separate = load_outcomes(tmp_path / "outcomes", dictionary, metrics, experiment.id, AS_OF)
     assert units.to_pylist() == dictionary.to_pylist()
@@ -397,8 +407,11 @@ def test_aggregated_loading_gives_the_same_units_and_outcomes(tmp_path: Path) ->
     experiment = _config(tmp_path).experiments[0]
     metrics = ("converted", "revenue")
     paths = (tmp_path / "decisions", tmp_path / "outcomes", experiment, metrics, AS_OF)
-    fast, fast_rows, fast_units = load_experiment(*paths)
-    slow, slow_rows, slow_units = load_experiment(*paths, segments=("platform",))
+    fast_data = load_experiment(*paths)
+    slow_data = load_experiment(*paths, segments=("platform",))
+    fast, fast_rows, fast_units = fast_data.exposures, fast_data.outcomes, fast_data.units
+    slow, slow_rows, slow_units = slow_data.exposures, slow_data.outcomes, slow_data.units
+    assert fast_data.periods == slow_data.periods and len(fast_data.periods) == 1
     assert sorted(fast_units.to_pylist()) == sorted(slow_units.to_pylist())
     position = {u: i for i, u in enumerate(slow_units.to_pylist())}
     order = np.array([position[u] for u in fast_units.to_pylist()])
@@ -415,6 +428,6 @@ def test_aggregated_loading_gives_the_same_units_and_outcomes(tmp_path: Path) ->
     fast_report = run_analysis(_config(tmp_path), "exp", as_of=AS_OF, now=AS_OF)
     slow_report = run_analysis(_config(tmp_path), "exp", as_of=AS_OF, now=AS_OF,
                                exploratory_segments=("platform",))
-    for a, b in zip(fast_report["metrics"], slow_report["metrics"], strict=True):
-        assert a["p_value"] == pytest.approx(b["p_value"], rel=1e-12)
-        assert a["abs_effect"] == pytest.approx(b["abs_effect"], rel=1e-12)
+    for a, b in zip(fast_report.metrics, slow_report.metrics, strict=True):
+        assert a.p_value == pytest.approx(b.p_value, rel=1e-12)
+        assert a.abs_effect == pytest.approx(b.abs_effect, rel=1e-12)

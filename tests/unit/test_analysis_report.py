@@ -24,8 +24,10 @@ PNG = re.compile(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'")
 
 def _analyse(tmp: Path, analysis: dict[str, Any] | None = None,
              **kwargs: Any) -> dict[str, Any]:
+    """The JSON document of an analysis (what ``rampart analyze --json`` prints), which
+    the tests below tamper with; the typed analysis renders the same page."""
     return run_analysis(_config(tmp, analysis), "exp", as_of=AS_OF, now=BEFORE_START,
-                        **kwargs)
+                        **kwargs).to_json()
 
 
 @pytest.fixture(scope="module")

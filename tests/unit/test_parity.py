@@ -5,13 +5,13 @@ import pytest
 from scipy import stats
 
 from telemetry.parity import (
-    ParityVerdict,
     agreement,
     agreement_by_segment,
     drift,
     psi,
     replay_parity,
 )
+from telemetry.verdict import Verdict
 
 
 def test_agreement_for_a_classifier() -> None:
@@ -44,11 +44,11 @@ def test_replay_parity_finds_the_skewed_rows() -> None:
     online = np.array([0.5, 0.6, 0.7, 0.8])
     offline = np.array([0.5, 0.6, 0.9, 0.8 + 1e-9])
     result = replay_parity(online, offline, ["a", "b", "c", "d"], tolerance=1e-6)
-    assert result.verdict == ParityVerdict.FAIL
+    assert result.verdict == Verdict.FAIL
     assert result.over_tolerance == 1 and result.examples == ["c"]
     assert result.max_abs_diff == pytest.approx(0.2)
-    assert replay_parity(online, online, list("abcd")).verdict == ParityVerdict.PASS
-    assert replay_parity([], [], []).verdict == ParityVerdict.INSUFFICIENT_DATA
+    assert replay_parity(online, online, list("abcd")).verdict == Verdict.PASS
+    assert replay_parity([], [], []).verdict == Verdict.INSUFFICIENT_DATA
 
 
 def test_psi_is_zero_for_the_same_distribution_and_grows_with_a_shift() -> None:
