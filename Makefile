@@ -26,10 +26,14 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/rampart demo
 
+# Tests run in a random order: pytest-randomly prints the seed in the header, and
+# `make test PYTEST_ARGS=--randomly-seed=N` runs that order again;
+# `make test PYTEST_ARGS="-p no:randomly"` keeps file order.
+PYTEST_ARGS ?=
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/pytest -m unit

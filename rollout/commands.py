@@ -1,76 +1,82 @@
-"""One table from control-plane errors to HTTP statuses, and the dispatcher the
-admin API (in-process or through the controller actor) goes through.
+"""Execute the control plane's typed commands against a :class:`RolloutService`.
 
-Results cross the Ray boundary as ``(status, body)`` pairs, never as
-exceptions, so every replica answers the same JSON for the same mistake.
+One function, :func:`execute`, takes any command of
+:mod:`serving.kernel.commands` and returns its typed result, or raises a
+:class:`~serving.kernel.errors.RampartError` subclass. The same function runs
+in-process (:class:`LocalControlPlane`) and inside the controller actor; its
+errors cross Ray's boundary as the exceptions they are, and the HTTP layer
+answers every one of them in one place.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import ValidationError
+import asyncio
+from typing import overload
 
 from rollout.core.plan import parse_plan
-from rollout.service import Fault, RolloutService
-from serving.kernel.config import ShadowSpec, format_validation_error
-from serving.kernel.errors import InvalidRollout, PlanError, RolloutConflict, RolloutNotFound
+from rollout.service import RolloutService
+from serving.kernel.commands import (
+    AlertResult,
+    AlertWebhook,
+    Command,
+    CommandResult,
+    CreateRollout,
+    DescribeRollout,
+    DescribeRouting,
+    ListRollouts,
+    RolloutCommand,
+    RolloutList,
+    RolloutStatus,
+    RoutingStatus,
+    SetShadow,
+    ShadowsResult,
+)
 
-ERROR_STATUS: dict[type[Exception], tuple[int, str]] = {
-    PlanError: (422, "invalid_plan"),
-    InvalidRollout: (422, "invalid_rollout"),
-    RolloutNotFound: (404, "rollout_not_found"),
-    RolloutConflict: (409, "rollout_conflict"),
-}
 
-COMMANDS = ("pause", "resume", "promote", "abort")
-Result = tuple[int, dict[str, Any]]
+@overload
+def execute(service: RolloutService,
+            command: CreateRollout | DescribeRollout | RolloutCommand) -> RolloutStatus: ...
+@overload
+def execute(service: RolloutService, command: ListRollouts) -> RolloutList: ...
+@overload
+def execute(service: RolloutService, command: AlertWebhook) -> AlertResult: ...
+@overload
+def execute(service: RolloutService, command: SetShadow) -> ShadowsResult: ...
+@overload
+def execute(service: RolloutService, command: DescribeRouting) -> RoutingStatus: ...
+@overload
+def execute(service: RolloutService, command: Command) -> CommandResult: ...
 
 
-def dispatch(service: RolloutService, op: str, args: dict[str, Any]) -> Result:
-    """Run one admin operation; map known errors to 4xx bodies."""
-    try:
-        if op == "create":
-            state = service.create(parse_plan(args.get("plan"), source="plan"))
-            return 201, service.describe(state.id)
-        if op == "describe":
-            return 200, service.describe(str(args["id"]))
-        if op == "list":
-            return 200, {"rollouts": service.summaries()}
-        if op in COMMANDS:
-            state = service.command(str(args["id"]), op, str(args.get("reason", "")))
-            return 200, service.describe(state.id)
-        if op == "alert":
-            return 200, service.alert(args.get("payload") or {})
-        if op == "shadow":
-            body = dict(args.get("shadow") or {})
-            enabled = body.pop("enabled", True)
-            try:
-                spec = ShadowSpec.model_validate(body)
-            except ValidationError as exc:
-                raise InvalidRollout("invalid shadow:\n" + format_validation_error(exc)) from None
-            snapshot = service.set_shadow(spec, enabled=bool(enabled))
-            return 200, {"routing_version": snapshot.table.version,
-                         "shadows": snapshot.table.describe()["shadows"]}
-        if op == "fault":
-            try:
-                fault = Fault.model_validate(args.get("fault") or {})
-            except ValidationError as exc:
-                raise InvalidRollout("invalid fault:\n" + format_validation_error(exc)) from None
-            snapshot = service.set_fault(fault)
-            return 200, {"routing_version": snapshot.table.version,
-                         "faults": [f.model_dump() for f in snapshot.faults]}
-    except tuple(ERROR_STATUS) as exc:
-        status, code = ERROR_STATUS[type(exc)]
-        return status, {"error": {"code": code, "message": str(exc)}}
-    return 404, {"error": {"code": "unknown_operation", "message": f"no operation {op!r}"}}
+def execute(service: RolloutService, command: Command) -> CommandResult:
+    """Run one command; raises RampartError subclasses for every refusal."""
+    match command:
+        case CreateRollout():
+            state = service.create(parse_plan(command.plan, source="plan"))
+            return service.describe(state.id)
+        case DescribeRollout():
+            return service.describe(command.id)
+        case ListRollouts():
+            return RolloutList(rollouts=service.summaries())
+        case RolloutCommand():
+            state = service.command(command.id, command.kind, command.reason)
+            return service.describe(state.id)
+        case AlertWebhook():
+            return service.alert(command.payload)
+        case SetShadow():
+            snapshot = service.set_shadow(command.shadow, enabled=command.enabled)
+            return ShadowsResult(routing_version=snapshot.version,
+                                 shadows=snapshot.table.describe()["shadows"])
+        case DescribeRouting():
+            return service.routing_status()
 
 
 class LocalControlPlane:
-    """The admin API's view of a service in the same process."""
+    """The control plane in the gateway's own process (tests, a single process)."""
 
     def __init__(self, service: RolloutService) -> None:
         self.service = service
 
-    async def call(self, op: str, args: dict[str, Any]) -> Result:
-        return dispatch(self.service, op, args)
+    async def execute(self, command: Command) -> CommandResult:
+        # The service blocks (SQLite, MLflow): keep it off the event loop.
+        return await asyncio.to_thread(execute, self.service, command)

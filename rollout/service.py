@@ -7,6 +7,12 @@ in the same place: feed the pure :func:`rollout.controller.step`, then carry
 out its actions in order — publish the routing table first, then move or tag
 MLflow aliases, then persist the state and the audit trail.
 
+Every routing table goes to the replicas through a
+:class:`~rollout.publication.SnapshotBoard` they long-poll, which takes no
+lock of the service, so no rollout step delays a replica. The tick fetches
+metrics outside the service lock, so a slow or hung Prometheus delays no
+operator command, Alertmanager webhook or status read.
+
 It is plain Python: tests drive it directly with a real SQLite store and a
 real MLflow registry; on Ray one instance lives in the controller actor
 (``rollout/actor.py``).
@@ -24,8 +30,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from rollout.core.controller import (
     Audit,
     AuditRecord,
@@ -40,10 +44,19 @@ from rollout.core.controller import (
 )
 from rollout.core.plan import RolloutPlan
 from rollout.metrics_source import MetricsSource, MetricsUnavailable, Snapshot, window_between
+from rollout.publication import SnapshotBoard
 from rollout.store import RolloutStore
+from serving.kernel.commands import (
+    AlertResult,
+    OperatorAction,
+    RolloutStatus,
+    RolloutSummary,
+    RoutingStatus,
+)
 from serving.kernel.config import ModelSpec, RampartConfig, ShadowSpec
 from serving.kernel.errors import InvalidRollout, RolloutConflict, RolloutNotFound
-from serving.routing.router import RolloutRoute, RoutingTable, build_routing_table
+from serving.routing.router import RolloutRoute, build_routing_table
+from serving.routing.snapshot import RolloutGauge, RoutingSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -56,37 +69,6 @@ class WritableRegistry(Protocol):
     def set_alias(self, name: str, alias: str, version: str) -> None: ...
 
     def tag_version(self, name: str, version: str, key: str, value: str) -> None: ...
-
-
-class Fault(BaseModel):
-    """Injected fault on one model version (chaos testing of rollouts)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model_name: str
-    model_version: str
-    latency_ms: float = Field(default=0.0, ge=0, le=60_000)
-    error_rate: float = Field(default=0.0, ge=0, le=1)
-
-
-@dataclass(frozen=True)
-class RolloutGauge:
-    """What replicas export about a rollout (``rampart_rollout_*`` gauges)."""
-
-    rollout_id: str
-    active: bool
-    weight_bp: int
-    last_transition_at: float
-
-
-@dataclass(frozen=True)
-class RoutingSnapshot:
-    """What every gateway replica serves: a table, the faults in force, and
-    the rollouts' gauges."""
-
-    table: RoutingTable
-    faults: tuple[Fault, ...] = ()
-    rollouts: tuple[RolloutGauge, ...] = ()
 
 
 @dataclass
@@ -105,9 +87,10 @@ class RolloutService:
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _states: dict[str, RolloutState] = field(default_factory=dict)
     _runtime: dict[str, _Runtime] = field(default_factory=dict)
-    _faults: dict[tuple[str, str], Fault] = field(default_factory=dict)
     _shadows: dict[tuple[str, str], ShadowSpec] = field(default_factory=dict)
     _snapshot: RoutingSnapshot | None = None
+    # Replicas long-poll the board; it never takes _lock, so a slow step delays none.
+    board: SnapshotBoard = field(default_factory=SnapshotBoard)
     # Promoted rollouts whose alias has not moved yet: their split stays at 100%.
     _alias_pending: set[str] = field(default_factory=set)
 
@@ -179,29 +162,32 @@ class RolloutService:
         gauges = tuple(
             RolloutGauge(s.id, not s.terminal, s.weight_bp, s.last_transition_at or s.created_at)
             for s in self._states.values())
-        self._snapshot = RoutingSnapshot(table, tuple(self._faults.values()), gauges)
+        self._snapshot = RoutingSnapshot(table, gauges)
+        self.board.publish(self._snapshot)  # parked replicas get it now
         collapsed = [line for line in table.shared_versions() if line not in before]
         for line in collapsed:
             log.warning("routing version %d: %s", version, line)
         return collapsed
 
     def snapshot(self, known_version: int = -1) -> RoutingSnapshot | None:
-        """The routing snapshot if newer than ``known_version``, else None."""
-        with self._lock:
-            assert self._snapshot is not None
-            return self._snapshot if self._snapshot.table.version > known_version else None
+        """The routing snapshot if newer than ``known_version``, else None.
 
-    def set_fault(self, fault: Fault) -> RoutingSnapshot:
-        """Inject (or clear, with zeros) a fault on one model version."""
-        with self._lock:
-            key = (fault.model_name, fault.model_version)
-            if fault.latency_ms == 0 and fault.error_rate == 0:
-                self._faults.pop(key, None)
-            else:
-                self._faults[key] = fault
-            self._publish()
-            assert self._snapshot is not None
-            return self._snapshot
+        Lock-free (one reference read): a rollout step in progress, an MLflow
+        call included, delays no reader.
+        """
+        snapshot = self._snapshot
+        assert snapshot is not None
+        return snapshot if snapshot.version > known_version else None
+
+    def wait_for_snapshot(self, known_version: int, timeout_s: float, replica: str = ""
+                          ) -> RoutingSnapshot | None:
+        """Long-poll: the snapshot as soon as one newer than ``known_version`` is
+        published, or None after ``timeout_s`` (see :class:`SnapshotBoard`)."""
+        return self.board.wait(known_version, timeout_s, replica)
+
+    def routing_status(self) -> RoutingStatus:
+        """The routing version in force, the replicas following it, and propagation."""
+        return self.board.status()
 
     # ------------------------------------------------------------------ entry points
 
@@ -231,18 +217,19 @@ class RolloutService:
             self._advance(state, None, [], now)
             return self._states[rollout_id]
 
-    def command(self, rollout_id: str, kind: str, reason: str = "") -> RolloutState:
+    def command(self, rollout_id: str, kind: OperatorAction, reason: str = "") -> RolloutState:
+        """An operator's pause, resume, promote or abort."""
         with self._lock:
             state = self.get(rollout_id)
             if state.terminal:
                 raise RolloutConflict(f"rollout {rollout_id!r} already {state.phase.value}")
-            event = Event(kind=kind, reason=reason)  # type: ignore[arg-type]
+            event = Event(kind=kind, reason=reason)
             self._advance(state, None, [event], self.clock(), metrics_error="operator command")
             return self._states[rollout_id]
 
-    def alert(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+    def alert(self, payload: Any) -> AlertResult:
         """Alertmanager webhook: every firing alert labelled ``rollout`` rolls it back."""
-        alerts = payload.get("alerts")
+        alerts = payload.get("alerts") if isinstance(payload, Mapping) else None
         if not isinstance(alerts, list):
             raise InvalidRollout("payload has no 'alerts' list (Alertmanager webhook format)")
         rolled_back: list[str] = []
@@ -262,25 +249,47 @@ class RolloutService:
                 event = Event(kind="alert", reason=f"{name} {summary}".strip())
                 self._advance(state, None, [event], self.clock(), metrics_error="alert")
                 rolled_back.append(state.id)
-        return {"rolled_back": rolled_back, "ignored": ignored}
+        return AlertResult(rolled_back=rolled_back, ignored=ignored)
 
     def tick(self) -> None:
-        """Run every rollout whose analysis interval has come."""
+        """Run every rollout whose analysis interval has come.
+
+        Three phases, so that a slow or hung metrics source (Prometheus over
+        HTTP) holds no lock: pick the due rollouts under the lock; fetch their
+        metrics without it; then, under the lock again, step each rollout only
+        if nothing changed it meanwhile. An operator command or an alert that
+        arrived during the fetch wins, and the fetched window is discarded.
+        """
         now = self.clock()
+        due: list[tuple[RolloutState, _Runtime]] = []
         with self._lock:
-            for state in list(self._states.values()):
+            for state in self._states.values():
                 if state.terminal or state.phase == Phase.PAUSED:
                     continue
                 runtime = self._runtime.setdefault(state.id, _Runtime())
                 if now < runtime.next_check_at:
                     continue
                 runtime.next_check_at = now + state.plan.interval_s
-                source = self.metrics_for(state.plan)
-                try:
-                    current = source.snapshot(state.id)
-                    custom = source.custom(state.plan, state.id)
-                except MetricsUnavailable as exc:
-                    self._advance(state, None, [], now, metrics_error=str(exc))
+                due.append((state, runtime))
+        for state, runtime in due:
+            source = self.metrics_for(state.plan)
+            current: Snapshot | None = None
+            try:
+                current = source.snapshot(state.id)
+                custom = source.custom(state.plan, state.id)
+                error = ""
+            except MetricsUnavailable as exc:
+                error = str(exc)
+            with self._lock:
+                latest = self._states.get(state.id)
+                if latest is not state and latest != state:
+                    # Changed while we fetched: the window would judge a state
+                    # that is gone. Counting restarts from here.
+                    if current is not None:
+                        runtime.previous = current
+                    continue
+                if current is None:
+                    self._advance(state, None, [], now, metrics_error=error)
                     continue
                 window = window_between(runtime.previous, current, custom)
                 runtime.previous = current
@@ -295,38 +304,47 @@ class RolloutService:
     # ------------------------------------------------------------------ reading
 
     def get(self, rollout_id: str) -> RolloutState:
+        """The rollout's state once any step in progress has finished acting."""
         with self._lock:
             state = self._states.get(rollout_id)
         if state is None:
             raise RolloutNotFound(f"no rollout {rollout_id!r}")
         return state
 
-    def describe(self, rollout_id: str) -> dict[str, Any]:
-        state = self.get(rollout_id)
-        plan = state.plan
-        return {
-            "id": state.id,
-            "phase": state.phase.value,
-            "step_index": state.step_index,
-            "step_percent": plan.steps[state.step_index] if state.step_index >= 0 else 0,
-            "weight_bp": state.weight_bp,
-            "failed_checks": state.failed_checks,
-            "step_requests": state.step_requests,
-            "hold_reason": state.hold_reason,
-            "last_verdict": state.last_verdict,
-            "last_checks": [c.model_dump() for c in state.last_checks],
-            "last_window": _window_json(state),
-            "plan": plan.model_dump(mode="json", by_alias=True),
-            "salt": state.salt,
-            "routing_version": self._snapshot.table.version if self._snapshot else None,
-            "audit": [r.model_dump(mode="json") for r in self.store.audit_trail(rollout_id)],
-        }
+    def describe(self, rollout_id: str) -> RolloutStatus:
+        """State, step, last checks and window, plan and audit trail of one rollout.
 
-    def summaries(self) -> list[dict[str, Any]]:
+        Read under the lock: a step makes its new state visible before it has
+        written its audit records, and a status must show both or neither.
+        """
+        with self._lock:
+            state = self.get(rollout_id)
+            audit = self.store.audit_trail(rollout_id)
+        plan = state.plan
+        return RolloutStatus(
+            id=state.id,
+            phase=state.phase.value,
+            step_index=state.step_index,
+            step_percent=plan.steps[state.step_index] if state.step_index >= 0 else 0,
+            weight_bp=state.weight_bp,
+            failed_checks=state.failed_checks,
+            step_requests=state.step_requests,
+            hold_reason=state.hold_reason,
+            last_verdict=state.last_verdict,
+            last_checks=[c.model_dump(mode="json") for c in state.last_checks],
+            last_window=_window_json(state),
+            plan=plan.model_dump(mode="json", by_alias=True),
+            salt=state.salt,
+            routing_version=self._snapshot.version if self._snapshot else None,
+            audit=[r.model_dump(mode="json") for r in audit],
+        )
+
+    def summaries(self) -> list[RolloutSummary]:
+        """One line per rollout, in creation order."""
         with self._lock:
             states = list(self._states.values())
-        return [{"id": s.id, "phase": s.phase.value, "model_name": s.plan.model_name,
-                 "candidate_version": s.plan.candidate_version, "weight_bp": s.weight_bp}
+        return [RolloutSummary(id=s.id, phase=s.phase.value, model_name=s.plan.model_name,
+                               candidate_version=s.plan.candidate_version, weight_bp=s.weight_bp)
                 for s in states]
 
     # ------------------------------------------------------------------ the shell
@@ -343,14 +361,14 @@ class RolloutService:
         for action in actions:
             if isinstance(action, SetWeight):
                 self._states[state.id] = new_state
-                collapsed += self._publish()  # traffic moves before anything else
+                self._publish()  # traffic moves before anything else
                 published = True
             elif isinstance(action, PromoteAlias):
                 promote = functools.partial(self._promote, new_state, action)
                 if self._mlflow(promote, records, now, new_state):
                     # The alias now reaches the candidate: the rollout's split ends.
                     self._alias_pending.discard(state.id)
-                    collapsed += self._publish()
+                    collapsed = self._publish()
             elif isinstance(action, TagRolledBack):
                 tag = functools.partial(self._tag_rollback, new_state, action)
                 self._mlflow(tag, records, now, new_state)
@@ -358,9 +376,9 @@ class RolloutService:
                 records.append(action.record)
         self._states[state.id] = new_state
         if records and not published:
-            collapsed += self._publish()  # a transition without a weight change updates gauges
+            self._publish()  # a transition without a weight change still updates gauges
         if collapsed:
-            # An alias move can leave an experiment comparing a version with itself.
+            # The alias move left an experiment comparing a version with itself.
             records.append(AuditRecord(
                 at=now, from_phase=new_state.phase, to_phase=new_state.phase,
                 step_index=new_state.step_index, weight_bp=new_state.weight_bp,

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
-from rollout.core.controller import TERMINAL, AuditRecord, RolloutState
+from rollout.core.controller import AuditRecord, RolloutState
 
 metadata = MetaData()
 
@@ -60,10 +60,6 @@ counters = Table(
     Column("name", String(64), primary_key=True),
     Column("value", Integer, nullable=False),
 )
-
-
-def default_store_url(data_dir: Path) -> str:
-    return f"sqlite:///{(data_dir / 'rollouts.db').resolve()}"
 
 
 class RolloutStore:
@@ -103,26 +99,10 @@ class RolloutStore:
                     figures=json.dumps(record.figures, default=str),
                 ))
 
-    def get(self, rollout_id: str) -> RolloutState | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(rollouts.c.state).where(rollouts.c.id == rollout_id)
-            ).first()
-        return None if row is None else RolloutState.model_validate_json(row[0])
-
     def all(self) -> list[RolloutState]:
+        """Every rollout, oldest first (a restarted controller resumes from these)."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(rollouts.c.state).order_by(rollouts.c.created_at)).all()
-        return [RolloutState.model_validate_json(r[0]) for r in rows]
-
-    def active(self) -> list[RolloutState]:
-        terminal = [p.value for p in TERMINAL]
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(rollouts.c.state)
-                .where(rollouts.c.phase.not_in(terminal))
-                .order_by(rollouts.c.created_at)
-            ).all()
         return [RolloutState.model_validate_json(r[0]) for r in rows]
 
     def audit_trail(self, rollout_id: str) -> list[AuditRecord]:

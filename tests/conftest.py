@@ -1,5 +1,9 @@
 """Shared fixtures. Tests under tests/unit are marked ``unit``, under
-tests/integration ``integration``; Ray starts once per session."""
+tests/integration ``integration``; Ray starts once per session.
+
+Only test modules hold tests: a ``test_*`` function imported into a test
+module from a helper would be collected there too, so collection stops on one.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Property tests draw new examples each run: Hypothesis seeds itself, not from
+# pytest-randomly's seed, and prints what replays a failure. Time is no property
+# here: on a shared two-core machine one example may outlast Hypothesis' 200 ms
+# deadline, or drawing the data may be slow, without anything being wrong.
+settings.register_profile("rampart", deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "rampart"))
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    borrowed = []
     for item in items:
         tier = "integration" if "integration" in item.path.parts else "unit"
         item.add_marker(getattr(pytest.mark, tier))
+        if isinstance(item, pytest.Function):
+            defined_in = getattr(item.function, "__module__", None)
+            if defined_in != item.module.__name__:
+                borrowed.append(f"{item.nodeid} (defined in {defined_in})")
+    if borrowed:
+        raise pytest.UsageError(
+            "tests collected from helper modules; rename these helpers so they do not "
+            "start with test_:\n  " + "\n  ".join(borrowed))
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +60,8 @@ def ray_session() -> Iterator[None]:
 
     set_ingress_env()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": a new cluster of our own, never one another run started on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     from ray import serve
 

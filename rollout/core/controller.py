@@ -2,7 +2,7 @@
 
 Pure: everything it reads arrives as arguments (the clock included), everything
 it remembers leaves in the returned state, and everything it wants done leaves
-as actions that the I/O shell (``rollout/runtime.py``) carries out in order:
+as actions that the I/O shell (``rollout/service.py``) carries out in order:
 route traffic first, then move or tag MLflow aliases, then persist.
 
 Rules:

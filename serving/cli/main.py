@@ -42,8 +42,8 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.cli.launch import start_gateway
     from serving.cli.process_guard import AlreadyServing, claim, reap_previous, release
-    from serving.gateway.ray_app import start_gateway
 
     config = load_config_or_exit(args.config)
     host = args.host or config.server.host
@@ -63,7 +63,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    gateway = start_gateway(config, host=host, port=port, num_replicas=args.replicas)
+    gateway = start_gateway(config, host=host, port=port, num_replicas=args.replicas,
+                            chaos=args.chaos)
     print(f"rampart gateway serving on {gateway.url} (routing version {gateway.table.version}); "
           "Ctrl-C to stop", flush=True)
     try:
@@ -343,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default from config)")
     serve.add_argument("--port", type=int, help="port to listen on (default from config)")
     serve.add_argument("--replicas", type=int, help="gateway replicas (default from config)")
+    serve.add_argument("--chaos", action="store_true",
+                       help="chaos testing: serve POST /v1/admin/faults to inject latency or "
+                            "errors into a model version")
     serve.set_defaults(func=cmd_serve)
 
     assign = sub.add_parser("assign", help="print where units are routed")

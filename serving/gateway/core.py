@@ -3,7 +3,7 @@
 :class:`GatewayCore` is plain Python over injected parts (routing table,
 loaded scorers, decision log, metrics, tracer) so the whole request path runs
 in-process in tests. :func:`build_app` puts a FastAPI app in front of it; the
-same app is what each Ray Serve replica serves (``serving/app.py``).
+same app is what each Ray Serve replica serves (``serving/gateway/ray_app.py``).
 
 Everything a request needs is computed in one replica with no hop through Ray:
 each hop costs milliseconds here, while scoring a small model costs
@@ -12,12 +12,10 @@ microseconds.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,22 +28,40 @@ from pydantic_core import from_json
 
 from models.registry import Scorer
 from serving.gateway.schemas import ErrorResponse, PredictRequest, PredictResponse
+from serving.gateway.scorers import LoadedScorers
 from serving.gateway.shadow import ShadowJob, ShadowRunner
-from serving.kernel.config import format_validation_error
+from serving.kernel.commands import (
+    OPERATOR_ACTIONS,
+    AlertWebhook,
+    Command,
+    CommandResult,
+    CreateRollout,
+    DescribeRollout,
+    DescribeRouting,
+    ListRollouts,
+    OperatorAction,
+    RolloutCommand,
+    SetShadow,
+)
+from serving.kernel.config import ShadowSpec, format_validation_error
 from serving.kernel.errors import (
     InvalidJson,
+    InvalidRollout,
     ModelFailed,
+    NoControlPlane,
     OutcomesUnavailable,
     PayloadTooLarge,
     RampartError,
+    Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
 )
 from serving.kernel.ids import MAX_BODY_BYTES
 from serving.routing.router import Decision, RoutingTable, route
+from serving.routing.snapshot import RoutingSnapshot
 from telemetry.decision_log import DecisionLogWriter, DecisionRecord
 from telemetry.drift_monitor import DriftMonitor
-from telemetry.metrics import CONTENT_TYPE, RequestMetrics, RolloutFigures
+from telemetry.metrics import CONTENT_TYPE, RequestMetrics
 from telemetry.outcome_events import (
     MAX_OUTCOME_BODY_BYTES,
     MAX_OUTCOME_EVENTS,
@@ -60,26 +76,32 @@ JSON = "application/json"
 REJECTED_LABELS = ("", "", "", "", "", "", "rejected")
 
 
-class InjectedFault(RuntimeError):
-    """Raised by an injected error fault (chaos testing), never by real code."""
-
-
-@dataclass(frozen=True, slots=True)
-class ActiveFault:
-    latency_s: float
-    error_rate: float
-
-
 class ControlPlane(Protocol):
-    """The rollout control plane as the admin API sees it."""
+    """The rollout control plane as the admin API sees it: typed commands in,
+    typed results out, refusals raised as RampartError subclasses."""
 
-    async def call(self, op: str, args: dict[str, Any]) -> tuple[int, dict[str, Any]]: ...
+    async def execute(self, command: Command) -> CommandResult: ...
+
+
+AdminGuard = Callable[[Request], None]
+"""Raises Unauthorized unless the request carries the admin bearer token."""
+
+AdminRoutes = Callable[[FastAPI, AdminGuard], None]
+"""Adds more ``/v1/admin/*`` routes behind the same guard (e.g. chaos testing)."""
 
 
 def error_body(error: RampartError) -> bytes:
+    """The one JSON shape of every error answer."""
     return orjson.dumps(
         {"error": {"code": error.code, "message": error.message, "request_id": error.request_id}}
     )
+
+
+def error_response(error: RampartError, request_id: str | None = None) -> Response:
+    """Any RampartError as HTTP: its own status, the one error body."""
+    if error.request_id is None:
+        error.request_id = request_id
+    return Response(error_body(error), status_code=error.status, media_type=JSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +118,7 @@ class GatewayCore:
     def __init__(
         self,
         table: RoutingTable,
-        scorers: Mapping[tuple[str, str], Scorer],
+        scorers: LoadedScorers | Mapping[tuple[str, str], Scorer],
         metrics: RequestMetrics,
         tracer: Tracer | None,
         decision_log: DecisionLogWriter | None = None,
@@ -108,13 +130,14 @@ class GatewayCore:
         self.outcomes_log = outcomes_log
         self._table = table
         self.shadow_runner = shadow_runner
-        self.scorers = dict(scorers)
+        # Shared with the shadow runner; the request path reads the dicts directly.
+        self.loaded = scorers if isinstance(scorers, LoadedScorers) else LoadedScorers(scorers)
+        self.scorers = self.loaded.by_key
+        self._feature_sets = self.loaded.features
+        self._awaited = self.loaded.awaited
         self.metrics = metrics
         self.tracer = tracer
         self.decision_log = decision_log
-        self._feature_sets = {key: frozenset(s.feature_names) for key, s in self.scorers.items()}
-        self.faults: dict[tuple[str, str], ActiveFault] = {}
-        self._random = random.Random()
 
     @property
     def table(self) -> RoutingTable:
@@ -129,24 +152,19 @@ class GatewayCore:
             return
         self._table = table
 
-    def apply_snapshot(
-        self, table: RoutingTable, faults: Mapping[tuple[str, str], ActiveFault],
-        load: Callable[[str, str], Scorer], rollouts: Iterable[RolloutFigures] = (),
-    ) -> None:
-        """Load whatever versions the new table needs, then swap table and faults.
+    def apply_snapshot(self, snapshot: RoutingSnapshot, load: Callable[[str, str], Scorer]
+                       ) -> None:
+        """Load whatever versions the new table needs, then swap the table in.
 
         Loading happens before the swap, so no request is ever routed to a
         version this replica cannot score.
         """
-        for ref in table.model_refs():
+        for ref in snapshot.table.model_refs():
             key = (ref.name, ref.version)
-            if key not in self.scorers:
-                scorer = load(ref.name, ref.version)
-                self._feature_sets[key] = frozenset(scorer.feature_names)
-                self.scorers[key] = scorer
-        self.faults = dict(faults)
-        self.swap_table(table)
-        self.metrics.set_rollouts(rollouts)
+            if key not in self.loaded:
+                self.loaded.add(key, load(ref.name, ref.version))
+        self.swap_table(snapshot.table)
+        self.metrics.set_rollouts(snapshot.rollouts)
 
     async def predict(self, body: bytes, header_request_id: str | None = None) -> Outcome:
         """Answer one ``POST /v1/predict`` body; never raises for bad input."""
@@ -175,10 +193,11 @@ class GatewayCore:
         error_text: str | None = None
         prediction: float | None = None
         try:
-            fault = self.faults.get(key)
-            if fault is not None:
-                await self._inject(fault)
-            prediction = scorer.predict_one(values)
+            awaited = self._awaited.get(key)  # only scorers that must wait are here
+            if awaited is None:
+                prediction = scorer.predict_one(values)
+            else:
+                prediction = await awaited(values)
         except Exception as exc:  # a broken model version is a server error, logged
             error_text = f"{type(exc).__name__}: {exc}"
         if prediction is not None:
@@ -208,12 +227,6 @@ class GatewayCore:
                         decision.experiment_id, decision.model, prediction, shadow.model,
                         request.features, features))
         return Outcome(status_code, body_out)
-
-    async def _inject(self, fault: ActiveFault) -> None:
-        if fault.latency_s > 0:
-            await asyncio.sleep(fault.latency_s)
-        if fault.error_rate > 0 and self._random.random() < fault.error_rate:
-            raise InjectedFault("injected error fault")
 
     def _record(
         self,
@@ -387,24 +400,26 @@ async def read_body_limited(request: Request, limit: int = MAX_BODY_BYTES) -> by
     return b"".join(chunks)
 
 
-def _json(status: int, body: Any) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type=JSON)
-
-
 def build_app(
-    core: GatewayCore, control: ControlPlane | None = None, admin_token: str | None = None
+    core: GatewayCore, control: ControlPlane | None = None, admin_token: str | None = None,
+    admin_routes: Sequence[AdminRoutes] = (),
 ) -> FastAPI:
     """FastAPI app over one :class:`GatewayCore` (used in-process and on Ray Serve).
 
     Admin routes need ``Authorization: Bearer <RAMPART_ADMIN_TOKEN>``; with no
-    token configured they refuse every call. The inference route never
-    changes routing.
+    token configured they refuse every call. ``admin_routes`` add more of them
+    behind the same guard. The inference route never changes routing.
     """
     app = FastAPI(
         title="Rampart gateway",
         version="0.1.0",
         description="Model-serving gateway with deterministic experiments and staged rollout.",
     )
+
+    @app.exception_handler(RampartError)
+    async def rampart_error(request: Request, error: RampartError) -> Response:
+        # The one place a RampartError becomes HTTP, whichever layer raised it.
+        return error_response(error, request.headers.get("x-request-id"))
 
     @app.post(
         "/v1/predict",
@@ -426,8 +441,7 @@ def build_app(
         try:
             body = await read_body_limited(request)
         except RampartError as error:
-            error.request_id = header_id
-            return Response(error_body(error), status_code=error.status, media_type=JSON)
+            return error_response(error, header_id)
         outcome = await core.predict(body, header_id)
         return Response(outcome.body, status_code=outcome.status_code, media_type=JSON)
 
@@ -467,8 +481,7 @@ def build_app(
             require_json(request)
             body = await read_body_limited(request, MAX_OUTCOME_BODY_BYTES)
         except RampartError as error:
-            error.request_id = header_id
-            return Response(error_body(error), status_code=error.status, media_type=JSON)
+            return error_response(error, header_id)
         outcome = core.record_outcomes(body, header_id)
         return Response(outcome.body, status_code=outcome.status_code, media_type=JSON)
 
@@ -484,95 +497,106 @@ def build_app(
     async def metrics() -> Response:
         return Response(core.metrics.render(), media_type=CONTENT_TYPE)
 
-    add_admin_routes(app, control, admin_token)
+    add_admin_routes(app, control, admin_token, admin_routes)
     return app
 
 
-def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: str | None) -> None:
-    """``/v1/admin/*``: rollouts, Alertmanager webhook, fault injection."""
+def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: str | None,
+                     extra: Sequence[AdminRoutes] = ()) -> None:
+    """``/v1/admin/*``: rollouts, the Alertmanager webhook, shadows and routing.
 
-    def unauthorized(request: Request) -> Response | None:
+    Each route turns its path and body into one typed command for the control
+    plane and answers its result as JSON; any refusal is a RampartError, which
+    the app's one handler answers (see :func:`build_app`).
+    """
+
+    def authorize(request: Request) -> None:
         if not admin_token:
-            return _json(401, {"error": {"code": "unauthorized", "message":
-                               "admin API disabled: start the gateway with RAMPART_ADMIN_TOKEN"}})
+            raise Unauthorized("admin API disabled: start the gateway with RAMPART_ADMIN_TOKEN")
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {admin_token}".encode()):
-            return _json(401, {"error": {"code": "unauthorized",
-                                         "message": "missing or wrong bearer token"}})
+            raise Unauthorized("missing or wrong bearer token")
+
+    async def run(command: Command, status: int = 200) -> Response:
         if control is None:
-            return _json(503, {"error": {"code": "no_control_plane",
-                                         "message": "no rollout controller is running"}})
-        return None
-
-    async def body_json(request: Request) -> tuple[Any, Response | None]:
-        try:
-            raw = await read_body_limited(request)
-            return (orjson.loads(raw) if raw else {}), None
-        except PayloadTooLarge as error:
-            return None, _json(error.status, {"error": {"code": error.code,
-                                                        "message": error.message}})
-        except orjson.JSONDecodeError as exc:
-            return None, _json(400, {"error": {"code": "invalid_json",
-                                               "message": f"body is not valid JSON: {exc}"}})
-
-    async def run(request: Request, op: str,
-                  args: Callable[[Any], dict[str, Any]] | None = None) -> Response:
-        refused = unauthorized(request)
-        if refused is not None:
-            return refused
-        payload: Any = None
-        if args is not None:
-            payload, bad = await body_json(request)
-            if bad is not None:
-                return bad
-        assert control is not None
-        status, body = await control.call(op, args(payload) if args else {})
-        return _json(status, body)
+            raise NoControlPlane("no rollout controller is running")
+        result = await control.execute(command)
+        return Response(result.model_dump_json(), status_code=status, media_type=JSON)
 
     admin_responses: dict[int | str, dict[str, Any]] = {
         401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
         409: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
     }
 
     @app.post("/v1/admin/rollouts", status_code=201, responses=admin_responses)
     async def create_rollout(request: Request) -> Response:
-        return await run(request, "create", lambda body: {"plan": body})
+        """Start a rollout from a plan (JSON); answers its status."""
+        authorize(request)
+        return await run(CreateRollout(plan=await read_json(request)), 201)
 
     @app.get("/v1/admin/rollouts", responses=admin_responses)
     async def list_rollouts(request: Request) -> Response:
-        return await run(request, "list")
+        authorize(request)
+        return await run(ListRollouts())
 
     @app.get("/v1/admin/rollouts/{rollout_id}", responses=admin_responses)
     async def describe_rollout(rollout_id: str, request: Request) -> Response:
-        return await run(request, "describe", lambda _: {"id": rollout_id})
+        authorize(request)
+        return await run(DescribeRollout(id=rollout_id))
 
-    def command_route(op: str) -> Callable[[str, Request], Awaitable[Response]]:
+    def command_route(kind: OperatorAction) -> Callable[[str, Request], Awaitable[Response]]:
         async def command(rollout_id: str, request: Request) -> Response:
-            def args(body: Any) -> dict[str, Any]:
-                reason = body.get("reason", "") if isinstance(body, dict) else ""
-                return {"id": rollout_id, "reason": str(reason)}
-
-            return await run(request, op, args)
+            authorize(request)
+            body = await read_json(request)
+            reason = body.get("reason", "") if isinstance(body, dict) else ""
+            return await run(RolloutCommand(id=rollout_id, kind=kind,
+                                                     reason=str(reason)))
 
         return command
 
-    for op in ("pause", "resume", "promote", "abort"):
-        app.add_api_route(f"/v1/admin/rollouts/{{rollout_id}}/{op}", command_route(op),
-                          methods=["POST"], responses=admin_responses,
-                          name=f"{op}_rollout")
+    for kind in OPERATOR_ACTIONS:
+        app.add_api_route(f"/v1/admin/rollouts/{{rollout_id}}/{kind}", command_route(kind),
+                          methods=["POST"], responses=admin_responses, name=f"{kind}_rollout")
 
     @app.post("/v1/admin/alerts", responses=admin_responses)
     async def alerts(request: Request) -> Response:
         """Alertmanager webhook receiver: firing alerts with a ``rollout`` label roll it back."""
-        return await run(request, "alert", lambda body: {"payload": body})
+        authorize(request)
+        return await run(AlertWebhook(payload=await read_json(request)))
 
     @app.post("/v1/admin/shadows", responses=admin_responses)
     async def shadows(request: Request) -> Response:
         """Attach ``{"model", "version", "sample_bp"?, "salt"?}`` as a shadow, or detach
         it with ``"enabled": false``."""
-        return await run(request, "shadow", lambda body: {"shadow": body})
+        authorize(request)
+        return await run(shadow_command(await read_json(request)))
 
-    @app.post("/v1/admin/faults", responses=admin_responses)
-    async def faults(request: Request) -> Response:
-        """Inject latency or errors into one model version (chaos testing)."""
-        return await run(request, "fault", lambda body: {"fault": body})
+    @app.get("/v1/admin/routing", responses=admin_responses)
+    async def routing_status(request: Request) -> Response:
+        """The routing version in force, the replicas following it, and how long
+        recent versions took from publication to the last replica."""
+        authorize(request)
+        return await run(DescribeRouting())
+
+    for add_routes in extra:
+        add_routes(app, authorize)
+
+
+async def read_json(request: Request) -> Any:
+    """An admin body as JSON (an empty body is ``{}``); InvalidJson or PayloadTooLarge."""
+    raw = await read_body_limited(request)
+    try:
+        return orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson(f"body is not valid JSON: {exc}") from None
+
+
+def shadow_command(body: Any) -> SetShadow:
+    """``POST /v1/admin/shadows`` as a command; InvalidRollout names what is wrong."""
+    fields = dict(body) if isinstance(body, dict) else {}
+    enabled = fields.pop("enabled", True)
+    try:
+        return SetShadow(shadow=ShadowSpec.model_validate(fields), enabled=bool(enabled))
+    except ValidationError as exc:
+        raise InvalidRollout("invalid shadow:\n" + format_validation_error(exc)) from None

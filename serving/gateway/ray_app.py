@@ -7,29 +7,39 @@ connections over the replicas. A request therefore crosses no Ray hop at all:
 measured here, Ray Serve's default Python proxy adds about 10 ms a request,
 direct ingress about nothing.
 
-``start_gateway`` is the I/O shell used by ``rampart serve``, the demo, the
-benchmarks and the integration tests.
+Routing reaches the replicas by push: each keeps one long-poll parked on the
+rollout controller (:mod:`serving.gateway.follower`) and swaps in a newer
+table as soon as it is published.
+
+The composition root (``serving.cli.launch.start_gateway``, used by
+``rampart serve``, the demo, the benchmarks and the integration tests) starts
+the rollout controller (and, for chaos testing, the fault board) and hands
+their handles to :func:`deploy_gateway`; the replicas never import the
+control plane.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
-import signal
 import threading
-import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from pydantic import BaseModel, ConfigDict
 
+from serving.kernel.commands import Command, CommandResult
 from serving.kernel.config import RampartConfig
-from serving.routing.router import RoutingTable
-from telemetry.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+from serving.kernel.errors import ControlPlaneUnavailable, RampartError
+from serving.routing.snapshot import RoutingSnapshot
+from telemetry.metrics import MULTIPROC_ENV
+
+if TYPE_CHECKING:
+    from models.registry import Scorer
+    from serving.gateway.core import GatewayCore
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +67,8 @@ class ReplicaSettings(BaseModel):
     decision_dir: Path
     outcomes_dir: Path | None = None
     admin_token: str | None = None
-    poll_interval_s: float = 0.1
+    # How long one routing long-poll stays parked before it is renewed.
+    snapshot_timeout_s: float = 30.0
 
     def __repr__(self) -> str:  # never print the token in Ray's logs
         return f"ReplicaSettings(tracking_uri={self.tracking_uri!r})"
@@ -72,7 +83,8 @@ def set_ingress_env() -> None:
 def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
     from ray import serve
 
-    from serving.gateway.core import GatewayCore, build_app
+    from serving.gateway.core import build_app
+    from serving.gateway.follower import SnapshotFollower
 
     @serve.deployment(
         name=DEPLOYMENT_NAME,
@@ -87,22 +99,45 @@ def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
     )
     @serve.ingress()
     class RampartGateway:
-        def __init__(self, settings: ReplicaSettings) -> None:
+        def __init__(self, settings: ReplicaSettings, controller: Any,
+                     fault_board: Any = None) -> None:
+            """``controller`` is the control plane's actor handle and
+            ``fault_board`` the chaos actor's (None: no chaos), both passed in
+            by the composition root; the replica never imports the control plane."""
             from models.registry import MlflowRegistry
-            from rollout.actor import get_controller
 
             self.settings = settings
             self.registry = MlflowRegistry(settings.tracking_uri)
-            self.controller = get_controller()
-            snapshot = ray.get(self.controller.snapshot.remote(-1), timeout=60)
-            self.core: GatewayCore = build_core(settings, snapshot.table, self.registry)
-            self.core.apply_snapshot(snapshot.table, active_faults(snapshot),
-                                     self.registry.load, snapshot.rollouts)
+            self.controller = controller
+            self.replica = _replica_name()
+            source = ActorSnapshotSource(controller)
+            snapshot = source.wait_for_snapshot(-1, 0.0, self.replica)
+            if snapshot is None:
+                raise RuntimeError("the rollout controller has no routing table")
+            self.chaos: Any = None
+            if fault_board is not None:
+                from serving.chaos import ChaosReplica
+
+                self.chaos = ChaosReplica(fault_board)
+            self.core: GatewayCore = build_core(settings, snapshot, self._load)
             self._stop = threading.Event()
             self._references_loaded: set[tuple[str, str]] = set()
             self._load_references()
-            self._poller = threading.Thread(target=self._poll, name="routing-poll", daemon=True)
-            self._poller.start()
+            self.follower = SnapshotFollower(
+                source, self._apply, snapshot.version, self.replica,
+                timeout_s=settings.snapshot_timeout_s).start()
+            self._drift = threading.Thread(target=self._drift_loop, name="drift", daemon=True)
+            self._drift.start()
+
+        def _load(self, name: str, version: str) -> Any:
+            scorer = self.registry.load(name, version)
+            return scorer if self.chaos is None else self.chaos.wrap(scorer)
+
+        def _apply(self, snapshot: RoutingSnapshot) -> None:
+            # On the follower's thread: load new versions, then one reference swap.
+            # Drift references (an MLflow read) wait for the drift thread: the
+            # follower's next call is the replica's acknowledgement, not held up.
+            self.core.apply_snapshot(snapshot, self._load)
 
         def _load_references(self) -> None:
             monitor = self.core.drift_monitor
@@ -118,40 +153,63 @@ def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
                 if reference:
                     monitor.set_reference(key, reference)
 
-        def _poll(self) -> None:
-            # Off the request path: fetch newer routing tables from the controller,
-            # load any new version, then swap in one reference assignment; now and
-            # then, compare recent features with the training references.
-            every = self.settings.config.parity.drift_every_s
-            next_drift = time.monotonic() + every
-            while not self._stop.wait(self.settings.poll_interval_s):
+        def _drift_loop(self) -> None:
+            # Off the request path: now and then, compare recent features with
+            # the training references.
+            monitor = self.core.drift_monitor
+            while monitor is not None and not self._stop.wait(
+                    self.settings.config.parity.drift_every_s):
                 try:
-                    snapshot = ray.get(
-                        self.controller.snapshot.remote(self.core.table.version), timeout=10)
-                    if snapshot is not None:
-                        self.core.apply_snapshot(snapshot.table, active_faults(snapshot),
-                                                 self.registry.load, snapshot.rollouts)
-                        self._load_references()
-                    if time.monotonic() >= next_drift and self.core.drift_monitor is not None:
-                        next_drift = time.monotonic() + every
-                        self.core.drift_monitor.evaluate()
+                    self._load_references()  # of versions loaded since
+                    monitor.evaluate()
                 except Exception:
-                    log.exception("routing poll failed; serving the last table")
+                    log.exception("drift evaluation failed")
 
         def __serve_build_asgi_app__(self) -> Any:
+            extra = [] if self.chaos is None else [self.chaos.add_routes]
             return build_app(self.core, RayControlPlane(self.controller),
-                             self.settings.admin_token)
+                             self.settings.admin_token, admin_routes=extra)
 
         def __del__(self) -> None:
             # Ray Serve calls __del__ on graceful replica shutdown: flush the log.
             stop = getattr(self, "_stop", None)
             if stop is not None:
                 stop.set()
+            follower = getattr(self, "follower", None)
+            if follower is not None:
+                follower.stop()
+            chaos = getattr(self, "chaos", None)
+            if chaos is not None:
+                chaos.close()
             core = getattr(self, "core", None)
             if core is not None:
                 core.close()
 
     return RampartGateway
+
+
+def _replica_name() -> str:
+    """This replica's Serve id (unique in the cluster), or a process-unique name."""
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:
+        return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class ActorSnapshotSource:
+    """The controller actor's long-poll as a :class:`SnapshotSource`."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def wait_for_snapshot(self, known_version: int, timeout_s: float, replica: str
+                          ) -> RoutingSnapshot | None:
+        ref = self.actor.wait_for_snapshot.remote(known_version, timeout_s, replica)
+        # Beyond the parked time, allow for a busy actor before giving up on the call.
+        snapshot: RoutingSnapshot | None = ray.get(ref, timeout=timeout_s + 60)
+        return snapshot
 
 
 class RayControlPlane:
@@ -160,28 +218,40 @@ class RayControlPlane:
     def __init__(self, actor: Any) -> None:
         self.actor = actor
 
-    async def call(self, op: str, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        result: tuple[int, dict[str, Any]] = await self.actor.call.remote(op, args)
+    async def execute(self, command: Command) -> CommandResult:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            result: CommandResult = await self.actor.execute.remote(command)
+        except RayTaskError as exc:
+            # The control plane refused: answer its own error, not Ray's wrapper.
+            if isinstance(exc.cause, RampartError):
+                raise exc.cause from None
+            raise
+        except RayActorError as exc:
+            raise ControlPlaneUnavailable(f"the rollout controller is not running: {exc}"
+                                          ) from None
         return result
 
 
-def active_faults(snapshot: Any) -> dict[tuple[str, str], Any]:
-    from serving.gateway.core import ActiveFault
+def build_core(settings: ReplicaSettings, snapshot: RoutingSnapshot,
+               load: Callable[[str, str], Scorer]) -> GatewayCore:
+    """Load every reachable version and build the request path of one replica.
 
-    return {(f.model_name, f.model_version): ActiveFault(f.latency_ms / 1000.0, f.error_rate)
-            for f in snapshot.faults}
-
-
-def build_core(settings: ReplicaSettings, table: RoutingTable, registry: Any) -> Any:
-    """Load every reachable version and wire the request path for one replica."""
+    Every part is built first and handed to the constructor; the shadow runner
+    and the core share one :class:`LoadedScorers`.
+    """
     from serving.gateway.core import GatewayCore
+    from serving.gateway.scorers import LoadedScorers
     from serving.gateway.shadow import ShadowRunner
     from telemetry.decision_log import DecisionLogWriter
     from telemetry.drift_monitor import DriftMonitor
     from telemetry.metrics import DriftMetrics, RequestMetrics, ShadowMetrics
     from telemetry.tracing import build_tracer_provider
 
-    scorers = {(r.name, r.version): registry.load(r.name, r.version) for r in table.model_refs()}
+    table = snapshot.table
+    scorers = LoadedScorers({(r.name, r.version): load(r.name, r.version)
+                             for r in table.model_refs()})
     cfg = settings.config.decision_log
     writer = DecisionLogWriter(
         settings.decision_dir,
@@ -189,50 +259,25 @@ def build_core(settings: ReplicaSettings, table: RoutingTable, registry: Any) ->
         batch_rows=cfg.batch_rows,
         flush_interval_s=cfg.flush_interval_s,
     )
-    tracer = build_tracer_provider().get_tracer("rampart.gateway")
-    core = GatewayCore(table, scorers, RequestMetrics(registry=None), tracer, writer)
+    outcomes_log = None
     if settings.outcomes_dir is not None:
         from telemetry.outcomes_log import OutcomesLogWriter
 
         outcomes = settings.config.outcomes_log
-        core.outcomes_log = OutcomesLogWriter(
+        outcomes_log = OutcomesLogWriter(
             settings.outcomes_dir, writer_id=writer.writer_id,
             batch_rows=outcomes.batch_rows, flush_interval_s=outcomes.flush_interval_s)
     parity = settings.config.parity
-    core.drift_monitor = DriftMonitor(DriftMetrics(registry=None),
-                                      psi_threshold=parity.psi_threshold,
-                                      ks_alpha=parity.ks_alpha)
-    core.shadow_runner = ShadowRunner(
-        lambda name, version: core.scorers.get((name, version)), ShadowMetrics(registry=None),
-        writer, queue_size=settings.config.shadow.queue_size)
+    drift_monitor = DriftMonitor(DriftMetrics(registry=None), psi_threshold=parity.psi_threshold,
+                                 ks_alpha=parity.ks_alpha)
+    shadow_runner = ShadowRunner(scorers, ShadowMetrics(registry=None), writer,
+                                 queue_size=settings.config.shadow.queue_size)
+    core = GatewayCore(table, scorers, RequestMetrics(registry=None),
+                       build_tracer_provider().get_tracer("rampart.gateway"), writer,
+                       shadow_runner=shadow_runner, drift_monitor=drift_monitor,
+                       outcomes_log=outcomes_log)
+    core.metrics.set_rollouts(snapshot.rollouts)
     return core
-
-
-@dataclass
-class RunningGateway:
-    """A gateway started by :func:`start_gateway`; ``stop()`` flushes and tears down."""
-
-    url: str
-    table: RoutingTable
-    config: RampartConfig
-    owns_ray: bool
-    controller: Any = None
-    stopped: bool = False
-
-    def stop(self) -> None:
-        """Delete the app (replicas flush their logs), stop Serve, and Ray if ours. Idempotent."""
-        from ray import serve
-
-        if self.stopped:
-            return
-        self.stopped = True
-        serve.delete(APP_NAME)
-        if self.controller is not None:
-            ray.get(self.controller.stop.remote(), timeout=30)
-            ray.kill(self.controller)
-        serve.shutdown()  # type: ignore[no-untyped-call]
-        if self.owns_ray:
-            ray.shutdown()
 
 
 def resolve_paths(config: RampartConfig) -> tuple[Path, Path]:
@@ -250,74 +295,33 @@ def resolve_outcomes_path(config: RampartConfig) -> Path:
     return (path if path.is_absolute() else Path.cwd() / path).resolve()
 
 
-def start_gateway(
-    config: RampartConfig,
-    host: str | None = None,
-    port: int | None = None,
-    num_replicas: int | None = None,
-    admin_token: str | None = None,
-    ready_timeout_s: float = 120.0,
-) -> RunningGateway:
-    """Start Ray (if needed), the rollout controller and the gateway app;
-    return once the gateway answers /healthz."""
-    import httpx
+def deploy_gateway(
+    settings: ReplicaSettings,
+    controller: Any,
+    fault_board: Any,
+    num_replicas: int,
+    metrics_dir: Path,
+    host: str,
+    port: int,
+) -> None:
+    """Start Serve on ``host:port`` and deploy the gateway's replicas.
+
+    ``controller`` (the rollout controller's actor handle) and ``fault_board``
+    (the chaos actor's, or None) come from the composition root; every replica
+    receives both, never imports the control plane, and loads the chaos
+    wrapper only when it is given a fault board.
+    """
     from ray import serve
 
-    from rollout.actor import start_controller
-
-    host = host or config.server.host
-    port = port or config.server.port
-    replicas = num_replicas or config.server.num_replicas
-    tracking_uri = config.resolved_tracking_uri()
-    decision_dir, metrics_dir = resolve_paths(config)
-    decision_dir.mkdir(parents=True, exist_ok=True)
-    outcomes_dir = resolve_outcomes_path(config)  # created by the first write
-    prepare_multiprocess_dir(metrics_dir)
-    # Serving an experiment is when its analysis plan must already be fixed.
-    from rollout.experiments.data import register_config_plans
-
-    for problem in register_config_plans(config, dt.datetime.now(dt.UTC)):
-        log.warning("%s", problem)
-
-    set_ingress_env()
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        # ray.init replaces SIGINT/SIGTERM handlers with ones that abort the process;
-        # keep the caller's (``rampart serve`` turns both into a clean, flushing stop).
-        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=False)
-        if threading.current_thread() is threading.main_thread():
-            for sig, handler in saved.items():
-                if callable(handler):
-                    signal.signal(sig, handler)
-    controller = start_controller(config, config.resolved_store_url(), tracking_uri, metrics_dir)
     serve.start(http_options={"host": host, "port": port},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
-    deployment = _build_deployment(replicas, metrics_dir)
-    settings = ReplicaSettings(
-        config=config, tracking_uri=tracking_uri, decision_dir=decision_dir,
-        outcomes_dir=outcomes_dir,
-        admin_token=admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
-    )
-    serve.run(deployment.bind(settings), name=APP_NAME, route_prefix="/", blocking=False)
-    url = f"http://{host}:{port}"
-    deadline = time.monotonic() + ready_timeout_s
-    last_error = "no answer"
-    # Ray's HAProxy may reload once more just after the first healthy answer;
-    # call the gateway ready after several healthy answers in a row.
-    healthy_in_a_row = 0
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
-                healthy_in_a_row += 1
-                if healthy_in_a_row >= 4:
-                    table = ray.get(controller.snapshot.remote(-1)).table
-                    return RunningGateway(url, table, config, owns_ray, controller)
-            else:
-                healthy_in_a_row = 0
-        except httpx.HTTPError as exc:
-            last_error = str(exc)
-            healthy_in_a_row = 0
-        time.sleep(0.25)
-    raise TimeoutError(f"gateway did not answer {url}/healthz in {ready_timeout_s}s: {last_error}")
+    deployment = _build_deployment(num_replicas, metrics_dir)
+    serve.run(deployment.bind(settings, controller, fault_board), name=APP_NAME,
+              route_prefix="/", blocking=False)
+
+
+def delete_gateway() -> None:
+    """Delete the app (replicas flush their logs on the way out)."""
+    from ray import serve
+
+    serve.delete(APP_NAME)

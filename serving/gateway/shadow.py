@@ -3,8 +3,10 @@
 The request path only hashes the unit (to keep the mirrored sample stable)
 and appends a job to a bounded buffer without waiting; when the buffer is full
 the job is dropped and counted, so memory stays bounded whatever the shadow
-does. A drain thread scores the shadow version in batches, log a decision row with the same
-``request_id`` and ``role = shadow``, and feed the online parity tracker.
+does. A drain thread scores the shadow version in batches, logs a decision row
+with the same ``request_id`` and ``role = shadow``, and feeds the online parity
+tracker. It finds the shadow version among the replica's loaded versions
+(:class:`~serving.gateway.scorers.ScorerLookup`), the same object its core reads.
 A shadow that is slow, raises, or is not loaded changes neither the primary's
 answer nor its latency: its failures are its own rows and counters.
 """
@@ -15,12 +17,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 
-from models.registry import Scorer
+from serving.gateway.scorers import ScorerLookup
 from serving.routing.router import ModelRef
 from telemetry.decision_log import DecisionLogWriter, batch_table
 from telemetry.metrics import ShadowMetrics
@@ -76,7 +78,7 @@ class ShadowRunner:
 
     def __init__(
         self,
-        scorer_for: Callable[[str, str], Scorer | None],
+        scorers: ScorerLookup,
         metrics: ShadowMetrics,
         decision_log: DecisionLogWriter | None,
         queue_size: int = 10_000,
@@ -84,7 +86,7 @@ class ShadowRunner:
         publish_every: int = 200,
         publish_interval_s: float = 1.0,
     ) -> None:
-        self.scorer_for = scorer_for
+        self.scorers = scorers  # the replica's loaded versions, shared with its core
         self.metrics = metrics
         self.decision_log = decision_log
         self.queue_size = queue_size
@@ -153,7 +155,7 @@ class ShadowRunner:
         n = len(jobs)
         predictions: np.ndarray | None = None
         error: str | None = None
-        scorer = self.scorer_for(name, version)
+        scorer = self.scorers.lookup(name, version)
         try:
             if scorer is None:
                 raise LookupError(f"shadow version {name}/{version} is not loaded")

@@ -26,7 +26,7 @@ import yaml  # noqa: E402
 
 
 def main() -> int:
-    from serving.gateway.ray_app import start_gateway
+    from serving.cli.launch import start_gateway
     from serving.kernel.config import parse_config
 
     uri, work_dir, port = sys.argv[1], sys.argv[2], int(sys.argv[3])

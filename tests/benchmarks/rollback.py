@@ -39,7 +39,7 @@ FLAGGER_INTERVAL_S = 60.0
 def main() -> int:
     from serving.cli.demo.models import DEMO_MODEL_NAME, seed_demo_models
     from serving.cli.demo.scenarios import run_scenario
-    from serving.gateway.ray_app import start_gateway
+    from serving.cli.launch import start_gateway
     from serving.kernel.config import parse_config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -57,7 +57,7 @@ def main() -> int:
         data["telemetry"] = {"metrics_dir": str(work / "metrics")}
         data["server"] = {"host": "127.0.0.1", "port": args.port, "num_replicas": 1}
         token = "benchmark-token"
-        gateway = start_gateway(parse_config(data), admin_token=token)
+        gateway = start_gateway(parse_config(data), admin_token=token, chaos=True)
         results = []
         try:
             baseline = seeded.versions["champion"]

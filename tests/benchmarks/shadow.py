@@ -87,7 +87,7 @@ def decisions_with(n: int, scorer: object, out: Path) -> None:
 def main() -> int:
     from models.registry import MlflowRegistry
     from serving.cli.demo.models import DEMO_MODEL_NAME, seed_demo_models
-    from serving.gateway.ray_app import start_gateway
+    from serving.cli.launch import start_gateway
     from serving.kernel.config import parse_config
     from telemetry.parity_report import load_log, load_offline_model, run_replay
 

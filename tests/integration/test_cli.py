@@ -19,6 +19,7 @@ import yaml
 from serving.cli.demo.traffic import Population, drive_traffic
 from serving.routing.assignment import bucket
 from telemetry.decision_log import read_decisions
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RAMPART = str(Path(sys.executable).parent / "rampart")
@@ -38,7 +39,7 @@ def config_file(mlflow_store: dict[str, Any], tmp_path_factory: pytest.TempPathF
     data["decision_log"] = {"path": str(tmp / "decisions"), "flush_interval_s": 30,
                             "batch_rows": 100_000}
     data["telemetry"] = {"metrics_dir": str(tmp / "metrics")}
-    data["server"] = {"host": "127.0.0.1", "port": 18_480, "num_replicas": 1}
+    data["server"] = {"host": "127.0.0.1", "port": free_port(), "num_replicas": 1}
     path = tmp / "rampart.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -121,11 +122,16 @@ def test_seed_demo_twice_adds_nothing(mlflow_store: dict[str, Any]) -> None:
     assert "nothing added" in result.stdout
 
 
-def test_serve_stops_cleanly_on_sigterm_and_flushes_every_decision(config_file: Path) -> None:
+def test_serve_stops_cleanly_on_sigterm_and_flushes_every_decision(
+    config_file: Path, tmp_path: Path
+) -> None:
     data = yaml.safe_load(config_file.read_text())
+    data["server"]["port"] = free_port()
+    config = tmp_path / "rampart.yaml"
+    config.write_text(yaml.safe_dump(data))
     url = f"http://127.0.0.1:{data['server']['port']}"
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
-    proc = subprocess.Popen([RAMPART, "serve", "--config", str(config_file)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([RAMPART, "serve", "--config", str(config)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

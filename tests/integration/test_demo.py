@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 RAMPART = str(Path(sys.executable).parent / "rampart")
 
@@ -17,7 +19,7 @@ def test_demo_scenario_prints_its_result_as_the_last_json_line(tmp_path: Path) -
     config.write_text(text.replace("data_dir: .rampart", f"data_dir: {tmp_path / 'data'}"))
     result = subprocess.run(
         [RAMPART, "demo", "--config", str(config), "--scenario", "healthy", "--json",
-         "--port", "18560"],
+         "--port", str(free_port())],
         capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     body = json.loads(result.stdout.strip().splitlines()[-1])

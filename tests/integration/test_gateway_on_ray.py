@@ -12,12 +12,12 @@ import pytest
 import yaml
 
 from serving.cli.demo.traffic import Population, drive_traffic
-from serving.gateway.ray_app import RunningGateway, start_gateway
+from serving.cli.launch import RunningGateway, start_gateway
 from serving.kernel.config import parse_config
 from telemetry.decision_log import read_decisions
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-PORT = 18_470
 
 
 def _config(mlflow_store: dict[str, Any], tmp: Path, replicas: int) -> Any:
@@ -27,7 +27,7 @@ def _config(mlflow_store: dict[str, Any], tmp: Path, replicas: int) -> Any:
     data["decision_log"] = {"path": str(tmp / "decisions"), "batch_rows": 50,
                             "flush_interval_s": 0.5}
     data["telemetry"] = {"metrics_dir": str(tmp / "metrics")}
-    data["server"] = {"host": "127.0.0.1", "port": PORT, "num_replicas": replicas}
+    data["server"] = {"host": "127.0.0.1", "port": free_port(), "num_replicas": replicas}
     return parse_config(data)
 
 

@@ -12,13 +12,13 @@ from typing import Any
 import httpx
 import yaml
 
-from serving.gateway.ray_app import start_gateway
+from serving.cli.launch import start_gateway
 from serving.kernel.config import parse_config
 from telemetry.outcomes_log import read_outcomes
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RAMPART = str(Path(sys.executable).parent / "rampart")
-PORT = 18_580
 JAN1 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
@@ -31,7 +31,7 @@ def _config(mlflow_store: dict[str, Any], tmp: Path) -> Any:
     data["outcomes_log"] = {"path": str(tmp / "outcomes"), "batch_rows": 100_000,
                             "flush_interval_s": 600}
     data["telemetry"] = {"metrics_dir": str(tmp / "metrics")}
-    data["server"] = {"host": "127.0.0.1", "port": PORT, "num_replicas": 1}
+    data["server"] = {"host": "127.0.0.1", "port": free_port(), "num_replicas": 1}
     return parse_config(data)
 
 

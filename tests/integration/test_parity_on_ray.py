@@ -17,9 +17,10 @@ import pytest
 import yaml
 
 from serving.cli.demo.traffic import Population, drive_traffic
-from serving.gateway.ray_app import start_gateway
+from serving.cli.launch import start_gateway
 from serving.kernel.config import parse_config
 from telemetry.decision_log import read_decisions
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RAMPART = str(Path(sys.executable).parent / "rampart")
@@ -33,7 +34,7 @@ def _serve_and_log(mlflow_store: dict[str, Any], tmp: Path, population: Populati
                 **overrides)
     data["decision_log"] = {"path": str(tmp / "decisions")}
     data["telemetry"] = {"metrics_dir": str(tmp / "metrics")}
-    data["server"] = {"host": "127.0.0.1", "port": 18_540, "num_replicas": 1}
+    data["server"] = {"host": "127.0.0.1", "port": free_port(), "num_replicas": 1}
     gateway = start_gateway(parse_config(data))
     try:
         result = drive_traffic(gateway.url, population, 600, concurrency=4, seed=2)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,12 @@ import yaml
 
 from rollout.metrics_source import PrometheusMetricsSource
 from serving.cli.demo.scenarios import AdminClient, BackgroundTraffic
-from serving.gateway.ray_app import start_gateway
+from serving.cli.launch import start_gateway
 from serving.kernel.config import parse_config
+from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-GATEWAY_PORT, PROM_PORT, AM_PORT = 18_490, 19_090, 19_093
 TOKEN = "prometheus-test-token"
 
 
@@ -62,20 +63,32 @@ def _wait_http(url: str, timeout_s: float = 60) -> None:
     raise TimeoutError(url)
 
 
+@dataclass(frozen=True)
+class Ports:
+    gateway: int
+    prometheus: int
+    alertmanager: int
+
+
 @pytest.fixture
-def monitoring(tmp_path: Path) -> Iterator[None]:
+def ports() -> Ports:
+    return Ports(*free_ports(3))
+
+
+@pytest.fixture
+def monitoring(tmp_path: Path, ports: Ports) -> Iterator[None]:
     """Prometheus and Alertmanager from deploy/, pointed at the test's ports."""
     prom_cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     prom_cfg["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     prom_cfg["rule_files"] = [str(DEPLOY / "prometheus" / f) for f in prom_cfg["rule_files"]]
     prom_cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [
-        f"127.0.0.1:{AM_PORT}"]
+        f"127.0.0.1:{ports.alertmanager}"]
     prom_cfg["scrape_configs"][0]["static_configs"][0]["targets"] = [
-        f"127.0.0.1:{GATEWAY_PORT}"]
+        f"127.0.0.1:{ports.gateway}"]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom_cfg))
     am_cfg = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
     hook = am_cfg["receivers"][0]["webhook_configs"][0]
-    hook["url"] = f"http://127.0.0.1:{GATEWAY_PORT}/v1/admin/alerts"
+    hook["url"] = f"http://127.0.0.1:{ports.gateway}/v1/admin/alerts"
     (tmp_path / "token").write_text(TOKEN)
     hook["http_config"]["authorization"]["credentials_file"] = str(tmp_path / "token")
     am_cfg["route"]["group_wait"] = "0s"
@@ -84,17 +97,18 @@ def monitoring(tmp_path: Path) -> Iterator[None]:
         subprocess.Popen([
             _binary("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{PROM_PORT}",
+            f"--web.listen-address=127.0.0.1:{ports.prometheus}",
         ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         subprocess.Popen([
             _binary("prometheus-alertmanager"), f"--config.file={tmp_path / 'alertmanager.yml'}",
-            f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{AM_PORT}",
+            f"--storage.path={tmp_path / 'am'}",
+            f"--web.listen-address=127.0.0.1:{ports.alertmanager}",
             "--cluster.listen-address=",
         ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]
     try:
-        _wait_http(f"http://127.0.0.1:{PROM_PORT}/-/ready")
-        _wait_http(f"http://127.0.0.1:{AM_PORT}/-/ready")
+        _wait_http(f"http://127.0.0.1:{ports.prometheus}/-/ready")
+        _wait_http(f"http://127.0.0.1:{ports.alertmanager}/-/ready")
         yield
     finally:
         for proc in procs:
@@ -104,15 +118,16 @@ def monitoring(tmp_path: Path) -> Iterator[None]:
 
 
 def test_a_prometheus_alert_rolls_the_slow_candidate_back(
-    ray_session: None, mlflow_store: dict[str, Any], tmp_path: Path, monitoring: None
+    ray_session: None, mlflow_store: dict[str, Any], tmp_path: Path, ports: Ports,
+    monitoring: None,
 ) -> None:
     data = yaml.safe_load((DEPLOY / "rampart.yaml").read_text())
     data.update(tracking_uri=mlflow_store["uri"], data_dir=str(tmp_path), experiments=[],
                 rollout_store_url=f"sqlite:///{tmp_path / 'rollouts.db'}")
     data["decision_log"] = {"path": str(tmp_path / "decisions")}
     data["telemetry"] = {"metrics_dir": str(tmp_path / "metrics")}
-    data["server"] = {"host": "127.0.0.1", "port": GATEWAY_PORT, "num_replicas": 1}
-    gateway = start_gateway(parse_config(data), admin_token=TOKEN)
+    data["server"] = {"host": "127.0.0.1", "port": ports.gateway, "num_replicas": 1}
+    gateway = start_gateway(parse_config(data), admin_token=TOKEN, chaos=True)
     traffic = BackgroundTraffic(gateway.url, concurrency=4).start()
     admin = AdminClient(gateway.url, TOKEN)
     try:
@@ -124,7 +139,7 @@ def test_a_prometheus_alert_rolls_the_slow_candidate_back(
             "min_requests": 10_000_000, "failure_limit": 100,
             "guardrails": {"p99_latency_delta_ms": 600_000, "error_rate_delta": 1.0}})
         time.sleep(4)
-        source = PrometheusMetricsSource(f"http://127.0.0.1:{PROM_PORT}")
+        source = PrometheusMetricsSource(f"http://127.0.0.1:{ports.prometheus}")
         seen = source.snapshot("ro-prom")
         assert seen["baseline"].requests > 0 and seen["candidate"].requests > 0
         admin.call("POST", "/v1/admin/faults", {"model_name": "rampart-demo-classifier",
@@ -137,7 +152,7 @@ def test_a_prometheus_alert_rolls_the_slow_candidate_back(
         assert status["phase"] == "rolled_back", status
         assert status["weight_bp"] == 0
         assert "alert firing: RampartCandidateP99High" in status["audit"][-1]["reason"]
-        alerts = httpx.get(f"http://127.0.0.1:{PROM_PORT}/api/v1/alerts").json()
+        alerts = httpx.get(f"http://127.0.0.1:{ports.prometheus}/api/v1/alerts").json()
         firing = {a["labels"]["alertname"]: a["labels"] for a in alerts["data"]["alerts"]}
         assert firing["RampartCandidateP99High"]["rollout"] == "ro-prom"
         metrics = httpx.get(f"{gateway.url}/metrics").text

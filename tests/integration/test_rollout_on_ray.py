@@ -1,10 +1,14 @@
 """Rollouts on a real gateway (Ray Serve, MLflow on SQLite): a healthy candidate
 ramps to 100% and takes the champion alias; a faulty one is rolled back
-automatically within two analysis intervals."""
+automatically within two analysis intervals.
+
+Each test starts from a registry it sets itself (the demo versions as seeded,
+then ``champion`` on the version it names) and a gateway of its own, so any
+test passes alone and in any order."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,36 +18,60 @@ import yaml
 
 from serving.cli.demo.models import DEMO_MODEL_NAME, seed_demo_models
 from serving.cli.demo.scenarios import run_scenario
-from serving.gateway.ray_app import RunningGateway, start_gateway
+from serving.cli.launch import RunningGateway, start_gateway
 from serving.kernel.config import parse_config
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "rollout-test-token"
+ROLLOUT_TAGS = ("rampart.rollout.", "rampart.rolled_back")
 
 
-@pytest.fixture(scope="module")
-def gateway(ray_session: None, mlflow_store: dict[str, Any],
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    tmp = tmp_path_factory.mktemp("rollouts")
-    data = yaml.safe_load((ROOT / "deploy" / "rampart.yaml").read_text())
-    data.update(tracking_uri=mlflow_store["uri"], data_dir=str(tmp),
-                rollout_store_url=f"sqlite:///{tmp / 'rollouts.db'}")
-    data["decision_log"] = {"path": str(tmp / "decisions")}
-    data["telemetry"] = {"metrics_dir": str(tmp / "metrics")}
-    data["server"] = {"host": "127.0.0.1", "port": 18_500, "num_replicas": 2}
-    running = start_gateway(parse_config(data), admin_token=TOKEN)
-    yield running
-    running.stop()
-    # Promotion moved the champion alias; put the shared store back as seeded.
-    seed_demo_models(str(mlflow_store["uri"]), Path(mlflow_store["root"]) / "artifacts")
+@pytest.fixture
+def gateway_with_champion(
+    ray_session: None, mlflow_store: dict[str, Any], tmp_path: Path
+) -> Iterator[Callable[[str], RunningGateway]]:
+    """Start a gateway on a registry whose ``champion`` is the given version."""
+    uri = str(mlflow_store["uri"])
+    artifacts = Path(mlflow_store["root"]) / "artifacts"
+    started: list[RunningGateway] = []
+
+    def start(champion: str) -> RunningGateway:
+        seed_demo_models(uri, artifacts)  # every alias back where the seed puts it
+        client = mlflow.MlflowClient(uri)
+        for version in client.search_model_versions(f"name='{DEMO_MODEL_NAME}'"):
+            for key in version.tags:  # and no outcome of an earlier rollout
+                if key.startswith(ROLLOUT_TAGS):
+                    client.delete_model_version_tag(DEMO_MODEL_NAME, version.version, key)
+        client.set_registered_model_alias(DEMO_MODEL_NAME, "champion", champion)
+        data = yaml.safe_load((ROOT / "deploy" / "rampart.yaml").read_text())
+        data.update(tracking_uri=uri, data_dir=str(tmp_path),
+                    rollout_store_url=f"sqlite:///{tmp_path / 'rollouts.db'}")
+        data["decision_log"] = {"path": str(tmp_path / "decisions")}
+        data["telemetry"] = {"metrics_dir": str(tmp_path / "metrics")}
+        data["server"] = {"host": "127.0.0.1", "port": free_port(), "num_replicas": 2}
+        started.append(start_gateway(parse_config(data), admin_token=TOKEN, chaos=True))
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop()
+    # Rollouts move and tag aliases; put the shared store back as seeded.
+    seed_demo_models(uri, artifacts)
 
 
 def test_healthy_candidate_is_promoted_and_takes_the_alias(
-    gateway: RunningGateway, mlflow_store: dict[str, Any]
+    gateway_with_champion: Callable[[str], RunningGateway], mlflow_store: dict[str, Any]
 ) -> None:
+    gateway = gateway_with_champion("1")
     result = run_scenario(gateway.url, TOKEN, "healthy", DEMO_MODEL_NAME, "1", "2")
     assert result.outcome == "promoted", result.timeline
-    assert [t["weight_pct"] for t in result.timeline] == [1, 5, 25, 50, 100, 100]
+    assert [t["weight_pct"] for t in result.timeline] == [1, 5, 25, 50, 100, 100, 100]
+    assert result.timeline[-2]["to"] == "promoted"
+    # The configured experiment is champion (now 2) vs challenger (2): the trail says so.
+    assert "compares a version with itself" in result.timeline[-1]["reason"]
+    assert "'demo-champion-vs-challenger': arms control, challenger all serve" in (
+        result.timeline[-1]["reason"])
     client = mlflow.MlflowClient(str(mlflow_store["uri"]))
     assert str(client.get_model_version_by_alias(DEMO_MODEL_NAME, "champion").version) == "2"
     tags = client.get_model_version(DEMO_MODEL_NAME, "2").tags
@@ -52,8 +80,10 @@ def test_healthy_candidate_is_promoted_and_takes_the_alias(
 
 @pytest.mark.parametrize("scenario", ["latency-fault", "error-fault"])
 def test_faulty_candidate_is_rolled_back_within_two_intervals(
-    gateway: RunningGateway, mlflow_store: dict[str, Any], scenario: Any
+    gateway_with_champion: Callable[[str], RunningGateway], mlflow_store: dict[str, Any],
+    scenario: Any,
 ) -> None:
+    gateway = gateway_with_champion("2")  # as after a promotion of v2
     result = run_scenario(gateway.url, TOKEN, scenario, DEMO_MODEL_NAME, "2", "3",
                           interval_s=1.0, failure_limit=2)
     assert result.outcome == "rolled_back", result.timeline

@@ -18,15 +18,14 @@ import yaml
 
 from serving.cli.demo.models import FEATURE_NAMES
 from serving.cli.demo.scenarios import BackgroundTraffic
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RAMPART = str(Path(sys.executable).parent / "rampart")
-PORT = 18_520
 TOKEN = "restart-test-token"
-URL = f"http://127.0.0.1:{PORT}"
 
 
-def _serve(config: Path) -> subprocess.Popen[str]:
+def _serve(config: Path, url: str) -> subprocess.Popen[str]:
     env = {**os.environ, "RAMPART_ADMIN_TOKEN": TOKEN}
     proc = subprocess.Popen([RAMPART, "serve", "--config", str(config)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
@@ -35,7 +34,7 @@ def _serve(config: Path) -> subprocess.Popen[str]:
     while time.monotonic() < deadline:
         assert proc.poll() is None, "rampart serve exited early"
         try:
-            ok = httpx.get(f"{URL}/healthz", timeout=1).status_code == 200
+            ok = httpx.get(f"{url}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
             ok = False
         healthy_in_a_row = healthy_in_a_row + 1 if ok else 0
@@ -46,25 +45,25 @@ def _serve(config: Path) -> subprocess.Popen[str]:
     raise TimeoutError("rampart serve did not come up")
 
 
-def _cli(*args: str) -> Any:
+def _cli(url: str, *args: str) -> Any:
     env = {**os.environ, "RAMPART_ADMIN_TOKEN": TOKEN}
-    result = subprocess.run([RAMPART, *args, "--url", URL], capture_output=True, text=True,
+    result = subprocess.run([RAMPART, *args, "--url", url], capture_output=True, text=True,
                             env=env, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
-def _status(rollout_id: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(_cli("rollout", "status", rollout_id, "--json"))
+def _status(url: str, rollout_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(_cli(url, "rollout", "status", rollout_id, "--json"))
     return data
 
 
-def _answers(units: list[str]) -> dict[str, str]:
+def _answers(url: str, units: list[str]) -> dict[str, str]:
     """Each unit's version. Ray's HAProxy may reload its config just after a start
     and close an idle keep-alive connection; a prediction is safe to resend."""
     features = dict.fromkeys(FEATURE_NAMES, 0.1)
     out: dict[str, str] = {}
-    with httpx.Client(base_url=URL, timeout=10,
+    with httpx.Client(base_url=url, timeout=10,
                       transport=httpx.HTTPTransport(retries=3)) as client:
         for unit in units:
             for attempt in range(3):
@@ -86,7 +85,9 @@ def test_sigkill_mid_ramp_then_restart_resumes_the_rollout(
     data.update(tracking_uri=mlflow_store["uri"], data_dir=str(tmp_path), experiments=[])
     data["decision_log"] = {"path": str(tmp_path / "decisions")}
     data["telemetry"] = {"metrics_dir": str(tmp_path / "metrics")}
-    data["server"] = {"host": "127.0.0.1", "port": PORT, "num_replicas": 1}
+    port = free_port()  # the restart takes the same port again
+    url = f"http://127.0.0.1:{port}"
+    data["server"] = {"host": "127.0.0.1", "port": port, "num_replicas": 1}
     config = tmp_path / "rampart.yaml"
     config.write_text(yaml.safe_dump(data))
     plan = tmp_path / "plan.yaml"
@@ -96,40 +97,40 @@ def test_sigkill_mid_ramp_then_restart_resumes_the_rollout(
         "min_requests": 100, "failure_limit": 2, "pause_before": [50],
         "guardrails": {"min_check_requests": 5}}))
 
-    proc = _serve(config)
+    proc = _serve(config, url)
     killed = False
     try:
-        created = json.loads(_cli("rollout", "start", str(plan)))
+        created = json.loads(_cli(url, "rollout", "start", str(plan)))
         assert created == {"id": "ro-restart", "phase": "progressing", "weight_bp": 100}
         # Ramp through 1% and 5% to 25%; the manual gate before 50% then holds the
         # rollout at 25% whatever traffic arrives, so the step cannot move under us.
-        traffic = BackgroundTraffic(URL, concurrency=4).start()
+        traffic = BackgroundTraffic(url, concurrency=4).start()
         deadline = time.monotonic() + 120
-        while _status("ro-restart")["phase"] != "paused" and time.monotonic() < deadline:
+        while _status(url, "ro-restart")["phase"] != "paused" and time.monotonic() < deadline:
             time.sleep(0.3)
         traffic.stop()
         units = [f"probe-{i}" for i in range(200)]
-        versions_before = _answers(units)
+        versions_before = _answers(url, units)
         assert set(versions_before.values()) == {"1", "2"}
-        before = _status("ro-restart")
+        before = _status(url, "ro-restart")
         assert (before["phase"], before["step_index"], before["weight_bp"]) == (
             "paused", 2, 2500)
-        table = _cli("rollout", "status", "ro-restart")
+        table = _cli(url, "rollout", "status", "ro-restart")
         assert "ro-restart" in table and "audit trail" in table
 
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         killed = True
         time.sleep(2)
-        proc = _serve(config)
-        after = _status("ro-restart")
+        proc = _serve(config, url)
+        after = _status(url, "ro-restart")
         assert (after["phase"], after["step_index"], after["weight_bp"], after["salt"]) == (
             before["phase"], before["step_index"], before["weight_bp"], before["salt"])
         assert after["audit"] == before["audit"]  # the trail is whole, nothing added or lost
-        assert _answers(units) == versions_before  # the same assignments
-        resumed = json.loads(_cli("rollout", "resume", "ro-restart", "--reason", "restarted"))
+        assert _answers(url, units) == versions_before  # the same assignments
+        resumed = json.loads(_cli(url, "rollout", "resume", "ro-restart", "--reason", "restarted"))
         assert (resumed["phase"], resumed["weight_bp"]) == ("progressing", 5000)
-        versions_after = _answers(units)  # 50% now: every unit on the candidate stays there
+        versions_after = _answers(url, units)  # 50% now: every unit on the candidate stays there
         assert all(versions_after[u] == "2" for u, v in versions_before.items() if v == "2")
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -58,7 +58,7 @@ class InMemoryRegistry:
         return self.scorers[version]
 
 
-def test_config(**overrides: Any) -> RampartConfig:
+def make_config(**overrides: Any) -> RampartConfig:
     data = yaml.safe_load(CONFIG_YAML)
     data.update(overrides)
     return parse_config(data)
@@ -68,7 +68,7 @@ def make_core(
     tracer: Any, decision_log: DecisionLogWriter | None = None
 ) -> tuple[GatewayCore, CollectorRegistry]:
     registry = InMemoryRegistry()
-    table = build_routing_table(test_config(), registry.resolve)
+    table = build_routing_table(make_config(), registry.resolve)
     scorers = {(r.name, r.version): registry.load(r.name, r.version) for r in table.model_refs()}
     prom = CollectorRegistry()
     return GatewayCore(table, scorers, RequestMetrics(prom), tracer, decision_log), prom

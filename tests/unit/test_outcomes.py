@@ -29,7 +29,7 @@ from telemetry.outcomes_log import (
     read_outcomes,
 )
 from telemetry.tracing import build_tracer_provider
-from tests.unit.fakes import make_core, test_config
+from tests.unit.fakes import make_config, make_core
 
 UTC = dt.UTC
 JAN1 = dt.datetime(2026, 1, 1, tzinfo=UTC)
@@ -122,10 +122,10 @@ def test_a_batch_holds_one_to_the_limit_of_events() -> None:
 
 
 def test_config_has_an_outcomes_log_beside_the_decision_log() -> None:
-    default = test_config()
+    default = make_config()
     assert default.outcomes_log.path == Path(".rampart/outcomes")
     assert default.outcomes_log.batch_rows == default.decision_log.batch_rows
-    custom = test_config(outcomes_log={"path": "/tmp/o", "batch_rows": 10,
+    custom = make_config(outcomes_log={"path": "/tmp/o", "batch_rows": 10,
                                        "flush_interval_s": 0.5})
     assert (custom.outcomes_log.path, custom.outcomes_log.batch_rows) == (Path("/tmp/o"), 10)
     from serving.kernel.config import parse_config

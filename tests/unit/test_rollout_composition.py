@@ -270,7 +270,7 @@ def test_a_promotion_that_makes_two_arms_serve_one_version_is_in_the_audit_trail
     table = service.snapshot().table
     assert table.shared_versions() == [
         "experiment 'exp-a': arms control, treatment all serve clf/2"]
-    trail = service.describe("ro-1")["audit"]
+    trail = service.describe("ro-1").audit
     assert any("compares a version with itself" in r["reason"] and "exp-a" in r["reason"]
                for r in trail)
 
@@ -287,5 +287,5 @@ def test_a_failed_alias_move_keeps_the_candidate_serving(tmp_path: Path) -> None
     assert remaining.weight_bp == 10_000  # traffic stays on the candidate, not back on 1
     control = [route(table, u) for u in UNITS[:300] if route(table, u).arm == "control"]
     assert control and {d.model.version for d in control} == {"3"}
-    trail = service.describe("ro-1")["audit"]
+    trail = service.describe("ro-1").audit
     assert any("MLflow update failed" in r["reason"] for r in trail)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from rollout.commands import LocalControlPlane, dispatch
+from rollout.commands import LocalControlPlane, execute
 from rollout.core.controller import Phase
 from rollout.core.guardrails import ArmWindow
 from rollout.core.plan import RolloutPlan, parse_plan
@@ -17,9 +17,24 @@ from rollout.metrics_source import MetricsUnavailable, Snapshot
 from rollout.service import RolloutService
 from rollout.store import RolloutStore
 from serving.gateway.core import build_app
+from serving.kernel.commands import (
+    AlertWebhook,
+    CreateRollout,
+    DescribeRollout,
+    DescribeRouting,
+    ListRollouts,
+    RolloutCommand,
+)
+from serving.kernel.errors import (
+    InvalidRollout,
+    PlanError,
+    RampartError,
+    RolloutConflict,
+    RolloutNotFound,
+)
 from serving.routing.router import route
 from telemetry.tracing import build_tracer_provider
-from tests.unit.fakes import InMemoryRegistry, make_core, test_config
+from tests.unit.fakes import InMemoryRegistry, make_config, make_core
 
 BOUNDS = (0.005, 0.01, 0.05, 0.1, 0.5, float("inf"))
 
@@ -76,7 +91,7 @@ PLAN = {"id": "ro-1", "model_name": "clf", "baseline_version": "1", "candidate_v
 
 def make_service(tmp_path: Path, counts: Counts, clock: Clock,
                  registry: WritableRegistry | None = None) -> RolloutService:
-    return RolloutService(test_config(experiments=[]), RolloutStore(
+    return RolloutService(make_config(experiments=[]), RolloutStore(
         f"sqlite:///{tmp_path / 'rollouts.db'}"), registry or WritableRegistry(),
         lambda plan: counts, clock)
 
@@ -107,7 +122,7 @@ def test_healthy_rollout_ramps_publishes_tables_and_moves_the_alias(tmp_path: Pa
     assert versions == sorted(versions) and len(set(versions)) >= 5
     assert registry.aliases["champion"] == "2"
     assert '"outcome": "promoted"' in registry.tags[("clf", "2")]["rampart.rollout.ro-1"]
-    trail = service.describe("ro-1")["audit"]
+    trail = service.describe("ro-1").audit
     assert [r["weight_bp"] for r in trail] == [100, 500, 2500, 5000, 10_000, 10_000]
     assert [r["to_phase"] for r in trail][-2:] == ["progressing", "promoted"]
     assert all(r["reason"] for r in trail)
@@ -148,7 +163,7 @@ def test_restart_resumes_at_the_same_step_with_the_same_assignments(tmp_path: Pa
         tick(service, counts, clock)
     before = service.get("ro-1")
     table_before = service.snapshot().table
-    trail_before = service.describe("ro-1")["audit"]
+    trail_before = service.describe("ro-1").audit
     assert before.step_index >= 1
 
     restarted = make_service(tmp_path, counts, clock)  # same store, new process
@@ -159,7 +174,7 @@ def test_restart_resumes_at_the_same_step_with_the_same_assignments(tmp_path: Pa
     assert table_after.version > table_before.version  # never reuses a version
     for i in range(2000):
         assert route(table_after, f"user-{i}").arm == route(table_before, f"user-{i}").arm
-    assert restarted.describe("ro-1")["audit"] == trail_before
+    assert restarted.describe("ro-1").audit == trail_before
 
 
 def test_alertmanager_payload_rolls_back_the_labelled_rollout(tmp_path: Path) -> None:
@@ -173,27 +188,69 @@ def test_alertmanager_payload_rolls_back_the_labelled_rollout(tmp_path: Path) ->
                                         "rollout": "ro-1"},
          "annotations": {"summary": "p99 up"}},
     ]}
-    assert service.alert(payload) == {"rolled_back": ["ro-1"], "ignored": 2}
+    result = service.alert(payload)
+    assert (result.rolled_back, result.ignored) == (["ro-1"], 2)
     state = service.get("ro-1")
     assert state.phase == Phase.ROLLED_BACK
-    assert "RampartCandidateP99High" in service.describe("ro-1")["audit"][-1]["reason"]
+    assert "RampartCandidateP99High" in service.describe("ro-1").audit[-1]["reason"]
 
 
-def test_dispatch_maps_mistakes_to_4xx(tmp_path: Path) -> None:
+def test_commands_return_typed_results_or_raise_typed_errors(tmp_path: Path) -> None:
     counts, clock = Counts(), Clock()
     service = make_service(tmp_path, counts, clock)
-    status, body = dispatch(service, "create", {"plan": {**PLAN, "steps": [50, 10]}})
-    assert status == 422 and "strictly increase" in body["error"]["message"]
-    status, body = dispatch(service, "create", {"plan": {**PLAN, "candidate_version": "9"}})
-    assert status == 422
-    assert dispatch(service, "create", {"plan": PLAN})[0] == 201
-    status, body = dispatch(service, "create", {"plan": {**PLAN, "id": "ro-2"}})
-    assert status == 409 and "still progressing" in body["error"]["message"]
-    assert dispatch(service, "describe", {"id": "nope"})[0] == 404
-    assert dispatch(service, "abort", {"id": "ro-1"})[0] == 200
-    assert dispatch(service, "abort", {"id": "ro-1"})[0] == 409
-    assert dispatch(service, "alert", {"payload": {"alerts": "x"}})[0] == 422
-    assert dispatch(service, "fault", {"fault": {"model_name": "clf"}})[0] == 422
+
+    def refused(command: Any) -> RampartError:
+        with pytest.raises(RampartError) as caught:
+            execute(service, command)
+        return caught.value
+
+    error = refused(CreateRollout(plan={**PLAN, "steps": [50, 10]}))
+    assert isinstance(error, PlanError) and "strictly increase" in error.message
+    assert isinstance(refused(CreateRollout(plan={**PLAN, "candidate_version": "9"})),
+                      InvalidRollout)
+    created = execute(service, CreateRollout(plan=PLAN))
+    assert (created.id, created.phase, created.weight_bp) == ("ro-1", "progressing", 100)
+    error = refused(CreateRollout(plan={**PLAN, "id": "ro-2"}))
+    assert isinstance(error, RolloutConflict) and "still progressing" in error.message
+    assert isinstance(refused(DescribeRollout(id="nope")), RolloutNotFound)
+    aborted = execute(service, RolloutCommand(id="ro-1", kind="abort", reason="enough"))
+    assert aborted.phase == "aborted" and aborted.audit[-1]["reason"]
+    assert isinstance(refused(RolloutCommand(id="ro-1", kind="abort")), RolloutConflict)
+    assert isinstance(refused(AlertWebhook(payload={"alerts": "x"})), InvalidRollout)
+    assert isinstance(refused(AlertWebhook(payload=["not", "an", "object"])), InvalidRollout)
+    assert [r.id for r in execute(service, ListRollouts()).rollouts] == ["ro-1"]
+    assert execute(service, DescribeRouting()).version == service.snapshot().version
+
+
+def test_every_refusal_is_answered_in_one_shape(admin: Any) -> None:
+    client, _, _ = admin
+    auth = {"Authorization": "Bearer s3cret", "x-request-id": "req-7"}
+    cases = [
+        (client.post("/v1/admin/rollouts", json={**PLAN, "steps": [50, 10]}, headers=auth),
+         422, "invalid_plan"),
+        (client.get("/v1/admin/rollouts/nope", headers=auth), 404, "rollout_not_found"),
+        (client.post("/v1/admin/rollouts", content=b"{", headers=auth), 400, "invalid_json"),
+        (client.post("/v1/admin/alerts", json={"alerts": 1}, headers=auth), 422,
+         "invalid_rollout"),
+        (client.get("/v1/admin/rollouts", headers={"x-request-id": "req-7"}), 401,
+         "unauthorized"),
+    ]
+    client.post("/v1/admin/rollouts", json=PLAN, headers=auth)
+    cases.append((client.post("/v1/admin/rollouts", json={**PLAN, "id": "ro-2"}, headers=auth),
+                  409, "rollout_conflict"))
+    for response, status, code in cases:
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["request_id"]) == (code, "req-7") and error["message"]
+
+
+def test_without_a_control_plane_admin_calls_answer_503() -> None:
+    core, _ = make_core(build_tracer_provider().get_tracer("t"))
+    with TestClient(build_app(core, None, "s3cret")) as client:
+        r = client.get("/v1/admin/rollouts", headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "no_control_plane"
+        # Chaos testing is not installed: no fault route, no fault code.
+        assert client.post("/v1/admin/faults", json={}).status_code == 404
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ import pytest
 from serving.kernel.config import TargetingRule
 from serving.routing.assignment import bucket
 from serving.routing.router import build_routing_table, route, route_many, rule_matches
-from tests.unit.fakes import InMemoryRegistry, test_config
+from tests.unit.fakes import InMemoryRegistry, make_config
 
 
 @pytest.fixture
 def table():  # type: ignore[no-untyped-def]
-    return build_routing_table(test_config(), InMemoryRegistry().resolve)
+    return build_routing_table(make_config(), InMemoryRegistry().resolve)
 
 
 def test_aliases_are_resolved_once_into_the_table(table) -> None:  # type: ignore[no-untyped-def]
@@ -37,7 +37,7 @@ def test_untargeted_unit_falls_to_the_next_experiment_by_session(table) -> None:
 
 def test_unit_no_experiment_takes_gets_the_default(table) -> None:  # type: ignore[no-untyped-def]
     only_targeted = build_routing_table(
-        test_config(experiments=[test_config().experiments[0].model_dump()]),
+        make_config(experiments=[make_config().experiments[0].model_dump()]),
         InMemoryRegistry().resolve,
     )
     d = route(only_targeted, "user-1", {"country": "FR"})

@@ -14,12 +14,13 @@ from prometheus_client import CollectorRegistry
 
 from models.registry import LinearScorer
 from serving.gateway.core import GatewayCore, build_app
+from serving.gateway.scorers import LoadedScorers
 from serving.gateway.shadow import ShadowRunner
 from serving.routing.router import build_routing_table
 from telemetry.decision_log import DecisionLogWriter, read_decisions
 from telemetry.metrics import RequestMetrics, ShadowMetrics
 from telemetry.tracing import build_tracer_provider
-from tests.unit.fakes import FEATURES, InMemoryRegistry, test_config
+from tests.unit.fakes import FEATURES, InMemoryRegistry, make_config
 
 GOOD = {name: 0.1 * i for i, name in enumerate(FEATURES)}
 
@@ -50,19 +51,18 @@ class RaisingScorer(BlockedScorer):
 def _build(tmp_path: Path, shadow_scorer: Any, sample_bp: int = 10_000,
            queue_size: int = 10_000) -> tuple[GatewayCore, CollectorRegistry, DecisionLogWriter]:
     registry = InMemoryRegistry()
-    config = test_config(experiments=[], shadows=[
+    config = make_config(experiments=[], shadows=[
         {"model": "clf", "version": "challenger", "sample_bp": sample_bp, "salt": "sh"}])
     table = build_routing_table(config, registry.resolve)
-    scorers: dict[tuple[str, str], Any] = {("clf", "1"): registry.load("clf", "1")}
+    scorers = LoadedScorers({("clf", "1"): registry.load("clf", "1")})
     if shadow_scorer is not None:
-        scorers[("clf", "2")] = shadow_scorer
+        scorers.add(("clf", "2"), shadow_scorer)
     prom = CollectorRegistry()
     writer = DecisionLogWriter(tmp_path / "d", "t", batch_rows=100_000, flush_interval_s=3600)
+    runner = ShadowRunner(scorers, ShadowMetrics(prom), writer, queue_size=queue_size,
+                          publish_every=10, publish_interval_s=0.0)
     core = GatewayCore(table, scorers, RequestMetrics(prom),
-                       build_tracer_provider().get_tracer("t"), writer)
-    core.shadow_runner = ShadowRunner(lambda n, v: core.scorers.get((n, v)),
-                                      ShadowMetrics(prom), writer, queue_size=queue_size,
-                                      publish_every=10, publish_interval_s=0.0)
+                       build_tracer_provider().get_tracer("t"), writer, shadow_runner=runner)
     return core, prom, writer
 
 
@@ -157,3 +157,21 @@ def test_sampled_shadow_mirrors_the_same_units_every_time(tmp_path: Path) -> Non
     assert sorted(mirrored) == sorted(list(units) * 2)  # each mirrored unit, both rounds
     table = core.table
     assert units == {f"u{i}" for i in range(300) if table.shadows[0].mirrors(f"u{i}")}
+
+
+def test_the_runner_scores_versions_the_core_loads_later(tmp_path: Path) -> None:
+    import dataclasses
+
+    from serving.routing.snapshot import RoutingSnapshot
+
+    core, _, _ = _build(tmp_path, None)  # the shadow version is not loaded yet
+    registry = InMemoryRegistry()
+    newer = RoutingSnapshot(dataclasses.replace(core.table, version=core.table.version + 1))
+    core.apply_snapshot(newer, registry.load)  # loads v2 into the set the runner shares
+    with TestClient(build_app(core)) as client:
+        answers = [client.post("/v1/predict", json={"unit_id": f"u{i}", "features": GOOD})
+                   for i in range(10)]
+    assert [a.status_code for a in answers] == [200] * 10
+    core.close()
+    rows = [r for r in read_decisions(tmp_path / "d").to_pylist() if r["role"] == "shadow"]
+    assert len(rows) == 10 and {r["status"] for r in rows} == {"ok"}

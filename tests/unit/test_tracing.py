@@ -33,6 +33,8 @@ def collector() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}", _Collector.received
     server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
 
 
 def test_spans_go_to_otlp_when_the_endpoint_is_set(

@@ -36,7 +36,7 @@ def run_demo(
 
     from serving.cli.common import CliError, load_config_or_exit, port_free
     from serving.cli.demo.models import DEMO_MODEL_NAME, seed_demo_models
-    from serving.gateway.ray_app import start_gateway
+    from serving.cli.launch import start_gateway
 
     console = Console(width=max(110, Console().width), stderr=as_json)
     if requests < 1 or concurrency < 1:
@@ -65,7 +65,8 @@ def run_demo(
     })
     token = secrets.token_urlsafe(24)
     with console.status("Starting the gateway on local Ray Serve (about 15 s)..."):
-        gateway = start_gateway(config, host=host, port=port, admin_token=token)
+        # Chaos on: the rollout scenarios inject faults through POST /v1/admin/faults.
+        gateway = start_gateway(config, host=host, port=port, admin_token=token, chaos=True)
     console.print(f"Gateway up at {gateway.url}, routing version {gateway.table.version}")
     results: list[ScenarioResult] = []
     served_ok: int | None = None
@@ -162,7 +163,7 @@ def _shadow_phase(console: Console, gateway: Any, token: str, config: Any,
     admin = AdminClient(gateway.url, token)
     shadow = {"model": DEMO_MODEL_NAME, "version": versions["candidate"], "sample_bp": 10_000}
     admin.call("POST", "/v1/admin/shadows", shadow)
-    time.sleep(1.0)  # replicas pick up the new table within a poll or two
+    time.sleep(1.0)  # the replicas load the shadow version, then swap the pushed table in
     result = drive_traffic(gateway.url, Population(size=20_000, seed=11), 2_000, 8, seed=5)
     admin.call("POST", "/v1/admin/shadows", {**shadow, "enabled": False})
     console.print(f"{result.ok} requests answered by the primary while v{versions['candidate']}"
@@ -246,11 +247,12 @@ def _analysis_phase(console: Console, config: Any, run_dir: Path, reports: Path)
     page = reports / f"analysis-{int(time.time())}.html"
     write_html(report, page)
     console.print(f"HTML analysis report: {page}")
-    primary = next(m for m in report["metrics"] if m["role"] == "primary")
-    covered = primary["ci_low"] is not None and (
-        primary["ci_low"] <= truth.conversion_lift <= primary["ci_high"])
+    primary = report.primary()[0]
+    low, high = primary.ci_low, primary.ci_high
+    covered = low is not None and high is not None and low <= truth.conversion_lift <= high
+    interval = f"[{low:.4f}, {high:.4f}]" if low is not None and high is not None else "[n/a]"
     console.print(f"The {1 - experiment.analysis.alpha:.0%} interval for the conversion effect, "
-                  f"[{primary['ci_low']:.4f}, {primary['ci_high']:.4f}], "
+                  f"{interval}, "
                   + ("covers" if covered else "does not cover")
                   + f" the true effect {truth.conversion_lift:g}"
                   + ("." if covered else " (a 95% interval misses in one run in twenty)."))

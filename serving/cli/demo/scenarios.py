@@ -2,8 +2,9 @@
 
 Used by the demo, the integration tests and the rollback benchmark. Traffic
 flows the whole time from a background client; a fault is injected into the
-candidate (through the admin API) once the rollout has passed its second
-step, and the result says how long the candidate kept serving after that.
+candidate (``POST /v1/admin/faults``, served by a gateway started with
+``chaos=True``) once the rollout has passed its second step, and the result
+says how long the candidate kept serving after that.
 """
 
 from __future__ import annotations
@@ -101,12 +102,16 @@ class ScenarioResult:
 
 
 class AdminClient:
+    """Admin API calls with the bearer token. Each call opens and closes its own
+    connection, so no caller can leave a socket open."""
+
     def __init__(self, url: str, token: str) -> None:
-        self.client = httpx.Client(base_url=url, timeout=30,
-                                   headers={"Authorization": f"Bearer {token}"})
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {token}"}
 
     def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        response = self.client.request(method, path, json=body)
+        with httpx.Client(base_url=self.url, timeout=30, headers=self.headers) as client:
+            response = client.request(method, path, json=body)
         payload: dict[str, Any] = response.json()
         if response.status_code >= 400:
             raise RuntimeError(f"{method} {path}: {response.status_code} {payload}")
