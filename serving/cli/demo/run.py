@@ -241,7 +241,13 @@ def _analysis_phase(console: Console, config: Any, run_dir: Path, reports: Path)
     imported = import_outcomes(simulated, run_dir / "outcomes")
     console.print(f"Simulated outcomes (true effects: conversion +{truth.conversion_lift:g}, "
                   f"revenue +{truth.revenue_lift:g} a unit) imported: {imported.rows} events")
-    report = run_analysis(config, experiment.id, as_of=now, timeline_points=20)
+    # The rollouts above moved the versions the arms serve (v2's promotion makes
+    # champion and challenger both v2): the comparison the experiment was set up
+    # for is its first period, before any of that.
+    report = run_analysis(config, experiment.id, as_of=now, timeline_points=20, period=1)
+    if len(report.periods) > 1:
+        console.print(f"The rollouts split this experiment into {len(report.periods)} periods "
+                      "(see below); analysing period 1, champion v1 against challenger v2.")
     console.print(summary_text(report), markup=False, highlight=False)
     reports.mkdir(parents=True, exist_ok=True)
     page = reports / f"analysis-{int(time.time())}.html"
