@@ -74,8 +74,8 @@ def test_assign_a_file_of_units_agrees_with_single_assignment(
                  str(tmp_path / "units.txt"), "--output", str(out))
     assert result.returncode == 0, result.stderr
     table = pq.read_table(out)
-    assert table.column_names == ["unit_id", "bucket", "experiment_id", "arm", "model_name",
-                                  "model_version"]
+    assert table.column_names == ["unit_id", "bucket", "experiment_id", "arm", "layer",
+                                  "model_name", "model_version"]
     assert table.num_rows == len(units)
     rows = table.slice(0, 50).to_pylist() + table.slice(150_000, 50).to_pylist()
     for row in rows:

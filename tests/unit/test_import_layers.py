@@ -482,3 +482,61 @@ def test_no_import_cycles_between_files() -> None:
     found = cycles(graph)
     assert not found, "import cycles:\n" + "\n".join(
         f"  {', '.join(c)}\n    e.g. {describe_cycle(graph, c)}" for c in found)
+
+
+PLANTED = {
+    "serving/__init__.py": "",
+    "serving/kernel/__init__.py": "",
+    # a pure core pulling in YAML through a module of another layer
+    "serving/kernel/config.py": "from serving import documents\n",
+    "serving/documents.py": "import yaml\n",
+    "serving/gateway/__init__.py": "",
+    # deferred into a function, still an import; a TYPE_CHECKING one is not
+    "serving/gateway/app.py": (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from rollout import store\n"
+        "def start() -> None:\n    from rollout.service import run\n"
+    ),
+    "serving/cli/__init__.py": "",
+    "serving/cli/main.py": "",
+    "rollout/__init__.py": "",
+    "rollout/store.py": "",
+    "rollout/service.py": "from serving.cli import main\ndef run() -> None: ...\n",
+    "telemetry/__init__.py": "",
+    "telemetry/log.py": "from .ids import ID\n",
+    "telemetry/ids.py": "from serving.kernel.config import documents\nfrom . import log\nID = 1\n",
+    "models/__init__.py": "",
+}
+
+
+def test_the_checks_catch_each_kind_of_planted_violation(tmp_path: Path) -> None:
+    for name, text in PLANTED.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    graph = import_graph(tmp_path)
+
+    def static(rule: Rule) -> dict[tuple[str, str], str]:
+        return {(m, f): how for m, f, how in static_violations(rule, graph)}
+
+    pure = static(PURE_RULE)
+    assert pure[("serving.kernel.config", "serving.documents")] == (
+        "its imports reach serving.kernel.config -> serving.documents "
+        "(serving/kernel/config.py:1)")
+    assert static(KERNEL_RULE).keys() == {("serving.kernel.config", "serving.documents")}
+    assert static(GATEWAY_RULE) == {("serving.gateway.app", "rollout.service"): (
+        "its imports reach serving.gateway.app -> rollout.service "
+        "(serving/gateway/app.py:5, in a function)")}
+    assert ("rollout.service", "serving.cli.main") in static(CLI_RULE)
+    assert ("telemetry.log", "serving.kernel.config") in static(TELEMETRY_RULE)
+    assert cycles(graph) == [["telemetry.ids", "telemetry.log"]]
+    assert "telemetry/ids.py:2" in describe_cycle(graph, ["telemetry.ids", "telemetry.log"])
+
+    probes = run_probe(sorted(discover(tmp_path)), tmp_path)
+    found = {(m, f): how for m, f, how in dynamic_violations(PURE_RULE, probes)}
+    assert found == {("serving.kernel.config", "serving.documents"): (
+        "importing it alone loads serving.kernel.config -> serving.documents")}
+    yaml_chain = probes.results["serving.kernel.config"].chain("yaml")
+    assert yaml_chain == ["serving.kernel.config", "serving.documents", "yaml"]
+    telemetry = {(m, f) for m, f, _ in dynamic_violations(TELEMETRY_RULE, probes)}
+    assert telemetry == {("telemetry.log", "serving.kernel.config"),
+                         ("telemetry.ids", "serving.kernel.config")}
