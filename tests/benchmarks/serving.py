@@ -24,22 +24,28 @@ answer or socket error), 2 if wrk is missing, 130 on Ctrl-C.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
-import re
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-import warnings
-from pathlib import Path
-from typing import Any
 
-from peers import (
+# This script is ``serving.py``: put the project root first on the path so that
+# ``serving`` means Rampart's package; this directory stays (for ``peers``).
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, _ROOT)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from peers import (  # noqa: E402
     FEATURE_NAMES,
     FEATURE_VALUES,
     HERE,
