@@ -26,7 +26,7 @@ from rollout.metrics_source import PrometheusMetricsSource
 from rollout.service import RolloutService
 from rollout.store import RolloutStore
 from serving.kernel.commands import AlertWebhook, RolloutCommand
-from tests.unit.fakes import InMemoryRegistry, make_config
+from tests.unit.fakes import Clock, WritableRegistry, make_config
 
 HANG_S = 30.0
 LOCK_BOUND_S = 0.1  # how long a hung Prometheus may delay anything else
@@ -63,22 +63,6 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class Registry(InMemoryRegistry):
-    def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.aliases[alias] = version
-
-    def tag_version(self, name: str, version: str, key: str, value: str) -> None:
-        pass
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def prometheus() -> Iterator[SlowPrometheus]:
     server = SlowPrometheus()
@@ -102,7 +86,7 @@ def test_a_hung_prometheus_delays_no_command_webhook_or_snapshot(
     clock = Clock()
     service = RolloutService(
         make_config(experiments=[]), RolloutStore(f"sqlite:///{tmp_path / 'rollouts.db'}"),
-        Registry(), lambda plan: PrometheusMetricsSource(str(plan.prometheus_url)), clock)
+        WritableRegistry(), lambda plan: PrometheusMetricsSource(str(plan.prometheus_url)), clock)
     service.create(parse_plan({
         "id": "ro-slow", "model_name": "clf", "baseline_version": "1",
         "candidate_version": "2", "interval_s": 1, "metrics_source": "prometheus",

@@ -58,6 +58,31 @@ class InMemoryRegistry:
         return self.scorers[version]
 
 
+class WritableRegistry(InMemoryRegistry):
+    """The in-memory registry that also moves aliases and records version tags,
+    as the rollout service does on promotion and rollback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: dict[tuple[str, str], dict[str, str]] = {}
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.aliases[alias] = version
+
+    def tag_version(self, name: str, version: str, key: str, value: str) -> None:
+        self.tags.setdefault((name, version), {})[key] = value
+
+
+class Clock:
+    """A clock the test moves by hand (``clock.now += 1``)."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def make_config(**overrides: Any) -> RampartConfig:
     data = yaml.safe_load(CONFIG_YAML)
     data.update(overrides)

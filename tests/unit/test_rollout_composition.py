@@ -26,6 +26,7 @@ from serving.routing.router import (
     route,
     route_many,
 )
+from tests.unit.fakes import Clock
 
 pytestmark = pytest.mark.unit
 
@@ -162,14 +163,6 @@ class Counts:
 
     def custom(self, plan: RolloutPlan, rollout_id: str) -> dict[str, float | None]:
         return {}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 PLAN = {"id": "ro-1", "model_name": "clf", "baseline_version": "1", "candidate_version": "3",

@@ -34,21 +34,9 @@ from serving.kernel.errors import (
 )
 from serving.routing.router import route
 from telemetry.tracing import build_tracer_provider
-from tests.unit.fakes import InMemoryRegistry, make_config, make_core
+from tests.unit.fakes import Clock, WritableRegistry, make_config, make_core
 
 BOUNDS = (0.005, 0.01, 0.05, 0.1, 0.5, float("inf"))
-
-
-class WritableRegistry(InMemoryRegistry):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: dict[tuple[str, str], dict[str, str]] = {}
-
-    def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.aliases[alias] = version
-
-    def tag_version(self, name: str, version: str, key: str, value: str) -> None:
-        self.tags.setdefault((name, version), {})[key] = value
 
 
 class Counts:
@@ -73,14 +61,6 @@ class Counts:
 
     def custom(self, plan: RolloutPlan, rollout_id: str) -> dict[str, float | None]:
         return {}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 PLAN = {"id": "ro-1", "model_name": "clf", "baseline_version": "1", "candidate_version": "2",

@@ -20,27 +20,9 @@ from serving.kernel.config import ShadowSpec
 from serving.routing.router import build_routing_table
 from serving.routing.snapshot import RoutingSnapshot
 from telemetry.tracing import build_tracer_provider
-from tests.unit.fakes import InMemoryRegistry, make_config, make_core
+from tests.unit.fakes import Clock, InMemoryRegistry, WritableRegistry, make_config, make_core
 
 DEADLINE_S = 10.0  # a bound for a broken implementation, not a measurement
-
-
-class Registry(InMemoryRegistry):
-    def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.aliases[alias] = version
-
-    def tag_version(self, name: str, version: str, key: str, value: str) -> None:
-        pass
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _snapshot(version: int) -> RoutingSnapshot:
@@ -76,7 +58,7 @@ def test_a_parked_wait_returns_the_publication() -> None:
 
 
 def test_propagation_is_publication_to_the_last_replica_back_on_the_new_version() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     # The acks below return at once (timeout 0); the grace keeps both replicas following.
     board = SnapshotBoard(monotonic=clock, wall=clock, grace_s=3600)
     board.publish(_snapshot(1))
@@ -104,7 +86,7 @@ def test_propagation_is_publication_to_the_last_replica_back_on_the_new_version(
 
 
 def test_a_replica_that_stops_following_holds_nothing_open() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     board = SnapshotBoard(monotonic=clock, wall=clock, grace_s=1.0)
     board.publish(_snapshot(1))
     board.wait(1, 0, "a")
@@ -131,7 +113,7 @@ class LocalSource:
 
 @pytest.fixture
 def followed(tmp_path: Path) -> Iterator[tuple[RolloutService, list[Any]]]:
-    registry = Registry()
+    registry = WritableRegistry()
     service = RolloutService(make_config(experiments=[]),
                              RolloutStore(f"sqlite:///{tmp_path / 'r.db'}"), registry,
                              lambda plan: None)
