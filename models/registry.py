@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from models.inputs import InputSchema
+from models.outputs import ScoredBatch
 
 
 class UnknownModelVersion(LookupError):
@@ -43,7 +46,17 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
 
 
 class Scorer(Protocol):
-    """A loaded model version that scores feature rows."""
+    """A loaded model version: checks request rows against its signature and
+    scores them.
+
+    ``check_row`` turns one row of JSON values (name -> value; a tensor
+    model's row holds one instance per input name, an unnamed single tensor
+    is under ``"input"``) into what ``predict_rows`` takes, raising
+    :class:`~models.inputs.InputMismatch` naming the field. ``inline`` says the
+    version is cheap enough to score on the replica's event loop (the folded
+    linear path, microseconds); every other version is scored in the worker
+    pool.
+    """
 
     @property
     def name(self) -> str: ...
@@ -52,14 +65,32 @@ class Scorer(Protocol):
     def version(self) -> str: ...
 
     @property
+    def schema(self) -> InputSchema: ...
+
+    @property
+    def inline(self) -> bool: ...
+
+    def check_row(self, row: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def predict_rows(self, rows: Sequence[Mapping[str, Any]],
+                     params: Mapping[str, Any] | None = None) -> ScoredBatch:
+        """Score checked rows; ``params`` are MLflow's inference params."""
+        ...
+
+
+class NumericScorer(Scorer, Protocol):
+    """A version over numeric features only, scored without a DataFrame: the
+    request path's fast path and vectorized replay."""
+
+    @property
     def feature_names(self) -> tuple[str, ...]: ...
 
     def predict_one(self, values: Sequence[float]) -> float:
-        """Score one row given in ``feature_names`` order."""
+        """The score of one row given in ``feature_names`` order."""
         ...
 
     def predict_batch(self, matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """Score many rows (shape ``(n, len(feature_names))``)."""
+        """Scores of many rows (shape ``(n, len(feature_names))``)."""
         ...
 
 

@@ -54,10 +54,28 @@ class Unauthorized(RampartError):
     code, status = "unauthorized", 401
 
 
+class UnitMissing(RampartError):
+    """A scoring request names no unit to assign (body field, header or parameter)."""
+
+    code, status = "unit_missing", 400
+
+
 # ----------------------------------------------------------------- serving
 
 class ModelFailed(RampartError):
     code, status = "model_error", 500
+
+
+class UnknownModel(RampartError):
+    """A protocol path names a model this gateway does not serve."""
+
+    code, status = "model_not_found", 404
+
+
+class Overloaded(RampartError):
+    """Every model worker is busy and the pending queue is full; retry later."""
+
+    code, status = "overloaded", 503
 
 
 class OutcomesUnavailable(RampartError):
