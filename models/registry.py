@@ -4,35 +4,86 @@
 versions. :class:`MlflowRegistry` is the real one (tracking and registry on
 SQLite under ``.rampart/`` by default, any MLflow tracking URI otherwise).
 
-Loaded versions are *scorers*. A scikit-learn linear model (optionally behind
-a ``StandardScaler`` in a ``Pipeline``) is folded into one weight vector and
-scored with a few float operations in pure Python: for one row of a handful
-of features that is several times cheaper than ``predict_proba`` and agrees
-with it to floating-point rounding. Anything else goes through MLflow's
-pyfunc ``predict``.
+Loaded versions are *scorers*, whatever the model's flavour, each checking
+request rows against the version's signature (:mod:`models.inputs`) and
+answering :class:`~models.outputs.Prediction` s:
+
+- :class:`LinearScorer`: a scikit-learn linear model (optionally behind
+  ``StandardScaler`` steps in a ``Pipeline``) over numeric columns, folded
+  into one weight vector and scored with a few float operations in pure
+  Python: for one row of a handful of features that is several times cheaper
+  than ``predict_proba`` and agrees with it to floating-point rounding.
+- :class:`SklearnScorer`: any other scikit-learn model, its own method called
+  on the typed DataFrame (what MLflow's pyfunc would call, without the
+  per-call overhead of MLflow's wrapper).
+- :class:`PyfuncScorer`: anything else, through MLflow's pyfunc ``predict``
+  (or a named method of a custom ``PythonModel``).
+
+What a version answers is chosen by ``output`` (see :meth:`MlflowRegistry.load`).
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
 
-from models.inputs import InputSchema
-from models.outputs import ScoredBatch
+from models.inputs import (
+    UNNAMED_INPUT,
+    ColumnSpec,
+    ColumnType,
+    InputSchema,
+    ModelInput,
+    RowChecker,
+    TensorSpec,
+    build_input,
+    columns_schema,
+    float_frame,
+    row_checker,
+)
+from models.outputs import (
+    Label,
+    Prediction,
+    ScoredBatch,
+    class_rows,
+    label_of,
+    score_of,
+    value_rows,
+)
+
+logger = logging.getLogger(__name__)
 
 
 class UnknownModelVersion(LookupError):
     """The registry has no such model, version or alias."""
 
 
+class UnknownOutput(ValueError):
+    """``output`` names nothing the model version can answer with."""
+
+
+class UnsupportedSignature(ValueError):
+    """A signature whose inputs a JSON request cannot carry (nested arrays,
+    objects, maps)."""
+
+
+class NotReplayable(ValueError):
+    """A version replay cannot score: its inputs are not a float vector, or it
+    answers no single number per row."""
+
+
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
+
+OUTPUT_AUTO = "auto"
+"""A scikit-learn classifier's class probabilities, every other model's ``predict``."""
 
 
 def parse_model_uri(uri: str) -> tuple[str, str]:
@@ -99,14 +150,86 @@ class ModelRegistry(Protocol):
         """Concrete version number for a version or alias; raises UnknownModelVersion."""
         ...
 
-    def load(self, name: str, version: str) -> Scorer:
-        """Load one version for serving."""
+    def load(self, name: str, version: str, output: str = OUTPUT_AUTO) -> Scorer:
+        """Load one version for serving, answering ``output`` (see
+        :meth:`MlflowRegistry.load`)."""
         ...
 
 
+# --- signatures -------------------------------------------------------------
+
+def schema_from_signature(signature: Any) -> InputSchema:
+    """The :class:`InputSchema` of an MLflow ``ModelSignature``: its ``ColSpec``
+    columns (with their ``required``) or ``TensorSpec`` tensors; kind
+    ``none`` for no signature or one without inputs. Unnamed columns are
+    positional (row keys ``"input"`` for one, ``"0"``, ``"1"``... for several).
+    :class:`UnsupportedSignature` for column types a request cannot carry."""
+    from mlflow.types import DataType
+
+    inputs = getattr(signature, "inputs", None)
+    if inputs is None or not inputs.inputs:
+        return InputSchema("none")
+    if inputs.is_tensor_spec():
+        return InputSchema("tensors", tensors=tuple(
+            TensorSpec(spec.name, np.dtype(spec.type).name, tuple(int(d) for d in spec.shape))
+            for spec in inputs.inputs))
+    named = inputs.has_input_names()
+    specs = list(inputs.inputs)
+    columns = []
+    for i, spec in enumerate(specs):
+        positional_name = UNNAMED_INPUT if len(specs) == 1 else str(i)
+        name = str(spec.name) if named else positional_name
+        if not isinstance(spec.type, DataType) or spec.type.name not in get_args(ColumnType):
+            raise UnsupportedSignature(
+                f"input {name!r} has type {spec.type}: only scalar columns "
+                f"({', '.join(get_args(ColumnType))}) and tensors can be served")
+        type_ = cast(ColumnType, spec.type.name)
+        columns.append(ColumnSpec(name, type_, bool(getattr(spec, "required", True))))
+    return InputSchema("columns", tuple(columns), positional=not named)
+
+
+# --- outputs ----------------------------------------------------------------
+
+# Names ``output`` may never call: training or reconfiguring a served model
+# from request data, or private helpers.
+_FORBIDDEN_OUTPUTS = ("fit", "partial_fit", "set_", "load_context")
+# Prediction methods a scikit-learn estimator may have, listed in errors.
+_SKLEARN_METHODS = ("predict", "predict_proba", "predict_log_proba", "decision_function",
+                    "transform", "score_samples")
+
+
+def _callable_output(target: Any, output: str) -> Callable[..., Any] | None:
+    if output.startswith("_") or output.startswith(_FORBIDDEN_OUTPUTS):
+        return None
+    method = getattr(target, output, None)
+    return method if callable(method) else None
+
+
+def _unknown_output(where: str, output: str, offered: Sequence[str]) -> UnknownOutput:
+    has = f" (it has {', '.join(offered)})" if offered else ""
+    return UnknownOutput(
+        f"{where} cannot answer output {output!r}: output is auto, predict, predict_proba "
+        f"(a classifier's) or the name of one of the model's methods{has}")
+
+
+def _is_classifier(estimator: Any) -> bool:
+    """What ``auto`` answers probabilities for: ``predict_proba`` and ``classes_``."""
+    return callable(getattr(estimator, "predict_proba", None)) and hasattr(estimator, "classes_")
+
+
+# --- scorers ----------------------------------------------------------------
+
 @dataclass(frozen=True)
 class LinearScorer:
-    """``sigmoid(w·x + b)`` (logistic) or ``w·x + b`` (linear), folded from sklearn."""
+    """``sigmoid(w·x + b)`` (logistic) or ``w·x + b`` (linear), folded from sklearn.
+
+    A logistic scorer answers like ``predict_proba`` of a binary classifier
+    with ``classes`` (value: the probability of ``classes[1]``); a linear one
+    answers ``predict``. ``input_schema`` defaults to required double columns
+    named ``feature_names``; non-finite values are refused, as the estimator
+    would refuse them, and values of ``float`` columns are rounded to float32
+    (by every method), as the estimator gets them.
+    """
 
     name: str
     version: str
@@ -114,8 +237,52 @@ class LinearScorer:
     weights: tuple[float, ...]
     intercept: float
     logistic: bool
+    classes: tuple[Label, ...] = (0, 1)
+    input_schema: InputSchema | None = None
+    # True when the version answers probabilities only because its output is
+    # ``auto``: MLflow's scoring protocol then answers the labels pyfunc would.
+    pyfunc_labels: bool = False
+    _schema: InputSchema = field(init=False, repr=False, compare=False)
+    _check: RowChecker = field(init=False, repr=False, compare=False)
+    # float (float32) columns: the estimator sees their values rounded to float32
+    _float32_columns: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        schema = (columns_schema(self.feature_names) if self.input_schema is None
+                  else self.input_schema)
+        if not schema.numeric or schema.names != tuple(self.feature_names):
+            raise ValueError("a linear scorer's schema is required numeric columns named "
+                             "feature_names, in order")
+        if len(self.weights) != len(self.feature_names):
+            raise ValueError(f"{len(self.weights)} weights for "
+                             f"{len(self.feature_names)} features")
+        if self.logistic and len(self.classes) != 2:
+            raise ValueError(f"a logistic scorer has two classes, got {self.classes}")
+        object.__setattr__(self, "_schema", schema)
+        object.__setattr__(self, "_check", row_checker(schema, finite=True))
+        object.__setattr__(self, "_float32_columns", tuple(
+            j for j, c in enumerate(schema.columns) if c.type == "float"))
+
+    @property
+    def schema(self) -> InputSchema:
+        return self._schema
+
+    @property
+    def inline(self) -> bool:
+        return True
+
+    def check_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return self._check(row)
 
     def predict_one(self, values: Sequence[float]) -> float:
+        if self._float32_columns:
+            values = list(values)
+            with np.errstate(over="ignore"):  # an overflow is the infinity the model sees
+                for j in self._float32_columns:
+                    values[j] = float(np.float32(values[j]))
+        return self._score(values)
+
+    def _score(self, values: Sequence[float]) -> float:
         z = self.intercept
         for w, x in zip(self.weights, values, strict=True):
             z += w * x
@@ -128,57 +295,249 @@ class LinearScorer:
         return e / (1.0 + e)
 
     def predict_batch(self, matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        if self._float32_columns:
+            matrix = np.array(matrix, dtype=np.float64)
+            cols = list(self._float32_columns)
+            with np.errstate(over="ignore"):
+                matrix[:, cols] = matrix[:, cols].astype(np.float32)
         z = matrix @ np.asarray(self.weights) + self.intercept
         if not self.logistic:
             return np.asarray(z, dtype=np.float64)
         return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
 
+    def predict_rows(self, rows: Sequence[Mapping[str, Any]],
+                     params: Mapping[str, Any] | None = None) -> ScoredBatch:
+        """Answers as the estimator's own ``predict_proba`` (logistic; ``raw``
+        is its ``(n, 2)`` array) or ``predict`` (linear); ``params`` are
+        ignored, as MLflow ignores them for a model without a params schema."""
+        names = self.feature_names
+        # checked rows hold float columns already rounded to float32
+        scores = [self._score([row[n] for n in names]) for row in rows]
+        if not self.logistic:
+            return ScoredBatch(tuple(Prediction(v, score_of(v)) for v in scores),
+                               np.array(scores, dtype=np.float64))
+        negative, positive = self.classes
+        k0, k1 = str(negative), str(positive)
+        # argmax of (1 - p, p): the first class on a tie, as predict_proba's argmax
+        answers = tuple(Prediction(p, p, positive if p > 1.0 - p else negative,
+                                   {k0: 1.0 - p, k1: p}) for p in scores)
+        raw = np.array([[1.0 - p, p] for p in scores], dtype=np.float64).reshape(-1, 2)
+        labels = (np.array([a.label for a in answers], dtype=np.asarray(self.classes).dtype)
+                  if self.pyfunc_labels else None)
+        return ScoredBatch(answers, raw, labels)
 
-@dataclass(frozen=True)
-class PyfuncScorer:
-    """Any MLflow model, through ``pyfunc.predict`` on a one-row DataFrame."""
 
-    name: str
-    version: str
-    feature_names: tuple[str, ...]
-    model: Any
-
-    def predict_one(self, values: Sequence[float]) -> float:
-        return float(self.predict_batch(np.asarray([values], dtype=np.float64))[0])
-
-    def predict_batch(self, matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        import pandas as pd
-
-        frame = pd.DataFrame(matrix, columns=list(self.feature_names))
-        out = np.asarray(self.model.predict(frame), dtype=np.float64)
-        return out[:, -1] if out.ndim == 2 else out
+AnswerKind = Literal["probabilities", "labels", "value"]
 
 
 @dataclass(frozen=True)
 class SklearnScorer:
-    """A scikit-learn model through its own ``predict_proba`` (positive class) or
-    ``predict``: the offline path, never folded, that replay parity compares the
-    serving scorers with."""
+    """A scikit-learn model through its own methods, never folded.
+
+    ``output`` as in :meth:`MlflowRegistry.load`; ``predict`` means the
+    method MLflow's pyfunc calls (``predict_fn``, from the version's
+    MLmodel). Rows go to the estimator as the DataFrame MLflow's schema
+    enforcement would produce, so answers are pyfunc's own; ``params`` are
+    ignored, as MLflow's scikit-learn flavour ignores them.
+
+    As a :class:`NumericScorer` (replay, over numeric signatures) its score
+    is the positive-class probability of a binary classifier or the value
+    of a regressor; ``input_schema`` defaults to double columns named
+    ``feature_names``.
+    """
 
     name: str
     version: str
     feature_names: tuple[str, ...]
     estimator: Any
+    input_schema: InputSchema | None = None
+    output: str = OUTPUT_AUTO
+    predict_fn: str = "predict"
+    _schema: InputSchema = field(init=False, repr=False, compare=False)
+    _check: RowChecker = field(init=False, repr=False, compare=False)
+    _method: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+    _kind: AnswerKind = field(init=False, repr=False, compare=False)
+    _classes: tuple[Label, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        schema = (columns_schema(self.feature_names) if self.input_schema is None
+                  else self.input_schema)
+        estimator = self.estimator
+        classifier = _is_classifier(estimator)
+        output = self.predict_fn if self.output == "predict" else self.output
+        if output == OUTPUT_AUTO:
+            output = "predict_proba" if classifier else self.predict_fn
+        method = _callable_output(estimator, output)
+        if method is None:
+            offered = [m for m in _SKLEARN_METHODS if callable(getattr(estimator, m, None))]
+            raise _unknown_output(f"models:/{self.name}/{self.version} "
+                                  f"({type(estimator).__name__})", self.output, offered)
+        kind: AnswerKind = "value"
+        if output == "predict_proba" and classifier:
+            kind = "probabilities"
+        elif output == "predict" and hasattr(estimator, "classes_"):
+            kind = "labels"
+        classes = (tuple(label_of(c) for c in estimator.classes_)
+                   if hasattr(estimator, "classes_") else ())
+        object.__setattr__(self, "_schema", schema)
+        object.__setattr__(self, "_check", row_checker(schema))
+        object.__setattr__(self, "_method", method)
+        object.__setattr__(self, "_kind", kind)
+        object.__setattr__(self, "_classes", classes)
+
+    @property
+    def schema(self) -> InputSchema:
+        return self._schema
+
+    @property
+    def inline(self) -> bool:
+        return False
+
+    @property
+    def classes(self) -> tuple[Label, ...]:
+        """The estimator's ``classes_`` (``()`` for a regressor)."""
+        return self._classes
+
+    @property
+    def answers(self) -> AnswerKind:
+        """``probabilities`` (class probabilities with label), ``labels`` (a
+        classifier's predicted class) or ``value``."""
+        return self._kind
+
+    def check_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return self._check(row)
+
+    def predict_rows(self, rows: Sequence[Mapping[str, Any]],
+                     params: Mapping[str, Any] | None = None) -> ScoredBatch:
+        raw = self._method(build_input(self._schema, rows))
+        if self._kind == "probabilities":
+            pyfunc_raw = None
+            if self.output == OUTPUT_AUTO and self.predict_fn == "predict":
+                # The labels pyfunc's predict answers: scikit-learn's classifiers
+                # predict the class of highest probability.
+                pyfunc_raw = np.asarray(self.estimator.classes_)[
+                    np.argmax(np.asarray(raw), axis=1)]
+            return ScoredBatch(class_rows(raw, self._classes), raw, pyfunc_raw)
+        return ScoredBatch(value_rows(raw, len(rows), labels=self._kind == "labels"), raw)
 
     def predict_one(self, values: Sequence[float]) -> float:
         return float(self.predict_batch(np.asarray([values], dtype=np.float64))[0])
 
     def predict_batch(self, matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        import pandas as pd
+        raw = self._method(float_frame(self._schema, matrix))
+        if self._kind == "probabilities":
+            if len(self._classes) != 2:
+                raise NotReplayable(f"models:/{self.name}/{self.version} has "
+                                    f"{len(self._classes)} classes, no single score per row")
+            return np.asarray(raw, dtype=np.float64)[:, 1]
+        return _scores(raw, len(matrix), f"models:/{self.name}/{self.version}")
 
-        frame = pd.DataFrame(matrix, columns=list(self.feature_names))
-        if hasattr(self.estimator, "predict_proba"):
-            return np.asarray(self.estimator.predict_proba(frame), dtype=np.float64)[:, 1]
-        return np.asarray(self.estimator.predict(frame), dtype=np.float64)
+
+def _scores(raw: Any, n: int, where: str) -> npt.NDArray[np.float64]:
+    scores = [p.score for p in value_rows(raw, n)]
+    if any(s is None for s in scores):
+        raise NotReplayable(f"{where} answers something other than one number per row")
+    return np.array(scores, dtype=np.float64)
 
 
-def fold_linear(estimator: Any) -> tuple[tuple[float, ...], float, bool] | None:
-    """Weights, intercept and link of a (scaled) sklearn linear model, or None.
+def _pyfunc_method(model: Any, output: str, where: str) -> Callable[[ModelInput, Any], Any]:
+    """A custom model's own method, called as MLflow calls ``predict``: with
+    the model's context first when its signature asks for one, with
+    ``params`` when it takes them."""
+    target: Any = None
+    try:
+        target = model.unwrap_python_model()
+    except Exception:  # not a PythonModel: maybe a flavour with a raw model
+        try:
+            target = model.get_raw_model()
+        except Exception:
+            target = None
+    method = _callable_output(target, output) if target is not None else None
+    if method is None:
+        offered = sorted(n for n, v in vars(type(target)).items()
+                         if not n.startswith("_") and callable(v)) if target is not None else []
+        raise _unknown_output(where, output, offered)
+    parameters = inspect.signature(method).parameters
+    takes_params = "params" in parameters
+    # MLflow's rule for predict: a parameter named context, or two besides params.
+    takes_context = "context" in parameters or len(
+        [p for p in parameters if p != "params"]) == 2
+    context = getattr(getattr(model, "_model_impl", None), "context", None)
+
+    def call(data: ModelInput, params: Any) -> Any:
+        args = (context, data) if takes_context else (data,)
+        return method(*args, params=params) if takes_params else method(*args)
+
+    return call
+
+
+@dataclass(frozen=True)
+class PyfuncScorer:
+    """Any MLflow model through its pyfunc: ``predict(input, params=params)``
+    on the typed DataFrame or tensors, or for an ``output`` naming a method,
+    that method of the custom ``PythonModel`` (or of the flavour's raw
+    model). Answers are whatever the model returns, split per row (see
+    :func:`~models.outputs.value_rows`).
+
+    A missing optional integer is refused at check time: MLflow's own
+    schema enforcement, which ``predict`` runs, would refuse the batch.
+    """
+
+    name: str
+    version: str
+    model: Any
+    input_schema: InputSchema
+    output: str = OUTPUT_AUTO
+    _check: RowChecker = field(init=False, repr=False, compare=False)
+    _call: Callable[[ModelInput, Any], Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        model = self.model
+        call: Callable[[ModelInput, Any], Any]
+        if self.output in (OUTPUT_AUTO, "predict"):
+            def call(data: ModelInput, params: Any) -> Any:
+                return model.predict(data, params=params)
+        else:
+            call = _pyfunc_method(model, self.output, f"models:/{self.name}/{self.version}")
+        object.__setattr__(self, "_check", row_checker(self.input_schema, integer_nulls=False))
+        object.__setattr__(self, "_call", call)
+
+    @property
+    def schema(self) -> InputSchema:
+        return self.input_schema
+
+    @property
+    def inline(self) -> bool:
+        return False
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.input_schema.names
+
+    def check_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return self._check(row)
+
+    def predict_rows(self, rows: Sequence[Mapping[str, Any]],
+                     params: Mapping[str, Any] | None = None) -> ScoredBatch:
+        raw = self._call(build_input(self.input_schema, rows),
+                         dict(params) if params is not None else None)
+        return ScoredBatch(value_rows(raw, len(rows)), raw)
+
+    def predict_one(self, values: Sequence[float]) -> float:
+        return float(self.predict_batch(np.asarray([values], dtype=np.float64))[0])
+
+    def predict_batch(self, matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        raw = self._call(float_frame(self.input_schema, matrix), None)
+        return _scores(raw, len(matrix), f"models:/{self.name}/{self.version}")
+
+
+Folded = tuple[tuple[float, ...], float, bool, tuple[Label, ...]]
+
+
+def fold_linear(estimator: Any) -> Folded | None:
+    """Weights, intercept, link (True: logistic) and classes (a logistic
+    model's two, ``()`` for a regression) of a (scaled) sklearn linear model,
+    or None.
 
     Handles ``LogisticRegression`` (binary), ``LinearRegression``, ``Ridge``
     and a ``Pipeline`` of ``StandardScaler`` steps ending in one of them.
@@ -203,12 +562,14 @@ def fold_linear(estimator: Any) -> tuple[tuple[float, ...], float, bool] | None:
             else:
                 mean = mean + step_mean * scale
                 scale = scale * step_scale
+    classes: tuple[Label, ...] = ()
     if isinstance(final, LogisticRegression):
         if len(final.classes_) != 2:
             return None
         w = np.asarray(final.coef_[0], dtype=np.float64)
         b = float(final.intercept_[0])
         logistic = True
+        classes = tuple(label_of(c) for c in final.classes_)
     elif isinstance(final, LinearRegression | Ridge):
         coef = np.asarray(final.coef_, dtype=np.float64)
         if coef.ndim != 1:
@@ -219,7 +580,37 @@ def fold_linear(estimator: Any) -> tuple[tuple[float, ...], float, bool] | None:
     if mean is not None and scale is not None:
         b = b - float(np.sum(w * mean / scale))
         w = w / scale
-    return tuple(float(v) for v in w), b, logistic
+    return tuple(float(v) for v in w), b, logistic, classes
+
+
+def _folded_scorer(name: str, version: str, estimator: Any, schema: InputSchema,
+                   output: str, predict_fn: str) -> LinearScorer | None:
+    """The folded scorer when it answers exactly what ``output`` asks of the
+    estimator, else None."""
+    # All-float32 input stays float32 inside scikit-learn; the fold computes
+    # in float64, so it would not give the estimator's numbers.
+    if not schema.numeric or all(c.type == "float" for c in schema.columns):
+        return None
+    fitted_names = getattr(estimator, "feature_names_in_", None)
+    if fitted_names is not None and tuple(str(n) for n in fitted_names) != schema.names:
+        return None  # the weights are in the estimator's column order, not the signature's
+    folded = fold_linear(estimator)
+    if folded is None:
+        return None
+    weights, intercept, logistic, classes = folded
+    if len(weights) != len(schema.columns):
+        return None
+    if logistic:
+        answers = output in (OUTPUT_AUTO, "predict_proba") or (
+            output == "predict" and predict_fn == "predict_proba")
+    else:
+        answers = output in (OUTPUT_AUTO, "predict") and predict_fn == "predict"
+    if not answers:
+        return None
+    return LinearScorer(name, version, schema.names, weights, intercept, logistic,
+                        classes if logistic else (0, 1), schema,
+                        pyfunc_labels=logistic and output == OUTPUT_AUTO
+                        and predict_fn == "predict")
 
 
 class MlflowRegistry:
@@ -283,40 +674,88 @@ class MlflowRegistry:
     def model_uri(self, name: str, version: str) -> str:
         return f"models:/{name}/{version}"
 
+    def _model_info(self, name: str, version: str) -> tuple[str, Any]:
+        import mlflow
+        from mlflow.models import get_model_info
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.registry_uri)
+        uri = self.model_uri(name, version)
+        return uri, get_model_info(uri)
+
     def load_offline(self, name: str, version: str) -> Scorer:
         """One version through MLflow's own prediction (scikit-learn's
         ``predict_proba``/``predict``, else pyfunc), never folded: what a
-        training notebook would compute, for replay parity."""
+        training notebook would compute, for replay parity. It is a
+        :class:`NumericScorer`: its ``predict_batch`` takes the logged float
+        features; a version whose
+        signature is not numeric columns, or that has no single score per
+        row (a multi-class classifier), is :class:`NotReplayable`."""
         import mlflow
-        from mlflow.models import get_model_info
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.registry_uri)
-        uri = self.model_uri(name, version)
-        info = get_model_info(uri)
+        uri, info = self._model_info(name, version)
         if info.signature is None or info.signature.inputs is None:
             raise UnknownModelVersion(f"{uri} has no input signature; log it with one")
-        features = tuple(str(n) for n in info.signature.inputs.input_names())
+        schema = schema_from_signature(info.signature)
+        if not schema.numeric:
+            raise NotReplayable(
+                f"{uri}: replay scores logged float features, but the signature's inputs "
+                f"are {_describe(schema)}")
         if "sklearn" in info.flavors:
-            return SklearnScorer(name, version, features, mlflow.sklearn.load_model(uri))
-        return PyfuncScorer(name, version, features, mlflow.pyfunc.load_model(uri))
+            scorer = SklearnScorer(name, version, schema.names, mlflow.sklearn.load_model(uri),
+                                   schema, OUTPUT_AUTO, _predict_fn(info.flavors))
+            if scorer.answers == "probabilities" and len(scorer.classes) != 2:
+                raise NotReplayable(f"{uri} has {len(scorer.classes)} classes, "
+                                    "no single score per row")
+            return scorer
+        return PyfuncScorer(name, version, mlflow.pyfunc.load_model(uri), schema)
 
-    def load(self, name: str, version: str) -> Scorer:
+    def load(self, name: str, version: str, output: str = OUTPUT_AUTO) -> Scorer:
+        """Load one version for serving, as ``mlflow.sklearn.load_model`` (the
+        scikit-learn flavour, skops with the trusted types recorded at log
+        time) or ``mlflow.pyfunc.load_model`` (any other) load it.
+
+        ``output``: ``auto`` answers a scikit-learn classifier's (anything
+        with ``predict_proba`` and ``classes_``) class probabilities and any
+        other model's ``predict``; ``predict`` is what MLflow's pyfunc
+        ``predict`` answers; ``predict_proba`` a classifier's probabilities;
+        any other name calls that method of the estimator or of a custom
+        ``PythonModel``. A name the version has no method for is
+        :class:`UnknownOutput`, here rather than on the first request.
+
+        A version without a signature loads with a warning, and its rows go
+        to the model unchecked.
+        """
         import mlflow
-        from mlflow.models import get_model_info
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.registry_uri)
-        uri = self.model_uri(name, version)
-        info = get_model_info(uri)
-        signature = info.signature
-        if signature is None or signature.inputs is None:
-            raise UnknownModelVersion(f"{uri} has no input signature; log it with one")
-        features = tuple(str(n) for n in signature.inputs.input_names())
+        uri, info = self._model_info(name, version)
+        schema = schema_from_signature(info.signature)
+        if schema.kind == "none":
+            logger.warning("%s was logged without an input signature: its requests are passed "
+                           "to the model unchecked; log it with a signature to have them "
+                           "checked", uri)
         if "sklearn" in info.flavors:
             estimator = mlflow.sklearn.load_model(uri)
-            folded = fold_linear(estimator)
+            predict_fn = _predict_fn(info.flavors)
+            folded = _folded_scorer(name, version, estimator, schema, output, predict_fn)
             if folded is not None:
-                weights, intercept, logistic = folded
-                return LinearScorer(name, version, features, weights, intercept, logistic)
-        return PyfuncScorer(name, version, features, mlflow.pyfunc.load_model(uri))
+                return folded
+            return SklearnScorer(name, version, schema.names, estimator, schema, output,
+                                 predict_fn)
+        return PyfuncScorer(name, version, mlflow.pyfunc.load_model(uri), schema, output)
+
+
+def _predict_fn(flavors: Mapping[str, Any]) -> str:
+    """The estimator method MLflow's pyfunc ``predict`` calls (``pyfunc_predict_fn``
+    when the model was logged)."""
+    return str(flavors.get("python_function", {}).get("predict_fn", "predict"))
+
+
+def _describe(schema: InputSchema) -> str:
+    if schema.kind == "tensors":
+        return "tensors"
+    if schema.positional:
+        return "unnamed columns"
+    odd = [f"{c.name} ({c.type}{'' if c.required else ', optional'})" for c in schema.columns
+           if not c.required or c.type not in ("double", "float", "long", "integer")]
+    return ", ".join(odd) or "empty"

@@ -23,17 +23,17 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import orjson
 import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from models.inputs import InputSchema
+from models.outputs import ScoredBatch
 from models.registry import Scorer
 from serving.gateway.core import JSON, AdminGuard, read_json
 from serving.kernel.config import format_validation_error
@@ -143,13 +143,21 @@ class FaultyScorer:
         return self.scorer.version
 
     @property
-    def feature_names(self) -> tuple[str, ...]:
-        return self.scorer.feature_names
+    def schema(self) -> InputSchema:
+        return self.scorer.schema
+
+    @property
+    def inline(self) -> bool:
+        return self.scorer.inline
+
+    def check_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return self.scorer.check_row(row)
 
     def _fails(self, fault: Fault) -> bool:
         return fault.error_rate > 0 and self.faults.random.random() < fault.error_rate
 
-    async def predict_async(self, values: Sequence[float]) -> float:
+    async def predict_async(self, rows: Sequence[Mapping[str, Any]],
+                            params: Mapping[str, Any] | None = None) -> ScoredBatch:
         """What the request path awaits: the delay yields the event loop."""
         fault = self.faults.by_key.get(self.key)
         if fault is not None:
@@ -157,9 +165,12 @@ class FaultyScorer:
                 await asyncio.sleep(fault.latency_ms / 1000.0)
             if self._fails(fault):
                 raise InjectedFault("injected error fault")
-        return self.scorer.predict_one(values)
+        if self.scorer.inline:
+            return self.scorer.predict_rows(rows, params)
+        return await asyncio.to_thread(self.scorer.predict_rows, rows, params)
 
-    def predict_one(self, values: Sequence[float]) -> float:
+    def predict_rows(self, rows: Sequence[Mapping[str, Any]],
+                     params: Mapping[str, Any] | None = None) -> ScoredBatch:
         """For synchronous callers, which the delay blocks."""
         fault = self.faults.by_key.get(self.key)
         if fault is not None:
@@ -167,11 +178,15 @@ class FaultyScorer:
                 time.sleep(fault.latency_ms / 1000.0)
             if self._fails(fault):
                 raise InjectedFault("injected error fault")
-        return self.scorer.predict_one(values)
+        return self.scorer.predict_rows(rows, params)
 
-    def predict_batch(self, matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        # Shadow scoring runs off the request path; faults target what clients see.
-        return self.scorer.predict_batch(matrix)
+    def __getattr__(self, name: str) -> Any:
+        # The numeric fast path's extras (feature_names, predict_batch), only when
+        # the real scorer has them. Shadow scoring runs off the request path and
+        # faults target what clients see, so these carry no fault.
+        if name == "scorer":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.scorer, name)
 
 
 class ChaosReplica:

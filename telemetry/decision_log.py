@@ -14,6 +14,18 @@ Layout::
 The directory names are for humans and for pruning; every column, including
 ``experiment_id`` and ``timestamp``, is inside the files, so readers do not
 need to parse paths (:func:`read_decisions`).
+
+A row's request values are typed JSON (numbers, booleans, strings, nulls,
+nested lists). ``features`` keeps the numeric ones (int and float, not bool)
+as a ``map<string, float64>``, which replay, drift and older readers use as
+they always have; ``inputs`` holds the whole row as JSON only when
+``features`` cannot (a value that is not a float, or a key left out of it),
+so an all-float row costs no JSON. ``prediction`` is the answer's
+:attr:`~models.outputs.Prediction.score`; ``output`` the rest of the answer
+as JSON ``{"value", "label", "probabilities"}``, null when the score says it
+all. JSON is encoded in the flush thread, never when a row is appended.
+Files written before ``inputs``, ``output`` and ``unit_source`` existed read
+with those columns null.
 """
 
 from __future__ import annotations
@@ -24,15 +36,19 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from telemetry.batched_writer import BatchedWriter, visible_parquet_files
+
+if TYPE_CHECKING:
+    from models.outputs import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +64,21 @@ DECISION_SCHEMA = pa.schema(
         pa.field("model_version", pa.string()),
         pa.field("role", pa.string(), nullable=False),
         pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+        # The row's numeric values (int and float, not bool).
         pa.field("features", pa.map_(pa.string(), pa.float64())),
+        # The answer's score: None when it is not one number.
         pa.field("prediction", pa.float64()),
         pa.field("latency_ms", pa.float64()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
         # The request's context (country, platform...): what segments are cut by.
         pa.field("context", pa.map_(pa.string(), pa.string())),
+        # The row as sent, as JSON, when ``features`` does not hold all of it.
+        pa.field("inputs", pa.string()),
+        # {"value", "label", "probabilities"} as JSON, when more than the score.
+        pa.field("output", pa.string()),
+        # Where the unit id came from: body, header, param or request_id.
+        pa.field("unit_source", pa.string()),
     ]
 )
 
@@ -72,31 +96,24 @@ class DecisionRecord(NamedTuple):
     model_version: str | None
     role: str
     timestamp: float  # seconds since the epoch
-    features: Mapping[str, float] | None
-    prediction: float | None
+    features: Mapping[str, Any] | None  # the row as the client sent it (JSON values)
+    prediction: float | None  # the answer's score
     latency_ms: float | None
     status: str
     error: str | None
     context: Mapping[str, Any] | None = None
+    output: Prediction | None = None  # the whole answer
+    unit_source: str | None = None
 
 
 def records_to_table(records: list[DecisionRecord]) -> pa.Table:
     """Columnar table in :data:`DECISION_SCHEMA` from buffered records."""
-    columns: list[tuple[Any, ...]] = (
-        list(zip(*records, strict=True)) if records else [() for _ in DECISION_SCHEMA]
-    )
-    arrays = []
-    for field, values in zip(DECISION_SCHEMA, columns, strict=True):
-        if field.name == "timestamp":
-            micros = [round(v * 1_000_000) for v in values]
-            arrays.append(pa.array(micros, type=pa.int64()).cast(field.type))
-        elif field.name == "features":
-            arrays.append(_feature_maps(values, field.type))
-        elif field.name == "context":
-            arrays.append(_context_maps(values, field.type))
-        else:
-            arrays.append(pa.array(values, type=field.type))
-    return pa.Table.from_arrays(arrays, schema=DECISION_SCHEMA)
+    transposed: list[tuple[Any, ...]] = (
+        list(zip(*records, strict=True)) if records
+        else [() for _ in DecisionRecord._fields])
+    columns: dict[str, Any] = dict(zip(DecisionRecord._fields, transposed, strict=True))
+    columns["context"] = _context_maps(columns["context"], DECISION_SCHEMA.field("context").type)
+    return batch_table(len(records), columns)
 
 
 def _context_maps(values: tuple[Any, ...], map_type: pa.DataType) -> pa.Array:
@@ -124,37 +141,112 @@ def _context_maps(values: tuple[Any, ...], map_type: pa.DataType) -> pa.Array:
         pa.array(items, type=pa.string()), type=map_type, mask=mask)
 
 
+def _json_default(value: Any) -> Any:
+    """What orjson cannot write itself. Anything unknown becomes its text: one
+    odd value must not cost the whole batch its write."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, set | frozenset):
+        return list(value)
+    return str(value)
+
+
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def to_json(value: Any) -> str:
+    """``value`` as compact JSON text (NaN and infinities as null)."""
+    return orjson.dumps(value, default=_json_default, option=_JSON_OPTIONS).decode()
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float (numpy's too), not a bool: what ``features`` holds."""
+    return (isinstance(value, int | float | np.integer | np.floating)
+            and not isinstance(value, bool | np.bool_))
+
+
 def _feature_maps(values: tuple[Any, ...], map_type: pa.DataType) -> pa.Array:
-    """A map column from dicts, built from flat keys/items (several times faster
-    than converting a list of lists of pairs). When every row has the same keys
-    in the same order (the usual case: one model's features), keys are repeated
-    and values flattened without a Python loop per row."""
+    """The ``features`` column alone (see :func:`_feature_columns`)."""
+    return _feature_columns(values, map_type)[0]
+
+
+def _feature_columns(values: tuple[Any, ...], map_type: pa.DataType
+                     ) -> tuple[pa.Array, pa.Array]:
+    """The ``features`` map column and the ``inputs`` JSON column from rows as sent.
+
+    Built from flat keys/items (several times faster than converting a list of
+    lists of pairs). When every row has the same keys in the same order (the
+    usual case: one model's features) and every value is a float, keys are
+    repeated and values flattened without a Python loop per row, and
+    ``inputs`` is all null. Otherwise each row keeps its numbers in the map and,
+    if it holds anything else (an int, whose type a replay must keep, a bool,
+    a string, a null, a list), its whole self as JSON.
+    """
+    n = len(values)
     if values and all(v is not None for v in values):
         keys = tuple(values[0])
         width = len(keys)
         if all(len(v) == width for v in values) and all(tuple(v) == keys for v in values):
-            n = len(values)
-            return pa.MapArray.from_arrays(
-                pa.array(np.arange(0, width * n + 1, width, dtype=np.int32)),
-                pa.array(list(keys) * n, type=pa.string()),
-                pa.array(list(itertools.chain.from_iterable(v.values() for v in values)),
-                         type=pa.float64()), type=map_type)
+            flat = list(itertools.chain.from_iterable(v.values() for v in values))
+            # set(map(type)) runs in C; an all-float list then converts to
+            # float64 by inference, which is faster than asking for the type.
+            if not flat or set(map(type, flat)) == {float}:
+                items = pa.array(flat) if flat else pa.array([], type=pa.float64())
+                return pa.MapArray.from_arrays(
+                    pa.array(np.arange(0, width * n + 1, width, dtype=np.int32)),
+                    pa.array(list(keys) * n, type=pa.string()), items,
+                    type=map_type), pa.nulls(n, type=pa.string())
     offsets = [0]
     keys_out: list[str] = []
-    items: list[float] = []
+    values_out: list[float] = []
     valid: list[bool] = []
-    for features in values:
-        if features is None:
+    inputs: list[str | None] = []
+    for row in values:
+        if row is None:
             valid.append(False)
-        else:
-            valid.append(True)
-            keys_out.extend(features.keys())
-            items.extend(features.values())
+            inputs.append(None)
+            offsets.append(len(keys_out))
+            continue
+        valid.append(True)
+        typed = False
+        for key, value in row.items():
+            if type(value) is float:
+                keys_out.append(key)
+                values_out.append(value)
+            elif _is_number(value):
+                keys_out.append(key)
+                values_out.append(float(value))
+                typed = typed or not isinstance(value, float)
+            else:
+                typed = True
+        inputs.append(to_json(row) if typed else None)
         offsets.append(len(keys_out))
     mask = None if all(valid) else pa.array([not v for v in valid])
-    return pa.MapArray.from_arrays(
+    features = pa.MapArray.from_arrays(
         pa.array(offsets, type=pa.int32()), pa.array(keys_out, type=pa.string()),
-        pa.array(items, type=pa.float64()), type=map_type, mask=mask)
+        pa.array(values_out, type=pa.float64()), type=map_type, mask=mask)
+    return features, pa.array(inputs, type=pa.string())
+
+
+def _output_json(value: Any) -> str | None:
+    """A :class:`~models.outputs.Prediction` as JSON, or None when its score is
+    the whole answer (a regressor's number, a bare score)."""
+    if value is None or isinstance(value, str):
+        return value
+    score = value.score
+    if (value.label is None and value.probabilities is None and score is not None
+            and _is_number(value.value) and value.value == score):
+        return None
+    return to_json({"value": value.value, "label": value.label,
+                    "probabilities": value.probabilities})
+
+
+def _output_column(values: tuple[Any, ...]) -> pa.Array:
+    if all(v is None for v in values):
+        return pa.nulls(len(values), type=pa.string())
+    return pa.array([_output_json(v) for v in values], type=pa.string())
 
 
 def constant_column(value: Any, n: int, field_type: pa.DataType) -> pa.Array:
@@ -168,25 +260,34 @@ def batch_table(n: int, columns: Mapping[str, Any]) -> pa.Table:
     """A table in :data:`DECISION_SCHEMA` from whole columns.
 
     Each column is a sequence or array of ``n`` values, or one value repeated;
-    ``timestamp`` is seconds since the epoch (scalar or array) and ``features``
-    a sequence of mappings. Columns left out are null. This is how a batch that
-    is already columnar (shadow scoring) is logged without building a record
-    per row.
+    ``timestamp`` is seconds since the epoch (scalar or array), ``features`` a
+    sequence of rows as sent (which also fills ``inputs``) and ``output`` a
+    sequence of :class:`~models.outputs.Prediction` (or None); an Arrow array
+    is taken as it is. Columns left out are null. This is how a batch that is
+    already columnar (shadow scoring) is logged without building a record per
+    row.
     """
-    arrays = []
+    arrays: dict[str, pa.Array] = {}
     for field in DECISION_SCHEMA:
         value = columns.get(field.name)
         if field.name == "timestamp":
             micros = np.round(np.asarray(value, dtype=np.float64) * 1_000_000).astype(np.int64)
-            arrays.append(pa.array(np.broadcast_to(micros, (n,)), type=pa.int64())
-                          .cast(field.type))
+            arrays[field.name] = pa.array(np.broadcast_to(micros, (n,)),
+                                          type=pa.int64()).cast(field.type)
+        elif field.name == "inputs" and "inputs" in arrays:
+            continue  # built with ``features``
         elif field.name == "features" and value is not None:
-            arrays.append(_feature_maps(tuple(value), field.type))
+            arrays["features"], arrays["inputs"] = _feature_columns(tuple(value), field.type)
+        elif field.name == "output" and value is not None:
+            arrays[field.name] = _output_column(tuple(value))
+        elif isinstance(value, pa.Array):
+            arrays[field.name] = value
         elif value is None or isinstance(value, str | int | float):
-            arrays.append(constant_column(value, n, field.type))
+            arrays[field.name] = constant_column(value, n, field.type)
         else:
-            arrays.append(pa.array(value, type=field.type))
-    return pa.Table.from_arrays(arrays, schema=DECISION_SCHEMA)
+            arrays[field.name] = pa.array(value, type=field.type)
+    return pa.Table.from_arrays([arrays[f.name] for f in DECISION_SCHEMA],
+                                schema=DECISION_SCHEMA)
 
 
 _MICROS_PER_DAY = 86_400_000_000
@@ -211,7 +312,15 @@ def partitions(table: pa.Table) -> list[tuple[str, str, pa.Table]]:
     return out
 
 
-class DecisionLogWriter(BatchedWriter[DecisionRecord | pa.Table]):
+class ColumnBatch(NamedTuple):
+    """``n`` rows as whole columns, turned into a table by the flush thread
+    (see :func:`batch_table`)."""
+
+    n: int
+    columns: Mapping[str, Any]
+
+
+class DecisionLogWriter(BatchedWriter[DecisionRecord | ColumnBatch | pa.Table]):
     """Buffers decision records (and columnar batches) and writes them as Parquet
     in the background."""
 
@@ -230,10 +339,17 @@ class DecisionLogWriter(BatchedWriter[DecisionRecord | pa.Table]):
         :func:`batch_table`); never blocks on I/O."""
         self._buffer_items((table,), table.num_rows)
 
-    def _write(self, batch: list[DecisionRecord | pa.Table]) -> None:
+    def append_columns(self, n: int, columns: Mapping[str, Any]) -> None:
+        """Buffer ``n`` rows given as whole columns, as :func:`batch_table` takes
+        them; the table (and its JSON) is built when the buffer is written, so
+        the caller pays only a list append."""
+        self._buffer_items((ColumnBatch(n, columns),), n)
+
+    def _write(self, batch: list[DecisionRecord | ColumnBatch | pa.Table]) -> None:
         records = [item for item in batch if isinstance(item, DecisionRecord)]
         parts = ([records_to_table(records)] if records else []) + [
-            item for item in batch if isinstance(item, pa.Table)]
+            batch_table(item.n, item.columns) if isinstance(item, ColumnBatch) else item
+            for item in batch if not isinstance(item, DecisionRecord)]
         combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
         for day, experiment, rows in partitions(combined):
             directory = self.root / f"date={day}" / f"experiment={experiment}"

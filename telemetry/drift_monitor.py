@@ -2,6 +2,11 @@
 per model version and, off the request path, compares it with the training
 reference the version was logged with (PSI and KS per feature), exporting
 ``rampart_feature_psi`` and ``rampart_feature_ks_pvalue`` gauges.
+
+Requests carry typed values; only numbers (int and float, not bool) are
+compared. A string, bool, null or list in a feature is left out of that
+feature's window, never an error, and the request path stays one deque
+append: the sorting out happens in :meth:`DriftMonitor.evaluate`.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +34,7 @@ class DriftMonitor:
         self.psi_threshold = psi_threshold
         self.ks_alpha = ks_alpha
         self._references: dict[Key, dict[str, npt.NDArray[np.float64]]] = {}
-        self._recent: dict[Key, deque[Mapping[str, float]]] = {}
+        self._recent: dict[Key, deque[Mapping[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def set_reference(self, key: Key, reference: Mapping[str, npt.NDArray[np.float64]]) -> None:
@@ -36,7 +42,7 @@ class DriftMonitor:
             self._references[key] = dict(reference)
             self._recent.setdefault(key, deque(maxlen=self.window))
 
-    def observe(self, key: Key, features: Mapping[str, float]) -> None:
+    def observe(self, key: Key, features: Mapping[str, Any]) -> None:
         """Hot path: one deque append for versions that have a reference."""
         recent = self._recent.get(key)
         if recent is not None:
@@ -50,11 +56,17 @@ class DriftMonitor:
         for key, reference, rows in work:
             if len(rows) < self.min_rows:
                 continue
-            live = {name: np.asarray([r.get(name, np.nan) for r in rows], dtype=np.float64)
-                    for name in reference}
-            live = {name: values[~np.isnan(values)] for name, values in live.items()}
+            live = {name: numeric_values(rows, name) for name in reference}
             results = drift(reference, live, self.psi_threshold, self.ks_alpha)
             for result in results:
                 self.metrics.set(key[0], key[1], result)
             out[key] = results
         return out
+
+
+def numeric_values(rows: list[Mapping[str, Any]], name: str) -> npt.NDArray[np.float64]:
+    """The numbers (int or float, not bool; NaN left out) rows hold under ``name``."""
+    values = np.fromiter(
+        (v for row in rows if isinstance(v := row.get(name), int | float | np.number)
+         and not isinstance(v, bool | np.bool_)), np.float64)
+    return values[~np.isnan(values)]

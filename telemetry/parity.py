@@ -5,7 +5,9 @@ live features vs the training reference. Pure numpy/scipy, no I/O.
   classifier as label agreement plus score-difference quantiles, for a
   regressor as absolute and relative difference quantiles.
 - :func:`replay_parity` compares logged online predictions with the offline
-  model's predictions on the logged features.
+  model's predictions on the logged features; :func:`output_diff` measures
+  how far apart two whole answers (JSON values) are, for outputs that are not
+  one number.
 - :func:`drift` computes PSI and a two-sample KS test per feature.
 
 Every result is a frozen pydantic model; degenerate input (no rows) gives an
@@ -14,7 +16,9 @@ explicit ``n == 0`` result, never a NaN in a report.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -44,7 +48,12 @@ class Agreement(_Frozen):
 def _quantiles(values: npt.NDArray[np.float64]) -> dict[str, float]:
     if values.size == 0:
         return {}
-    return {f"p{round(q * 100):d}": float(np.quantile(values, q)) for q in QUANTILES}
+    # Interpolating towards an infinite difference (a replayed answer of another
+    # shape) is undefined; with one present, each quantile is an observed value.
+    method: Literal["linear", "higher"] = (
+        "linear" if np.isfinite(values).all() else "higher")
+    return {f"p{round(q * 100):d}": float(np.quantile(values, q, method=method))
+            for q in QUANTILES}
 
 
 def agreement(
@@ -81,7 +90,13 @@ def agreement_by_segment(
 
 
 class ReplayParity(_Frozen):
-    """Logged online predictions vs the offline model on the logged features."""
+    """Logged online predictions vs the offline model on the logged features.
+
+    ``n`` rows were compared: on their scores, or (``outputs_compared`` of
+    them) on their whole answers when the answer is not one number.
+    ``skipped`` rows could not be compared (no score and no answer logged, or
+    an offline path that returns only scores).
+    """
 
     n: int
     tolerance: float
@@ -90,29 +105,78 @@ class ReplayParity(_Frozen):
     over_tolerance: int
     examples: list[str]
     verdict: Verdict
+    outputs_compared: int = 0
+    skipped: int = 0
 
 
 def replay_parity(
     online: npt.ArrayLike, offline: npt.ArrayLike, request_ids: Sequence[str],
-    tolerance: float = 1e-6, max_examples: int = 5,
+    tolerance: float = 1e-6, max_examples: int = 5, skipped: int = 0,
 ) -> ReplayParity:
     """Compare logged online predictions with offline ones; FAIL if any row
     differs by more than ``tolerance``."""
     on = np.asarray(online, dtype=np.float64)
     off = np.asarray(offline, dtype=np.float64)
-    if on.size == 0:
+    if on.shape != off.shape:
+        raise ValueError(f"online and offline differ in length: {on.shape} vs {off.shape}")
+    # The same infinity, or NaN on both paths, is agreement, not a NaN difference.
+    same = (on == off) | (np.isnan(on) & np.isnan(off))
+    with np.errstate(invalid="ignore"):
+        diff = np.where(same, 0.0, np.abs(on - off))
+    return replay_parity_from_diffs(diff, request_ids, tolerance, max_examples,
+                                    skipped=skipped)
+
+
+def replay_parity_from_diffs(
+    diffs: npt.ArrayLike, request_ids: Sequence[str], tolerance: float = 1e-6,
+    max_examples: int = 5, outputs_compared: int = 0, skipped: int = 0,
+) -> ReplayParity:
+    """:func:`replay_parity` from each row's difference already measured (an
+    infinite one for answers that do not even have the same shape)."""
+    diff = np.asarray(diffs, dtype=np.float64)
+    if diff.size == 0:
         return ReplayParity(n=0, tolerance=tolerance, max_abs_diff=None, abs_diff_quantiles={},
                             over_tolerance=0, examples=[],
-                            verdict=Verdict.INSUFFICIENT_DATA)
-    diff = np.abs(on - off)
+                            verdict=Verdict.INSUFFICIENT_DATA, skipped=skipped)
+    # NaN (one side NaN) is never within tolerance: count it over, report it as inf.
+    diff = np.where(np.isnan(diff), np.inf, diff)
     over = np.nonzero(diff > tolerance)[0]
-    worst = over[np.argsort(-diff[over])][:max_examples]
+    worst = over[np.argsort(-diff[over], kind="stable")][:max_examples]
     return ReplayParity(
-        n=int(on.size), tolerance=tolerance, max_abs_diff=float(diff.max()),
+        n=int(diff.size), tolerance=tolerance, max_abs_diff=float(diff.max()),
         abs_diff_quantiles=_quantiles(diff), over_tolerance=int(over.size),
         examples=[str(request_ids[i]) for i in worst],
         verdict=Verdict.FAIL if over.size else Verdict.PASS,
+        outputs_compared=outputs_compared, skipped=skipped,
     )
+
+
+def output_diff(online: Any, offline: Any) -> float:
+    """How far apart two answers (JSON values) are: the largest absolute
+    difference between numbers in the same place, 0 when equal, infinite when
+    they differ in anything else (shape, keys, a label, a string).
+
+    Booleans and strings compare exactly; ints and floats as numbers, so
+    ``1`` and ``1.0`` agree.
+    """
+    if isinstance(online, bool) or isinstance(offline, bool):
+        return 0.0 if online is offline else math.inf
+    if isinstance(online, int | float) and isinstance(offline, int | float):
+        if online == offline:
+            return 0.0
+        if math.isnan(online) or math.isnan(offline):
+            return 0.0 if math.isnan(online) and math.isnan(offline) else math.inf
+        return abs(float(online) - float(offline))
+    if isinstance(online, Mapping) and isinstance(offline, Mapping):
+        if set(online) != set(offline):
+            return math.inf
+        return max((output_diff(online[k], offline[k]) for k in online), default=0.0)
+    if isinstance(online, list | tuple) and isinstance(offline, list | tuple):
+        if len(online) != len(offline):
+            return math.inf
+        return max((output_diff(a, b) for a, b in zip(online, offline, strict=True)),
+                   default=0.0)
+    return 0.0 if online == offline else math.inf
 
 
 class FeatureDrift(_Frozen):

@@ -4,6 +4,20 @@ The I/O shell around :mod:`telemetry.parity`: reads decision-log Parquet,
 loads model versions through MLflow's *offline* path (the scikit-learn flavour's
 ``predict_proba``/``predict``, or pyfunc), fetches the training reference a
 version was logged with, and renders a JSON or HTML report.
+
+Replay has two paths. A version over numeric features replays every logged
+row at once, as one float matrix from the ``features`` maps, through the
+offline path. That path takes a float vector and answers one score per row,
+so the registry refuses it for a version whose signature has other types
+(strings, booleans, tensors...) or that answers no single number (a
+multi-class classifier); such a version replays through the serving loader's
+own ``check_row`` and ``predict_rows`` instead, from each row as sent (its
+``inputs`` JSON, or its ``features`` when all were floats), and the report
+says which path it took. Rows are compared on their logged score
+(``prediction``); a row whose answer is not one number (class probabilities,
+a vector, named outputs) is compared on its whole logged ``output`` on the
+serving-loader path, and skipped, and counted, on the numeric path, whose
+offline predictions are scores only.
 """
 
 from __future__ import annotations
@@ -12,16 +26,20 @@ import base64
 import datetime as dt
 import html
 import io
+import logging
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from telemetry.decision_log import read_decisions
+from telemetry.decision_log import read_decisions, to_json
 from telemetry.parity import (
     Agreement,
     FeatureDrift,
@@ -29,12 +47,21 @@ from telemetry.parity import (
     agreement,
     agreement_by_segment,
     drift,
+    output_diff,
     replay_parity,
+    replay_parity_from_diffs,
 )
 from telemetry.verdict import Verdict
 
 if TYPE_CHECKING:
-    from models.registry import MlflowRegistry
+    from models.outputs import Prediction
+    from models.registry import MlflowRegistry, NumericScorer, Scorer
+
+log = logging.getLogger(__name__)
+
+# Rows scored per predict_rows call on the serving-loader replay path: one
+# DataFrame of this many rows at a time, not one of the whole log.
+REPLAY_CHUNK_ROWS = 10_000
 
 
 class ParityInputError(ValueError):
@@ -43,11 +70,18 @@ class ParityInputError(ValueError):
 
 @dataclass(frozen=True)
 class OfflineModel:
+    """A version as replay scores it: ``predict`` (a float matrix in
+    ``feature_names`` order -> scores) on MLflow's offline path, or, for a
+    version over typed inputs, ``scorer`` (the serving loader's, checked and
+    scored row by row); ``path`` says which, and why."""
+
     name: str
     version: str
     feature_names: tuple[str, ...]
-    predict: Any  # (n, d) float matrix -> (n,) scores
+    predict: Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]] | None
     reference: dict[str, npt.NDArray[np.float64]] | None
+    scorer: Scorer | None = None
+    path: str = "offline"
 
 
 def load_offline_model(model_uri: str, tracking_uri: str,
@@ -56,9 +90,12 @@ def load_offline_model(model_uri: str, tracking_uri: str,
     registry and load it on MLflow's offline path, with the training reference it
     was logged with (None when it has none).
 
-    A malformed URI, or a name, version or alias the registry does not have, is a
-    :class:`ParityInputError`; any other failure (the store cannot be read) is
-    raised as it is.
+    A version the offline path refuses as not replayable on floats (a
+    ``ValueError``: its signature is not all numbers, or it answers no single
+    score) is loaded as the gateway serves it instead, for row-by-row replay. A
+    malformed URI, or a name, version or alias the registry does not have, is
+    a :class:`ParityInputError`; any other failure (the store cannot be read)
+    is raised as it is.
     """
     from models.registry import MlflowRegistry, UnknownModelVersion, parse_model_uri
 
@@ -69,11 +106,21 @@ def load_offline_model(model_uri: str, tracking_uri: str,
     registry = registry or MlflowRegistry(tracking_uri)
     try:
         name, version = registry.resolve_uri(model_uri)
-        scorer = registry.load_offline(name, version)
+        try:
+            offline = registry.load_offline(name, version)
+        except ValueError as exc:  # the registry's NotReplayable: not a float-vector model
+            refused = f"{type(exc).__name__}: {exc}"
+            log.info("%s/%s: the offline path refused it (%s); replaying through the "
+                     "serving loader", name, version, refused)
+            scorer = registry.load(name, version)
+            return OfflineModel(name, version, scorer.schema.names, None,
+                                registry.reference_sample(name, version) or None, scorer,
+                                f"serving loader (the offline path refused it: {refused})")
         reference = registry.reference_sample(name, version)
     except UnknownModelVersion as exc:
         raise ParityInputError(f"--model {model_uri}: {exc}") from exc
-    return OfflineModel(name, version, scorer.feature_names, scorer.predict_batch,
+    numeric = cast("NumericScorer", offline)  # the offline path takes a float matrix
+    return OfflineModel(name, version, numeric.feature_names, numeric.predict_batch,
                         reference or None)
 
 
@@ -124,14 +171,102 @@ def load_log(path: str | Path) -> pa.Table:
 
 
 def run_replay(table: pa.Table, model: OfflineModel, tolerance: float) -> ReplayParity:
-    """Replay the version's logged features offline; compare with its online scores."""
+    """Replay the version's logged rows offline; compare with what it answered online."""
     rows = _primary_rows(table, model.name, model.version)
     if rows.num_rows == 0:
         return replay_parity([], [], [], tolerance)
-    matrix = feature_matrix(rows, model.feature_names)
-    offline = model.predict(matrix)
+    if model.predict is not None:
+        return _replay_matrix(rows, model.predict, model.feature_names, tolerance)
+    if model.scorer is None:
+        raise ParityInputError(f"models:/{model.name}/{model.version} has no way to replay")
+    return _replay_rows(rows, model.scorer, tolerance)
+
+
+def _replay_matrix(rows: pa.Table,
+                   predict: Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]],
+                   names: tuple[str, ...], tolerance: float) -> ReplayParity:
+    """Every row at once: one matrix, one offline ``predict``, vectorized diffs.
+    Rows logged without a score are skipped: this path predicts scores only."""
+    scored = pc.is_valid(rows.column("prediction"))
+    skipped = rows.num_rows - pc.sum(scored).as_py()
+    if skipped:
+        rows = rows.filter(scored)
+        if rows.num_rows == 0:
+            return replay_parity([], [], [], tolerance, skipped=skipped)
+    matrix = feature_matrix(rows, names)
+    offline = predict(matrix)
     online = rows.column("prediction").to_numpy(zero_copy_only=False).astype(np.float64)
-    return replay_parity(online, offline, rows.column("request_id").to_pylist(), tolerance)
+    return replay_parity(online, offline, rows.column("request_id").to_pylist(), tolerance,
+                         skipped=skipped)
+
+
+def logged_rows(rows: pa.Table) -> list[dict[str, Any]]:
+    """Each logged row as the client sent it: its ``inputs`` JSON, or its
+    ``features`` map when that held everything (all floats)."""
+    inputs = rows.column("inputs").to_pylist()
+    features = rows.column("features").to_pylist()
+    return [orjson.loads(text) if text is not None else dict(pairs or ())
+            for text, pairs in zip(inputs, features, strict=True)]
+
+
+def _answer(prediction: Prediction) -> Any:
+    """A prediction's whole answer as the log's ``output`` JSON reads back."""
+    return orjson.loads(to_json({"value": prediction.value, "label": prediction.label,
+                                 "probabilities": prediction.probabilities}))
+
+
+def _replay_rows(rows: pa.Table, scorer: Scorer, tolerance: float) -> ReplayParity:
+    """Row by row through the scorer's own checks, in chunks of
+    :data:`REPLAY_CHUNK_ROWS`. A row the replay refuses or fails on, though it
+    was answered online, counts as over tolerance (an infinite difference)."""
+    sent = logged_rows(rows)
+    online = rows.column("prediction").to_pylist()
+    outputs = rows.column("output").to_pylist()
+    request_ids = rows.column("request_id").to_pylist()
+    diffs: list[float] = []
+    compared_ids: list[str] = []
+    outputs_compared = skipped = 0
+    for start in range(0, len(sent), REPLAY_CHUNK_ROWS):
+        chunk = range(start, min(start + REPLAY_CHUNK_ROWS, len(sent)))
+        wanted = [i for i in chunk if online[i] is not None or outputs[i] is not None]
+        skipped += len(chunk) - len(wanted)
+        replayed = _score_logged(scorer, [sent[i] for i in wanted])
+        for i, prediction in zip(wanted, replayed, strict=True):
+            compared_ids.append(request_ids[i])
+            if prediction is None:
+                diffs.append(math.inf)
+            elif online[i] is not None:
+                diffs.append(math.inf if prediction.score is None
+                             else output_diff(online[i], prediction.score))
+            else:
+                outputs_compared += 1
+                diffs.append(output_diff(orjson.loads(outputs[i]), _answer(prediction)))
+    return replay_parity_from_diffs(diffs, compared_ids, tolerance,
+                                    outputs_compared=outputs_compared, skipped=skipped)
+
+
+def _score_logged(scorer: Scorer, sent: list[Mapping[str, Any]]) -> list[Prediction | None]:
+    """Predictions for rows as sent; None for a row refused by ``check_row``
+    or in a ``predict_rows`` call that failed."""
+    out: list[Prediction | None] = [None] * len(sent)
+    checked: list[dict[str, Any]] = []
+    kept: list[int] = []
+    for i, row in enumerate(sent):
+        try:
+            checked.append(scorer.check_row(row))
+            kept.append(i)
+        except Exception as exc:  # InputMismatch, or a check that broke on this row
+            log.debug("replay: row %d refused: %s", i, exc)
+    if not checked:
+        return out
+    try:
+        scored = scorer.predict_rows(checked).rows
+    except Exception:
+        log.exception("replay: predict_rows failed on %d rows", len(checked))
+        return out
+    for i, prediction in zip(kept, scored, strict=True):
+        out[i] = prediction
+    return out
 
 
 @dataclass(frozen=True)
@@ -152,6 +287,9 @@ def shadow_pairs(table: pa.Table) -> list[ShadowPairs]:
     primary = _primary_rows(table).select(["request_id", "model_version", "prediction", "arm"])
     joined = shadows.select(["request_id", "model_version", "prediction"]).join(
         primary, "request_id", right_suffix="_primary", join_type="inner")
+    # Agreement is on scores: pairs where either answer is not one number are left out.
+    joined = joined.filter(pc.and_(pc.is_valid(joined.column("prediction")),
+                                   pc.is_valid(joined.column("prediction_primary"))))
     out = []
     shadow_versions = joined.column("model_version").to_pylist()
     primary_versions = joined.column("model_version_primary").to_pylist()
@@ -180,6 +318,7 @@ class ParityReport:
     model: str | None
     drift: list[FeatureDrift]
     min_label_agreement: float
+    replay_path: str | None = None  # how the replay scored (see OfflineModel.path)
 
     @property
     def verdict(self) -> Verdict:
@@ -210,8 +349,8 @@ class ParityReport:
                  "by_arm": {k: v.model_dump() for k, v in by_arm.items()}}
                 for pairs, overall, by_arm in self.agreement
             ],
-            "replay": None if self.replay is None else {"model": self.model,
-                                                        **self.replay.model_dump()},
+            "replay": None if self.replay is None else {
+                "model": self.model, "path": self.replay_path, **self.replay.model_dump()},
             "drift": [d.model_dump() for d in self.drift],
         }
 
@@ -234,7 +373,8 @@ def build_report(
         drift_results = drift(ref, live_features(table, names), psi_threshold, ks_alpha)
     return ParityReport(str(decisions), table.num_rows, agreements, replay,
                         None if model is None else f"models:/{model.name}/{model.version}",
-                        drift_results, min_label_agreement)
+                        drift_results, min_label_agreement,
+                        None if model is None else model.path)
 
 
 # ------------------------------------------------------------------ HTML
@@ -299,9 +439,12 @@ def render_html(report: ParityReport) -> str:
         r = report.replay
         sections.append("<h2>Offline replay</h2>" + table(
             ["model", "rows", "verdict", "max |diff|", "p99 |diff|", "over tolerance",
-             "tolerance", "examples"],
+             "tolerance", "compared on whole output", "skipped", "examples"],
             [[report.model, r.n, r.verdict, r.max_abs_diff, r.abs_diff_quantiles.get("p99"),
-              r.over_tolerance, r.tolerance, ", ".join(r.examples)]]))
+              r.over_tolerance, r.tolerance, r.outputs_compared, r.skipped,
+              ", ".join(r.examples)]])
+            + (f"<p>scored through the {html.escape(report.replay_path)}</p>"
+               if report.replay_path and report.replay_path != "offline" else ""))
     if report.drift:
         sections.append("<h2>Feature drift</h2>" + table(
             ["feature", "PSI", "KS statistic", "KS p-value", "drifted"],

@@ -4,40 +4,104 @@ loading a config or a routing table with a clear message."""
 from __future__ import annotations
 
 import socket
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CONFIG = Path("deploy/rampart.yaml")
+# The default config ships inside the package, so every command finds it from
+# any working directory. DEFAULT_CONFIG is its path on disk, for argparse
+# defaults and help texts; it is never opened by that path (see
+# load_config_or_exit), so a package that is not a directory still works.
+_DEFAULT_RESOURCE = resources.files("serving.defaults").joinpath("rampart.yaml")
+DEFAULT_CONFIG = Path(str(_DEFAULT_RESOURCE))
+
+# Where `rampart models seed-demo` registers the demo versions; pointing at
+# them is the fix for a config that names a version MLflow does not have.
+SEED_DEMO_HINT = "Run `rampart models seed-demo` for the demo models."
 
 
 class CliError(Exception):
     """A user mistake: printed as one message, exit code 2."""
 
 
+def default_config_document() -> Any:
+    """The packaged default config as parsed YAML (a fresh mapping each call)."""
+    import yaml
+
+    return yaml.safe_load(_DEFAULT_RESOURCE.read_text(encoding="utf-8"))
+
+
 def load_config_or_exit(path: Path) -> Any:
+    """Read and validate a config file; the packaged default when ``path`` is
+    :data:`DEFAULT_CONFIG`. A mistake is a :class:`CliError`."""
     from serving.documents import load_config
+    from serving.kernel.config import parse_config
     from serving.kernel.errors import ConfigError
 
     try:
+        if path == DEFAULT_CONFIG:
+            return parse_config(default_config_document(), source=str(DEFAULT_CONFIG))
         return load_config(path)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
 
 
+def model_config(model_uri: str, tracking_uri: str | None) -> Any:
+    """The config that serves one model: ``models:/NAME/VERSION`` or
+    ``models:/NAME@ALIAS`` as the only model and the default route, no
+    experiments or shadows, and the packaged defaults for everything else
+    (data directory, logs, server). A malformed URI is a :class:`CliError`.
+
+    The version stays as given: an alias is resolved when the routing table
+    is built, as for a config file, so moving the alias moves the traffic.
+    """
+    from models.registry import parse_model_uri
+    from serving.kernel.config import parse_config
+    from serving.kernel.errors import ConfigError
+
+    try:
+        name, version = parse_model_uri(model_uri)
+    except ValueError as exc:
+        raise CliError(f"--model: {exc}") from None
+    data = default_config_document()
+    data.update(
+        models=[{"name": name, "versions": [version]}],
+        default={"model": name, "version": version},
+        experiments=[],
+        shadows=[],
+        feature_transforms=[],
+        tracking_uri=tracking_uri,
+    )
+    try:
+        return parse_config(data, source=f"--model {model_uri}")
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
 def registry_for(config: Any) -> Any:
+    import importlib
+    import logging
+
     from models.registry import MlflowRegistry
 
+    # MLflow narrates creating a new SQLite store at INFO, around the one line a
+    # command prints. Its import configures its logger, so quieten it after
+    # that and before the client opens the store.
+    importlib.import_module("mlflow")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     return MlflowRegistry(config.resolved_tracking_uri())
 
 
-def routing_table(config: Any) -> Any:
+def routing_table(config: Any, hint: str = SEED_DEMO_HINT) -> Any:
+    """The config's routing table with every alias resolved in MLflow; a version
+    MLflow does not have is a :class:`CliError` ending with ``hint``."""
     from models.registry import UnknownModelVersion
     from serving.routing.router import build_routing_table
 
     try:
         return build_routing_table(config, registry_for(config).resolve)
     except UnknownModelVersion as exc:
-        raise CliError(f"{exc}. Run `rampart models seed-demo` for the demo models.") from None
+        raise CliError(f"{exc}. {hint}" if hint else str(exc)) from None
 
 
 def port_free(host: str, port: int) -> bool:

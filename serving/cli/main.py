@@ -19,9 +19,11 @@ from typing import Any
 
 from serving.cli.common import (
     DEFAULT_CONFIG,
+    SEED_DEMO_HINT,
     CliError,
     load_config_or_exit,
     load_plan_or_exit,
+    model_config,
     port_free,
     routing_table,
 )
@@ -41,11 +43,36 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# A user's own model is not one the demo seed registers: the likely mistakes
+# are the URI and the MLflow asked.
+MODEL_HINT = ("Check the model URI, or point --tracking-uri (or MLFLOW_TRACKING_URI) "
+              "at the MLflow that holds it.")
+
+
+def serve_config(args: argparse.Namespace) -> tuple[Any, str]:
+    """The config ``rampart serve`` runs, and what to suggest when MLflow lacks a
+    version it names. Checks only the arguments and the config, nothing slow,
+    so a mistake is reported before any model or Ray is touched."""
+    if args.model is not None:
+        if args.config is not None:
+            raise CliError("--model and --config cannot be combined: --model serves one "
+                           "model with the default routing; to add routing, name the model "
+                           "in the config's models and default instead")
+        # A user's model lives in their MLflow, which MLflow's own tools find
+        # through MLFLOW_TRACKING_URI; without either, the SQLite under data_dir.
+        tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+        return model_config(args.model, tracking_uri), MODEL_HINT
+    config = load_config_or_exit(args.config or DEFAULT_CONFIG)
+    if args.tracking_uri:
+        config = config.model_copy(update={"tracking_uri": args.tracking_uri})
+    return config, SEED_DEMO_HINT
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    config, hint = serve_config(args)
     from serving.cli.launch import start_gateway
     from serving.cli.process_guard import AlreadyServing, claim, reap_previous, release
 
-    config = load_config_or_exit(args.config)
     host = args.host or config.server.host
     port = args.port or config.server.port
     try:
@@ -56,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"ended {len(reaped)} processes left by a killed rampart serve", flush=True)
     if not port_free(host, port):
         raise CliError(f"port {port} on {host} is in use; pick another with --port")
-    routing_table(config)  # fail fast, with a clear message, on unknown versions
+    table = routing_table(config, hint)  # fail fast, with a clear message, on unknown versions
     claim(config.data_dir)
     # Both signals become a clean, flushing shutdown, also while starting up
     # (start_gateway keeps these handlers across ray.init).
@@ -65,6 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     gateway = start_gateway(config, host=host, port=port, num_replicas=args.replicas,
                             chaos=args.chaos)
+    if args.model is not None:
+        print(f"serving {args.model} (version {table.default.version})", flush=True)
     print(f"rampart gateway serving on {gateway.url} (routing version {gateway.table.version}); "
           "Ctrl-C to stop", flush=True)
     try:
@@ -339,8 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in --data-dir)")
     seed.set_defaults(func=cmd_seed_demo)
 
-    serve = sub.add_parser("serve", help="start the gateway on local Ray Serve and block")
-    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve = sub.add_parser(
+        "serve", help="start the gateway on local Ray Serve and block",
+        description="Serve the routing in --config (default: the packaged demo config), or "
+                    "one model of yours with --model and default routing.")
+    serve.add_argument("--config", type=Path,
+                       help=f"routing config (default: the packaged {DEFAULT_CONFIG})")
+    serve.add_argument("--model", metavar="URI",
+                       help="serve this one model (models:/NAME@ALIAS or models:/NAME/VERSION) "
+                            "to every unit, with the packaged defaults for everything else; "
+                            "not with --config")
+    serve.add_argument("--tracking-uri",
+                       help="MLflow tracking URI (default: the config's; with --model, "
+                            "$MLFLOW_TRACKING_URI; else SQLite under the data directory)")
     serve.add_argument("--host", help="address to listen on (default from config)")
     serve.add_argument("--port", type=int, help="port to listen on (default from config)")
     serve.add_argument("--replicas", type=int, help="gateway replicas (default from config)")

@@ -26,9 +26,23 @@ from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 from pydantic_core import from_json
 
+from models.inputs import InputMismatch
+from models.outputs import Prediction, ScoredBatch
 from models.registry import Scorer
+from serving.gateway.pool import ModelPool
+from serving.gateway.protocols import (
+    Formatted,
+    RowRequest,
+    RowResult,
+    ScoredRequest,
+    ScoringRequest,
+    UnitPolicy,
+)
+from serving.gateway.protocols import mlflow as mlflow_protocol
+from serving.gateway.protocols import v1 as v1_protocol
+from serving.gateway.protocols import v2 as v2_protocol
 from serving.gateway.schemas import ErrorResponse, PredictRequest, PredictResponse
-from serving.gateway.scorers import LoadedScorers
+from serving.gateway.scorers import LoadedScorers, ModelKey
 from serving.gateway.shadow import ShadowJob, ShadowRunner
 from serving.kernel.commands import (
     OPERATOR_ACTIONS,
@@ -50,9 +64,11 @@ from serving.kernel.errors import (
     ModelFailed,
     NoControlPlane,
     OutcomesUnavailable,
+    Overloaded,
     PayloadTooLarge,
     RampartError,
     Unauthorized,
+    UnknownModel,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -106,10 +122,27 @@ def error_response(error: RampartError, request_id: str | None = None) -> Respon
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one predict call produced: the HTTP answer and what to record."""
+    """What one call produced: the HTTP answer."""
 
     status_code: int
     body: bytes
+    headers: Mapping[str, str] | None = None
+
+    @classmethod
+    def of(cls, formatted: Formatted) -> Outcome:
+        return cls(formatted.status, formatted.body, formatted.headers or None)
+
+
+class ProtocolModule(Protocol):
+    """A request protocol (``serving.gateway.protocols.v1``, ``.mlflow``, ``.v2``)."""
+
+    def parse(self, body: bytes, *, unit: UnitPolicy, header_unit: str | None,
+              query: Mapping[str, str], header_request_id: str | None,
+              model_name: str | None = None) -> ScoringRequest: ...
+
+    def format(self, scored: ScoredRequest) -> Formatted: ...
+
+    def format_error(self, error: RampartError) -> Formatted: ...
 
 
 class GatewayCore:
@@ -125,23 +158,52 @@ class GatewayCore:
         shadow_runner: ShadowRunner | None = None,
         drift_monitor: DriftMonitor | None = None,
         outcomes_log: OutcomesLogWriter | None = None,
+        pool: ModelPool | None = None,
+        unit_policy: UnitPolicy | None = None,
     ) -> None:
         self.drift_monitor = drift_monitor
         self.outcomes_log = outcomes_log
         self._table = table
+        self._served_names = frozenset(r.name for r in table.model_refs())
         self.shadow_runner = shadow_runner
         # Shared with the shadow runner; the request path reads the dicts directly.
         self.loaded = scorers if isinstance(scorers, LoadedScorers) else LoadedScorers(scorers)
         self.scorers = self.loaded.by_key
-        self._feature_sets = self.loaded.features
         self._awaited = self.loaded.awaited
         self.metrics = metrics
         self.tracer = tracer
         self.decision_log = decision_log
+        self.pool = pool or ModelPool(threads=4, max_pending=4096)
+        self.unit_policy = unit_policy or UnitPolicy()
 
     @property
     def table(self) -> RoutingTable:
         return self._table
+
+    @property
+    def served_names(self) -> frozenset[str]:
+        """Names of the models the routing table in force can answer with."""
+        return self._served_names
+
+    def ready(self) -> bool:
+        """Every version the table in force can route to is loaded."""
+        table = self._table
+        return all((r.name, r.version) in self.scorers for r in table.model_refs())
+
+    def model_metadata(self, name: str) -> dict[str, Any]:
+        """V2 metadata of a served model: its loaded versions and the inputs of
+        the version it answers with by default (the routing default, or the
+        newest loaded version when the default is another model)."""
+        if name not in self._served_names:
+            raise UnknownModel(f"this gateway serves no model {name!r}; it serves "
+                               f"{sorted(self._served_names)}")
+        table = self._table
+        versions = sorted({r.version for r in table.model_refs() if r.name == name},
+                          key=lambda v: (len(v), v))
+        primary = table.default.version if table.default.name == name else versions[-1]
+        schema = self.scorers[(name, primary)].schema
+        metadata: dict[str, Any] = v2_protocol.model_metadata(name, versions, schema)
+        return metadata
 
     def swap_table(self, table: RoutingTable) -> None:
         """Install a newer routing table; one reference swap, never a torn table."""
@@ -150,6 +212,7 @@ class GatewayCore:
             raise ValueError(f"routing table needs versions not loaded here: {missing}")
         if table.version <= self._table.version:
             return
+        self._served_names = frozenset(r.name for r in table.model_refs())
         self._table = table
 
     def apply_snapshot(self, snapshot: RoutingSnapshot, load: Callable[[str, str], Scorer]
@@ -166,74 +229,149 @@ class GatewayCore:
         self.swap_table(snapshot.table)
         self.metrics.set_rollouts(snapshot.rollouts)
 
-    async def predict(self, body: bytes, header_request_id: str | None = None) -> Outcome:
-        """Answer one ``POST /v1/predict`` body; never raises for bad input."""
+    async def predict(self, body: bytes, header_request_id: str | None = None,
+                      header_unit: str | None = None,
+                      query: Mapping[str, str] | None = None) -> Outcome:
+        """Answer one ``POST /v1/predict`` body (one row or ``{"rows": [...]}``)."""
+        return await self.serve(v1_protocol, body, header_request_id=header_request_id,
+                                header_unit=header_unit, query=query)
+
+    async def serve(self, protocol: ProtocolModule, body: bytes, *,
+                    header_request_id: str | None = None, header_unit: str | None = None,
+                    query: Mapping[str, str] | None = None,
+                    model_name: str | None = None, content_type: str | None = None
+                    ) -> Outcome:
+        """Answer one scoring request of any protocol; never raises for bad input.
+
+        The body is parsed into rows, every row is routed, checked against the
+        signature of the version it is routed to, scored, logged and counted
+        the same way whatever the protocol, and the protocol formats the answer.
+        """
         started = time.perf_counter()
-        request_id = header_request_id
         try:
             if len(body) > MAX_BODY_BYTES:
                 raise PayloadTooLarge(
-                    f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}", request_id
-                )
-            request = parse_predict(body, request_id)
+                    f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}",
+                    header_request_id)
+            if model_name is not None and model_name not in self._served_names:
+                raise UnknownModel(
+                    f"this gateway serves no model {model_name!r}; it serves "
+                    f"{sorted(self._served_names)}", header_request_id)
+            # MLflow's protocol also takes CSV; the others are JSON only.
+            extra = {"content_type": content_type} if protocol is mlflow_protocol else {}
+            request = protocol.parse(
+                body, unit=self.unit_policy, header_unit=header_unit, query=query or {},
+                header_request_id=header_request_id, model_name=model_name, **extra)
         except RampartError as error:
             self.metrics.observe(REJECTED_LABELS, time.perf_counter() - started)
-            return Outcome(error.status, error_body(error))
-        request_id = request.request_id or request_id or uuid.uuid4().hex
+            if error.request_id is None:
+                error.request_id = header_request_id
+            return Outcome.of(protocol.format_error(error))
+        scored = await self.score(request, header_request_id, started)
+        return Outcome.of(protocol.format(scored))
+
+    async def score(self, request: ScoringRequest, header_request_id: str | None,
+                    started: float) -> ScoredRequest:
+        """Route, check, score and record every row of ``request``."""
         table = self._table  # one snapshot for the whole request
-        decision = route(table, request.unit_id, request.context)
-        key = (decision.model.name, decision.model.version)
-        scorer = self.scorers[key]
-        try:
-            features = table.transform(request.features)
-            values = feature_vector(features, scorer, self._feature_sets[key], request_id)
-        except RampartError as error:
-            self.metrics.observe(REJECTED_LABELS, time.perf_counter() - started)
-            return Outcome(error.status, error_body(error))
-        error_text: str | None = None
-        prediction: float | None = None
-        try:
-            awaited = self._awaited.get(key)  # only scorers that must wait are here
-            if awaited is None:
-                prediction = scorer.predict_one(values)
-            else:
-                prediction = await awaited(values)
-        except Exception as exc:  # a broken model version is a server error, logged
-            error_text = f"{type(exc).__name__}: {exc}"
-        if prediction is not None:
-            status, status_code = "ok", 200
-            body_out = orjson.dumps(
-                {
-                    "request_id": request_id,
-                    "prediction": prediction,
-                    "model_name": decision.model.name,
-                    "model_version": decision.model.version,
-                    "experiment_id": decision.experiment_id,
-                    "arm": decision.arm,
-                }
-            )
-        else:
-            status, status_code = "error", 500
-            body_out = error_body(ModelFailed(f"model version failed: {error_text}", request_id))
+        n = len(request.rows)
+        base_id = header_request_id or uuid.uuid4().hex
+        request_ids = [row.request_id or (base_id if not request.batch else f"{base_id}-{i}")
+                       for i, row in enumerate(request.rows)]
+        decisions: list[Decision] = []
+        model_rows: list[Mapping[str, Any] | None] = [None] * n
+        errors: list[RampartError | None] = [None] * n
+        groups: dict[ModelKey, list[tuple[int, dict[str, Any]]]] = {}
+        for i, row in enumerate(request.rows):
+            decision = route(table, row.unit_id, row.context)
+            decisions.append(decision)
+            key = (decision.model.name, decision.model.version)
+            try:
+                model_row = table.transform(row.features)
+                checked = self.scorers[key].check_row(model_row)
+            except InputMismatch as mismatch:
+                errors[i] = ValidationFailed(
+                    f"{field_path(request, i, mismatch.field)}: {mismatch.message} "
+                    f"(signature of {key[0]} version {key[1]})", request_ids[i])
+                continue
+            except ValidationFailed as refused:
+                errors[i] = ValidationFailed(
+                    f"{field_path(request, i, '')}{refused.message}", request_ids[i])
+                continue
+            model_rows[i] = model_row
+            groups.setdefault(key, []).append((i, checked))
+
+        predictions: list[Prediction | None] = [None] * n
+        failures: list[str | None] = [None] * n
+        batches: dict[ModelKey, ScoredBatch] = {}
+        for key, items in groups.items():
+            rows = [checked for _, checked in items]
+            try:
+                batch = await self._predict(key, rows, request.params or None)
+            except Overloaded as busy:
+                for i, _ in items:
+                    errors[i] = Overloaded(busy.message, request_ids[i])
+                continue
+            except Exception as exc:  # a broken model version is a server error, logged
+                text = f"{type(exc).__name__}: {exc}"
+                for i, _ in items:
+                    failures[i] = text
+                    errors[i] = ModelFailed(f"model version failed: {text}", request_ids[i])
+                continue
+            batches[key] = batch
+            for (i, _), answer in zip(items, batch.rows, strict=True):
+                predictions[i] = answer
+
         latency_s = time.perf_counter() - started
-        self._record(request_id, request, decision, prediction, latency_s, status, error_text)
-        if prediction is not None and self.drift_monitor is not None:
-            self.drift_monitor.observe(key, request.features)
-        if prediction is not None and table.shadows and self.shadow_runner is not None:
+        results: list[RowResult] = []
+        for i, row in enumerate(request.rows):
+            decision = decisions[i]
+            prediction = predictions[i]
+            error = errors[i]
+            if prediction is None and failures[i] is None and error is not None:
+                # Refused before scoring (signature, overload): counted, not logged.
+                self.metrics.observe(REJECTED_LABELS, latency_s)
+            else:
+                self._record(request_ids[i], row, decision, prediction, latency_s,
+                             "ok" if prediction is not None else "error", failures[i])
+            if prediction is not None:
+                self._after(table, request_ids[i], row, decision, prediction, model_rows[i])
+            results.append(RowResult(
+                request_ids[i], decision.model.name, decision.model.version,
+                decision.experiment_id, decision.arm, prediction, error))
+        return ScoredRequest(request, tuple(results), batches)
+
+    async def _predict(self, key: ModelKey, rows: list[dict[str, Any]],
+                       params: Mapping[str, Any] | None) -> ScoredBatch:
+        awaited = self._awaited.get(key)  # only scorers that must wait are here
+        if awaited is not None:
+            return await awaited(rows, params)
+        scorer = self.scorers[key]
+        if scorer.inline:
+            return scorer.predict_rows(rows, params)
+        return await self.pool.run(len(rows), lambda: scorer.predict_rows(rows, params))
+
+    def _after(self, table: RoutingTable, request_id: str, row: RowRequest, decision: Decision,
+               prediction: Prediction, model_row: Mapping[str, Any] | None) -> None:
+        """Off the answer's critical part: drift windows and shadow mirroring."""
+        key = (decision.model.name, decision.model.version)
+        if self.drift_monitor is not None:
+            self.drift_monitor.observe(key, row.features)
+        if table.shadows and self.shadow_runner is not None and model_row is not None:
             for shadow in table.shadows:
                 if shadow.mirrors(decision.unit_id):
                     self.shadow_runner.submit(ShadowJob(
-                        request_id, decision.unit_id, decision.unit_type,
-                        decision.experiment_id, decision.model, prediction, shadow.model,
-                        request.features, features))
-        return Outcome(status_code, body_out)
+                        request_id, decision.unit_id,
+                        "request_id" if row.unit_source == "request_id" else decision.unit_type,
+                        decision.experiment_id, decision.model, prediction.score,
+                        shadow.model, row.features, model_row, row.unit_source))
 
     def _record(
         self,
         request_id: str,
-        request: PredictRequest,
+        row: RowRequest,
         decision: Decision,
-        prediction: float | None,
+        prediction: Prediction | None,
         latency_s: float,
         status: str,
         error: str | None,
@@ -249,14 +387,17 @@ class GatewayCore:
         )
         self.metrics.observe(labels, latency_s)
         now = time.time()
+        # A unit hashed on the request id is no unit of the experiment's kind.
+        unit_type = "request_id" if row.unit_source == "request_id" else decision.unit_type
         if self.decision_log is not None:
             self.decision_log.append(
                 DecisionRecord(
-                    request_id, decision.unit_id, decision.unit_type, decision.experiment_id,
+                    request_id, decision.unit_id, unit_type, decision.experiment_id,
                     decision.layer, decision.arm, decision.model.name, decision.model.version,
                     "primary",
-                    now, request.features, prediction, latency_s * 1000.0, status, error,
-                    request.context or None,
+                    now, row.features, None if prediction is None else prediction.score,
+                    latency_s * 1000.0, status, error, row.context or None,
+                    prediction, row.unit_source,
                 )
             )
         if self.tracer is None:  # tracing is off in the config
@@ -269,7 +410,7 @@ class GatewayCore:
             {
                 "rampart.request_id": request_id,
                 "rampart.unit_id": decision.unit_id,
-                "rampart.unit_type": decision.unit_type,
+                "rampart.unit_type": unit_type,
                 "rampart.experiment_id": decision.experiment_id or "",
                 "rampart.arm": decision.arm,
                 "rampart.layer": decision.layer,
@@ -298,27 +439,13 @@ class GatewayCore:
         return Outcome(202, orjson.dumps({"accepted": len(events)}))
 
     def close(self) -> None:
+        self.pool.close()
         if self.shadow_runner is not None:
             self.shadow_runner.close()
         if self.decision_log is not None:
             self.decision_log.close()
         if self.outcomes_log is not None:
             self.outcomes_log.close()
-
-
-def parse_predict(body: bytes, request_id: str | None) -> PredictRequest:
-    """Validate a predict body; raise InvalidJson or ValidationFailed with the reason."""
-    try:
-        return PredictRequest.model_validate_json(body)
-    except ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
-            message = exc.errors()[0]["msg"]
-            raise InvalidJson(f"body is not valid JSON: {message}", request_id) from None
-        if any(e["type"] in ("model_type", "model_attributes_type") for e in exc.errors()):
-            raise ValidationFailed("body must be a JSON object", request_id) from None
-        raise ValidationFailed(
-            "invalid request:\n" + format_validation_error(exc), request_id
-        ) from None
 
 
 MAX_LISTED_PROBLEMS = 20
@@ -365,24 +492,15 @@ def require_json(request: Request) -> None:
         raise UnsupportedMediaType(f"Content-Type must be {JSON} (got {shown})")
 
 
-def feature_vector(
-    features: Mapping[str, float], scorer: Scorer, expected: frozenset[str], request_id: str
-) -> list[float]:
-    """Features in the model's signature order; names what is missing or extra."""
-    if features.keys() != expected:
-        missing = sorted(expected - features.keys())
-        extra = sorted(features.keys() - expected)
-        parts = []
-        if missing:
-            parts.append(f"missing features {missing}")
-        if extra:
-            parts.append(f"unexpected features {extra}")
-        raise ValidationFailed(
-            f"features do not match the signature of {scorer.name} version {scorer.version}: "
-            + "; ".join(parts),
-            request_id,
-        )
-    return [float(features[name]) for name in scorer.feature_names]
+def field_path(request: ScoringRequest, row: int, field: str) -> str:
+    """Where a row's field is in the request as its protocol wrote it."""
+    if request.protocol == "v1":
+        prefix = f"rows.{row}.features" if request.batch else "features"
+    else:
+        prefix = f"rows.{row}"
+    if not field:
+        return f"{prefix}: " if request.batch or request.protocol != "v1" else ""
+    return f"{prefix}.{field}"
 
 
 async def read_body_limited(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -421,14 +539,39 @@ def build_app(
         # The one place a RampartError becomes HTTP, whichever layer raised it.
         return error_response(error, request.headers.get("x-request-id"))
 
+    def http(outcome: Outcome) -> Response:
+        return Response(outcome.body, status_code=outcome.status_code, media_type=JSON,
+                        headers=dict(outcome.headers) if outcome.headers else None)
+
+    async def answer(protocol: ProtocolModule, request: Request,
+                     model_name: str | None = None) -> Response:
+        header_id = request.headers.get("x-request-id")
+        try:
+            body = await read_body_limited(request)
+        except RampartError as error:
+            error.request_id = header_id
+            return http(Outcome.of(protocol.format_error(error)))
+        outcome = await core.serve(
+            protocol, body, header_request_id=header_id,
+            header_unit=request.headers.get(core.unit_policy.header),
+            query=request.query_params, model_name=model_name,
+            content_type=request.headers.get("content-type"))
+        return http(outcome)
+
+    scoring_errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorResponse, "description": "Body is not JSON, or names no unit"},
+        404: {"model": ErrorResponse, "description": "No such model (named paths)"},
+        413: {"model": ErrorResponse, "description": "Body over 1 MiB or too many rows"},
+        422: {"model": ErrorResponse,
+              "description": "Body fails validation, or a row does not fit the signature "
+                             "of the version it is routed to (the message names the field)"},
+        503: {"model": ErrorResponse, "description": "Every model worker is busy"},
+    }
+
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
-        responses={
-            400: {"model": ErrorResponse, "description": "Body is not JSON"},
-            413: {"model": ErrorResponse, "description": "Body over 1 MiB"},
-            422: {"model": ErrorResponse, "description": "Body fails validation"},
-        },
+        responses=scoring_errors,
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -437,13 +580,72 @@ def build_app(
         },
     )
     async def predict(request: Request) -> Response:
-        header_id = request.headers.get("x-request-id")
+        """Score one row (``{"unit_id", "features", "context"?}``) or a batch
+        (``{"rows": [...]}``, one answer per row, in order)."""
+        return await answer(v1_protocol, request)
+
+    @app.post("/invocations", responses=scoring_errors)
+    async def invocations(request: Request) -> Response:
+        """MLflow's scoring protocol (``dataframe_split``, ``dataframe_records``,
+        ``instances``, ``inputs``), answered as ``mlflow models serve`` answers."""
+        return await answer(mlflow_protocol, request)
+
+    @app.post("/v1/models/{name}/invocations", responses=scoring_errors)
+    async def named_invocations(name: str, request: Request) -> Response:
+        """MLflow's scoring protocol for a model named in the path."""
+        return await answer(mlflow_protocol, request, name)
+
+    @app.post("/v2/models/{name}/infer", responses=scoring_errors)
+    async def v2_infer(name: str, request: Request) -> Response:
+        """Open Inference Protocol V2 inference (KServe, Triton clients)."""
+        return await answer(v2_protocol, request, name)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", responses=scoring_errors)
+    async def v2_infer_version(name: str, version: str, request: Request) -> Response:
+        """V2 with a version in the path: the version is chosen by routing, so the
+        path's version is accepted and the answer names the version that served."""
+        return await answer(v2_protocol, request, name)
+
+    @app.get("/v2/health/live")
+    async def v2_live() -> dict[str, Any]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def v2_ready() -> dict[str, Any]:
+        return {"ready": core.ready()}
+
+    @app.get("/v2")
+    async def v2_server() -> dict[str, Any]:
+        return {"name": "rampart", "version": app.version, "extensions": []}
+
+    @app.get("/v2/models/{name}")
+    async def v2_model(name: str, request: Request) -> Response:
+        """The model's metadata: served versions and the inputs of the version
+        units get by default."""
         try:
-            body = await read_body_limited(request)
+            metadata = core.model_metadata(name)
         except RampartError as error:
-            return error_response(error, header_id)
-        outcome = await core.predict(body, header_id)
-        return Response(outcome.body, status_code=outcome.status_code, media_type=JSON)
+            error.request_id = request.headers.get("x-request-id")
+            return http(Outcome.of(v2_protocol.format_error(error)))
+        return Response(orjson.dumps(metadata), media_type=JSON)
+
+    @app.get("/v2/models/{name}/ready")
+    async def v2_model_ready(name: str, request: Request) -> Response:
+        ready = name in core.served_names
+        if not ready:
+            error = UnknownModel(f"this gateway serves no model {name!r}",
+                                 request.headers.get("x-request-id"))
+            return http(Outcome.of(v2_protocol.format_error(error)))
+        return Response(orjson.dumps({"name": name, "ready": True}), media_type=JSON)
+
+    @app.get("/ping")
+    async def ping() -> Response:
+        # MLflow's scoring server answers these; its clients poll them.
+        return Response(b"\n", media_type=JSON)
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(b"\n", media_type=JSON)
 
     event_schema = OutcomeEvent.model_json_schema()
     batch_schema = {

@@ -40,6 +40,8 @@ from telemetry.metrics import MULTIPROC_ENV
 if TYPE_CHECKING:
     from models.registry import Scorer
     from serving.gateway.core import GatewayCore
+    from serving.gateway.pool import ModelPool
+    from serving.gateway.protocols import UnitPolicy
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,8 @@ def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
             self._drift.start()
 
         def _load(self, name: str, version: str) -> Any:
-            scorer = self.registry.load(name, version)
+            output = self.settings.config.model_outputs().get(name, "auto")
+            scorer = self.registry.load(name, version, output=output)
             return scorer if self.chaos is None else self.chaos.wrap(scorer)
 
         def _apply(self, snapshot: RoutingSnapshot) -> None:
@@ -275,9 +278,26 @@ def build_core(settings: ReplicaSettings, snapshot: RoutingSnapshot,
     core = GatewayCore(table, scorers, RequestMetrics(registry=None),
                        build_tracer_provider().get_tracer("rampart.gateway"), writer,
                        shadow_runner=shadow_runner, drift_monitor=drift_monitor,
-                       outcomes_log=outcomes_log)
+                       outcomes_log=outcomes_log, pool=model_pool(settings.config),
+                       unit_policy=unit_policy(settings.config))
     core.metrics.set_rollouts(snapshot.rollouts)
     return core
+
+
+def model_pool(config: RampartConfig) -> ModelPool:
+    """The replica's worker pool for versions scored off the event loop."""
+    from serving.gateway.pool import ModelPool
+
+    return ModelPool(config.requests.worker_threads, config.requests.max_pending_rows)
+
+
+def unit_policy(config: RampartConfig) -> UnitPolicy:
+    """Where requests name their unit, from the config."""
+    from serving.gateway.protocols import UnitPolicy
+
+    requests = config.requests
+    return UnitPolicy(header=requests.unit_header.lower(), param=requests.unit_param,
+                      hash_request_id=requests.missing_unit == "hash_request_id")
 
 
 def resolve_paths(config: RampartConfig) -> tuple[Path, Path]:

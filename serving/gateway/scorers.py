@@ -7,19 +7,21 @@ and a newer routing table adds versions to it before the table is swapped in.
 
 A scorer may also offer ``predict_async`` (a wrapper that has to wait, such
 as the chaos path's fault injection): the request path then awaits it instead
-of calling ``predict_one``, so waiting never blocks the replica's event loop.
+of calling ``predict_rows``, so waiting never blocks the replica's event loop.
 Plain scorers have no such method and cost the request path one dict miss.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
+from models.outputs import ScoredBatch
 from models.registry import Scorer
 
 ModelKey = tuple[str, str]
-AsyncPredict = Callable[[Sequence[float]], Awaitable[float]]
+AsyncPredict = Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any] | None],
+                        Awaitable[ScoredBatch]]
 
 
 class ScorerLookup(Protocol):
@@ -29,20 +31,18 @@ class ScorerLookup(Protocol):
 
 
 class LoadedScorers:
-    """Loaded versions by ``(name, version)``, with their feature sets and,
-    for scorers that must be awaited, their ``predict_async``."""
+    """Loaded versions by ``(name, version)`` and, for scorers that must be
+    awaited, their ``predict_async``."""
 
     def __init__(self, scorers: Mapping[ModelKey, Scorer] | None = None) -> None:
         self.by_key: dict[ModelKey, Scorer] = {}
-        self.features: dict[ModelKey, frozenset[str]] = {}
         self.awaited: dict[ModelKey, AsyncPredict] = {}
         for key, scorer in (scorers or {}).items():
             self.add(key, scorer)
 
     def add(self, key: ModelKey, scorer: Scorer) -> None:
-        """Make ``scorer`` servable; the feature set first, the scorer last, so a
-        reader that finds the scorer finds everything it needs."""
-        self.features[key] = frozenset(scorer.feature_names)
+        """Make ``scorer`` servable; the scorer last, so a reader that finds it
+        finds everything it needs."""
         predict_async: AsyncPredict | None = getattr(scorer, "predict_async", None)
         if predict_async is not None:
             self.awaited[key] = predict_async

@@ -5,7 +5,12 @@ and appends a job to a bounded buffer without waiting; when the buffer is full
 the job is dropped and counted, so memory stays bounded whatever the shadow
 does. A drain thread scores the shadow version in batches, logs a decision row
 with the same ``request_id`` and ``role = shadow``, and feeds the online parity
-tracker. It finds the shadow version among the replica's loaded versions
+tracker with the rows where both versions answered with one number (their
+scores). A folded linear version given numbers scores the batch as one
+matrix; any other checks each row against its own signature (a row it
+rejects is its error row, not scored) and scores the rest in one
+``predict_rows``. Shadow rows log the whole answer as primary rows do. It finds
+the shadow version among the replica's loaded versions
 (:class:`~serving.gateway.scorers.ScorerLookup`), the same object its core reads.
 A shadow that is slow, raises, or is not loaded changes neither the primary's
 answer nor its latency: its failures are its own rows and counters.
@@ -18,13 +23,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
 
+from models.outputs import Prediction, class_rows
+from models.registry import NumericScorer, Scorer
 from serving.gateway.scorers import ScorerLookup
 from serving.routing.router import ModelRef
-from telemetry.decision_log import DecisionLogWriter, batch_table
+from telemetry.decision_log import DecisionLogWriter
 from telemetry.metrics import ShadowMetrics
 from telemetry.parity import agreement
 
@@ -39,10 +48,84 @@ class ShadowJob(NamedTuple):
     unit_type: str
     experiment_id: str | None
     primary: ModelRef
-    primary_prediction: float
+    primary_prediction: float | None  # the primary's score; None when not one number
     shadow: ModelRef
-    features: Mapping[str, float]  # as the client sent them (logged)
-    model_features: Mapping[str, float]  # after the online transforms (scored)
+    features: Mapping[str, Any]  # as the client sent them (logged)
+    model_features: Mapping[str, Any]  # after the online transforms (what is scored)
+    unit_source: str | None = None
+
+
+_NUMBER_TYPES = (int, float, np.integer, np.floating)
+_BOOL_TYPES = (bool, np.bool_)
+
+
+def numeric_matrix(scorer: Scorer, jobs: list[ShadowJob]) -> npt.NDArray[np.float64] | None:
+    """The jobs' features as one float matrix in the scorer's ``feature_names``
+    order, when the scorer is scored that way and every row holds each of
+    those names as a number; None otherwise (a bool is not a number here: a
+    matrix would turn it into 0 or 1 without a word).
+
+    Only an ``inline`` scorer (a folded linear model) is: its ``predict_rows``
+    is a Python loop per row, its ``predict_batch`` one matrix product. Other
+    scorers may offer ``predict_batch`` too, but as replay's score-only path
+    (refusing, say, a multi-class classifier); they build one DataFrame
+    either way, so ``predict_rows`` costs them nothing more and answers in
+    full.
+    """
+    names: tuple[str, ...] | None = getattr(scorer, "feature_names", None)
+    if (names is None or not scorer.inline
+            or not callable(getattr(scorer, "predict_batch", None))):
+        return None
+    try:
+        flat = [job.model_features[f] for job in jobs for f in names]
+    except KeyError:
+        return None
+    # One C-level pass for the types present, then a check per distinct type.
+    if not all(issubclass(t, _NUMBER_TYPES) and not issubclass(t, _BOOL_TYPES)
+               for t in set(map(type, flat))):
+        return None
+    return np.asarray(flat, dtype=np.float64).reshape(len(jobs), len(names))
+
+
+def binary_answers(scorer: Scorer, scores: npt.NDArray[np.float64]
+                   ) -> list[Prediction | None] | None:
+    """A logistic scorer's whole answers from its scores (P of its second class),
+    as its ``predict_rows`` gives them: label and class probabilities with the
+    score. None for a linear one, whose score is its whole answer."""
+    classes = getattr(scorer, "classes", ())
+    if not getattr(scorer, "logistic", False) or len(classes) != 2:
+        return None
+    return list(class_rows(np.column_stack([1.0 - scores, scores]), classes))
+
+
+def score_rows(scorer: Scorer, rows: list[Mapping[str, Any]]
+               ) -> tuple[list[Prediction | None], list[str | None]]:
+    """Each row's prediction, or its error: a row the scorer's signature rejects
+    (``check_row``) is not scored; the others are scored in one ``predict_rows``."""
+    n = len(rows)
+    predictions: list[Prediction | None] = [None] * n
+    errors: list[str | None] = [None] * n
+    checked: list[dict[str, Any]] = []
+    kept: list[int] = []
+    for i, row in enumerate(rows):
+        try:
+            checked.append(scorer.check_row(row))
+            kept.append(i)
+        except Exception as exc:  # InputMismatch, or a check that broke on this row
+            errors[i] = f"{type(exc).__name__}: {exc}"
+    if not checked:
+        return predictions, errors
+    try:
+        scored = scorer.predict_rows(checked).rows
+        if len(scored) != len(checked):
+            raise ValueError(f"predict_rows answered {len(scored)} rows for {len(checked)}")
+    except Exception as exc:
+        for i in kept:
+            errors[i] = f"{type(exc).__name__}: {exc}"
+        return predictions, errors
+    for i, prediction in zip(kept, scored, strict=True):
+        predictions[i] = prediction
+    return predictions, errors
 
 
 class ParityTracker:
@@ -71,9 +154,10 @@ class ShadowRunner:
     per job) cost the primary a quarter of its throughput in GIL hand-offs. So
     the request path appends to a deque (no lock, no wake-up) and the drain
     thread wakes every ``drain_interval_s``, takes everything pending and scores
-    it with one ``predict_batch`` per shadow version. A drain has a fixed cost
-    (building the log batch, metrics) of about half a millisecond: every 20 ms
-    that was 25 µs a mirrored request, every 250 ms it is a few µs.
+    it with one ``predict_batch`` (numeric versions) or one ``predict_rows``
+    (any other) per shadow version. A drain has a fixed cost (building the log
+    batch, metrics) of about half a millisecond: every 20 ms that was 25 µs a
+    mirrored request, every 250 ms it is a few µs.
     """
 
     def __init__(
@@ -148,26 +232,39 @@ class ShadowRunner:
         return len(batch)
 
     def _run(self, name: str, version: str, jobs: list[ShadowJob]) -> None:
-        # Everything here is columnar: one matrix, one predict_batch, one table
-        # for the decision log. Per-row Python work in this thread holds the GIL
-        # against the request path, so it is kept to a few list builds.
+        # Everything here is columnar: one matrix or one list of checked rows, one
+        # predict call, one column batch for the decision log (turned into a table
+        # by the log's own thread). Per-row Python work in this thread holds the
+        # GIL against the request path, so it is kept to a few list builds.
         started = time.perf_counter()
         n = len(jobs)
-        predictions: np.ndarray | None = None
-        error: str | None = None
+        scores: npt.NDArray[np.float64] | None = None  # NaN: no score for that row
+        outputs: list[Prediction | None] | None = None
+        errors: list[str | None] | str | None = None
         scorer = self.scorers.lookup(name, version)
         try:
             if scorer is None:
                 raise LookupError(f"shadow version {name}/{version} is not loaded")
-            names = scorer.feature_names
-            matrix = np.asarray([[job.model_features[f] for f in names] for job in jobs],
-                                dtype=np.float64)
-            predictions = np.asarray(scorer.predict_batch(matrix), dtype=np.float64)
+            matrix = numeric_matrix(scorer, jobs)
+            if matrix is not None:
+                numeric = cast(NumericScorer, scorer)  # numeric_matrix checked it
+                scores = np.asarray(numeric.predict_batch(matrix), dtype=np.float64).reshape(n)
+                outputs = binary_answers(scorer, scores)
+            else:
+                outputs, errors = score_rows(scorer, [job.model_features for job in jobs])
+                scores = np.fromiter((np.nan if p is None or p.score is None else p.score
+                                      for p in outputs), np.float64, n)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            scores, outputs, errors = None, None, f"{type(exc).__name__}: {exc}"
         per_row_s = (time.perf_counter() - started) / n
+        status: list[str] | str
+        if isinstance(errors, list):
+            status = ["ok" if e is None else "error" for e in errors]
+            failed = status.count("error")
+        else:
+            status, failed = ("ok", 0) if errors is None else ("error", n)
         if self.decision_log is not None:
-            self.decision_log.append_table(batch_table(n, {
+            self.decision_log.append_columns(n, {
                 "request_id": [job.request_id for job in jobs],
                 "unit_id": [job.unit_id for job in jobs],
                 "unit_type": [job.unit_type for job in jobs],
@@ -175,23 +272,30 @@ class ShadowRunner:
                 "arm": "shadow", "model_name": name, "model_version": version,
                 "role": "shadow", "timestamp": time.time(),
                 "features": [job.features for job in jobs],
-                "prediction": predictions, "latency_ms": per_row_s * 1000.0,
-                "status": "ok" if error is None else "error", "error": error,
-            }))
-        if predictions is None:
-            self.metrics.observe_batch(name, version, 0, n, per_row_s)
+                # NaN (no score for that row) is written as null
+                "prediction": (None if scores is None
+                               else pa.array(scores, type=pa.float64(), from_pandas=True)),
+                "output": outputs,
+                "latency_ms": per_row_s * 1000.0,
+                "status": status, "error": errors,
+                "unit_source": [job.unit_source for job in jobs],
+            })
+        self.metrics.observe_batch(name, version, n - failed, failed, per_row_s)
+        if scores is None:
             return
-        self.metrics.observe_batch(name, version, n, 0, per_row_s)
-        primary = np.fromiter((job.primary_prediction for job in jobs), np.float64, n)
-        primaries = {(job.primary.name, job.primary.version) for job in jobs}
+        primary = np.fromiter((np.nan if job.primary_prediction is None
+                               else job.primary_prediction for job in jobs), np.float64, n)
+        paired = ~(np.isnan(primary) | np.isnan(scores))
+        if not paired.any():
+            return
+        keys = [(job.primary.name, job.primary.version) for job in jobs]
+        primaries = set(keys)
         for primary_name, primary_version in primaries:
-            key = (primary_name, primary_version, version)
-            if len(primaries) == 1:
-                self.parity.add_many(key, primary, predictions)
-                continue
-            rows = np.fromiter(((job.primary.name, job.primary.version)
-                                == (primary_name, primary_version) for job in jobs), bool, n)
-            self.parity.add_many(key, primary[rows], predictions[rows])
+            rows = paired if len(primaries) == 1 else paired & np.fromiter(
+                (k == (primary_name, primary_version) for k in keys), bool, n)
+            if rows.any():
+                self.parity.add_many((primary_name, primary_version, version),
+                                     primary[rows], scores[rows])
 
     def publish_parity(self) -> None:
         """Set the agreement gauges from the recent pairs."""

@@ -29,10 +29,19 @@ from serving.kernel.ids import Frozen as _Frozen
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 class ModelSpec(_Frozen):
-    """A registered MLflow model and the versions (numbers or aliases) to serve."""
+    """A registered MLflow model, the versions (numbers or aliases) to serve, and
+    what its versions answer.
+
+    ``output``: ``auto`` answers a scikit-learn classifier's class
+    probabilities (``predict_proba``) and every other model's ``predict``;
+    ``predict`` and ``predict_proba`` pick one; any other name calls that
+    method of the model (``predict_log_proba``, ``decision_function``, a
+    custom pyfunc model's own method), checked when a version loads.
+    """
 
     name: str = Field(min_length=1, max_length=256)
     versions: tuple[str, ...] = Field(min_length=1)
+    output: str = Field(default="auto", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
     @field_validator("versions")
     @classmethod
@@ -206,6 +215,26 @@ class TelemetryConfig(_Frozen):
     tracing: Literal["auto", "off"] = "auto"
 
 
+class RequestConfig(_Frozen):
+    """How scoring requests name their unit, and how model work is bounded.
+
+    The unit id is read from the body (``/v1/predict``'s ``unit_id``), else
+    the ``unit_header`` header, else the ``unit_param`` parameter (query
+    string, MLflow's ``params``, V2's ``parameters``). A request with none is
+    refused, unless ``missing_unit`` is ``hash_request_id``: then it is
+    assigned by its request id and logged with unit source ``request_id``.
+    """
+
+    unit_header: str = Field(default="X-Rampart-Unit", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    unit_param: str = Field(default="unit_id", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    missing_unit: Literal["refuse", "hash_request_id"] = "refuse"
+    # Versions that are not folded into the inline fast path are scored on
+    # this many threads per replica, so a slow model never holds the event loop.
+    worker_threads: int = Field(default=4, ge=1, le=256)
+    # Rows waiting for a worker beyond this are refused with 503 (overloaded).
+    max_pending_rows: int = Field(default=4096, ge=1, le=1_000_000)
+
+
 class ServerConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -230,6 +259,7 @@ class RampartConfig(_Frozen):
     outcomes_log: OutcomesLogConfig = OutcomesLogConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     server: ServerConfig = ServerConfig()
+    requests: RequestConfig = RequestConfig()
 
     @model_validator(mode="after")
     def _references(self) -> RampartConfig:
@@ -252,6 +282,10 @@ class RampartConfig(_Frozen):
         if duplicates:
             raise ValueError(f"duplicate experiment ids: {duplicates}")
         return self
+
+    def model_outputs(self) -> dict[str, str]:
+        """Each served model's ``output`` choice, by model name."""
+        return {m.name: m.output for m in self.models}
 
     def resolved_preregistration_dir(self) -> Path:
         """Where experiments' analysis plans are recorded (see ``rampart analyze``)."""

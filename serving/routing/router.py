@@ -24,6 +24,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from serving.kernel.config import FeatureTransform, RampartConfig, TargetingRule
+from serving.kernel.errors import ValidationFailed
 from serving.kernel.ids import ContextValue
 from serving.routing.assignment import (
     HASH_VERSION,
@@ -122,14 +123,22 @@ class RoutingTable:
                 return split
         return None
 
-    def transform(self, features: Mapping[str, float]) -> Mapping[str, float]:
-        """The features the models see: the online transforms applied in order."""
+    def transform(self, features: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The features the models see: the online transforms applied in order.
+
+        A transform applies to numbers only; any other value of a transformed
+        feature is refused (ValidationFailed naming it), never coerced."""
         if not self.feature_transforms:
             return features
         out = dict(features)
         for t in self.feature_transforms:
             if t.feature in out:
-                out[t.feature] = t.apply(out[t.feature])
+                value = out[t.feature]
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValidationFailed(
+                        f"{t.feature}: the online transform {t.op!r} needs a number, "
+                        f"got {value!r}")
+                out[t.feature] = t.apply(value)
         return out
 
     def model_refs(self) -> tuple[ModelRef, ...]:

@@ -32,6 +32,8 @@ def _config_data(mlflow_store: dict[str, Any], tmp: Path) -> dict[str, Any]:
     data["outcomes_log"] = {"path": str(tmp / "outcomes")}
     data["telemetry"] = {"metrics_dir": str(tmp / "metrics")}
     data["server"] = {"host": "127.0.0.1", "port": free_port(), "num_replicas": 1}
+    # This experiment alone, so it takes every unit (web users included).
+    data["experiments"] = [e for e in data["experiments"] if e["id"] == EXPERIMENT]
     experiment = data["experiments"][0]
     experiment["arms"][0]["weight_bp"] = 5000
     experiment["arms"][1]["weight_bp"] = 5000

@@ -106,8 +106,9 @@ def test_bad_cli_input_gets_one_clear_message(
 
 def test_config_mistakes_are_listed_by_the_cli(tmp_path: Path, config_file: Path) -> None:
     data = yaml.safe_load(config_file.read_text())
-    data["experiments"][0]["arms"][1]["weight_bp"] = 2000
-    data["experiments"][0]["salt"] = "no spaces allowed"
+    main = next(e for e in data["experiments"] if e["id"] == "demo-champion-vs-challenger")
+    main["arms"][1]["weight_bp"] = 2000
+    main["salt"] = "no spaces allowed"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
     result = run("assign", "--config", str(bad), "--unit-id", "u")

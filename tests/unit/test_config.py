@@ -13,30 +13,39 @@ from serving.kernel.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 
+MAIN_EXPERIMENT = "demo-champion-vs-challenger"
+
+
 def _base() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((ROOT / "deploy" / "rampart.yaml").read_text())
     return data
 
 
+def _main(data: dict[str, Any]) -> dict[str, Any]:
+    """The untargeted champion/challenger experiment (a targeted one comes first)."""
+    return next(e for e in data["experiments"] if e["id"] == MAIN_EXPERIMENT)
+
+
 def test_embedded_default_config_is_valid() -> None:
     config = load_config(ROOT / "deploy" / "rampart.yaml")
-    assert config.experiments[0].arms[0].weight_bp == 9000
+    main = next(e for e in config.experiments if e.id == MAIN_EXPERIMENT)
+    assert main.arms[0].weight_bp == 9000
     assert config.resolved_tracking_uri().startswith("sqlite:///")
 
 
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d["experiments"][0]["arms"][1].update(version="7"), "unknown model version"),
-        (lambda d: d["experiments"][0]["arms"][1].update(weight_bp=500), "sum to 9500"),
-        (lambda d: d["experiments"].append(d["experiments"][0]), "duplicate experiment ids"),
-        (lambda d: d["experiments"][0].update(salt="bad salt!"), "salt must be"),
-        (lambda d: d["experiments"][0].update(unit="email"), "user_id"),
+        (lambda d: _main(d)["arms"][1].update(version="7"), "unknown model version"),
+        (lambda d: _main(d)["arms"][1].update(weight_bp=500), "sum to 9500"),
+        (lambda d: d["experiments"].append(_main(d)), "duplicate experiment ids"),
+        (lambda d: _main(d).update(salt="bad salt!"), "salt must be"),
+        (lambda d: _main(d).update(unit="email"), "user_id"),
         (lambda d: d["default"].update(model="nope"), "unknown model version nope/champion"),
-        (lambda d: d["experiments"][0]["arms"][1].update(name="control"), "distinct"),
+        (lambda d: _main(d)["arms"][1].update(name="control"), "distinct"),
         (lambda d: d.update(colour="blue"), "colour"),
         (
-            lambda d: d["experiments"][0].update(
+            lambda d: _main(d).update(
                 targeting=[{"attribute": "age", "op": "gte", "value": "x"}]
             ),
             "numeric",

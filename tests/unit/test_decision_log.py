@@ -1,8 +1,15 @@
 from __future__ import annotations
 
+import datetime as dt
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import orjson
+import pytest
+
+from models.outputs import Prediction
 from telemetry.decision_log import (
     DECISION_SCHEMA,
     DecisionLogWriter,
@@ -64,8 +71,6 @@ def test_empty_directory_reads_as_empty_table(tmp_path: Path) -> None:
 def test_columnar_batches_and_records_share_partitions(tmp_path: Path) -> None:
     """A shadow batch arrives as whole columns; it lands in the same date and
     experiment partitions as row records, with every column intact."""
-    import numpy as np
-
     from telemetry.decision_log import batch_table
 
     writer = DecisionLogWriter(tmp_path, "w4", batch_rows=1000, flush_interval_s=3600)
@@ -110,3 +115,138 @@ def test_feature_maps_fast_and_general_paths_agree() -> None:
     assert fast.to_pylist() == general.to_pylist()[:5] and general.to_pylist()[5] is None
     reordered = (*uniform, {"f1": 1.0, "f0": 2.0})
     assert _feature_maps(reordered, map_type).to_pylist()[5] == [("f1", 1.0), ("f0", 2.0)]
+
+
+def _typed(request_id: str, features: dict[str, Any] | None, output: Prediction | None,
+           unit_source: str | None = "body") -> DecisionRecord:
+    return DecisionRecord(
+        request_id, "u1", "user_id", "exp", None, "control", "clf", "1", "primary",
+        time.time(), features, None if output is None else output.score, 1.0,
+        "ok" if output is not None else "error", None if output is not None else "boom",
+        None, output, unit_source)
+
+
+def test_typed_rows_round_trip_with_their_inputs_output_and_unit_source(
+        tmp_path: Path) -> None:
+    """``features`` keeps the numbers; ``inputs`` the whole row as sent, when it
+    holds anything but floats; ``output`` the answer beyond its score."""
+    writer = DecisionLogWriter(tmp_path, "w5", batch_rows=1000, flush_interval_s=3600)
+    sent = {"age": 41, "income": 52_000.5, "country": "FR", "member": True, "coupon": None,
+            "history": [[1.0, 2.0], [3.0, 4.0]]}
+    multi = Prediction([0.2, 0.5, 0.3], None, "b", {"a": 0.2, "b": 0.5, "c": 0.3})
+    binary = Prediction(0.75, 0.75, 1, {"0": 0.25, "1": 0.75})
+    writer.append(_typed("typed", sent, multi, "header"))
+    writer.append(_typed("floats", {"f0": 1.5, "f1": -2.0}, Prediction(3.25, 3.25), "param"))
+    writer.append(_typed("binary", {"f0": 1.5, "f1": -2.0}, binary, "request_id"))
+    writer.append(_typed("failed", {"f0": "x"}, None, None))
+    writer.append(_typed("unparsed", None, None, None))
+    writer.close()
+    table = read_decisions(tmp_path)
+    assert table.schema == DECISION_SCHEMA
+    rows = {r["request_id"]: r for r in table.to_pylist()}
+
+    typed = rows["typed"]
+    assert typed["features"] == [("age", 41.0), ("income", 52_000.5)]  # numbers, not bool
+    assert orjson.loads(typed["inputs"]) == sent  # the row exactly as sent, types kept
+    assert typed["prediction"] is None  # a multi-class answer is not one number
+    assert orjson.loads(typed["output"]) == {
+        "value": [0.2, 0.5, 0.3], "label": "b", "probabilities": {"a": 0.2, "b": 0.5, "c": 0.3}}
+    assert typed["unit_source"] == "header"
+
+    floats = rows["floats"]  # the fast path: no JSON at all
+    assert floats["features"] == [("f0", 1.5), ("f1", -2.0)]
+    assert floats["inputs"] is None and floats["output"] is None
+    assert floats["prediction"] == 3.25 and floats["unit_source"] == "param"
+
+    assert rows["binary"]["prediction"] == 0.75
+    assert orjson.loads(rows["binary"]["output"]) == {
+        "value": 0.75, "label": 1, "probabilities": {"0": 0.25, "1": 0.75}}
+    assert rows["failed"]["features"] == [] and orjson.loads(rows["failed"]["inputs"]) == {
+        "f0": "x"}
+    assert rows["failed"]["output"] is None and rows["failed"]["status"] == "error"
+    assert rows["unparsed"]["features"] is None and rows["unparsed"]["inputs"] is None
+
+
+def test_an_int_keeps_its_type_in_inputs() -> None:
+    """A replay through a signature with an integer column needs the int back, so
+    a row with one is not on the all-float fast path."""
+    from telemetry.decision_log import _feature_columns
+
+    map_type = DECISION_SCHEMA.field("features").type
+    rows = ({"f0": 1.0, "n": 3}, {"f0": 2.0, "n": 4.0}, {"f0": np.float64(0.5), "n": 1.0})
+    features, inputs = _feature_columns(rows, map_type)
+    assert features.to_pylist() == [[("f0", 1.0), ("n", 3.0)], [("f0", 2.0), ("n", 4.0)],
+                                    [("f0", 0.5), ("n", 1.0)]]
+    assert [None if v is None else orjson.loads(v) for v in inputs.to_pylist()] == [
+        {"f0": 1.0, "n": 3}, None, None]
+
+
+def test_appending_encodes_no_json_the_flush_does(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import telemetry.decision_log as decision_log
+
+    encoded: list[Any] = []
+    real = decision_log.to_json
+
+    def counting(value: Any) -> str:
+        encoded.append(value)
+        return real(value)
+
+    monkeypatch.setattr(decision_log, "to_json", counting)
+    writer = DecisionLogWriter(tmp_path, "w6", batch_rows=1000, flush_interval_s=3600)
+    writer.append(_typed("a", {"country": "FR"}, Prediction([0.1, 0.9])))
+    writer.append_columns(2, {
+        "request_id": ["s1", "s2"], "role": "shadow", "timestamp": time.time(),
+        "status": "ok", "features": [{"country": "DE"}, {"f0": 1.0}],
+        "output": [Prediction("cat"), None], "unit_source": ["body", "body"]})
+    assert encoded == [] and writer.pending == 3
+    writer.close()
+    assert len(encoded) == 4  # two rows' inputs, two outputs
+    rows = {r["request_id"]: r for r in read_decisions(tmp_path).to_pylist()}
+    assert orjson.loads(rows["s1"]["inputs"]) == {"country": "DE"}
+    assert orjson.loads(rows["s1"]["output"]) == {"value": "cat", "label": None,
+                                                   "probabilities": None}
+    assert rows["s2"]["inputs"] is None and rows["s2"]["output"] is None
+    assert rows["s1"]["role"] == "shadow" and rows["s1"]["unit_source"] == "body"
+
+
+def test_odd_values_are_written_as_json_rather_than_lose_the_batch(tmp_path: Path) -> None:
+    writer = DecisionLogWriter(tmp_path, "w7", batch_rows=1000, flush_interval_s=3600)
+    odd = {"n": np.int64(3), "v": np.array([1.5, 2.5]), "t": (1, 2), "when": dt.date(2024, 1, 2)}
+    writer.append(_typed("odd", odd, Prediction(np.float32(0.5), 0.5, np.str_("x"))))
+    writer.close()
+    assert writer.write_errors == 0
+    row = read_decisions(tmp_path).to_pylist()[0]
+    assert orjson.loads(row["inputs"]) == {"n": 3, "v": [1.5, 2.5], "t": [1, 2],
+                                           "when": "2024-01-02"}
+    assert orjson.loads(row["output"])["label"] == "x"
+
+
+@pytest.mark.parametrize("as_directory", [True, False])
+def test_files_written_before_the_typed_columns_still_read(tmp_path: Path,
+                                                           as_directory: bool) -> None:
+    """Older files lack ``inputs``, ``output`` and ``unit_source``: they read as null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from telemetry.decision_log import records_to_table
+
+    old_schema = pa.schema([f for f in DECISION_SCHEMA
+                            if f.name not in ("inputs", "output", "unit_source")])
+    old = records_to_table([_record(1), _record(2)]).select(old_schema.names)
+    assert old.schema == old_schema
+    directory = tmp_path / "date=2024-01-01" / "experiment=exp"
+    directory.mkdir(parents=True)
+    pq.write_table(old, directory / "part-old.parquet")
+    writer = DecisionLogWriter(tmp_path, "w8", batch_rows=1000, flush_interval_s=3600)
+    writer.append(_typed("new", {"country": "FR"}, Prediction(["x"]), "header"))
+    writer.close()
+    table = read_decisions(tmp_path if as_directory else directory / "part-old.parquet")
+    assert table.schema == DECISION_SCHEMA
+    rows = {r["request_id"]: r for r in table.to_pylist()}
+    for request_id in ("r1", "r2"):
+        assert rows[request_id]["features"] == [("f0", float(request_id[1:]))]
+        assert rows[request_id]["inputs"] is None and rows[request_id]["output"] is None
+        assert rows[request_id]["unit_source"] is None
+    if as_directory:
+        assert rows["new"]["unit_source"] == "header"

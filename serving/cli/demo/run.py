@@ -127,7 +127,10 @@ def _serving_phase(console: Console, gateway: Any, requests: int, concurrency: i
         split = ", ".join(
             f"{a['name']}={a['weight_bp'] / 100:g}% (v{a['model_version']})" for a in exp["arms"]
         )
-        console.print(f"Experiment [bold]{exp['id']}[/] by {exp['unit']}: {split}")
+        who = " and ".join(
+            f"{r['attribute']} {r['op']} {r['value'] if 'value' in r else list(r['values'])}"
+            for r in exp["targeting"]) or "everyone else"
+        console.print(f"Experiment [bold]{exp['id']}[/] by {exp['unit']} ({who}): {split}")
     population = Population(size=2_000)
     with Progress(
         "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
@@ -141,12 +144,14 @@ def _serving_phase(console: Console, gateway: Any, requests: int, concurrency: i
         )
     table = Table(title=f"Per model version ({result.elapsed_s:.1f} s, "
                   f"{len(result.status_codes) / result.elapsed_s:.0f} req/s client-side)")
-    for column in ("model", "version", "arm", "requests", "errors", "p50 ms", "p99 ms", "share"):
-        table.add_column(column, justify="right" if column not in ("model", "arm") else "left")
+    text_columns = ("model", "experiment", "arm")
+    for column in ("model", "version", "experiment", "arm", "requests", "errors", "p50 ms",
+                   "p99 ms", "share"):
+        table.add_column(column, justify="left" if column in text_columns else "right")
     for row in summarize(result):
         table.add_row(
-            row.model_name, row.model_version, row.arm, str(row.requests), str(row.errors),
-            f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}", f"{row.share:.1%}",
+            row.model_name, row.model_version, row.experiment, row.arm, str(row.requests),
+            str(row.errors), f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}", f"{row.share:.1%}",
         )
     console.print(table)
     return result.ok
@@ -213,10 +218,12 @@ def _starting_now(experiments: Any) -> tuple[Any, ...]:
 
 
 def _analysis_phase(console: Console, config: Any, run_dir: Path, reports: Path) -> bool:
-    """Simulate outcomes with a known effect for the units this run exposed,
-    import them like a user would, analyse, and check the estimate covers the truth."""
+    """Simulate outcomes with a known effect for the units this run exposed, in
+    every experiment with an analysis plan, import them like a user would,
+    analyse, and check the main experiment's estimate covers the truth."""
     import datetime as dt
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from rollout.experiments.data import load_exposures
@@ -225,22 +232,36 @@ def _analysis_phase(console: Console, config: Any, run_dir: Path, reports: Path)
     from serving.cli.demo.simulated_outcomes import TrueEffects, simulate_outcomes
     from telemetry.outcomes_log import import_outcomes
 
-    experiment = next((e for e in config.experiments if e.analysis is not None), None)
-    if experiment is None:
+    planned = [e for e in config.experiments if e.analysis is not None]
+    if not planned:
         return True
+    # The untargeted experiment takes every unit the targeted ones leave: the
+    # one with the units to show the analysis on.
+    experiment = next((e for e in planned if not e.targeting), planned[0])
+    others = [e for e in planned if e is not experiment]
     console.rule(f"[bold]Analysis: {experiment.id}")
     now = dt.datetime.now(dt.UTC)
-    exposures, units = load_exposures(run_dir / "decisions", experiment, now)
-    now += dt.timedelta(seconds=1)  # the last exposures' events
     truth = TrueEffects()
     simulated = run_dir / "simulated-outcomes.parquet"
     # Events follow exposure within a second, so that all of them are known now.
-    pq.write_table(simulate_outcomes(units, exposures.arm > 0, exposures.exposed_at, truth,
-                                     seed=2026, experiment_id=experiment.id, delay_s=1.0),
-                   simulated)
+    # Each experiment's units are its own (the first matching experiment takes a
+    # unit), so each gets its own draw.
+    tables = []
+    for seed, exp in enumerate([experiment, *others], start=2026):
+        exposures, units = load_exposures(run_dir / "decisions", exp, now)
+        if len(units):
+            tables.append(simulate_outcomes(units, exposures.arm > 0, exposures.exposed_at,
+                                            truth, seed=seed, experiment_id=exp.id,
+                                            delay_s=1.0))
+    now += dt.timedelta(seconds=1)  # the last exposures' events
+    if not tables:
+        console.print("[red]no exposed units in the decision log to analyse[/]")
+        return False
+    pq.write_table(pa.concat_tables(tables), simulated)
     imported = import_outcomes(simulated, run_dir / "outcomes")
     console.print(f"Simulated outcomes (true effects: conversion +{truth.conversion_lift:g}, "
-                  f"revenue +{truth.revenue_lift:g} a unit) imported: {imported.rows} events")
+                  f"revenue +{truth.revenue_lift:g} a unit, in every treatment arm) "
+                  f"imported: {imported.rows} events")
     # The rollouts above moved the versions the arms serve (v2's promotion makes
     # champion and challenger both v2): the comparison the experiment was set up
     # for is its first period, before any of that.
@@ -262,7 +283,28 @@ def _analysis_phase(console: Console, config: Any, run_dir: Path, reports: Path)
                   + ("covers" if covered else "does not cover")
                   + f" the true effect {truth.conversion_lift:g}"
                   + ("." if covered else " (a 95% interval misses in one run in twenty)."))
+    for other in others:
+        _print_brief_analysis(console, config, other.id, now)
     return True
+
+
+def _print_brief_analysis(console: Console, config: Any, experiment_id: str,
+                          as_of: Any) -> None:
+    """One line for a smaller experiment: its units and primary effect in period 1."""
+    from serving.cli.analyze import run_analysis
+    from serving.cli.common import CliError
+
+    try:
+        report = run_analysis(config, experiment_id, as_of=as_of, period=1)
+    except CliError as exc:  # e.g. no unit of it in this run's traffic
+        console.print(f"Experiment {experiment_id}: not analysed ({exc})")
+        return
+    primary = report.primary()[0]
+    low, high = primary.ci_low, primary.ci_high
+    interval = f"[{low:.4f}, {high:.4f}]" if low is not None and high is not None else "[n/a]"
+    console.print(f"Experiment {experiment_id}, period 1: {report.units:,} units in "
+                  f"{list(report.arms)}; {primary.metric} effect of {primary.arm} "
+                  f"{interval}, decision: {report.decision.outcome}")
 
 
 def _print_timeline(console: Console, result: ScenarioResult) -> None:

@@ -133,6 +133,7 @@ def drive_traffic(
 class VersionRow:
     model_name: str
     model_version: str
+    experiment: str  # "-" for the default route
     arm: str
     requests: int
     errors: int
@@ -142,24 +143,28 @@ class VersionRow:
 
 
 def summarize(result: ClientResult) -> list[VersionRow]:
-    """Per model version: requests, errors, client-side p50/p99, share of traffic."""
-    groups: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    """Per model version, experiment and arm: requests, errors, client-side
+    p50/p99, share of traffic. Two experiments may serve one version under the
+    same arm name (each its ``control``), so the experiment is part of the key."""
+    groups: dict[tuple[str, str, str, str], list[tuple[int, float]]] = {}
     for code, body, latency in zip(
         result.status_codes, result.bodies, result.latencies_s, strict=True
     ):
         key = (
             str(body.get("model_name", "-")),
             str(body.get("model_version", "-")),
+            str(body.get("experiment_id") or "-"),
             str(body.get("arm", "-")),
         )
         groups.setdefault(key, []).append((code, latency))
     total = max(1, len(result.status_codes))
     rows = []
-    for (name, version, arm), items in sorted(groups.items()):
+    for (name, version, experiment, arm), items in sorted(groups.items()):
         lat_ms = np.array([lat for _, lat in items]) * 1000.0
         rows.append(
             VersionRow(
-                name, version, arm, len(items), sum(1 for c, _ in items if c != 200),
+                name, version, experiment, arm, len(items),
+                sum(1 for c, _ in items if c != 200),
                 float(np.percentile(lat_ms, 50)), float(np.percentile(lat_ms, 99)),
                 len(items) / total,
             )

@@ -62,6 +62,7 @@ class ScoringRequest:
     echo_id: str | None = None  # V2's request "id"
     requested_outputs: tuple[str, ...] = ()  # V2's "outputs" names, if any
     columns_order: tuple[str, ...] = ()  # MLflow/V2 column order as sent
+    request_id: str | None = None  # the request's own id (a batch's rows get "<id>-<i>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +86,12 @@ class ScoredRequest:
     request: ScoringRequest
     rows: tuple[RowResult, ...]
     batches: dict[tuple[str, str], ScoredBatch] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Formatted:
+    """A protocol's HTTP answer: status, JSON body and any extra headers."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
