@@ -18,9 +18,9 @@ def test_seed_is_idempotent(mlflow_store: dict[str, Any]) -> None:
     again = seed_demo_models(str(mlflow_store["uri"]), Path(mlflow_store["root"]) / "artifacts")
     assert again.created is False
     assert again.versions == mlflow_store["seed"].versions == {
-        "candidate": "3", "challenger": "2", "champion": "1"}
+        "candidate": "3", "challenger": "2", "champion": "1", "tree": "4"}
     client = mlflow.MlflowClient(str(mlflow_store["uri"]))
-    assert len(client.search_model_versions(f"name='{DEMO_MODEL_NAME}'")) == 3
+    assert len(client.search_model_versions(f"name='{DEMO_MODEL_NAME}'")) == 4
 
 
 def test_aliases_resolve_and_unknown_ones_are_named(mlflow_store: dict[str, Any]) -> None:
