@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint typecheck bench system-deps clean
+# `make install`: only the pinned .venv (the README's quickstart starts here).
+.PHONY: install demo test unit integration lint typecheck bench system-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,8 @@ system-deps:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager wrk chromium >/dev/null; \
 	fi
+
+install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/rampart demo
