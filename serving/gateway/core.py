@@ -89,6 +89,8 @@ from telemetry.outcomes_log import OutcomesLogWriter, outcome_records
 from telemetry.tracing import SPAN_NAME
 
 JSON = "application/json"
+# The V2 binary tensor extension's header: the JSON part's length, raw bytes after.
+BINARY_HEADER = "inference-header-content-length"
 REJECTED_LABELS = ("", "", "", "", "", "", "rejected")
 
 
@@ -164,7 +166,7 @@ class GatewayCore:
         self.drift_monitor = drift_monitor
         self.outcomes_log = outcomes_log
         self._table = table
-        self._served_names = frozenset(r.name for r in table.model_refs())
+        self._served_names = routed_names(table)
         self.shadow_runner = shadow_runner
         # Shared with the shadow runner; the request path reads the dicts directly.
         self.loaded = scorers if isinstance(scorers, LoadedScorers) else LoadedScorers(scorers)
@@ -212,7 +214,7 @@ class GatewayCore:
             raise ValueError(f"routing table needs versions not loaded here: {missing}")
         if table.version <= self._table.version:
             return
-        self._served_names = frozenset(r.name for r in table.model_refs())
+        self._served_names = routed_names(table)
         self._table = table
 
     def apply_snapshot(self, snapshot: RoutingSnapshot, load: Callable[[str, str], Scorer]
@@ -301,6 +303,11 @@ class GatewayCore:
             model_rows[i] = model_row
             groups.setdefault(key, []).append((i, checked))
 
+        if request.protocol != "v1" and any(e is not None for e in errors):
+            # MLflow's and V2's answers have no place for a row's error: a request
+            # with any row refused is refused whole, and none of its rows is scored.
+            return self._refused(request, request_ids, decisions, errors, started)
+
         predictions: list[Prediction | None] = [None] * n
         failures: list[str | None] = [None] * n
         batches: dict[ModelKey, ScoredBatch] = {}
@@ -340,6 +347,19 @@ class GatewayCore:
                 request_ids[i], decision.model.name, decision.model.version,
                 decision.experiment_id, decision.arm, prediction, error))
         return ScoredRequest(request, tuple(results), batches)
+
+    def _refused(self, request: ScoringRequest, request_ids: list[str],
+                 decisions: list[Decision], errors: list[RampartError | None],
+                 started: float) -> ScoredRequest:
+        """Every row of ``request`` unscored and unlogged, counted as rejected."""
+        latency_s = time.perf_counter() - started
+        results = []
+        for i, decision in enumerate(decisions):
+            self.metrics.observe(REJECTED_LABELS, latency_s)
+            results.append(RowResult(
+                request_ids[i], decision.model.name, decision.model.version,
+                decision.experiment_id, decision.arm, None, errors[i]))
+        return ScoredRequest(request, tuple(results))
 
     async def _predict(self, key: ModelKey, rows: list[dict[str, Any]],
                        params: Mapping[str, Any] | None) -> ScoredBatch:
@@ -492,6 +512,13 @@ def require_json(request: Request) -> None:
         raise UnsupportedMediaType(f"Content-Type must be {JSON} (got {shown})")
 
 
+def routed_names(table: RoutingTable) -> frozenset[str]:
+    """Names of the models requests can be answered by: a model whose versions
+    only shadow traffic answers nobody, so a path naming it is a 404."""
+    mirrored_only = {s.model for s in table.shadows}
+    return frozenset(r.name for r in table.model_refs() if r not in mirrored_only)
+
+
 def field_path(request: ScoringRequest, row: int, field: str) -> str:
     """Where a row's field is in the request as its protocol wrote it."""
     if request.protocol == "v1":
@@ -595,16 +622,28 @@ def build_app(
         """MLflow's scoring protocol for a model named in the path."""
         return await answer(mlflow_protocol, request, name)
 
+    async def v2_answer(request: Request, name: str) -> Response:
+        if BINARY_HEADER in request.headers:
+            # The binary tensor extension puts raw bytes after a JSON header; say
+            # so plainly rather than "not valid JSON" at the first raw byte.
+            error = UnsupportedMediaType(
+                "binary tensor data is not supported: send the data as JSON "
+                "(tritonclient: set_data_from_numpy(..., binary_data=False) and "
+                "InferRequestedOutput(..., binary_data=False))",
+                request.headers.get("x-request-id"))
+            return http(Outcome.of(v2_protocol.format_error(error)))
+        return await answer(v2_protocol, request, name)
+
     @app.post("/v2/models/{name}/infer", responses=scoring_errors)
     async def v2_infer(name: str, request: Request) -> Response:
         """Open Inference Protocol V2 inference (KServe, Triton clients)."""
-        return await answer(v2_protocol, request, name)
+        return await v2_answer(request, name)
 
     @app.post("/v2/models/{name}/versions/{version}/infer", responses=scoring_errors)
     async def v2_infer_version(name: str, version: str, request: Request) -> Response:
         """V2 with a version in the path: the version is chosen by routing, so the
         path's version is accepted and the answer names the version that served."""
-        return await answer(v2_protocol, request, name)
+        return await v2_answer(request, name)
 
     @app.get("/v2/health/live")
     async def v2_live() -> dict[str, Any]:

@@ -135,6 +135,10 @@ def decision_rows(rng: np.random.Generator, unit_ids: pa.Array, unit: np.ndarray
         "error": pa.nulls(n, pa.string()),
         "context": pa.MapArray.from_arrays(offsets, pa.repeat(pa.scalar("platform"), n),
                                            platform),
+        # The analysis reads none of these: null, as in logs written before they existed.
+        "inputs": pa.nulls(n, pa.string()),
+        "output": pa.nulls(n, pa.string()),
+        "unit_source": pa.nulls(n, pa.string()),
     }, schema=DECISION_SCHEMA)
 
 

@@ -1,4 +1,9 @@
-"""The four servers the serving benchmark compares, and their process handling.
+"""The servers the serving benchmark compares, and their process handling.
+
+Two model rows: the demo's champion (a logistic regression, which Rampart
+folds into its inline fast path) behind four servers, and its ``tree``
+version (a gradient-boosted ensemble, which Rampart scores in its worker
+pool) behind three, the ``tree_`` ones.
 
 Each server runs in its own session (``start_new_session=True``). Stopping one
 first asks its leader to stop (SIGTERM: Ray-based servers shut Serve and Ray
@@ -24,7 +29,9 @@ import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -32,7 +39,8 @@ MODEL_NAME = "rampart-demo-classifier"
 FEATURE_NAMES = tuple(f"f{i}" for i in range(8))
 # Must match the values in wrk_post.lua.
 FEATURE_VALUES = (0.5, -1.2, 0.3, 0.0, 1.1, -0.4, 0.8, 0.05)
-SERVER_NAMES = ("fastapi", "ray_serve_proxy", "mlflow_serve", "rampart")
+SERVER_NAMES = ("fastapi", "ray_serve_proxy", "mlflow_serve", "rampart",
+                "tree_fastapi", "tree_mlflow_serve", "tree_rampart")
 RAY_INGRESS_VARS = ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_ENABLE_HA_PROXY")
 HAPROXY_STATS_OFFSET, HAPROXY_METRICS_OFFSET = 10, 11  # 18011, 18012 by default
 
@@ -53,6 +61,13 @@ class PeerSpec:
     stop_grace_s: float = 15.0
     note: str = ""
     extra_ports: tuple[int, ...] = ()  # other listeners the server opens
+    # The demo alias of the version served (Rampart: its default, or control arm).
+    alias: str = "champion"
+    # What one answer holds: P(class 1) ("proba"), the class label pyfunc
+    # predicts ("label"), or Rampart's answer naming the version it routed to.
+    answers: Literal["proba", "label", "routed"] = "proba"
+    # Rampart with an experiment: the share of units its challenger must get.
+    challenger_share: tuple[float, float] | None = None
 
     @property
     def url(self) -> str:
@@ -70,15 +85,18 @@ class PeerSpec:
 
 
 def peer_specs(tracking_uri: str, work_dir: Path, port_base: int) -> dict[str, PeerSpec]:
-    """The four servers, on ports ``port_base .. port_base + 3``."""
+    """Every server, on ports ``port_base .. port_base + len(SERVER_NAMES) - 1``; writes
+    the tree row's Rampart config under ``work_dir``."""
     python = sys.executable
     mlflow_bin = str(Path(python).with_name("mlflow"))
     model_uri = f"models:/{MODEL_NAME}/1"
+    tree_uri = f"models:/{MODEL_NAME}@tree"
     base_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     base_env.update(MLFLOW_TRACKING_URI=tracking_uri, BENCH_MODEL_URI=model_uri,
                     PYTHONUNBUFFERED="1")
     # As with an activated venv: `mlflow models serve` runs `uvicorn` from PATH.
     base_env["PATH"] = os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")])
+    tree_env = dict(base_env, BENCH_MODEL_URI=tree_uri, BENCH_MODEL_VERSION="tree")
     default_proxy_env = {k: v for k, v in base_env.items() if k not in RAY_INGRESS_VARS}
     # Rampart's start_gateway calls ray.init() without an address: make sure that
     # starts a fresh local Ray instead of joining a cluster someone else started.
@@ -89,39 +107,78 @@ def peer_specs(tracking_uri: str, work_dir: Path, port_base: int) -> dict[str, P
         RAY_SERVE_HAPROXY_STATS_PORT=str(port_base + HAPROXY_STATS_OFFSET),
         RAY_SERVE_HAPROXY_METRICS_PORT=str(port_base + HAPROXY_METRICS_OFFSET),
     )
+    haproxy_ports = (port_base + HAPROXY_STATS_OFFSET, port_base + HAPROXY_METRICS_OFFSET)
     ports = {name: port_base + i for i, name in enumerate(SERVER_NAMES)}
-    return {
-        "fastapi": PeerSpec(
-            "fastapi", ports["fastapi"], "/v1/predict", "predict",
+    tree_config = write_tree_config(work_dir / "rampart-tree.yaml")
+
+    def plain_fastapi(name: str, env: dict[str, str], note: str, alias: str) -> PeerSpec:
+        return PeerSpec(
+            name, ports[name], "/v1/predict", "predict",
             (python, "-m", "uvicorn", "plain_fastapi_app:app", "--app-dir", str(HERE),
-             "--host", "127.0.0.1", "--port", str(ports["fastapi"]), "--workers", "1",
+             "--host", "127.0.0.1", "--port", str(ports[name]), "--workers", "1",
              "--no-access-log"),
-            base_env, start_timeout_s=60.0, stop_grace_s=10.0,
-            note="uvicorn, 1 worker, async handler, predict_proba on a 1-row DataFrame",
-        ),
+            env, start_timeout_s=60.0, stop_grace_s=10.0, note=note, alias=alias,
+        )
+
+    def mlflow_serve(name: str, uri: str, env: dict[str, str], alias: str) -> PeerSpec:
+        return PeerSpec(
+            name, ports[name], "/invocations", "mlflow",
+            (mlflow_bin, "models", "serve", "-m", uri, "--env-manager", "local",
+             "-p", str(ports[name]), "-h", "127.0.0.1"),
+            env, start_timeout_s=120.0, stop_grace_s=10.0,
+            note=f"{uri}: pyfunc predict (class label, as the model is logged), "
+                 "1 uvicorn worker",
+            alias=alias, answers="label",
+        )
+
+    def rampart(name: str, config: tuple[str, ...], note: str, alias: str,
+                challenger_share: tuple[float, float] | None) -> PeerSpec:
+        return PeerSpec(
+            name, ports[name], "/v1/predict", "predict",
+            (python, str(HERE / "rampart_server.py"), tracking_uri,
+             str(work_dir / name), str(ports[name]), *config),
+            rampart_env, start_timeout_s=180.0, stop_grace_s=45.0, extra_ports=haproxy_ports,
+            note=note, alias=alias, answers="routed", challenger_share=challenger_share,
+        )
+
+    return {
+        "fastapi": plain_fastapi(
+            "fastapi", base_env, "uvicorn, 1 worker, async handler, predict_proba on a "
+            "1-row DataFrame", "champion"),
         "ray_serve_proxy": PeerSpec(
             "ray_serve_proxy", ports["ray_serve_proxy"], "/v1/predict", "predict",
             (python, str(HERE / "plain_ray_serve.py"), str(ports["ray_serve_proxy"])),
             default_proxy_env, start_timeout_s=120.0, stop_grace_s=45.0,
             note="same handler in a @serve.ingress deployment behind Ray Serve's default proxy",
         ),
-        "mlflow_serve": PeerSpec(
-            "mlflow_serve", ports["mlflow_serve"], "/invocations", "mlflow",
-            (mlflow_bin, "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "-p", str(ports["mlflow_serve"]), "-h", "127.0.0.1"),
-            base_env, start_timeout_s=120.0, stop_grace_s=10.0,
-            note="pyfunc predict (class label, as the model is logged), 1 uvicorn worker",
-        ),
-        "rampart": PeerSpec(
-            "rampart", ports["rampart"], "/v1/predict", "predict",
-            (python, str(HERE / "rampart_server.py"), tracking_uri,
-             str(work_dir / "rampart"), str(ports["rampart"])),
-            rampart_env, start_timeout_s=180.0, stop_grace_s=45.0,
-            extra_ports=(port_base + HAPROXY_STATS_OFFSET, port_base + HAPROXY_METRICS_OFFSET),
-            note="deploy/rampart.yaml, 1 replica, champion/challenger 90/10, "
-                 "decision log + metrics + spans on",
-        ),
+        "mlflow_serve": mlflow_serve("mlflow_serve", model_uri, base_env, "champion"),
+        "rampart": rampart(
+            "rampart", (),
+            "deploy/rampart.yaml, 1 replica, champion/challenger 90/10 (its demo-tree "
+            "experiment takes platform=web units only; these requests carry no context), "
+            "decision log + metrics + spans on", "champion", (0.03, 0.2)),
+        "tree_fastapi": plain_fastapi(
+            "tree_fastapi", tree_env, f"{tree_uri}: uvicorn, 1 worker, async handler, "
+            "predict_proba on a 1-row DataFrame", "tree"),
+        "tree_mlflow_serve": mlflow_serve("tree_mlflow_serve", tree_uri, tree_env, "tree"),
+        "tree_rampart": rampart(
+            "tree_rampart", (str(tree_config),),
+            "deploy/rampart.yaml with the tree version alone as default, no experiments, "
+            "1 replica (scored in the worker pool), decision log + metrics + spans on",
+            "tree", None),
     }
+
+
+def write_tree_config(path: Path) -> Path:
+    """deploy/rampart.yaml serving only the ``tree`` version, as the default and
+    without experiments: logging and telemetry stay as the linear row has them."""
+    data = yaml.safe_load((ROOT / "deploy" / "rampart.yaml").read_text())
+    data["models"] = [{"name": MODEL_NAME, "versions": ["tree"]}]
+    data["default"] = {"model": MODEL_NAME, "version": "tree"}
+    data["experiments"] = []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def ensure_port_free(port: int) -> None:

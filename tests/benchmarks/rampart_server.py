@@ -1,7 +1,8 @@
 """Server (d): Rampart from deploy/rampart.yaml, pointed at the benchmark's registry.
 
-Usage: ``python rampart_server.py TRACKING_URI WORK_DIR PORT`` (cwd: the repository
-root). Blocks until SIGTERM/SIGINT, then stops the gateway (flushing its logs).
+Usage: ``python rampart_server.py TRACKING_URI WORK_DIR PORT [CONFIG]`` (cwd: the
+repository root); CONFIG is another Rampart config file to start from (the tree row's).
+Blocks until SIGTERM/SIGINT, then stops the gateway (flushing its logs).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def main() -> int:
     from serving.kernel.config import parse_config
 
     uri, work_dir, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    with open(Path(_ROOT) / "deploy" / "rampart.yaml") as fh:
+    config = Path(sys.argv[4]) if len(sys.argv) > 4 else Path(_ROOT) / "deploy" / "rampart.yaml"
+    with open(config) as fh:
         data = yaml.safe_load(fh)
     data["tracking_uri"] = uri
     data["data_dir"] = work_dir

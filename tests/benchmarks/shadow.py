@@ -79,6 +79,10 @@ def decisions_with(n: int, scorer: object, out: Path) -> None:
         "features": features, "prediction": pa.array(pred), "latency_ms": pa.array(np.ones(n)),
         "status": pa.array(["ok"] * n), "error": pa.nulls(n, pa.string()),
         "context": pa.nulls(n, pa.map_(pa.string(), pa.string())),
+        # All-float rows: ``features`` holds each whole (no ``inputs``), replay compares
+        # the score (no ``output``) and reads no unit source.
+        "inputs": pa.nulls(n, pa.string()), "output": pa.nulls(n, pa.string()),
+        "unit_source": pa.nulls(n, pa.string()),
     }
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(cols, schema=DECISION_SCHEMA), out / "part-bench.parquet")

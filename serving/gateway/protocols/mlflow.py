@@ -415,9 +415,11 @@ def format(scored: ScoredRequest) -> Formatted:
     """
     headers = answer_headers(scored)
     request_id = scored.request.request_id
+    # The first refused row answers for the request (its other rows are unscored).
     for row in scored.rows:
         if row.error is not None:
             return error_answer(row.error, row.request_id, headers)
+    for row in scored.rows:
         if row.prediction is None:
             return error_answer(ModelFailed("no prediction was made for a row"),
                                 row.request_id, headers)

@@ -351,9 +351,11 @@ def format(scored: ScoredRequest) -> Formatted:
     failure's status and V2 error body."""
     headers = answer_headers(scored)
     predictions: list[Prediction] = []
+    # The first refused row answers for the request (its other rows are unscored).
     for row in scored.rows:
         if row.error is not None:
             return error_answer(row.error, headers)
+    for row in scored.rows:
         if row.prediction is None:
             return error_answer(ModelFailed("no prediction was made for a row"), headers)
         predictions.append(row.prediction)
