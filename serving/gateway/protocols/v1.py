@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import from_json
 
 from models.outputs import Prediction
@@ -81,6 +81,9 @@ def header_name(lower: str) -> str:
     return "-".join(part.capitalize() for part in lower.split("-"))
 
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
 class Problems:
     """What is wrong with a request, one line per problem, naming the field."""
 
@@ -101,6 +104,14 @@ class Problems:
         for item in error.errors():
             where = ".".join(str(p) for p in (*([prefix] if prefix else []), *item["loc"]))
             self.add(where or "(root)", item["msg"].removeprefix("Value error, "))
+
+    def validate(self, model: type[ModelT], data: Any) -> ModelT:
+        """``data`` as ``model``; ValidationFailed naming every problem."""
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            self.pydantic(exc)
+            raise self.error() from None
 
     def error(self, head: str = INVALID) -> ValidationFailed:
         lines = self.lines
@@ -231,11 +242,7 @@ def parse(
     if "rows" in data:
         return _parse_batch(data, unit, header_unit, query, header_id, model_name)
     problems = Problems(header_id)
-    try:
-        row = PredictRequest.model_validate(data)
-    except ValidationError as exc:
-        problems.pydantic(exc)
-        raise problems.error() from None
+    row = problems.validate(PredictRequest, data)
     request_id = row.request_id or header_id or new_request_id()
     shared = request_unit(unit, header_unit, None, query, request_id)
     unit_id, source = _row_unit(row, shared, unit, request_id,
@@ -264,11 +271,7 @@ def _parse_batch(data: dict[str, Any], unit: UnitPolicy, header_unit: str | None
     if isinstance(rows, list) and len(rows) > MAX_BATCH_ROWS:
         raise too_many_rows(len(rows), header_id)
     problems = Problems(header_id)
-    try:
-        batch = PredictBatchRequest.model_validate(data)
-    except ValidationError as exc:
-        problems.pydantic(exc)
-        raise problems.error() from None
+    batch = problems.validate(PredictBatchRequest, data)
     base = header_id or new_request_id()
     seen: dict[str, int] = {}
     for i, row in enumerate(batch.rows):

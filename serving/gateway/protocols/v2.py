@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from pydantic import ValidationError
 
 from models.inputs import UNNAMED_INPUT, InputSchema
 from models.outputs import Prediction
@@ -95,11 +94,7 @@ def parse(
         raise ValidationFailed(f'body must be a JSON object {{"inputs": [...]}} (got '
                                f"{describe(data)})", header_id)
     problems = Problems(header_id)
-    try:
-        request = V2InferenceRequest.model_validate(data)
-    except ValidationError as exc:
-        problems.pydantic(exc)
-        raise problems.error() from None
+    request = problems.validate(V2InferenceRequest, data)
     columns = _inputs(request.inputs, problems)
     problems.raise_any()
     names = [tensor.name for tensor in request.inputs]
