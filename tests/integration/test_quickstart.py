@@ -60,8 +60,10 @@ def test_quickstart_trains_serves_and_answers_every_protocol(tmp_path: Path) -> 
     section = quickstart()
     (tmp_path / ".rampart").mkdir()
     (tmp_path / "train.py").write_text(blocks(section, "python")[0])
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_DEDUP_LOGS": "0"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    # A new user's shell: no MLflow settings (other tests in this process set
+    # MLflow's experiment, and MLflow passes it on to children in MLFLOW_*).
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update(PATH=f"{BIN}:{os.environ['PATH']}", RAY_DEDUP_LOGS="0")
     trained = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr[-3000:]
