@@ -314,7 +314,8 @@ class GatewayCore:
         for key, items in groups.items():
             rows = [checked for _, checked in items]
             try:
-                batch = await self._predict(key, rows, request.params or None)
+                batch = await self._predict(key, rows, request.params or None,
+                                            request.protocol == "mlflow")
             except Overloaded as busy:
                 for i, _ in items:
                     errors[i] = Overloaded(busy.message, request_ids[i])
@@ -362,14 +363,19 @@ class GatewayCore:
         return ScoredRequest(request, tuple(results))
 
     async def _predict(self, key: ModelKey, rows: list[dict[str, Any]],
-                       params: Mapping[str, Any] | None) -> ScoredBatch:
+                       params: Mapping[str, Any] | None, needs_raw: bool) -> ScoredBatch:
+        """``needs_raw``: the answer is the model's own output for exactly these
+        rows (MLflow's protocol), so they are not scored together with others'."""
         awaited = self._awaited.get(key)  # only scorers that must wait are here
         if awaited is not None:
             return await awaited(rows, params)
         scorer = self.scorers[key]
         if scorer.inline:
             return scorer.predict_rows(rows, params)
-        return await self.pool.run(len(rows), lambda: scorer.predict_rows(rows, params))
+        if params:
+            return await self.pool.score(
+                key, rows, lambda batch: scorer.predict_rows(batch, params), alone=True)
+        return await self.pool.score(key, rows, scorer.predict_rows, alone=needs_raw)
 
     def _after(self, table: RoutingTable, request_id: str, row: RowRequest, decision: Decision,
                prediction: Prediction, model_row: Mapping[str, Any] | None) -> None:

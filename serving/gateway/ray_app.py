@@ -288,7 +288,9 @@ def model_pool(config: RampartConfig) -> ModelPool:
     """The replica's worker pool for versions scored off the event loop."""
     from serving.gateway.pool import ModelPool
 
-    return ModelPool(config.requests.worker_threads, config.requests.max_pending_rows)
+    requests = config.requests
+    return ModelPool(requests.worker_threads, requests.max_pending_rows,
+                     requests.max_batch_rows)
 
 
 def unit_policy(config: RampartConfig) -> UnitPolicy:

@@ -233,6 +233,8 @@ class RequestConfig(_Frozen):
     worker_threads: int = Field(default=4, ge=1, le=256)
     # Rows waiting for a worker beyond this are refused with 503 (overloaded).
     max_pending_rows: int = Field(default=4096, ge=1, le=1_000_000)
+    # Rows of concurrent requests to one version are scored in one call, up to this.
+    max_batch_rows: int = Field(default=256, ge=1, le=100_000)
 
 
 class ServerConfig(_Frozen):

@@ -66,6 +66,7 @@ class BlockingScorer:
         self.on_enter: Callable[[], object] = lambda: None
         self.release = threading.Event()
         self.fail = fail
+        self.batch_sizes: list[int] = []  # rows of each call, in order
         self._check = row_checker(self.schema)
 
     def check_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,6 +82,7 @@ class BlockingScorer:
             raise RuntimeError("scored on the event loop")
         if self.fail is not None:
             raise self.fail
+        self.batch_sizes.append(len(rows))
         self.on_enter()
         self.release.wait()
         return ScoredBatch(tuple(Prediction(SLOW_ANSWER, SLOW_ANSWER) for _ in rows),
@@ -133,12 +135,15 @@ class Setup:
         return False
 
     async def entered(self, requests: Sequence[asyncio.Task[httpx.Response]]) -> None:
-        """Wait until every one of ``requests`` is blocked inside the slow version."""
-        for _ in requests:
-            if not await self.arrival_or_answer(requests):
-                answered = [t.result().text for t in requests if t.done()]
-                pytest.fail(f"a request was answered before reaching the slow version: "
-                            f"{answered}")
+        """Wait until the first of ``requests`` is blocked inside the slow version
+        and the others wait in the pool for its next batch."""
+        if not await self.arrival_or_answer(requests):
+            answered = [t.result().text for t in requests if t.done()]
+            pytest.fail(f"a request was answered before reaching the slow version: "
+                        f"{answered}")
+        while self.core.pool.pending < len(requests):
+            assert not any(t.done() for t in requests)
+            await asyncio.sleep(0)
 
     def decisions(self) -> dict[str, dict[str, Any]]:
         self.writer.flush()
@@ -168,7 +173,7 @@ def test_a_blocked_slow_version_does_not_stall_the_inline_one(tmp_path: Path) ->
     async def scenario(s: Setup) -> None:
         slow_units, fast_units = s.units(SLOW, 3), s.units(FAST, 5)
         slow = [asyncio.create_task(s.predict(u, f"slow-{i}")) for i, u in enumerate(slow_units)]
-        await s.entered(slow)  # every slow request is inside the slow version
+        await s.entered(slow)  # one slow request in the version, two waiting for it
         for i, unit in enumerate(fast_units):
             answer = await s.predict(unit, f"fast-{i}")
             assert answer.status_code == 200, answer.text
@@ -184,6 +189,8 @@ def test_a_blocked_slow_version_does_not_stall_the_inline_one(tmp_path: Path) ->
             assert (answer.json()["model_version"], answer.json()["prediction"]) == (
                 SLOW, SLOW_ANSWER)
         assert s.core.pool.pending == 0
+        # The two that waited went in one batch: one call for their two rows.
+        assert s.slow.batch_sizes == [1, 2]
 
     setup, _ = run(tmp_path, BlockingScorer(), ModelPool(threads=4, max_pending=100), scenario)
     logged = setup.decisions()
@@ -245,3 +252,40 @@ def test_a_version_that_raises_is_a_500_model_error_logged_as_an_error(
     assert (row["request_id"], row["model_version"], row["status"], row["prediction"]) == (
         "broken", SLOW, "error", None)
     assert row["error"] == "ValueError: weights went missing"
+
+
+class EchoingScorer(BlockingScorer):
+    """The blocking version, answering each row's own ``a``: merged requests
+    must each get the answers of their own rows."""
+
+    def predict_rows(self, rows: Sequence[Mapping[str, Any]],
+                     params: Mapping[str, Any] | None = None) -> ScoredBatch:
+        super().predict_rows(rows, params)
+        values = [float(row["a"]) for row in rows]
+        return ScoredBatch(tuple(Prediction(v, v) for v in values), np.asarray(values))
+
+
+def test_waiting_requests_are_scored_together_each_getting_its_own_rows(
+        tmp_path: Path) -> None:
+    async def scenario(s: Setup) -> None:
+        units = s.units(SLOW, 4)
+
+        async def ask(i: int, unit: str) -> httpx.Response:
+            return await s.http.post("/v1/predict", headers={"X-Rampart-Unit": unit}, json={
+                "features": {"a": float(i), "b": 0.0}, "request_id": f"r-{i}"})
+
+        tasks = [asyncio.create_task(ask(i, u)) for i, u in enumerate(units)]
+        await s.entered(tasks)
+        # MLflow's protocol answers the model's own output for its rows: never merged.
+        mlflow = asyncio.create_task(s.http.post(
+            "/invocations", headers={"X-Rampart-Unit": units[0]},
+            json={"dataframe_records": [{"a": 7.0, "b": 0.0}, {"a": 8.0, "b": 0.0}]}))
+        while s.core.pool.pending < len(tasks) + 2:
+            await asyncio.sleep(0)
+        s.slow.release.set()
+        answers = await asyncio.gather(*tasks)
+        assert [a.json()["prediction"] for a in answers] == [0.0, 1.0, 2.0, 3.0]
+        assert (await mlflow).json() == {"predictions": [7.0, 8.0]}
+        assert s.slow.batch_sizes == [1, 3, 2]
+
+    run(tmp_path, EchoingScorer(), ModelPool(threads=1, max_pending=100), scenario)
