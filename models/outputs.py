@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -73,11 +73,17 @@ class ScoredBatch:
     # scoring protocol answers this one, so a client moved from ``mlflow models
     # serve`` gets the same answers.
     pyfunc_raw: Any = None
+    # Builds ``(raw, pyfunc_raw)`` when first asked for: the inline linear path
+    # answers in microseconds, and only MLflow's protocol reads these arrays.
+    build_raw: Callable[[], tuple[Any, Any]] | None = None
 
     @property
     def mlflow_raw(self) -> Any:
         """What MLflow's scoring protocol answers for the batch."""
-        return self.raw if self.pyfunc_raw is None else self.pyfunc_raw
+        raw, pyfunc_raw = self.raw, self.pyfunc_raw
+        if self.build_raw is not None:
+            raw, pyfunc_raw = self.build_raw()
+        return raw if pyfunc_raw is None else pyfunc_raw
 
 
 def _binary_text(data: bytes) -> str:

@@ -246,6 +246,8 @@ class LinearScorer:
     _check: RowChecker = field(init=False, repr=False, compare=False)
     # float (float32) columns: the estimator sees their values rounded to float32
     _float32_columns: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    # every column a required double: a row of plain numbers needs no conversion
+    _plain: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         schema = (columns_schema(self.feature_names) if self.input_schema is None
@@ -262,6 +264,8 @@ class LinearScorer:
         object.__setattr__(self, "_check", row_checker(schema, finite=True))
         object.__setattr__(self, "_float32_columns", tuple(
             j for j, c in enumerate(schema.columns) if c.type == "float"))
+        object.__setattr__(self, "_plain", all(
+            c.type == "double" and c.required for c in schema.columns))
 
     @property
     def schema(self) -> InputSchema:
@@ -272,6 +276,20 @@ class LinearScorer:
         return True
 
     def check_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        # The request path's common case first: every column a finite JSON float
+        # or a small int (a double column's value as it is). Anything else
+        # takes the full checker, which also words the refusal.
+        if not self._float32_columns and self._plain:
+            try:
+                values = {name: row[name] for name in self.feature_names}
+            except KeyError:
+                return self._check(row)
+            for value in values.values():
+                kind = type(value)
+                if not ((kind is float and -_HUGE < value < _HUGE)
+                        or (kind is int and -_EXACT < value < _EXACT)):
+                    return self._check(row)
+            return values
         return self._check(row)
 
     def predict_one(self, values: Sequence[float]) -> float:
@@ -314,20 +332,29 @@ class LinearScorer:
         # checked rows hold float columns already rounded to float32
         scores = [self._score([row[n] for n in names]) for row in rows]
         if not self.logistic:
-            return ScoredBatch(tuple(Prediction(v, score_of(v)) for v in scores),
-                               np.array(scores, dtype=np.float64))
+            return ScoredBatch(tuple(Prediction(v, score_of(v)) for v in scores), None,
+                               build_raw=lambda: (np.array(scores, dtype=np.float64), None))
         negative, positive = self.classes
         k0, k1 = str(negative), str(positive)
         # argmax of (1 - p, p): the first class on a tie, as predict_proba's argmax
         answers = tuple(Prediction(p, p, positive if p > 1.0 - p else negative,
                                    {k0: 1.0 - p, k1: p}) for p in scores)
-        raw = np.array([[1.0 - p, p] for p in scores], dtype=np.float64).reshape(-1, 2)
-        labels = (np.array([a.label for a in answers], dtype=np.asarray(self.classes).dtype)
-                  if self.pyfunc_labels else None)
-        return ScoredBatch(answers, raw, labels)
+
+        def build_raw() -> tuple[Any, Any]:
+            raw = np.array([[1.0 - p, p] for p in scores], dtype=np.float64).reshape(-1, 2)
+            labels = (np.array([a.label for a in answers],
+                               dtype=np.asarray(self.classes).dtype)
+                      if self.pyfunc_labels else None)
+            return raw, labels
+
+        return ScoredBatch(answers, None, build_raw=build_raw)
 
 
 AnswerKind = Literal["probabilities", "labels", "value"]
+# Bounds of the inline check's common case: finite floats, and ints a double
+# holds exactly; anything outside goes to the full checker.
+_HUGE = float("inf")
+_EXACT = 1 << 53
 
 
 @dataclass(frozen=True)

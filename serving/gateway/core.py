@@ -276,9 +276,13 @@ class GatewayCore:
                     started: float) -> ScoredRequest:
         """Route, check, score and record every row of ``request``."""
         table = self._table  # one snapshot for the whole request
+        if len(request.rows) == 1 and not request.params:
+            inline = self._score_inline(request, table, header_request_id, started)
+            if inline is not None:
+                return inline
         n = len(request.rows)
-        base_id = header_request_id or uuid.uuid4().hex
-        request_ids = [row.request_id or (base_id if not request.batch else f"{base_id}-{i}")
+        # The protocols name every row; a fallback id only for a row without one.
+        request_ids = [row.request_id or self._fallback_id(request, header_request_id, i)
                        for i, row in enumerate(request.rows)]
         decisions: list[Decision] = []
         model_rows: list[Mapping[str, Any] | None] = [None] * n
@@ -348,6 +352,36 @@ class GatewayCore:
                 request_ids[i], decision.model.name, decision.model.version,
                 decision.experiment_id, decision.arm, prediction, error))
         return ScoredRequest(request, tuple(results), batches)
+
+    def _score_inline(self, request: ScoringRequest, table: RoutingTable,
+                      header_request_id: str | None, started: float) -> ScoredRequest | None:
+        """One row routed to an inline version, answered without the batch
+        bookkeeping (the fast path: microseconds count); None when the row
+        needs more (another version, a refusal, a scorer that must be awaited)."""
+        row = request.rows[0]
+        decision = route(table, row.unit_id, row.context)
+        key = (decision.model.name, decision.model.version)
+        scorer = self.scorers[key]
+        if not scorer.inline or key in self._awaited:
+            return None
+        try:
+            model_row = table.transform(row.features)
+            checked = scorer.check_row(model_row)
+            prediction = scorer.predict_rows((checked,)).rows[0]
+        except Exception:  # the general path words refusals and failures
+            return None
+        request_id = row.request_id or self._fallback_id(request, header_request_id, 0)
+        self._record(request_id, row, decision, prediction, time.perf_counter() - started,
+                     "ok", None)
+        self._after(table, request_id, row, decision, prediction, model_row)
+        return ScoredRequest(request, (RowResult(
+            request_id, decision.model.name, decision.model.version, decision.experiment_id,
+            decision.arm, prediction),))
+
+    @staticmethod
+    def _fallback_id(request: ScoringRequest, header_request_id: str | None, row: int) -> str:
+        base = request.request_id or header_request_id or uuid.uuid4().hex
+        return f"{base}-{row}" if request.batch else base
 
     def _refused(self, request: ScoringRequest, request_ids: list[str],
                  decisions: list[Decision], errors: list[RampartError | None],

@@ -180,6 +180,14 @@ class PredictRequest(PredictRow):
     """Body of ``POST /v1/predict`` for one row."""
 
 
+class PlainPredictRequest(PredictRequest):
+    """:class:`PredictRequest` for a body whose features are already known to
+    be plain numbers (``protocols/v1.py`` looks first): the same fields and
+    limits, without a check per feature value."""
+
+    features: dict[str, Any]
+
+
 class PredictBatchRequest(BaseModel):
     """Body of ``POST /v1/predict`` for several rows, answered in order."""
 
