@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import orjson
@@ -89,6 +90,7 @@ from telemetry.outcomes_log import OutcomesLogWriter, outcome_records
 from telemetry.tracing import SPAN_NAME
 
 JSON = "application/json"
+NO_QUERY: Mapping[str, str] = MappingProxyType({})
 # The V2 binary tensor extension's header: the JSON part's length, raw bytes after.
 BINARY_HEADER = "inference-header-content-length"
 REJECTED_LABELS = ("", "", "", "", "", "", "rejected")
@@ -621,7 +623,9 @@ def build_app(
         outcome = await core.serve(
             protocol, body, header_request_id=header_id,
             header_unit=request.headers.get(core.unit_policy.header),
-            query=request.query_params, model_name=model_name,
+            # Parsed only when there is a query string: most requests have none.
+            query=request.query_params if request.scope.get("query_string") else NO_QUERY,
+            model_name=model_name,
             content_type=request.headers.get("content-type"))
         return http(outcome)
 
