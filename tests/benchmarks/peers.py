@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import json
 import os
 import signal
@@ -349,3 +350,14 @@ class RunningPeer:
             return _describe(alive)
         finally:
             self._log.close()
+
+
+def serving_benchmark() -> Any:
+    """The serving benchmark's module (its wrk helpers), loaded by path: its file
+    name, ``serving.py``, would otherwise shadow Rampart's ``serving`` package."""
+    spec = importlib.util.spec_from_file_location("serving_benchmark", HERE / "serving.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["serving_benchmark"] = module
+    spec.loader.exec_module(module)
+    return module

@@ -21,7 +21,6 @@ if _ROOT not in sys.path:
 sys.path.append(_HERE)  # after the repository root: ``serving`` stays Rampart's package
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -34,21 +33,11 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
-
-
-def _serving_benchmark() -> object:
-    """The serving benchmark's wrk helpers (its file name shadows the package name)."""
-    spec = importlib.util.spec_from_file_location("serving_benchmark",
-                                                  os.path.join(_HERE, "serving.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["serving_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+from peers import serving_benchmark  # noqa: E402
 
 
 def wrk(url: str, duration_s: int) -> dict[str, object]:
-    bench = _serving_benchmark()
+    bench = serving_benchmark()
     cmd = [shutil.which("wrk") or "wrk", "-t2", "-c8", f"-d{duration_s}s", "--latency", "-s",
            os.path.join(_HERE, "wrk_post.lua"), f"{url}/v1/predict", "--", "predict"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60)

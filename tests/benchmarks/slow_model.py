@@ -51,7 +51,6 @@ if _ROOT not in sys.path:
 sys.path.append(_HERE)  # after the repository root: for ``peers``
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -71,6 +70,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from mlflow.pyfunc import PythonModel  # noqa: E402
+from peers import serving_benchmark  # noqa: E402
 
 MODEL_NAME = "rampart-slow-bench"
 FAST_VERSION, SLOW_VERSION = "1", "2"
@@ -229,15 +229,6 @@ def serve_replica(config_path: Path, port: int, slow_inline: bool) -> int:
 # --- the client side -------------------------------------------------------------------
 
 
-def _serving_benchmark() -> Any:
-    """The serving benchmark's wrk helpers (its file name shadows the package name)."""
-    spec = importlib.util.spec_from_file_location("serving_benchmark",
-                                                  os.path.join(_HERE, "serving.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["serving_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:
@@ -450,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_replica(args.serve, args.port, args.slow_inline)
     if args.duration < 1 or args.slow_ms <= 0:
         parser.error("--duration must be >= 1 and --slow-ms > 0")
-    bench = _serving_benchmark()
+    bench = serving_benchmark()
     if not (os.path.isfile(bench.WRK) and os.access(bench.WRK, os.X_OK)):
         print(f"wrk not found at {bench.WRK}: run `make system-deps`", file=sys.stderr)
         return 2
