@@ -248,25 +248,13 @@ def _replay_rows(rows: pa.Table, scorer: Scorer, tolerance: float) -> ReplayPari
 def _score_logged(scorer: Scorer, sent: list[Mapping[str, Any]]) -> list[Prediction | None]:
     """Predictions for rows as sent; None for a row refused by ``check_row``
     or in a ``predict_rows`` call that failed."""
-    out: list[Prediction | None] = [None] * len(sent)
-    checked: list[dict[str, Any]] = []
-    kept: list[int] = []
-    for i, row in enumerate(sent):
-        try:
-            checked.append(scorer.check_row(row))
-            kept.append(i)
-        except Exception as exc:  # InputMismatch, or a check that broke on this row
-            log.debug("replay: row %d refused: %s", i, exc)
-    if not checked:
-        return out
-    try:
-        scored = scorer.predict_rows(checked).rows
-    except Exception:
-        log.exception("replay: predict_rows failed on %d rows", len(checked))
-        return out
-    for i, prediction in zip(kept, scored, strict=True):
-        out[i] = prediction
-    return out
+    from models.registry import score_rows
+
+    predictions, errors = score_rows(scorer, sent)
+    for i, error in enumerate(errors):
+        if error is not None:
+            log.debug("replay: row %d not scored: %s", i, error)
+    return predictions
 
 
 @dataclass(frozen=True)

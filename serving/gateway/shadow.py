@@ -30,7 +30,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from models.outputs import Prediction, class_rows
-from models.registry import NumericScorer, Scorer
+from models.registry import NumericScorer, Scorer, score_rows
 from serving.gateway.scorers import ScorerLookup
 from serving.routing.router import ModelRef
 from telemetry.decision_log import DecisionLogWriter
@@ -96,36 +96,6 @@ def binary_answers(scorer: Scorer, scores: npt.NDArray[np.float64]
     if not getattr(scorer, "logistic", False) or len(classes) != 2:
         return None
     return list(class_rows(np.column_stack([1.0 - scores, scores]), classes))
-
-
-def score_rows(scorer: Scorer, rows: list[Mapping[str, Any]]
-               ) -> tuple[list[Prediction | None], list[str | None]]:
-    """Each row's prediction, or its error: a row the scorer's signature rejects
-    (``check_row``) is not scored; the others are scored in one ``predict_rows``."""
-    n = len(rows)
-    predictions: list[Prediction | None] = [None] * n
-    errors: list[str | None] = [None] * n
-    checked: list[dict[str, Any]] = []
-    kept: list[int] = []
-    for i, row in enumerate(rows):
-        try:
-            checked.append(scorer.check_row(row))
-            kept.append(i)
-        except Exception as exc:  # InputMismatch, or a check that broke on this row
-            errors[i] = f"{type(exc).__name__}: {exc}"
-    if not checked:
-        return predictions, errors
-    try:
-        scored = scorer.predict_rows(checked).rows
-        if len(scored) != len(checked):
-            raise ValueError(f"predict_rows answered {len(scored)} rows for {len(checked)}")
-    except Exception as exc:
-        for i in kept:
-            errors[i] = f"{type(exc).__name__}: {exc}"
-        return predictions, errors
-    for i, prediction in zip(kept, scored, strict=True):
-        predictions[i] = prediction
-    return predictions, errors
 
 
 class ParityTracker:
