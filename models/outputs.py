@@ -66,23 +66,36 @@ class ScoredBatch:
     ``mlflow models serve`` does."""
 
     rows: tuple[Prediction, ...]
-    raw: Any
+    raw_output: Any = None  # ``raw``, when it was computed with the answers
     # What MLflow's pyfunc ``predict`` returns for the batch, when the answer
     # differs from it: a classifier left on output ``auto`` answers its class
     # probabilities, while ``mlflow models serve`` answers its labels. MLflow's
     # scoring protocol answers this one, so a client moved from ``mlflow models
     # serve`` gets the same answers.
-    pyfunc_raw: Any = None
+    pyfunc_output: Any = None
     # Builds ``(raw, pyfunc_raw)`` when first asked for: the inline linear path
     # answers in microseconds, and only MLflow's protocol reads these arrays.
     build_raw: Callable[[], tuple[Any, Any]] | None = None
 
+    def _outputs(self) -> tuple[Any, Any]:
+        if self.build_raw is not None:
+            return self.build_raw()
+        return self.raw_output, self.pyfunc_output
+
+    @property
+    def raw(self) -> Any:
+        """The model's own output for the batch, as its method returned it."""
+        return self._outputs()[0]
+
+    @property
+    def pyfunc_raw(self) -> Any:
+        """What pyfunc's ``predict`` returns, when it differs from ``raw``; else None."""
+        return self._outputs()[1]
+
     @property
     def mlflow_raw(self) -> Any:
         """What MLflow's scoring protocol answers for the batch."""
-        raw, pyfunc_raw = self.raw, self.pyfunc_raw
-        if self.build_raw is not None:
-            raw, pyfunc_raw = self.build_raw()
+        raw, pyfunc_raw = self._outputs()
         return raw if pyfunc_raw is None else pyfunc_raw
 
 
