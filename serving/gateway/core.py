@@ -278,8 +278,10 @@ class GatewayCore:
                     started: float) -> ScoredRequest:
         """Route, check, score and record every row of ``request``."""
         table = self._table  # one snapshot for the whole request
+        first: Decision | None = None  # routed once, whichever path answers
         if len(request.rows) == 1 and not request.params:
-            inline = self._score_inline(request, table, header_request_id, started)
+            first = route(table, request.rows[0].unit_id, request.rows[0].context)
+            inline = self._score_inline(request, table, first, header_request_id, started)
             if inline is not None:
                 return inline
         n = len(request.rows)
@@ -291,7 +293,7 @@ class GatewayCore:
         errors: list[RampartError | None] = [None] * n
         groups: dict[ModelKey, list[tuple[int, dict[str, Any]]]] = {}
         for i, row in enumerate(request.rows):
-            decision = route(table, row.unit_id, row.context)
+            decision = first if first is not None else route(table, row.unit_id, row.context)
             decisions.append(decision)
             key = (decision.model.name, decision.model.version)
             try:
@@ -355,13 +357,12 @@ class GatewayCore:
                 decision.experiment_id, decision.arm, prediction, error))
         return ScoredRequest(request, tuple(results), batches)
 
-    def _score_inline(self, request: ScoringRequest, table: RoutingTable,
+    def _score_inline(self, request: ScoringRequest, table: RoutingTable, decision: Decision,
                       header_request_id: str | None, started: float) -> ScoredRequest | None:
         """One row routed to an inline version, answered without the batch
         bookkeeping (the fast path: microseconds count); None when the row
         needs more (another version, a refusal, a scorer that must be awaited)."""
         row = request.rows[0]
-        decision = route(table, row.unit_id, row.context)
         key = (decision.model.name, decision.model.version)
         scorer = self.scorers[key]
         if not scorer.inline or key in self._awaited:
