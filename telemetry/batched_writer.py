@@ -4,26 +4,29 @@ Appending only takes a short lock and extends a list; a background thread
 writes what is buffered when it reaches ``batch_rows``, every
 ``flush_interval_s``, and once more on :meth:`BatchedWriter.close`. A failed
 write is logged and counted, never raised into the request path.
+
+The root is a local directory or any URI :mod:`telemetry.storage` resolves
+(``s3://bucket/prefix``...). A URI is resolved in the flush thread, so
+whatever that costs (a region look-up) stays off the request path, and a
+failure is counted as a failed write and tried again on the next flush.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Generic, TypeVar
+
+from telemetry.storage import LogLocation, is_uri, visible_parquet_files
 
 log = logging.getLogger(__name__)
 
 ItemT = TypeVar("ItemT")
 
-
-def visible_parquet_files(root: Path) -> list[str]:
-    """The finished Parquet files under ``root``, sorted: a file still being
-    written has a dot-prefixed temporary name and is left out."""
-    return sorted(str(p) for p in Path(root).rglob("*.parquet") if not p.name.startswith("."))
+__all__ = ["BatchedWriter", "visible_parquet_files"]
 
 
 class BatchedWriter(ABC, Generic[ItemT]):
@@ -34,9 +37,15 @@ class BatchedWriter(ABC, Generic[ItemT]):
 
     noun = "log"
 
-    def __init__(self, root: Path, writer_id: str, batch_rows: int,
-                 flush_interval_s: float) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike[str] | LogLocation, writer_id: str,
+                 batch_rows: int, flush_interval_s: float) -> None:
+        self.root_uri = str(root)
+        self._root = root
+        self._location: LogLocation | None = None
+        if isinstance(root, LogLocation) or not is_uri(root):
+            # A path costs nothing to resolve; its directory exists from the start.
+            self._location = LogLocation.resolve(root)
+            self._location.ensure_dir()
         self.writer_id = writer_id
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
@@ -80,10 +89,18 @@ class BatchedWriter(ABC, Generic[ItemT]):
                 self._write(batch)
             except Exception:  # keep serving; the rows stay counted as lost
                 self.write_errors += 1
-                log.exception("%s: failed to write %d rows", self.noun, rows)
+                log.exception("%s: failed to write %d rows to %s", self.noun, rows,
+                              self.root_uri)
                 return 0
             self.rows_written += rows
             return rows
+
+    @property
+    def location(self) -> LogLocation:
+        """Where the files go; a URI is resolved on first use (in the flush thread)."""
+        if self._location is None:
+            self._location = LogLocation.resolve(self._root)
+        return self._location
 
     def _next_name(self) -> str:
         """A file name no other writer and no earlier batch of this one uses."""
@@ -92,8 +109,8 @@ class BatchedWriter(ABC, Generic[ItemT]):
 
     @abstractmethod
     def _write(self, batch: list[ItemT]) -> None:
-        """Write one taken batch (the rows' files, each under a temporary name
-        then renamed)."""
+        """Write one taken batch (each file with :meth:`LogLocation.write_parquet`,
+        so readers see all of it or none of it)."""
 
     def close(self) -> None:
         """Stop the background thread and write what is left. Idempotent."""

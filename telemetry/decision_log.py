@@ -4,8 +4,10 @@ Each writer (one per gateway replica) buffers rows in memory and a background
 thread writes them as Parquet files when the buffer reaches ``batch_rows`` or
 every ``flush_interval_s``, and once more on :meth:`DecisionLogWriter.close`.
 Writers never share a file: names carry the writer id and a sequence number,
-and each file is written under a temporary name and renamed into place, so a
-reader never sees a half-written file.
+and a reader never sees a half-written file (on local disk each file is
+written under a temporary name and renamed into place; on an object store an
+object appears only when its upload completes; see :mod:`telemetry.storage`).
+The root is a local directory or a URI such as ``s3://bucket/decisions``.
 
 Layout::
 
@@ -35,7 +37,6 @@ import itertools
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -45,7 +46,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from telemetry.batched_writer import BatchedWriter, visible_parquet_files
+from telemetry.batched_writer import BatchedWriter
+from telemetry.storage import LogLocation, storage_errors
 
 if TYPE_CHECKING:
     from models.outputs import Prediction
@@ -326,8 +328,8 @@ class DecisionLogWriter(BatchedWriter[DecisionRecord | ColumnBatch | pa.Table]):
 
     noun = "decision-log"
 
-    def __init__(self, root: Path, writer_id: str, batch_rows: int = 5000,
-                 flush_interval_s: float = 2.0) -> None:
+    def __init__(self, root: str | os.PathLike[str] | LogLocation, writer_id: str,
+                 batch_rows: int = 5000, flush_interval_s: float = 2.0) -> None:
         super().__init__(root, writer_id, batch_rows, flush_interval_s)
 
     def append(self, record: DecisionRecord) -> None:
@@ -351,22 +353,23 @@ class DecisionLogWriter(BatchedWriter[DecisionRecord | ColumnBatch | pa.Table]):
             batch_table(item.n, item.columns) if isinstance(item, ColumnBatch) else item
             for item in batch if not isinstance(item, DecisionRecord)]
         combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+        root = self.location
         for day, experiment, rows in partitions(combined):
-            directory = self.root / f"date={day}" / f"experiment={experiment}"
-            directory.mkdir(parents=True, exist_ok=True)
-            name = self._next_name()
-            tmp = directory / f".{name}.tmp"
-            pq.write_table(rows, tmp, compression="zstd")
-            os.replace(tmp, directory / name)
+            root.join(f"date={day}", f"experiment={experiment}").write_parquet(
+                rows, self._next_name())
 
 
-def read_decisions(path: str | Path) -> pa.Table:
-    """Every decision row under ``path`` (a directory tree or one file)."""
-    path = Path(path)
-    if path.is_dir():
-        files = visible_parquet_files(path)
-        if not files:
-            return DECISION_SCHEMA.empty_table()
-        dataset = pads.dataset(files, format="parquet", schema=DECISION_SCHEMA)
-        return dataset.to_table()
-    return pq.read_table(path, schema=DECISION_SCHEMA)
+def read_decisions(path: str | os.PathLike[str] | LogLocation) -> pa.Table:
+    """Every decision row under ``path`` (a directory tree or one file; a local
+    path or a URI); raises :class:`~telemetry.storage.LogStorageError` when
+    the storage cannot be read."""
+    location = LogLocation.resolve(path)
+    with storage_errors(f"cannot read the decision log at {location}"):
+        if location.is_dir():
+            files = location.visible_parquet_files()
+            if not files:
+                return DECISION_SCHEMA.empty_table()
+            dataset = pads.dataset(files, filesystem=location.fs, format="parquet",
+                                   schema=DECISION_SCHEMA)
+            return dataset.to_table()
+        return pq.read_table(location.path, filesystem=location.fs, schema=DECISION_SCHEMA)

@@ -18,9 +18,11 @@ Layout::
 
     <root>/date=YYYY-MM-DD/part-<writer>-<seq>.parquet
 
-The date is the day (UTC) the rows were received. Every file is written under
-a temporary name and renamed into place, so a reader never sees half a file;
-:func:`read_outcomes` reads them all.
+The date is the day (UTC) the rows were received. The root is a local
+directory or a URI such as ``s3://bucket/outcomes``. A reader never sees half
+a file (on local disk each is written under a temporary name and renamed into
+place; on an object store an object appears only when its upload completes;
+see :mod:`telemetry.storage`); :func:`read_outcomes` reads them all.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from pyarrow.fs import FileType
 
-from telemetry.batched_writer import BatchedWriter, visible_parquet_files
+from telemetry.batched_writer import BatchedWriter
 from telemetry.outcome_events import (
     EPOCH,
     ID_PATTERN,
@@ -52,6 +55,7 @@ from telemetry.outcome_events import (
     OutcomeEvent,
     parse_outcome_timestamp,
 )
+from telemetry.storage import LogLocation, LogStorageError, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -123,18 +127,12 @@ def _day(micros: int) -> str:
     return (EPOCH + dt.timedelta(microseconds=micros)).strftime("%Y-%m-%d")
 
 
-def write_outcome_file(root: Path, day: str, name: str, table: pa.Table) -> Path:
-    """Write ``table`` to ``<root>/date=<day>/<name>`` under a temporary name, then rename."""
-    directory = Path(root) / f"date={day}"
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{name}.tmp"
-    try:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        os.replace(tmp, directory / name)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return directory / name
+def write_outcome_file(root: str | os.PathLike[str] | LogLocation, day: str, name: str,
+                       table: pa.Table) -> LogLocation:
+    """Write ``table`` to ``<root>/date=<day>/<name>``, all of it or nothing (see
+    :meth:`~telemetry.storage.LogLocation.write_parquet`)."""
+    return LogLocation.resolve(root).join(f"date={day}").write_parquet(
+        table, name, row_group_size=ROW_GROUP_ROWS)
 
 
 class OutcomesLogWriter(BatchedWriter[OutcomeRecord]):
@@ -142,8 +140,8 @@ class OutcomesLogWriter(BatchedWriter[OutcomeRecord]):
 
     noun = "outcomes-log"
 
-    def __init__(self, root: Path, writer_id: str, batch_rows: int = 5000,
-                 flush_interval_s: float = 2.0) -> None:
+    def __init__(self, root: str | os.PathLike[str] | LogLocation, writer_id: str,
+                 batch_rows: int = 5000, flush_interval_s: float = 2.0) -> None:
         super().__init__(root, writer_id, batch_rows, flush_interval_s)
 
     def append_many(self, records: Sequence[OutcomeRecord]) -> None:
@@ -154,23 +152,29 @@ class OutcomesLogWriter(BatchedWriter[OutcomeRecord]):
         days: dict[int, list[OutcomeRecord]] = defaultdict(list)
         for record in batch:
             days[record.received_at_us // US_PER_DAY].append(record)
+        root = self.location
         for day, records in days.items():
-            write_outcome_file(self.root, _day(day * US_PER_DAY), self._next_name(),
+            write_outcome_file(root, _day(day * US_PER_DAY), self._next_name(),
                                records_to_table(records))
 
 
-def read_outcomes(path: str | Path) -> pa.Table:
-    """Every outcome row under ``path`` (a directory tree or one file); an empty
-    table in :data:`OUTCOME_SCHEMA` when there is none."""
-    path = Path(path)
-    if path.is_dir():
-        files = visible_parquet_files(path)
-        if not files:
+def read_outcomes(path: str | os.PathLike[str] | LogLocation) -> pa.Table:
+    """Every outcome row under ``path`` (a directory tree or one file; a local
+    path or a URI); an empty table in :data:`OUTCOME_SCHEMA` when there is
+    none. Raises :class:`~telemetry.storage.LogStorageError` when the storage
+    cannot be read."""
+    location = LogLocation.resolve(path)
+    with storage_errors(f"cannot read the outcomes log at {location}"):
+        info = location.info()
+        if info.type == FileType.Directory:
+            files = location.visible_parquet_files()
+            if not files:
+                return OUTCOME_SCHEMA.empty_table()
+            return pads.dataset(files, filesystem=location.fs, format="parquet",
+                                schema=OUTCOME_SCHEMA).to_table()
+        if info.type == FileType.NotFound:
             return OUTCOME_SCHEMA.empty_table()
-        return pads.dataset(files, format="parquet", schema=OUTCOME_SCHEMA).to_table()
-    if not path.exists():
-        return OUTCOME_SCHEMA.empty_table()
-    return pq.read_table(path, schema=OUTCOME_SCHEMA)
+        return pq.read_table(location.path, filesystem=location.fs, schema=OUTCOME_SCHEMA)
 
 
 # --------------------------------------------------------------------------- import
@@ -183,15 +187,17 @@ class OutcomesInputError(Exception):
 @dataclass(frozen=True, slots=True)
 class ImportResult:
     rows: int
-    file: Path
+    file: Path | str  # a path on local disk, else the object's URI
     seconds: float
 
 
-def import_outcomes(source: str | Path, root: str | Path) -> ImportResult:
+def import_outcomes(source: str | Path, root: str | os.PathLike[str] | LogLocation
+                    ) -> ImportResult:
     """Load, validate and write one CSV or Parquet file of outcome events.
 
     Every row is checked before anything is written; the rows land in one
-    Parquet file under ``root`` (all of them, or nothing).
+    Parquet file under ``root`` (a local directory or a URI), all of them or
+    nothing.
     """
     started = time.perf_counter()
     source = Path(source)
@@ -199,11 +205,14 @@ def import_outcomes(source: str | Path, root: str | Path) -> ImportResult:
     table = validate_outcomes(load_outcomes_file(source), received_us, source=str(source))
     name = f"part-import-{uuid.uuid4().hex[:8]}-{1:08d}.parquet"
     try:
-        written = write_outcome_file(Path(root), _day(received_us), name, table)
+        written = write_outcome_file(root, _day(received_us), name, table)
+    except LogStorageError as exc:
+        raise OutcomesInputError(f"cannot write to the outcomes log {root}: {exc}") from None
     except OSError as exc:
         raise OutcomesInputError(f"cannot write to the outcomes log {root}: "
                                  f"{exc.strerror or exc}") from None
-    return ImportResult(table.num_rows, written, time.perf_counter() - started)
+    return ImportResult(table.num_rows, Path(written.uri) if written.local else written.uri,
+                        time.perf_counter() - started)
 
 
 def load_outcomes_file(path: Path) -> pa.Table:

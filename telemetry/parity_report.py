@@ -51,6 +51,7 @@ from telemetry.parity import (
     replay_parity,
     replay_parity_from_diffs,
 )
+from telemetry.storage import LogLocation
 from telemetry.verdict import Verdict
 
 if TYPE_CHECKING:
@@ -161,12 +162,15 @@ def _primary_rows(table: pa.Table, name: str | None = None,
 
 
 def load_log(path: str | Path) -> pa.Table:
-    path = Path(path)
-    if not path.exists():
-        raise ParityInputError(f"no decision log at {path}")
-    table = read_decisions(path)
+    """Every row of the decision log at ``path`` (a local path or a URI such as
+    ``s3://bucket/prefix``); :class:`~telemetry.storage.LogStorageError` when
+    its storage cannot be read."""
+    location = LogLocation.resolve(path)
+    if not location.exists():
+        raise ParityInputError(f"no decision log at {location}")
+    table = read_decisions(location)
     if table.num_rows == 0:
-        raise ParityInputError(f"the decision log at {path} is empty")
+        raise ParityInputError(f"the decision log at {location} is empty")
     return table
 
 

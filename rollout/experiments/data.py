@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+from pyarrow.fs import FileType
 
 from rollout.experiments.analysis import (
     ARM_BITS,
@@ -51,10 +52,10 @@ from rollout.experiments.periods import (
 from rollout.experiments.results import Period
 from serving.kernel.analysis_plan import AnalysisPlan
 from serving.kernel.config import ExperimentSpec, RampartConfig
-from serving.kernel.errors import RampartError
-from telemetry.batched_writer import visible_parquet_files
+from serving.kernel.errors import LogStorageUnavailable, RampartError
 from telemetry.decision_log import DECISION_SCHEMA
 from telemetry.outcomes_log import OUTCOME_SCHEMA
+from telemetry.storage import LogLocation, LogStorageError, storage_errors
 
 # Low-cardinality columns read as Arrow dictionaries: Parquet's dictionary pages
 # become integer indices directly, without materializing a string per row.
@@ -74,16 +75,32 @@ class AnalysisInputError(RampartError):
     code, status = "invalid_analysis_input", 422
 
 
-def _dataset(path: Path, schema: pa.Schema, noun: str,
-             format: pads.FileFormat | str = "parquet") -> pads.Dataset:
-    if not path.exists():
-        raise AnalysisInputError(f"no {noun} at {path}")
-    if path.is_dir():
-        files = visible_parquet_files(path)
-        if not files:
-            raise AnalysisInputError(f"no {noun} files (*.parquet) under {path}")
-        return pads.dataset(files, format=format, schema=schema)
-    return pads.dataset(str(path), format=format, schema=schema)
+LogPlace = str | os.PathLike[str]
+
+
+def _read(path: LogPlace, schema: pa.Schema, noun: str, columns: list[str],
+          filter: pc.Expression, format: pads.FileFormat | str = "parquet") -> pa.Table:
+    """The rows of one log (a local path or a URI such as ``s3://bucket/prefix``)
+    that ``filter`` keeps, pushed down into the Parquet scan; a log whose storage
+    cannot be read is a :class:`LogStorageUnavailable`."""
+    location = LogLocation.resolve(path)
+    try:
+        with storage_errors(f"cannot read the {noun} at {location}"):
+            info = location.info()
+            if info.type == FileType.NotFound:
+                raise AnalysisInputError(f"no {noun} at {location}")
+            if info.type == FileType.Directory:
+                files = location.visible_parquet_files()
+                if not files:
+                    raise AnalysisInputError(f"no {noun} files (*.parquet) under {location}")
+                dataset = pads.dataset(files, filesystem=location.fs, format=format,
+                                       schema=schema)
+            else:
+                dataset = pads.dataset(location.path, filesystem=location.fs, format=format,
+                                       schema=schema)
+            return dataset.to_table(columns=columns, filter=filter)
+    except LogStorageError as exc:
+        raise LogStorageUnavailable(str(exc)) from None
 
 
 def _micros(column: pa.ChunkedArray) -> np.ndarray:
@@ -169,14 +186,13 @@ class DecisionRows:
                             self.served[mask], self.names, self.versions)
 
 
-def _read_decisions(decisions: Path, experiment: ExperimentSpec, as_of: dt.datetime,
+def _read_decisions(decisions: LogPlace, experiment: ExperimentSpec, as_of: dt.datetime,
                     segments: tuple[str, ...]) -> pa.Table:
-    dataset = _dataset(decisions, _DECISIONS_AS_READ, "decision log", _DECISIONS_FORMAT)
     columns = ["unit_id", "timestamp", *DICTIONARY_COLUMNS] + (["context"] if segments else [])
-    return dataset.to_table(
-        columns=columns,
-        filter=(pc.field("experiment_id") == experiment.id) & (pc.field("role") == "primary")
-        & (pc.field("timestamp") <= _as_of_scalar(as_of)))
+    return _read(
+        decisions, _DECISIONS_AS_READ, "decision log", columns,
+        (pc.field("experiment_id") == experiment.id) & (pc.field("role") == "primary")
+        & (pc.field("timestamp") <= _as_of_scalar(as_of)), _DECISIONS_FORMAT)
 
 
 def decision_rows(table: pa.Table, experiment: ExperimentSpec) -> DecisionRows:
@@ -261,7 +277,7 @@ def _exposures(rows: DecisionRows, codes: np.ndarray, n_codes: int,
 
 
 def load_exposures(
-    decisions: Path,
+    decisions: LogPlace,
     experiment: ExperimentSpec,
     as_of: dt.datetime,
     segments: tuple[str, ...] = (),
@@ -280,17 +296,16 @@ def load_exposures(
 # --------------------------------------------------------------------------- outcomes
 
 
-def _read_outcomes(outcomes: Path, metrics: tuple[str, ...], experiment_id: str,
+def _read_outcomes(outcomes: LogPlace, metrics: tuple[str, ...], experiment_id: str,
                    as_of: dt.datetime) -> pa.Table:
     """Outcome events for ``metrics`` known by ``as_of``.
 
     An event tagged with another experiment's id is not this experiment's; an
     untagged event belongs to every experiment its unit is in.
     """
-    dataset = _dataset(outcomes, OUTCOME_SCHEMA, "outcomes log")
-    return dataset.to_table(
-        columns=["unit_id", "metric", "value", "timestamp"],
-        filter=pc.field("metric").isin(list(metrics))
+    return _read(
+        outcomes, OUTCOME_SCHEMA, "outcomes log", ["unit_id", "metric", "value", "timestamp"],
+        pc.field("metric").isin(list(metrics))
         & (pc.field("experiment_id").is_null() | (pc.field("experiment_id") == experiment_id))
         & (pc.field("timestamp") <= _as_of_scalar(as_of)))
 
@@ -309,7 +324,7 @@ def _outcome_rows(table: pa.Table, unit: np.ndarray, metrics: tuple[str, ...]) -
 
 
 def load_outcomes(
-    outcomes: Path,
+    outcomes: LogPlace,
     unit_dictionary: pa.Array,
     metrics: tuple[str, ...],
     experiment_id: str,
@@ -340,8 +355,8 @@ class ExperimentData:
 
 
 def load_experiment(
-    decisions: Path,
-    outcomes: Path,
+    decisions: LogPlace,
+    outcomes: LogPlace,
     experiment: ExperimentSpec,
     metrics: tuple[str, ...],
     as_of: dt.datetime,
@@ -362,8 +377,8 @@ def load_experiment(
 
 
 def load_all_periods(
-    decisions: Path,
-    outcomes: Path,
+    decisions: LogPlace,
+    outcomes: LogPlace,
     experiment: ExperimentSpec,
     metrics: tuple[str, ...],
     as_of: dt.datetime,
@@ -373,7 +388,7 @@ def load_all_periods(
     return _load(decisions, outcomes, experiment, metrics, as_of, segments, "all")
 
 
-def _load(decisions: Path, outcomes: Path, experiment: ExperimentSpec,
+def _load(decisions: LogPlace, outcomes: LogPlace, experiment: ExperimentSpec,
           metrics: tuple[str, ...], as_of: dt.datetime, segments: tuple[str, ...],
           which: PeriodChoice | Literal["all"]) -> list[ExperimentData]:
     with ThreadPoolExecutor(max_workers=1) as pool:  # leaving waits for the outcomes side

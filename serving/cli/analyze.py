@@ -43,10 +43,12 @@ def add_commands(sub: Any) -> None:
                     "segments, and a ship / hold / rollback decision with its reasons.")
     analyze.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     analyze.add_argument("--experiment", required=True, help="experiment id in the config")
-    analyze.add_argument("--decisions", type=Path,
-                         help="decision log directory or file (default: the config's)")
-    analyze.add_argument("--outcomes", type=Path,
-                         help="outcomes log directory or file (default: the config's)")
+    # Text, not Path: Path would fold the "//" of a URI such as s3://bucket/log.
+    analyze.add_argument("--decisions",
+                         help="decision log directory, file or URI such as s3://bucket/prefix "
+                              "(default: the config's)")
+    analyze.add_argument("--outcomes",
+                         help="outcomes log directory, file or URI (default: the config's)")
     analyze.add_argument("--as-of", help="analyse the logs as they stood at this time "
                                          "(ISO-8601 with a zone, or seconds since the epoch)")
     analyze.add_argument("--segment", action="append", default=[],
@@ -111,8 +113,8 @@ def parse_time(text: str) -> dt.datetime:
     return moment.astimezone(dt.UTC)
 
 
-def run_analysis(config: Any, experiment_id: str, *, decisions: Path | None = None,
-                 outcomes: Path | None = None, as_of: dt.datetime | None = None,
+def run_analysis(config: Any, experiment_id: str, *, decisions: Path | str | None = None,
+                 outcomes: Path | str | None = None, as_of: dt.datetime | None = None,
                  exploratory_segments: tuple[str, ...] = (), timeline_points: int = 0,
                  now: dt.datetime | None = None, period: int | Literal["latest"] = "latest"
                  ) -> ExperimentAnalysis:
@@ -123,8 +125,8 @@ def run_analysis(config: Any, experiment_id: str, *, decisions: Path | None = No
                 now=now, which=period)[0]
 
 
-def run_all_periods(config: Any, experiment_id: str, *, decisions: Path | None = None,
-                    outcomes: Path | None = None, as_of: dt.datetime | None = None,
+def run_all_periods(config: Any, experiment_id: str, *, decisions: Path | str | None = None,
+                    outcomes: Path | str | None = None, as_of: dt.datetime | None = None,
                     exploratory_segments: tuple[str, ...] = (), timeline_points: int = 0,
                     now: dt.datetime | None = None) -> list[ExperimentAnalysis]:
     """:func:`run_analysis` of every period of the experiment, in time order."""
@@ -133,8 +135,8 @@ def run_all_periods(config: Any, experiment_id: str, *, decisions: Path | None =
                 now=now, which="all")
 
 
-def _run(config: Any, experiment_id: str, *, decisions: Path | None,
-         outcomes: Path | None, as_of: dt.datetime | None,
+def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
+         outcomes: Path | str | None, as_of: dt.datetime | None,
          exploratory_segments: tuple[str, ...], timeline_points: int,
          now: dt.datetime | None, which: int | Literal["latest", "all"]
          ) -> list[ExperimentAnalysis]:
@@ -166,8 +168,7 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | None,
         raise CliError(str(exc)) from None
     as_of = as_of or now
     segments = tuple(dict.fromkeys((*plan.segments, *exploratory_segments)))
-    paths = (Path(decisions or config.decision_log.path),
-             Path(outcomes or config.outcomes_log.path))
+    paths = (decisions or config.decision_log.path, outcomes or config.outcomes_log.path)
     try:
         loaded = (load_all_periods(*paths, experiment, plan_metrics(plan), as_of, segments)
                   if which == "all" else

@@ -4,9 +4,12 @@ loading a config or a routing table with a clear message."""
 from __future__ import annotations
 
 import socket
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from serving.kernel.errors import LogStorageUnavailable, RampartError
 
 # The default config ships inside the package, so every command finds it from
 # any working directory. DEFAULT_CONFIG is its path on disk, for argparse
@@ -22,6 +25,22 @@ SEED_DEMO_HINT = "Run `rampart models seed-demo` for the demo models."
 
 class CliError(Exception):
     """A user mistake: printed as one message, exit code 2."""
+
+
+def project_error(exc: BaseException) -> RampartError | None:
+    """``exc`` as one of the project's errors, which the CLI prints on one line
+    with exit code 2; None for anything else (a bug, shown with its traceback).
+
+    A log's storage failing (no such bucket, no credentials, an endpoint that
+    does not answer) is :class:`LogStorageUnavailable`. The storage module is
+    looked up, not imported: if nothing loaded it, it raised nothing.
+    """
+    if isinstance(exc, RampartError):
+        return exc
+    storage = sys.modules.get("telemetry.storage")
+    if storage is not None and isinstance(exc, storage.LogStorageError):
+        return LogStorageUnavailable(str(exc))
+    return None
 
 
 def default_config_document() -> Any:
