@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # Debian packages the tests and benchmarks use: promtool and a real Prometheus,
-# Alertmanager, and wrk. Installed only when missing.
+# Alertmanager, and wrk; PostgreSQL's server binaries (off PATH, under
+# /usr/lib/postgresql/*/bin) for the rollout store's tests. Installed only when missing.
 SYSTEM_TOOLS := promtool prometheus prometheus-alertmanager amtool wrk chromium
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
@@ -22,6 +23,11 @@ system-deps:
 	  echo "installing Debian packages for:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager wrk chromium >/dev/null; \
+	fi
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing Debian packages for: postgresql"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
 	fi
 
 install: $(STAMP)

@@ -13,6 +13,14 @@ lock of the service, so no rollout step delays a replica. The tick fetches
 metrics outside the service lock, so a slow or hung Prometheus delays no
 operator command, Alertmanager webhook or status read.
 
+Every step runs inside the store's hold on the rollout's row
+(:meth:`RolloutStore.transition`): when two controllers share one database,
+the one that loses a race for a step learns it before it has published or
+touched MLflow, reloads the rollout and leaves the step to the winner. A step
+that cannot reach the store changes nothing: the rollout holds where the
+store has it, the tick goes on, and the step is taken again once the
+database is back.
+
 It is plain Python: tests drive it directly with a real SQLite store and a
 real MLflow registry; on Ray one instance lives in the controller actor
 (``rollout/actor.py``).
@@ -54,13 +62,22 @@ from serving.kernel.commands import (
     RoutingStatus,
 )
 from serving.kernel.config import ModelSpec, RampartConfig, ShadowSpec
-from serving.kernel.errors import InvalidRollout, RolloutConflict, RolloutNotFound
+from serving.kernel.errors import (
+    InvalidRollout,
+    RolloutConflict,
+    RolloutNotFound,
+    StaleRollout,
+    StoreUnavailable,
+)
 from serving.routing.router import RolloutRoute, build_routing_table
 from serving.routing.snapshot import RolloutGauge, RoutingSnapshot
 
 log = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
+# An operator command or alert that loses a race to another controller is
+# tried again on the reloaded rollout, this many times in all.
+COMMAND_ATTEMPTS = 3
 
 
 class WritableRegistry(Protocol):
@@ -93,10 +110,14 @@ class RolloutService:
     board: SnapshotBoard = field(default_factory=SnapshotBoard)
     # Promoted rollouts whose alias has not moved yet: their split stays at 100%.
     _alias_pending: set[str] = field(default_factory=set)
+    # The store revision each in-memory state was read or written at.
+    _revisions: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # A restarted controller resumes every rollout where the store left it.
-        self._states = {s.id: s for s in self.store.all()}
+        stored = self.store.load_all()
+        self._states = {s.state.id: s.state for s in stored}
+        self._revisions = {s.state.id: s.revision for s in stored}
         self._publish()
 
     # ------------------------------------------------------------------ routing
@@ -144,11 +165,16 @@ class RolloutService:
             except LookupError as exc:
                 raise InvalidRollout(str(exc)) from None
             key = (shadow.model, shadow.version)
+            before = dict(self._shadows)
             if enabled:
                 self._shadows[key] = shadow
             else:
                 self._shadows.pop(key, None)
-            self._publish()
+            try:
+                self._publish()
+            except StoreUnavailable:
+                self._shadows = before  # not published: not attached
+                raise
             assert self._snapshot is not None
             return self._snapshot
 
@@ -211,20 +237,37 @@ class RolloutService:
                                      "numbers, not aliases: a rollout pins what it compares")
             now = self.clock()
             state = new_rollout(rollout_id, plan, now)
+            self._revisions[rollout_id] = self.store.add(state)  # conflict if another has it
             self._states[rollout_id] = state
             self._runtime[rollout_id] = _Runtime(next_check_at=now + plan.interval_s)
-            self.store.save(state)
-            self._advance(state, None, [], now)
+            try:
+                self._advance(state, None, [], now)
+            except (StaleRollout, StoreUnavailable) as exc:
+                # Stored and pending: its first step is taken by a later tick.
+                log.warning("rollout %s created; its first step waits: %s", rollout_id, exc)
             return self._states[rollout_id]
 
     def command(self, rollout_id: str, kind: OperatorAction, reason: str = "") -> RolloutState:
-        """An operator's pause, resume, promote or abort."""
+        """An operator's pause, resume, promote or abort.
+
+        Applied to the rollout as the store has it: if another controller
+        stepped it meanwhile, the command is tried again on the reloaded
+        state. StoreUnavailable reaches the caller: the command did nothing.
+        """
         with self._lock:
-            state = self.get(rollout_id)
-            if state.terminal:
-                raise RolloutConflict(f"rollout {rollout_id!r} already {state.phase.value}")
-            event = Event(kind=kind, reason=reason)
-            self._advance(state, None, [event], self.clock(), metrics_error="operator command")
+            for attempt in range(1, COMMAND_ATTEMPTS + 1):
+                state = self.get(rollout_id)
+                if state.terminal:
+                    raise RolloutConflict(f"rollout {rollout_id!r} already {state.phase.value}")
+                event = Event(kind=kind, reason=reason)
+                try:
+                    self._advance(state, None, [event], self.clock(),
+                                  metrics_error="operator command")
+                except StaleRollout:
+                    if attempt == COMMAND_ATTEMPTS:
+                        raise
+                    continue
+                break
             return self._states[rollout_id]
 
     def alert(self, payload: Any) -> AlertResult:
@@ -247,9 +290,27 @@ class RolloutService:
                 name = str(labels.get("alertname", "alert"))
                 summary = (alert.get("annotations") or {}).get("summary", "")
                 event = Event(kind="alert", reason=f"{name} {summary}".strip())
-                self._advance(state, None, [event], self.clock(), metrics_error="alert")
-                rolled_back.append(state.id)
+                if self._alert_one(state.id, event):
+                    rolled_back.append(state.id)
+                else:
+                    ignored += 1
         return AlertResult(rolled_back=rolled_back, ignored=ignored)
+
+    def _alert_one(self, rollout_id: str, event: Event) -> bool:
+        """Roll one rollout back; False if it had finished (here or on another
+        controller) before the alert could act."""
+        for attempt in range(1, COMMAND_ATTEMPTS + 1):
+            state = self._states[rollout_id]
+            if state.terminal:
+                return False
+            try:
+                self._advance(state, None, [event], self.clock(), metrics_error="alert")
+            except StaleRollout:
+                if attempt == COMMAND_ATTEMPTS:
+                    raise
+                continue
+            return True
+        return False
 
     def tick(self) -> None:
         """Run every rollout whose analysis interval has come.
@@ -259,6 +320,10 @@ class RolloutService:
         metrics without it; then, under the lock again, step each rollout only
         if nothing changed it meanwhile. An operator command or an alert that
         arrived during the fetch wins, and the fetched window is discarded.
+
+        A step that finds the store unreachable holds its rollout (logged, and
+        its window kept for the next step); one that another controller took
+        first leaves the rollout as that controller wrote it. Neither raises.
         """
         now = self.clock()
         due: list[tuple[RolloutState, _Runtime]] = []
@@ -288,12 +353,20 @@ class RolloutService:
                     if current is not None:
                         runtime.previous = current
                     continue
-                if current is None:
-                    self._advance(state, None, [], now, metrics_error=error)
+                window = None if current is None else window_between(
+                    runtime.previous, current, custom)
+                try:
+                    self._advance(state, window, [], now, metrics_error=error)
+                except StaleRollout as exc:
+                    log.info("rollout %s: step left to another controller: %s",
+                             state.id, exc)
+                except StoreUnavailable as exc:
+                    # Nothing stored changed: the traffic of this window is
+                    # judged with the next one, once the store is back.
+                    log.warning("rollout %s holds: %s", state.id, exc)
                     continue
-                window = window_between(runtime.previous, current, custom)
-                runtime.previous = current
-                self._advance(state, window, [], now)
+                if current is not None:
+                    runtime.previous = current
 
     def next_due_in(self) -> float:
         with self._lock:
@@ -351,7 +424,43 @@ class RolloutService:
 
     def _advance(self, state: RolloutState, window: Any, events: list[Event], now: float,
                  metrics_error: str = "") -> None:
+        """Take one step of the rollout and carry out its actions.
+
+        The actions run while the store holds the rollout's row at the
+        revision ``state`` was read at, and the new state and audit records
+        are written in that same transaction. Raises :class:`StaleRollout`
+        (before any action, the rollout reloaded from the store) if another
+        controller stepped it first, and :class:`StoreUnavailable` if the
+        store cannot be reached; either way nothing of this step is stored
+        and the in-memory state is the stored one.
+        """
         new_state, actions = step(state, window, events, now, metrics_error)
+        if new_state == state and not actions:
+            return
+        was_pending = state.id in self._alias_pending
+        snapshot = self._snapshot
+        try:
+            with self.store.transition(state.id, self._revisions.get(state.id, 0)) as held:
+                records = self._act(state, new_state, actions, now)
+                revision = held.save(new_state, records) if new_state != state else None
+        except BaseException as exc:
+            self._states[state.id] = state
+            if was_pending:
+                self._alias_pending.add(state.id)
+            else:
+                self._alias_pending.discard(state.id)
+            if isinstance(exc, StaleRollout):
+                self._reload(state.id)
+            elif self._snapshot is not snapshot:
+                # The step published before it failed: publish the stored state again.
+                self._publish_if_reachable()
+            raise
+        if revision is not None:
+            self._revisions[state.id] = revision
+
+    def _act(self, state: RolloutState, new_state: RolloutState, actions: list[Any],
+             now: float) -> list[AuditRecord]:
+        """Carry out a step's actions in order; return the audit records to store."""
         records: list[AuditRecord] = []
         collapsed: list[str] = []
         published = False
@@ -384,8 +493,28 @@ class RolloutService:
                 step_index=new_state.step_index, weight_bp=new_state.weight_bp,
                 reason="routing now compares a version with itself: " + "; ".join(collapsed),
                 figures={"shared_versions": collapsed}))
-        if new_state != state:
-            self.store.save(new_state, records)
+        return records
+
+    def _reload(self, rollout_id: str) -> None:
+        """Take the rollout as another controller stored it, and route by it."""
+        try:
+            stored = self.store.load(rollout_id)
+        except StoreUnavailable as exc:
+            log.warning("rollout %s: cannot reload it: %s", rollout_id, exc)
+            return
+        if stored is None:
+            return
+        self._states[rollout_id] = stored.state
+        self._revisions[rollout_id] = stored.revision
+        # The winner moved the alias if the rollout was promoted.
+        self._alias_pending.discard(rollout_id)
+        self._publish_if_reachable()
+
+    def _publish_if_reachable(self) -> None:
+        try:
+            self._publish()
+        except StoreUnavailable as exc:
+            log.warning("routing table not republished: %s", exc)
 
     def _promote(self, state: RolloutState, action: PromoteAlias) -> None:
         self.registry.set_alias(action.model_name, CHAMPION_ALIAS, action.version)
