@@ -19,7 +19,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_wsgi_server,
+)
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 # ``rollout_id``/``rollout_arm`` are set where a rollout's split decided the
@@ -116,6 +124,48 @@ def prepare_multiprocess_dir(path: Path) -> Path:
     for stale in path.glob("*.db"):
         stale.unlink()
     return path
+
+
+class ProcessMetricsCollector:
+    """One process's own samples from the multiprocess directory.
+
+    ``GET /metrics`` through the ingress aggregates every replica of a node;
+    on a cluster Prometheus scrapes each replica instead (its own endpoint,
+    listed by the controller's scrape-target file), so each replica must
+    expose only its own process: otherwise the replicas of one node would be
+    counted once per replica. prometheus_client names the files it writes
+    ``<kind>_<pid>.db`` (gauges ``gauge_<mode>_<pid>.db``).
+    """
+
+    def __init__(self, directory: Path, pid: int) -> None:
+        self.directory = directory
+        self.suffix = f"_{pid}.db"
+
+    def collect(self) -> Iterable[Metric]:
+        files = [str(f) for f in sorted(self.directory.glob("*.db"))
+                 if f.name.endswith(self.suffix)]
+        merged: Iterable[Metric] = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        return merged
+
+
+class ReplicaMetricsServer:
+    """This replica's metrics on a port of its own, for Prometheus to scrape."""
+
+    def __init__(self, host: str, directory: Path | None) -> None:
+        registry = CollectorRegistry()
+        if directory is not None:
+            registry.register(ProcessMetricsCollector(directory, os.getpid()))
+        self._server, self._thread = start_wsgi_server(0, addr=host, registry=registry)
+        self.host = host
+        self.port = int(self._server.server_port)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 class ShadowMetrics:

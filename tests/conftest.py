@@ -10,9 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.object_store import ObjectStore
+from tests.object_store import s3_server as start_s3_server
+
+if TYPE_CHECKING:
+    from tests.postgres_server import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,3 +74,31 @@ def ray_session() -> Iterator[None]:
 
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    """One moto S3 server for the session (see tests/object_store.py); each test
+    makes its own bucket with ``s3_server.bucket()``."""
+    with start_s3_server(tmp_path_factory.mktemp("moto")) as store:
+        yield store
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session (tests/postgres_server.py), started
+    only if a test asks for it."""
+    from tests.postgres_server import PostgresServer
+
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a database of its own on the session's PostgreSQL."""
+    return postgres_server.create_database("session")

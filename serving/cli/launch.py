@@ -14,19 +14,23 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from serving.gateway.ray_app import (
     ADMIN_TOKEN_ENV,
+    APP_NAME,
     ReplicaSettings,
     delete_gateway,
     deploy_gateway,
+    deployment_options,
     resolve_outcomes_path,
     resolve_paths,
     set_ingress_env,
@@ -49,23 +53,109 @@ class RunningGateway:
     controller: Any = None
     fault_board: Any = None  # the chaos actor, when started with chaos=True
     stopped: bool = False
+    # Joined an existing cluster: stop() leaves Serve and Ray running there.
+    joined: bool = False
+    haproxy_dir: Path | None = None
 
     def stop(self) -> None:
-        """Delete the app (replicas flush their logs), stop Serve, and Ray if ours. Idempotent."""
+        """Delete the app (replicas flush their logs), stop the controller and
+        Serve, and Ray if ours. Idempotent."""
         from ray import serve
+
+        from rollout.actor import stop_controller
 
         if self.stopped:
             return
         self.stopped = True
         delete_gateway()
         if self.controller is not None:
-            ray.get(self.controller.stop.remote(), timeout=30)
-            ray.kill(self.controller)
+            stop_controller(self.controller)
         if self.fault_board is not None:
             ray.kill(self.fault_board)
-        serve.shutdown()  # type: ignore[no-untyped-call]
-        if self.owns_ray:
+        if not self.joined:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+        self.disconnect()
+
+    def disconnect(self) -> None:
+        """Leave what runs on a cluster running; end this process's part."""
+        if self.owns_ray or self.joined:
             ray.shutdown()
+        if self.haproxy_dir is not None:
+            shutil.rmtree(self.haproxy_dir, ignore_errors=True)
+            self.haproxy_dir = None
+
+
+@dataclass(frozen=True)
+class GatewayParts:
+    """Everything a gateway deployment needs, made on a running Ray."""
+
+    settings: ReplicaSettings
+    controller: Any
+    fault_board: Any
+    options: dict[str, Any]
+    metrics_dir: Path
+
+
+def prepare_gateway(config: RampartConfig, num_replicas: int | None = None,
+                    admin_token: str | None = None, chaos: bool = False) -> GatewayParts:
+    """Fix the experiments' analysis plans, start (or reuse) the rollout
+    controller and build the replicas' settings; Ray must be connected.
+
+    Shared by :func:`start_gateway` and the Serve application builder
+    (``serving.app:build``), so ``rampart serve`` and ``serve deploy`` run the
+    same gateway."""
+    from rollout.actor import CONTROLLER_NAME, CONTROLLER_NAMESPACE, start_controller
+    from rollout.experiments.data import register_config_plans
+
+    tracking_uri = config.resolved_tracking_uri()
+    decision_dir, metrics_dir = resolve_paths(config)
+    # Each replica's writer creates a local log directory; a URI has none to create.
+    outcomes_dir = resolve_outcomes_path(config)  # created by the first write
+    prepare_multiprocess_dir(metrics_dir)
+    # Serving an experiment is when its analysis plan must already be fixed.
+    for problem in register_config_plans(config, dt.datetime.now(dt.UTC)):
+        log.warning("%s", problem)
+    targets_file = config.resolved_scrape_targets_file()
+    if not targets_file.is_absolute():
+        targets_file = Path.cwd() / targets_file
+    controller = start_controller(config, config.resolved_store_url(), tracking_uri,
+                                  metrics_dir, targets_file)
+    fault_board = None
+    if chaos:
+        from serving.chaos import start_fault_board
+
+        fault_board = start_fault_board()
+    settings = ReplicaSettings(
+        config=config, tracking_uri=tracking_uri, decision_dir=decision_dir,
+        outcomes_dir=outcomes_dir,
+        admin_token=admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
+        controller_name=CONTROLLER_NAME, controller_namespace=CONTROLLER_NAMESPACE,
+    )
+    return GatewayParts(settings, controller, fault_board,
+                        deployment_options(config, num_replicas), metrics_dir)
+
+
+def connect_ray(address: str | None) -> tuple[bool, bool, Path | None]:
+    """Connect this process to Ray: the one already connected, the cluster at
+    ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or a new local
+    one. Returns (owns_ray, joined, haproxy_dir)."""
+    if ray.is_initialized():
+        return False, False, None
+    # ray.init replaces SIGINT/SIGTERM handlers with ones that abort the process;
+    # keep the caller's (``rampart serve`` turns both into a clean, flushing stop).
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    haproxy_dir = None
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        haproxy_dir = set_ingress_env()
+        ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=False)
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in saved.items():
+            if callable(handler):
+                signal.signal(sig, handler)
+    return not address, bool(address), haproxy_dir
 
 
 def start_gateway(
@@ -76,57 +166,48 @@ def start_gateway(
     admin_token: str | None = None,
     ready_timeout_s: float = 120.0,
     chaos: bool = False,
+    address: str | None = None,
 ) -> RunningGateway:
-    """Start Ray (if needed), the rollout controller and the gateway app;
-    return once the gateway answers /healthz.
+    """Connect to Ray (or start a local one), start the rollout controller and
+    the gateway app; return once the gateway answers /healthz.
 
-    ``chaos=True`` also starts the fault board, wraps every replica's scorers
-    in fault injectors and serves ``POST /v1/admin/faults`` (chaos testing;
-    without it there is no such route and no fault code on the request path).
+    ``address`` joins an existing cluster (its nodes must run with the ingress
+    environment, see ``INGRESS_ENV``). ``chaos=True`` also starts the fault
+    board, wraps every replica's scorers in fault injectors and serves
+    ``POST /v1/admin/faults`` (chaos testing; without it there is no such
+    route and no fault code on the request path).
     """
-    import httpx
-
-    from rollout.actor import start_controller
-    from rollout.experiments.data import register_config_plans
-
     host = host or config.server.host
     port = port or config.server.port
-    replicas = num_replicas or config.server.num_replicas
-    tracking_uri = config.resolved_tracking_uri()
-    decision_dir, metrics_dir = resolve_paths(config)
-    decision_dir.mkdir(parents=True, exist_ok=True)
-    outcomes_dir = resolve_outcomes_path(config)  # created by the first write
-    prepare_multiprocess_dir(metrics_dir)
-    # Serving an experiment is when its analysis plan must already be fixed.
-    for problem in register_config_plans(config, dt.datetime.now(dt.UTC)):
-        log.warning("%s", problem)
+    owns_ray, joined, haproxy_dir = connect_ray(address)
+    try:
+        parts = prepare_gateway(config, num_replicas, admin_token, chaos)
+        deploy_gateway(parts.settings, parts.controller, parts.fault_board, parts.options,
+                       parts.metrics_dir, host, port, config.server.proxy_location)
+    except BaseException:
+        if owns_ray or joined:
+            ray.shutdown()
+        if haproxy_dir is not None:
+            shutil.rmtree(haproxy_dir, ignore_errors=True)
+        raise
+    gateway = RunningGateway(f"http://{host}:{port}", _table(parts.controller), config,
+                             owns_ray, parts.controller, parts.fault_board, joined=joined,
+                             haproxy_dir=haproxy_dir)
+    wait_healthy(gateway.url, ready_timeout_s)
+    return gateway
 
-    set_ingress_env()
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        # ray.init replaces SIGINT/SIGTERM handlers with ones that abort the process;
-        # keep the caller's (``rampart serve`` turns both into a clean, flushing stop).
-        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=False)
-        if threading.current_thread() is threading.main_thread():
-            for sig, handler in saved.items():
-                if callable(handler):
-                    signal.signal(sig, handler)
-    controller = start_controller(config, config.resolved_store_url(), tracking_uri, metrics_dir)
-    fault_board = None
-    if chaos:
-        from serving.chaos import start_fault_board
 
-        fault_board = start_fault_board()
-    settings = ReplicaSettings(
-        config=config, tracking_uri=tracking_uri, decision_dir=decision_dir,
-        outcomes_dir=outcomes_dir,
-        admin_token=admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
-    )
-    deploy_gateway(settings, controller, fault_board, replicas, metrics_dir, host, port)
-    url = f"http://{host}:{port}"
-    deadline = time.monotonic() + ready_timeout_s
+def _table(controller: Any) -> RoutingTable:
+    snapshot = ray.get(controller.wait_for_snapshot.remote(-1, 0.0))
+    table: RoutingTable = snapshot.table
+    return table
+
+
+def wait_healthy(url: str, timeout_s: float) -> None:
+    """Return once ``url`` answers /healthz several times in a row."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
     last_error = "no answer"
     # Ray's HAProxy may reload once more just after the first healthy answer;
     # call the gateway ready after several healthy answers in a row.
@@ -136,13 +217,33 @@ def start_gateway(
             if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
                 healthy_in_a_row += 1
                 if healthy_in_a_row >= 4:
-                    snapshot = ray.get(controller.wait_for_snapshot.remote(-1, 0.0))
-                    return RunningGateway(url, snapshot.table, config, owns_ray, controller,
-                                          fault_board)
+                    return
             else:
                 healthy_in_a_row = 0
         except httpx.HTTPError as exc:
             last_error = str(exc)
             healthy_in_a_row = 0
         time.sleep(0.25)
-    raise TimeoutError(f"gateway did not answer {url}/healthz in {ready_timeout_s}s: {last_error}")
+    raise TimeoutError(f"gateway did not answer {url}/healthz in {timeout_s}s: {last_error}")
+
+
+def stop_cluster_gateway(address: str | None) -> list[str]:
+    """``rampart stop``: remove the gateway app and the rollout controller from
+    the cluster at ``address``; returns what was removed."""
+    from ray import serve
+
+    from rollout.actor import find_controller, stop_controller
+
+    ray.init(address=address or "auto", logging_level=logging.WARNING, log_to_driver=False)
+    removed = []
+    try:
+        if APP_NAME in serve.status().applications:
+            delete_gateway()
+            removed.append(f"app {APP_NAME}")
+        controller = find_controller()
+        if controller is not None:
+            stop_controller(controller)
+            removed.append("rollout controller")
+    finally:
+        ray.shutdown()
+    return removed

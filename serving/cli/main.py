@@ -25,6 +25,7 @@ from serving.cli.common import (
     load_plan_or_exit,
     model_config,
     port_free,
+    project_error,
     routing_table,
 )
 
@@ -68,8 +69,63 @@ def serve_config(args: argparse.Namespace) -> tuple[Any, str]:
     return config, SEED_DEMO_HINT
 
 
+def cmd_stop(args: argparse.Namespace) -> int:
+    from serving.cli.launch import stop_cluster_gateway
+
+    try:
+        removed = stop_cluster_gateway(args.address)
+    except ConnectionError as exc:
+        raise CliError(f"no Ray cluster at {args.address}: {exc}") from None
+    print(f"removed {', '.join(removed)}" if removed else "nothing to remove: no gateway runs "
+          "on this cluster", flush=True)
+    return 0
+
+
+def cmd_serve_on_cluster(args: argparse.Namespace, config: Any, hint: str) -> int:
+    """``rampart serve --address``: deploy on an existing cluster; block, or detach."""
+    from serving.cli.launch import start_gateway
+
+    host = args.host or config.server.host
+    port = args.port or config.server.port
+    routing_table(config, hint)  # fail fast, with a clear message, on unknown versions
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        gateway = start_gateway(config, host=host, port=port, num_replicas=args.replicas,
+                                chaos=args.chaos, address=args.address)
+    except ConnectionError as exc:
+        raise CliError(f"cannot join the Ray cluster at {args.address}: {exc}") from None
+    print(f"rampart gateway serving on {gateway.url} on the Ray cluster at {args.address} "
+          f"(routing version {gateway.table.version})", flush=True)
+    if args.detach:
+        gateway.disconnect()
+        print("detached: the gateway and its rollout controller keep running on the cluster; "
+              "`rampart stop --address ...` removes them", flush=True)
+        return 0
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        print("stopping: flushing decision logs", flush=True)
+        gateway.stop()
+        print("stopped", flush=True)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.shutdown:
+        if not args.address:
+            raise CliError("--shutdown needs --address (or RAY_ADDRESS): the cluster to "
+                           "remove the gateway from")
+        args.address = args.address or "auto"
+        return cmd_stop(args)
+    if args.detach and not args.address:
+        raise CliError("--detach needs --address (or RAY_ADDRESS): a local Ray ends with this "
+                       "process; start a cluster with `ray start --head` and join it")
     config, hint = serve_config(args)
+    if args.address:
+        return cmd_serve_on_cluster(args, config, hint)
     from serving.cli.launch import start_gateway
     from serving.cli.process_guard import AlreadyServing, claim, reap_previous, release
 
@@ -323,8 +379,9 @@ def cmd_parity_report(args: argparse.Namespace) -> int:
 def cmd_outcomes_import(args: argparse.Namespace) -> int:
     from telemetry.outcomes_log import OutcomesInputError, import_outcomes
 
+    root: Path | str
     if args.outcomes is not None:
-        root = Path(args.outcomes)
+        root = args.outcomes
     else:
         root = load_config_or_exit(args.config or DEFAULT_CONFIG).outcomes_log.path
     try:
@@ -387,7 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--chaos", action="store_true",
                        help="chaos testing: serve POST /v1/admin/faults to inject latency or "
                             "errors into a model version")
+    serve.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
+                       help="join this Ray cluster (auto, HOST:PORT or ray://HOST:PORT; "
+                            "default $RAY_ADDRESS) instead of starting a local one")
+    serve.add_argument("--detach", action="store_true",
+                       help="with --address: exit once the gateway is up and leave it "
+                            "running on the cluster (`rampart stop` removes it)")
+    serve.add_argument("--shutdown", action="store_true",
+                       help="with --address: remove the gateway and its rollout controller "
+                            "from the cluster (as `rampart stop`)")
     serve.set_defaults(func=cmd_serve)
+
+    stop = sub.add_parser("stop", help="remove the gateway and its controller from a cluster")
+    stop.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "auto",
+                      help="the Ray cluster (default $RAY_ADDRESS, else auto)")
+    stop.set_defaults(func=cmd_stop)
 
     assign = sub.add_parser("assign", help="print where units are routed")
     assign.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -429,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     parity_sub = parity.add_subparsers(dest="parity_command", required=True, metavar="COMMAND")
     replay = parity_sub.add_parser(
         "replay", help="replay logged features through the offline model; compare predictions")
-    replay.add_argument("--decisions", type=Path, required=True, help="decision-log directory")
+    replay.add_argument("--decisions", required=True,
+                        help="decision-log directory or URI (s3://bucket/prefix...)")
     replay.add_argument("--model", required=True, help="models:/NAME/VERSION or models:/NAME@ALIAS")
     replay.add_argument("--tolerance", type=float, help="largest accepted |online - offline|")
     replay.add_argument("--json", action="store_true")
@@ -437,11 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--tracking-uri", help="MLflow tracking URI (default from config)")
     replay.set_defaults(func=cmd_parity_replay)
     report = parity_sub.add_parser("report", help="agreement, replay and drift in one report")
-    report.add_argument("--decisions", type=Path, required=True, help="decision-log directory")
+    report.add_argument("--decisions", required=True,
+                        help="decision-log directory or URI (s3://bucket/prefix...)")
     report.add_argument("--model", help="models:/NAME/VERSION to replay and take the "
                                         "drift reference from")
     report.add_argument("--html", type=Path, help="write an HTML report with plots here")
-    report.add_argument("--reference-decisions", type=Path,
+    report.add_argument("--reference-decisions",
                         help="an earlier decision-log window as the drift reference "
                              "(default: the model's training sample in MLflow)")
     report.add_argument("--json", action="store_true")
@@ -467,8 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="CSV or Parquet file of events")
     outcomes_import.add_argument("--config", type=Path, metavar="FILE",
                                  help=f"config naming outcomes_log.path (default {DEFAULT_CONFIG})")
-    outcomes_import.add_argument("--outcomes", type=Path, metavar="PATH",
-                                 help="outcomes-log directory (overrides the config)")
+    outcomes_import.add_argument("--outcomes", metavar="PATH",
+                                 help="outcomes-log directory or URI such as "
+                                      "s3://bucket/prefix (overrides the config)")
     outcomes_import.add_argument("--json", action="store_true",
                                  help="print rows, file and seconds as one JSON object")
     outcomes_import.set_defaults(func=cmd_outcomes_import)
@@ -498,6 +572,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except CliError as exc:
         print(f"rampart: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        error = project_error(exc)
+        if error is None:
+            raise
+        print(f"rampart: error: {error.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rampart: interrupted", file=sys.stderr)

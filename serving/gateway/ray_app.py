@@ -20,6 +20,7 @@ control plane.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -67,23 +68,79 @@ class ReplicaSettings(BaseModel):
 
     config: RampartConfig
     tracking_uri: str
-    decision_dir: Path
-    outcomes_dir: Path | None = None
+    # A local directory, or a URI (s3://bucket/prefix...) the writers resolve.
+    decision_dir: Path | str
+    outcomes_dir: Path | str | None = None
     admin_token: str | None = None
     # How long one routing long-poll stays parked before it is renewed.
     snapshot_timeout_s: float = 30.0
+    # The controller actor's name, to find it again after Ray restarts it or
+    # an operator replaces it.
+    controller_name: str = "rampart-rollout-controller"
+    controller_namespace: str = "rampart"
 
     def __repr__(self) -> str:  # never print the token in Ray's logs
         return f"ReplicaSettings(tracking_uri={self.tracking_uri!r})"
 
 
-def set_ingress_env() -> None:
-    """Ray reads these at start-up: call before ``ray.init``."""
+# Ray's HAProxy takes fixed stats and metrics ports (8404, 9101) and fixed
+# files under /tmp/haproxy-serve unless told otherwise, so a second gateway
+# on the same host would fail to start. Each gateway whose Ray we start gets
+# free ports and a directory of its own.
+HAPROXY_PORT_ENV = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+# Short: HAProxy refuses socket paths past 97 characters, and Ray adds a
+# 56-character directory under this one.
+HAPROXY_DIR_PREFIX = "rampart-hp-"
+
+
+def haproxy_env(directory: Path, stats_port: int, metrics_port: int) -> dict[str, str]:
+    """The environment that gives one Ray node's HAProxy its own ports and files."""
+    return {
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(directory / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(directory / "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(directory / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(directory),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(directory / "server-state"),
+    }
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def set_ingress_env() -> Path | None:
+    """Ray reads these at start-up: call before ``ray.init`` starts a local Ray.
+
+    Returns the HAProxy directory made for this gateway (the caller removes it
+    after), or None when the environment already names one."""
+    import tempfile
+
     for key, value in INGRESS_ENV.items():
         os.environ.setdefault(key, value)
+    if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in os.environ:
+        return None
+    directory = Path(tempfile.mkdtemp(prefix=HAPROXY_DIR_PREFIX))
+    for key, value in haproxy_env(directory, free_port(), free_port()).items():
+        os.environ.setdefault(key, value)
+    return directory
 
 
-def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
+def deployment_options(config: RampartConfig, num_replicas: int | None = None
+                       ) -> dict[str, Any]:
+    """Replica count or autoscaling, as Ray Serve takes them, from the config."""
+    autoscaling = config.server.autoscaling
+    if autoscaling is not None and num_replicas is None:
+        return {"num_replicas": "auto", "autoscaling_config": autoscaling.serve_options()}
+    return {"num_replicas": num_replicas or config.server.num_replicas}
+
+
+def _build_deployment(options: dict[str, Any], metrics_dir: Path) -> Any:
     from ray import serve
 
     from serving.gateway.core import build_app
@@ -91,7 +148,7 @@ def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
 
     @serve.deployment(
         name=DEPLOYMENT_NAME,
-        num_replicas=num_replicas,
+        **options,
         max_ongoing_requests=256,
         graceful_shutdown_timeout_s=10,
         logging_config={"enable_access_log": False, "log_level": "WARNING"},
@@ -108,12 +165,24 @@ def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
             ``fault_board`` the chaos actor's (None: no chaos), both passed in
             by the composition root; the replica never imports the control plane."""
             from models.registry import MlflowRegistry
+            from telemetry.metrics import ReplicaMetricsServer
 
             self.settings = settings
             self.registry = MlflowRegistry(settings.tracking_uri)
             self.controller = controller
             self.replica = _replica_name()
-            source = ActorSnapshotSource(controller)
+            # Each replica serves its own samples for Prometheus; the
+            # controller lists the endpoint in its scrape-target file.
+            directory = os.environ.get(MULTIPROC_ENV)
+            if directory:
+                Path(directory).mkdir(parents=True, exist_ok=True)  # on a node of its own
+            node_ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+            self.metrics_server = ReplicaMetricsServer(
+                node_ip, Path(directory) if directory else None)
+            source = ActorSnapshotSource(
+                controller, settings.controller_name, settings.controller_namespace,
+                metrics_endpoint=self.metrics_server.endpoint,
+                node=ray.get_runtime_context().get_node_id())
             snapshot = source.wait_for_snapshot(-1, 0.0, self.replica)
             if snapshot is None:
                 raise RuntimeError("the rollout controller has no routing table")
@@ -196,6 +265,9 @@ def _build_deployment(num_replicas: int, metrics_dir: Path) -> Any:
             core = getattr(self, "core", None)
             if core is not None:
                 core.close()
+            metrics_server = getattr(self, "metrics_server", None)
+            if metrics_server is not None:
+                metrics_server.close()
 
     return RampartGateway
 
@@ -211,16 +283,35 @@ def _replica_name() -> str:
 
 
 class ActorSnapshotSource:
-    """The controller actor's long-poll as a :class:`SnapshotSource`."""
+    """The controller actor's long-poll as a :class:`SnapshotSource`.
 
-    def __init__(self, actor: Any) -> None:
+    Each call also tells the controller where this replica's metrics are. If
+    the actor is gone for good (replaced by a controller with a new config),
+    the next call looks it up again by name."""
+
+    def __init__(self, actor: Any, name: str = "", namespace: str = "",
+                 metrics_endpoint: str = "", node: str = "") -> None:
         self.actor = actor
+        self.name = name
+        self.namespace = namespace
+        self.metrics_endpoint = metrics_endpoint
+        self.node = node
 
     def wait_for_snapshot(self, known_version: int, timeout_s: float, replica: str
                           ) -> RoutingSnapshot | None:
-        ref = self.actor.wait_for_snapshot.remote(known_version, timeout_s, replica)
-        # Beyond the parked time, allow for a busy actor before giving up on the call.
-        snapshot: RoutingSnapshot | None = ray.get(ref, timeout=timeout_s + 60)
+        from ray.exceptions import RayActorError
+
+        ref = self.actor.wait_for_snapshot.remote(known_version, timeout_s, replica,
+                                                  self.metrics_endpoint, self.node)
+        try:
+            # Beyond the parked time, allow for a busy actor before giving up on the call.
+            snapshot: RoutingSnapshot | None = ray.get(ref, timeout=timeout_s + 60)
+        except RayActorError:
+            if self.name:
+                # Not back yet (ValueError): the follower retries.
+                with contextlib.suppress(ValueError):
+                    self.actor = ray.get_actor(self.name, namespace=self.namespace)
+            raise
         return snapshot
 
 
@@ -311,44 +402,57 @@ def unit_policy(config: RampartConfig) -> UnitPolicy:
                       hash_request_id=requests.missing_unit == "hash_request_id")
 
 
-def resolve_paths(config: RampartConfig) -> tuple[Path, Path]:
-    """Absolute decision-log and metrics directories (relative ones are from the cwd)."""
+def resolve_paths(config: RampartConfig) -> tuple[Path | str, Path]:
+    """The decision log's place and the metrics directory: a local path made
+    absolute (relative ones are from the cwd), a URI as it is."""
 
     def absolute(path: Path) -> Path:
         return (path if path.is_absolute() else Path.cwd() / path).resolve()
 
-    return absolute(config.decision_log.path), absolute(config.telemetry.metrics_dir)
+    decisions = config.decision_log.path
+    return (decisions if isinstance(decisions, str) else absolute(decisions),
+            absolute(config.telemetry.metrics_dir))
 
 
-def resolve_outcomes_path(config: RampartConfig) -> Path:
-    """Absolute outcomes-log directory (a relative one is from the cwd)."""
+def resolve_outcomes_path(config: RampartConfig) -> Path | str:
+    """The outcomes log's place: a local path made absolute (a relative one is
+    from the cwd), a URI as it is."""
     path = config.outcomes_log.path
+    if isinstance(path, str):
+        return path
     return (path if path.is_absolute() else Path.cwd() / path).resolve()
 
 
-def deploy_gateway(
-    settings: ReplicaSettings,
-    controller: Any,
-    fault_board: Any,
-    num_replicas: int,
-    metrics_dir: Path,
-    host: str,
-    port: int,
-) -> None:
-    """Start Serve on ``host:port`` and deploy the gateway's replicas.
+def gateway_application(settings: ReplicaSettings, controller: Any, fault_board: Any,
+                        options: dict[str, Any], metrics_dir: Path) -> Any:
+    """The gateway as a Serve application (what ``serve.run`` and a Serve
+    config's ``import_path`` builder both deploy).
 
     ``controller`` (the rollout controller's actor handle) and ``fault_board``
     (the chaos actor's, or None) come from the composition root; every replica
     receives both, never imports the control plane, and loads the chaos
     wrapper only when it is given a fault board.
     """
+    return _build_deployment(options, metrics_dir).bind(settings, controller, fault_board)
+
+
+def deploy_gateway(
+    settings: ReplicaSettings,
+    controller: Any,
+    fault_board: Any,
+    options: dict[str, Any],
+    metrics_dir: Path,
+    host: str,
+    port: int,
+    proxy_location: str = "EveryNode",
+) -> None:
+    """Start Serve on ``host:port`` and deploy the gateway's replicas."""
     from ray import serve
 
-    serve.start(http_options={"host": host, "port": port},
+    serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location,
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
-    deployment = _build_deployment(num_replicas, metrics_dir)
-    serve.run(deployment.bind(settings, controller, fault_board), name=APP_NAME,
-              route_prefix="/", blocking=False)
+    serve.run(gateway_application(settings, controller, fault_board, options, metrics_dir),
+              name=APP_NAME, route_prefix="/", blocking=False)
 
 
 def delete_gateway() -> None:

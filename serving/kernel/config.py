@@ -9,11 +9,14 @@ files is the edge's job (``serving/documents.py``).
 from __future__ import annotations
 
 import math
+import os
+import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     Field,
     ValidationError,
     ValidationInfo,
@@ -194,8 +197,25 @@ class ShadowConfig(_Frozen):
     queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def log_path(value: Any) -> Any:
+    """A log's place: a URI (``s3://bucket/prefix``, ``gs://...``, ``file:///...``)
+    stays text, for the storage layer to resolve; anything else is a local path
+    (a relative one is taken from the cwd when the gateway starts)."""
+    if isinstance(value, str) and _URI.match(value):
+        return value
+    if isinstance(value, str | os.PathLike):
+        return Path(value)
+    return value
+
+
+LogPath = Annotated[Path | str, BeforeValidator(log_path)]
+
+
 class DecisionLogConfig(_Frozen):
-    path: Path = Path(".rampart/decisions")
+    path: LogPath = Path(".rampart/decisions")
     batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
     flush_interval_s: float = Field(default=2.0, gt=0, le=3600)
 
@@ -203,13 +223,16 @@ class DecisionLogConfig(_Frozen):
 class OutcomesLogConfig(_Frozen):
     """Where outcome events (``POST /v1/outcomes``, ``rampart outcomes import``) land."""
 
-    path: Path = Path(".rampart/outcomes")
+    path: LogPath = Path(".rampart/outcomes")
     batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
     flush_interval_s: float = Field(default=2.0, gt=0, le=3600)
 
 
 class TelemetryConfig(_Frozen):
     metrics_dir: Path = Path(".rampart/metrics")
+    # Prometheus file_sd targets: one per gateway replica, written by the
+    # rollout controller (default ``<data_dir>/prometheus/targets.json``).
+    scrape_targets_file: Path | None = None
     # "auto": a span per request, exported when OTEL_EXPORTER_OTLP_ENDPOINT is
     # set; "off": the request path makes no span at all.
     tracing: Literal["auto", "off"] = "auto"
@@ -237,10 +260,43 @@ class RequestConfig(_Frozen):
     max_batch_rows: int = Field(default=256, ge=1, le=100_000)
 
 
+class AutoscalingConfig(_Frozen):
+    """Ray Serve autoscaling of the gateway's replicas.
+
+    Serve adds replicas while the average of ongoing requests per replica
+    stays above ``target_ongoing_requests`` for ``upscale_delay_s`` and
+    removes them after ``downscale_delay_s`` below it, between the bounds.
+    """
+
+    min_replicas: int = Field(default=1, ge=0, le=256)
+    max_replicas: int = Field(default=4, ge=1, le=256)
+    target_ongoing_requests: float = Field(default=32.0, gt=0, le=10_000)
+    upscale_delay_s: float = Field(default=10.0, ge=0, le=3600)
+    downscale_delay_s: float = Field(default=60.0, ge=0, le=3600)
+    # How far back Serve averages the ongoing-request count.
+    look_back_period_s: float = Field(default=10.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas "
+                             f"({self.max_replicas})")
+        return self
+
+    def serve_options(self) -> dict[str, float | int]:
+        """The ``autoscaling_config`` Ray Serve takes."""
+        return self.model_dump()
+
+
 class ServerConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # Fixed replica count; ignored when ``autoscaling`` is set.
     num_replicas: int = Field(default=1, ge=1, le=64)
+    autoscaling: AutoscalingConfig | None = None
+    # Where Ray Serve runs HTTP ingress: on every node (a load balancer in
+    # front spreads clients) or on the head node only.
+    proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
 
 
 class RampartConfig(_Frozen):
@@ -298,6 +354,10 @@ class RampartConfig(_Frozen):
         if self.rollout_store_url:
             return self.rollout_store_url
         return f"sqlite:///{(self.data_dir / 'rollouts.db').resolve()}"
+
+    def resolved_scrape_targets_file(self) -> Path:
+        """Where the controller writes the replicas' Prometheus scrape targets."""
+        return self.telemetry.scrape_targets_file or self.data_dir / "prometheus" / "targets.json"
 
     def resolved_tracking_uri(self) -> str:
         """MLflow tracking URI: the configured one or SQLite under ``data_dir``."""

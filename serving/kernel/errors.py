@@ -82,6 +82,13 @@ class OutcomesUnavailable(RampartError):
     code, status = "outcomes_log_unavailable", 503
 
 
+class LogStorageUnavailable(RampartError):
+    """The decision or outcomes log's storage cannot be reached, read or written
+    (no such bucket, no credentials, an endpoint that does not answer)."""
+
+    code, status = "log_storage_unavailable", 503
+
+
 class NoControlPlane(RampartError):
     code, status = "no_control_plane", 503
 
@@ -121,3 +128,17 @@ class RolloutConflict(RampartError):
 
 class ControlPlaneUnavailable(RampartError):
     code, status = "control_plane_unavailable", 503
+
+
+class StaleRollout(RolloutConflict):
+    """Another controller changed the rollout since this one read it: its step
+    is refused, and the caller reloads the rollout before anything else."""
+
+    code, status = "rollout_stale", 409
+
+
+class StoreUnavailable(RampartError):
+    """The rollout store (its database) cannot be read or written right now;
+    nothing was changed, and the rollout holds until it is back."""
+
+    code, status = "rollout_store_unavailable", 503

@@ -19,7 +19,8 @@ The rules:
 - the config kernel ``serving.kernel`` imports no other project package;
 - ``telemetry`` never imports ``serving``;
 - no product module imports the composition root ``serving.cli`` (the CLI,
-  the demo and its simulators);
+  the demo and its simulators); the Serve application builder ``serving.app``
+  is a composition root of its own and may;
 - the request path ``serving.gateway`` imports of ``rollout`` only its pure
   core ``rollout.core``.
 
@@ -151,10 +152,13 @@ TELEMETRY_RULE = Rule(
     lambda m: within(m, "telemetry"),
     lambda m: within(m, "serving"),
 )
+# ``serving.app`` (the Serve application builder) is an entry point too: it
+# wires the same parts ``rampart serve`` does, for ``serve deploy``.
+COMPOSITION_ROOTS = ("serving.cli", "serving.app")
 CLI_RULE = Rule(
     "cli",
     "no product module imports the composition root serving.cli",
-    lambda m: is_project(m) and not within(m, "serving.cli"),
+    lambda m: is_project(m) and not any(within(m, root) for root in COMPOSITION_ROOTS),
     lambda m: within(m, "serving.cli"),
 )
 GATEWAY_RULE = Rule(
