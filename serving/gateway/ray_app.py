@@ -134,10 +134,14 @@ def set_ingress_env() -> Path | None:
 def deployment_options(config: RampartConfig, num_replicas: int | None = None
                        ) -> dict[str, Any]:
     """Replica count or autoscaling, as Ray Serve takes them, from the config."""
-    autoscaling = config.server.autoscaling
-    if autoscaling is not None and num_replicas is None:
-        return {"num_replicas": "auto", "autoscaling_config": autoscaling.serve_options()}
-    return {"num_replicas": num_replicas or config.server.num_replicas}
+    server = config.server
+    options: dict[str, Any] = {"num_replicas": num_replicas or server.num_replicas}
+    if server.autoscaling is not None and num_replicas is None:
+        options = {"num_replicas": "auto",
+                   "autoscaling_config": server.autoscaling.serve_options()}
+    if server.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = server.max_replicas_per_node
+    return options
 
 
 def _build_deployment(options: dict[str, Any], metrics_dir: Path) -> Any:

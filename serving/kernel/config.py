@@ -294,6 +294,9 @@ class ServerConfig(_Frozen):
     # Fixed replica count; ignored when ``autoscaling`` is set.
     num_replicas: int = Field(default=1, ge=1, le=64)
     autoscaling: AutoscalingConfig | None = None
+    # At most this many replicas on one Ray node (None: Serve places freely);
+    # 1 spreads the replicas over the nodes, so losing a node loses one.
+    max_replicas_per_node: int | None = Field(default=None, ge=1, le=100)
     # Where Ray Serve runs HTTP ingress: on every node (a load balancer in
     # front spreads clients) or on the head node only.
     proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"

@@ -1,0 +1,297 @@
+"""Rampart on a real two-node Ray cluster (two raylets on this machine).
+
+The cluster (tests/ray_cluster.py) is started once for the module. Each test
+deploys the gateway with ``rampart serve --address ... --detach`` (the CLI,
+as an operator would), uses it, and removes it with ``rampart stop``; state
+lives in a real PostgreSQL, logs in a real S3-compatible server (moto),
+rollout metrics come from a real Prometheus scraping every replica through
+the controller's scrape-target file.
+
+Everything Ray is reached through subprocesses: this test process may hold
+the suite's own local Ray session, and a driver joins one cluster at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+import pytest
+import yaml
+
+from serving.cli.demo.models import DEMO_MODEL_NAME, seed_demo_models
+from serving.cli.demo.scenarios import AdminClient, BackgroundTraffic
+from tests.object_store import ObjectStore
+from tests.ports import free_port
+from tests.ray_cluster import LocalRayCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+RAMPART = Path(sys.executable).with_name("rampart")
+TOKEN = "cluster-test-token"
+REPLICA_CLASS = "ServeReplica:rampart:RampartGateway"
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server: ObjectStore) -> Iterator[LocalRayCluster]:
+    # The replicas write the logs: S3's endpoint and credentials are the
+    # nodes' environment, as a pod's would be.
+    running = LocalRayCluster(extra_env=dict(s3_server.env)).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def cluster_query(cluster: LocalRayCluster, code: str, timeout_s: float = 120) -> Any:
+    """Run ``code`` in a driver on the cluster; it prints one JSON value."""
+    script = "import json, ray\nray.init(log_to_driver=False)\n" + textwrap.dedent(code)
+    done = subprocess.run([sys.executable, "-c", script], env=cluster.client_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def replica_nodes(cluster: LocalRayCluster) -> list[str]:
+    """Node ids of the gateway's live replicas, from Ray's state API."""
+    nodes: list[str] = cluster_query(cluster, f"""
+        from ray.util.state import list_actors
+        actors = list_actors(filters=[("class_name", "=", "{REPLICA_CLASS}"),
+                                      ("state", "=", "ALIVE")])
+        print(json.dumps(sorted(a.node_id for a in actors)))
+    """)
+    return nodes
+
+
+def rampart(cluster: LocalRayCluster, *args: str, env: dict[str, str] | None = None,
+            timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(RAMPART), *args], env=env or cluster.client_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_prometheus(tmp_path: Path, targets_file: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A real Prometheus scraping every replica the controller lists."""
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{
+            "job_name": "rampart-gateway",
+            "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "1s"}],
+        }],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    process = subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _ok(f"{url}/-/ready"), 60, "Prometheus to be ready")
+    return process, url
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _up_targets(prometheus: str) -> int:
+    try:
+        result = httpx.get(f"{prometheus}/api/v1/query", params={"query": "up == 1"},
+                           timeout=5).json()["data"]["result"]
+    except (httpx.HTTPError, KeyError, ValueError):
+        return 0
+    return len(result)
+
+
+@pytest.fixture
+def gateway_config(mlflow_store: dict[str, Any], s3_server: ObjectStore, postgres_url: str,
+                   tmp_path: Path) -> Iterator[Callable[..., tuple[Path, str, str]]]:
+    """Write a config for the cluster: PostgreSQL state, S3 logs; returns
+    (config file, gateway URL, S3 prefix of the logs)."""
+    uri = str(mlflow_store["uri"])
+    artifacts = Path(mlflow_store["root"]) / "artifacts"
+    seed_demo_models(uri, artifacts)
+
+    def write(**server: Any) -> tuple[Path, str, str]:
+        bucket = s3_server.bucket("cluster")
+        data = yaml.safe_load((DEPLOY / "rampart.yaml").read_text())
+        data.update(tracking_uri=uri, data_dir=str(tmp_path / "data"),
+                    rollout_store_url=postgres_url)
+        data["decision_log"] = {"path": f"s3://{bucket}/decisions", "flush_interval_s": 0.5}
+        data["outcomes_log"] = {"path": f"s3://{bucket}/outcomes", "flush_interval_s": 0.5}
+        data["telemetry"] = {"metrics_dir": str(tmp_path / "metrics")}
+        port = free_port()
+        data["server"] = {"host": "127.0.0.1", "port": port, **server}
+        path = tmp_path / "rampart.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path, f"http://127.0.0.1:{port}", f"s3://{bucket}"
+
+    yield write
+    seed_demo_models(uri, artifacts)  # rollouts move aliases: back as seeded
+
+
+def serve_detached(cluster: LocalRayCluster, config: Path) -> None:
+    env = cluster.client_env()
+    env["RAMPART_ADMIN_TOKEN"] = TOKEN
+    done = rampart(cluster, "serve", "--config", str(config), "--detach", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "detached" in done.stdout
+
+
+def stop_gateway(cluster: LocalRayCluster) -> None:
+    done = rampart(cluster, "stop")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def decision_rows(prefix: str, s3_server: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> int:
+    from telemetry.decision_log import read_decisions
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    table = read_decisions(f"{prefix}/decisions")
+    return sum(1 for role in table["role"].to_pylist() if role == "primary")
+
+
+def rollout_phase(admin: AdminClient) -> str | None:
+    try:
+        phase: str = admin.call("GET", "/v1/admin/rollouts/ro-cluster")["phase"]
+    except RuntimeError as exc:
+        assert "503" in str(exc), exc
+        return None
+    return phase
+
+
+def exposed_units(prefix: str, experiment: str) -> int:
+    from telemetry.decision_log import read_decisions
+
+    table = read_decisions(f"{prefix}/decisions")
+    return len({unit for unit, exp, role in zip(
+        table["unit_id"].to_pylist(), table["experiment_id"].to_pylist(),
+        table["role"].to_pylist(), strict=True) if exp == experiment and role == "primary"})
+
+
+def _outcome_rows(prefix: str) -> int:
+    from telemetry.outcomes_log import read_outcomes
+    from telemetry.storage import LogStorageError
+
+    try:
+        return int(read_outcomes(f"{prefix}/outcomes").num_rows)
+    except LogStorageError:
+        return 0
+
+
+def test_a_rollout_on_two_nodes_promotes_logs_every_answer_and_survives_a_lost_node(
+    cluster: LocalRayCluster, gateway_config: Callable[..., tuple[Path, str, str]],
+    s3_server: ObjectStore, mlflow_store: dict[str, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config, url, prefix = gateway_config(num_replicas=2, max_replicas_per_node=1)
+    serve_detached(cluster, config)
+    prometheus: subprocess.Popen[bytes] | None = None
+    traffic: BackgroundTraffic | None = None
+    try:
+        # The driver has exited; the gateway serves, one replica on each node.
+        assert _ok(f"{url}/healthz")
+        nodes = replica_nodes(cluster)
+        assert len(nodes) == 2 and len(set(nodes)) == 2, nodes
+        targets_file = tmp_path / "data" / "prometheus" / "targets.json"
+        wait_for(lambda: targets_file.exists() and len(json.loads(targets_file.read_text())) == 2,
+                 60, "both replicas in the scrape-target file")
+        prometheus, prometheus_url = start_prometheus(tmp_path, targets_file)
+        wait_for(lambda: _up_targets(prometheus_url) == 2, 60, "Prometheus scraping 2 replicas")
+
+        traffic = BackgroundTraffic(url, concurrency=4).start()
+        admin = AdminClient(url, TOKEN)
+        plan = {"id": "ro-cluster", "model_name": DEMO_MODEL_NAME, "baseline_version": "1",
+                "candidate_version": "2", "steps": [5, 50, 100], "interval_s": 2.0,
+                "min_requests": 20, "failure_limit": 3, "metrics_source": "prometheus",
+                "prometheus_url": prometheus_url,
+                "guardrails": {"p99_latency_delta_ms": 250, "error_rate_delta": 0.02,
+                               "min_check_requests": 5}}
+        admin.call("POST", "/v1/admin/rollouts", plan)
+
+        # Mid-rollout, the controller's process dies: Ray restarts the
+        # detached actor, which resumes from PostgreSQL.
+        wait_for(lambda: admin.call("GET", "/v1/admin/rollouts/ro-cluster")["step_index"] >= 1,
+                 120, "the rollout's second step")
+        controller_pid = cluster_query(cluster, """
+            from ray.util.state import list_actors
+            [actor] = list_actors(filters=[("class_name", "=", "ControllerActor"),
+                                           ("state", "=", "ALIVE")])
+            print(json.dumps(actor.pid))
+        """)
+        os.kill(controller_pid, 9)
+        # While Ray restarts it, the admin API answers 503 (control plane unavailable).
+        wait_for(lambda: rollout_phase(admin) in ("promoted", "rolled_back", "aborted"), 240,
+                 "the rollout to finish")
+        status = admin.call("GET", "/v1/admin/rollouts/ro-cluster")
+        assert status["phase"] == "promoted", status
+        client = mlflow.MlflowClient(str(mlflow_store["uri"]))
+        assert str(client.get_model_version_by_alias(DEMO_MODEL_NAME, "champion").version) == "2"
+
+        # Every answered request is one decision row in the object store.
+        traffic.stop()
+        answered = sum(1 for a in traffic.answers if a.status == 200)
+        assert answered > 100
+        assert all(a.status == 200 for a in traffic.answers), (
+            sorted({a.status for a in traffic.answers}))
+        wait_for(lambda: decision_rows(prefix, s3_server, monkeypatch) == answered, 60,
+                 f"{answered} decision rows in {prefix}")
+
+        # Outcomes go through the gateway into S3 too; the analysis reads both back.
+        events = [{"unit_id": f"user-{i:06d}", "metric": "converted",
+                   "value": float(i % 7 == 0)}
+                  for i in range(0, 5_000, 5)]
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert http.post("/v1/outcomes", json={"events": events}).status_code == 202
+        wait_for(lambda: _outcome_rows(prefix) == len(events), 60, "the outcome rows")
+        analysis = rampart(cluster, "analyze", "--config", str(config), "--experiment",
+                           "demo-champion-vs-challenger", "--json")
+        assert analysis.returncode == 0, analysis.stdout + analysis.stderr
+        report = json.loads(analysis.stdout)
+        # The latest period only: the promotion changed what the arms serve.
+        assert 0 < report["units"] <= exposed_units(prefix, "demo-champion-vs-challenger")
+        assert sum(report["srm"]["observed"]) == report["units"]
+
+        # A node is lost: the head's replica goes on serving.
+        traffic = BackgroundTraffic(url, concurrency=4).start()
+        time.sleep(2)
+        lost_at = time.time()
+        cluster.kill_node("worker")
+        time.sleep(15)
+        traffic.stop()
+        after = [a for a in traffic.answers if a.at >= lost_at]
+        failed = [a for a in after if a.status != 200]
+        tail = [a for a in after if a.at >= lost_at + 10]
+        print(f"node loss: {len(failed)} failed of {len(after)} requests after the kill")
+        assert tail and all(a.status == 200 for a in tail), "the head did not go on serving"
+        assert len(failed) <= max(50, len(after) // 10)
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        if prometheus is not None:
+            prometheus.terminate()
+            prometheus.wait(30)
+        stop_gateway(cluster)
+    assert not _ok(f"{url}/healthz")
