@@ -75,6 +75,7 @@ class LocalRayCluster:
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rc-")))
     address: str = ""
+    dashboard_url: str = ""  # what `serve deploy --address` takes
     worker_proxy_port: int = 0
 
     def client_env(self) -> dict[str, str]:
@@ -101,6 +102,7 @@ class LocalRayCluster:
         (gcs, client, head_agent, worker_agent, head_stats, head_metrics, worker_stats,
          worker_metrics, self.worker_proxy_port, dashboard) = free_ports(10)
         self.address = f"127.0.0.1:{gcs}"
+        self.dashboard_url = f"http://127.0.0.1:{dashboard}"
         head_dir, worker_dir = self.root / "hh", self.root / "hw"
         head_dir.mkdir()
         worker_dir.mkdir()

@@ -72,7 +72,9 @@ class RunningGateway:
             stop_controller(self.controller)
         if self.fault_board is not None:
             ray.kill(self.fault_board)
-        if not self.joined:
+        if not self.joined or not serve_applications():
+            # On a cluster, Serve stays up for other applications; with none
+            # left, it goes too, so the next gateway can take other HTTP options.
             serve.shutdown()  # type: ignore[no-untyped-call]
         self.disconnect()
 
@@ -237,13 +239,28 @@ def stop_cluster_gateway(address: str | None) -> list[str]:
     ray.init(address=address or "auto", logging_level=logging.WARNING, log_to_driver=False)
     removed = []
     try:
-        if APP_NAME in serve.status().applications:
+        if APP_NAME in serve_applications():
             delete_gateway()
             removed.append(f"app {APP_NAME}")
         controller = find_controller()
         if controller is not None:
             stop_controller(controller)
             removed.append("rollout controller")
+        if removed and not serve_applications():
+            serve.shutdown()  # type: ignore[no-untyped-call]
+            removed.append("Ray Serve (no application left)")
     finally:
         ray.shutdown()
     return removed
+
+
+def serve_applications() -> list[str]:
+    """Names of the applications Serve runs on the connected cluster ([] when
+    Serve does not run there)."""
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        return list(serve.status().applications)
+    except RayServeException:
+        return []

@@ -229,6 +229,11 @@ def test_a_rollout_on_two_nodes_promotes_logs_every_answer_and_survives_a_lost_n
                 "prometheus_url": prometheus_url,
                 "guardrails": {"p99_latency_delta_ms": 250, "error_rate_delta": 0.02,
                                "min_check_requests": 5}}
+        # The builtin source would read one node's files: refused, saying what to use.
+        builtin = {**plan, "id": "ro-builtin", "metrics_source": "builtin"}
+        with pytest.raises(RuntimeError, match="400.*set the rollout's metrics_source to "
+                                               "prometheus"):
+            admin.call("POST", "/v1/admin/rollouts", builtin)
         admin.call("POST", "/v1/admin/rollouts", plan)
 
         # Mid-rollout, the controller's process dies: Ray restarts the
@@ -293,5 +298,84 @@ def test_a_rollout_on_two_nodes_promotes_logs_every_answer_and_survives_a_lost_n
         if prometheus is not None:
             prometheus.terminate()
             prometheus.wait(30)
+        stop_gateway(cluster)
+    assert not _ok(f"{url}/healthz")
+
+
+def replica_count(cluster: LocalRayCluster) -> int:
+    """Running replicas of the gateway, as Ray Serve counts them."""
+    count: int = cluster_query(cluster, """
+        from ray import serve
+        app = serve.status().applications["rampart"]
+        states = app.deployments["RampartGateway"].replica_states
+        print(json.dumps(states.get("RUNNING", 0)))
+    """)
+    return count
+
+
+def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(
+    cluster: LocalRayCluster, gateway_config: Callable[..., tuple[Path, str, str]],
+    s3_server: ObjectStore, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config, url, prefix = gateway_config(
+        max_replicas_per_node=1,
+        autoscaling={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
+                     "upscale_delay_s": 1, "downscale_delay_s": 5, "look_back_period_s": 2})
+    serve_detached(cluster, config)
+    traffic: BackgroundTraffic | None = None
+    answers = []
+    try:
+        assert replica_count(cluster) == 1
+        traffic = BackgroundTraffic(url, concurrency=16).start()
+        wait_for(lambda: replica_count(cluster) == 2, 180, "a second replica under load")
+        traffic.stop()
+        answers += traffic.answers
+        nodes = replica_nodes(cluster)
+        assert len(set(nodes)) == 2, nodes  # the new replica went to the other node
+        # Idle: back to the minimum, the leaving replica flushing its log first.
+        wait_for(lambda: replica_count(cluster) == 1, 180, "the idle gateway to scale down")
+        traffic = BackgroundTraffic(url, concurrency=2).start()
+        time.sleep(3)
+        traffic.stop()
+        answers += traffic.answers
+        assert answers and all(a.status == 200 for a in answers), (
+            sorted({a.status for a in answers}))
+        wait_for(lambda: decision_rows(prefix, s3_server, monkeypatch) == len(answers), 60,
+                 f"{len(answers)} decision rows in {prefix}")
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        stop_gateway(cluster)
+
+
+@pytest.mark.parametrize("command", ["deploy", "run"])
+def test_serve_deploy_and_serve_run_start_the_same_gateway_from_the_serve_config(
+    cluster: LocalRayCluster, gateway_config: Callable[..., tuple[Path, str, str]],
+    tmp_path: Path, command: str,
+) -> None:
+    config, url, _ = gateway_config(num_replicas=1)
+    serve_config = yaml.safe_load((DEPLOY / "serve.yaml").read_text())
+    port = int(url.rsplit(":", 1)[1])
+    serve_config["http_options"] = {"host": "127.0.0.1", "port": port}
+    [application] = serve_config["applications"]
+    assert application["import_path"] == "serving.app:build"
+    application["args"]["config"] = str(config)  # the builder runs in another directory
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(serve_config))
+    serve_cli = str(Path(sys.executable).with_name("serve"))
+    if command == "deploy":
+        argv = [serve_cli, "deploy", str(path), "--address", cluster.dashboard_url]
+    else:
+        argv = [serve_cli, "run", str(path), "--address", cluster.address, "--non-blocking"]
+    try:
+        done = subprocess.run(argv, env=cluster.client_env(), cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_for(lambda: _ok(f"{url}/healthz"), 180, "the gateway Serve deployed")
+        body = {"unit_id": "user-1", "features": {f"f{i}": 0.1 for i in range(8)}}
+        answer = httpx.post(f"{url}/v1/predict", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_name"] == DEMO_MODEL_NAME
+    finally:
         stop_gateway(cluster)
     assert not _ok(f"{url}/healthz")
