@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from rollout.metrics_source import (
     MetricsUnavailable,
     PrometheusMetricsSource,
 )
+from rollout.scrape_targets import ScrapeTargets
 from rollout.service import RolloutService
 from rollout.store import RolloutStore
 from serving.kernel.commands import Command, CommandResult, CreateRollout
@@ -106,9 +106,7 @@ class ControllerActor:
         self.service = RolloutService(config, RolloutStore(store_url),
                                       MlflowRegistry(tracking_uri), metrics_for)
         self._targets_file = Path(scrape_targets_file) if scrape_targets_file else None
-        self._replicas: dict[str, tuple[str, str, float]] = {}  # name -> (endpoint, node, seen)
-        self._replicas_lock = threading.Lock()
-        self._targets_written: list[dict[str, Any]] | None = None
+        self.targets = ScrapeTargets(REPLICA_TTL_S)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rollout-ticks", daemon=True)
         self._thread.start()
@@ -120,7 +118,8 @@ class ControllerActor:
             except Exception:  # one bad tick must not stop every rollout
                 log.exception("rollout tick failed")
             try:
-                self._write_targets()
+                if self._targets_file is not None:
+                    self.targets.write(self._targets_file)
             except OSError:
                 log.exception("cannot write the scrape-target file")
             self._stop.wait(min(0.2, self.service.next_due_in()))
@@ -136,39 +135,16 @@ class ControllerActor:
         None after ``timeout_s``; the call says ``replica`` serves ``known_version``
         and, when given, exposes its metrics at ``metrics_endpoint``."""
         if metrics_endpoint:
-            self._seen(replica, metrics_endpoint, node)
+            self.targets.seen(replica, metrics_endpoint, node)
         try:
             return self.service.wait_for_snapshot(known_version, timeout_s, replica)
         finally:
             if metrics_endpoint:
-                self._seen(replica, metrics_endpoint, node)
-
-    def _seen(self, replica: str, endpoint: str, node: str) -> None:
-        with self._replicas_lock:
-            self._replicas[replica] = (endpoint, node, time.monotonic())
+                self.targets.seen(replica, metrics_endpoint, node)
 
     def scrape_targets(self) -> list[dict[str, Any]]:
         """Prometheus ``file_sd``/``http_sd`` groups: one per live replica."""
-        cutoff = time.monotonic() - REPLICA_TTL_S
-        with self._replicas_lock:
-            for name in [n for n, (_, _, seen) in self._replicas.items() if seen < cutoff]:
-                del self._replicas[name]
-            items = sorted(self._replicas.items())
-        return [{"targets": [endpoint], "labels": {"replica": name, "node": node,
-                                                   "job": "rampart-gateway"}}
-                for name, (endpoint, node, _) in items]
-
-    def _write_targets(self) -> None:
-        if self._targets_file is None:
-            return
-        targets = self.scrape_targets()
-        if targets == self._targets_written:
-            return
-        self._targets_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._targets_file.with_name(f".{self._targets_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(targets, indent=1))
-        os.replace(tmp, self._targets_file)  # Prometheus never reads half a file
-        self._targets_written = targets
+        return self.targets.groups()
 
     def execute(self, command: Command) -> CommandResult:
         """Run one admin command; a RampartError reaches the caller as itself."""

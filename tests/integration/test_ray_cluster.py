@@ -231,8 +231,8 @@ def test_a_rollout_on_two_nodes_promotes_logs_every_answer_and_survives_a_lost_n
                                "min_check_requests": 5}}
         # The builtin source would read one node's files: refused, saying what to use.
         builtin = {**plan, "id": "ro-builtin", "metrics_source": "builtin"}
-        with pytest.raises(RuntimeError, match="400.*set the rollout's metrics_source to "
-                                               "prometheus"):
+        with pytest.raises(RuntimeError, match=r"422.*set the rollout's metrics_source to "
+                                               r"prometheus"):
             admin.call("POST", "/v1/admin/rollouts", builtin)
         admin.call("POST", "/v1/admin/rollouts", plan)
 
