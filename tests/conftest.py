@@ -8,6 +8,7 @@ module from a helper would be collected there too, so collection stops on one.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,17 +64,22 @@ def ray_session() -> Iterator[None]:
     """One local Ray for the whole session (starting Ray costs ~10 s)."""
     import ray
 
-    from serving.gateway.ray_app import set_ingress_env
+    from serving.gateway.ray_app import clear_haproxy_env, set_ingress_env
 
-    set_ingress_env()
+    # HAProxy ports and files of this session's own, so a gateway a test starts
+    # in a child process (or another run on the machine) does not meet them.
+    haproxy_dir = set_ingress_env()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # "local": a new cluster of our own, never one another run started on this machine
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    clear_haproxy_env()
     yield
     from ray import serve
 
     serve.shutdown()
     ray.shutdown()
+    if haproxy_dir is not None:
+        shutil.rmtree(haproxy_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -86,13 +86,13 @@ class LocalRayCluster:
         env.update(self.extra_env)
         return env
 
-    def _node_env(self, node: str, haproxy_dir: Path, stats: int, metrics: int
-                  ) -> dict[str, str]:
+    def _node_env(self, node: str, haproxy_dir: Path, stats: int, metrics: int,
+                  fallback: tuple[int, int]) -> dict[str, str]:
         env = dict(os.environ)
         for key in [k for k in env if k.startswith(("RAY_SERVE_HAPROXY", "RAY_ADDRESS"))]:
             del env[key]
         env.update(INGRESS_ENV)
-        env.update(haproxy_env(haproxy_dir, stats, metrics))
+        env.update(haproxy_env(haproxy_dir, stats, metrics, fallback))
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
                    **{CLUSTER_MARKER: self.cluster_id, NODE_MARKER: node})
         env.update(self.extra_env)
@@ -100,7 +100,7 @@ class LocalRayCluster:
 
     def start(self, timeout_s: float = 180.0) -> LocalRayCluster:
         (gcs, client, head_agent, worker_agent, head_stats, head_metrics, worker_stats,
-         worker_metrics, self.worker_proxy_port, dashboard) = free_ports(10)
+         worker_metrics, self.worker_proxy_port, dashboard, *fallback) = free_ports(14)
         self.address = f"127.0.0.1:{gcs}"
         self.dashboard_url = f"http://127.0.0.1:{dashboard}"
         head_dir, worker_dir = self.root / "hh", self.root / "hw"
@@ -113,8 +113,10 @@ class LocalRayCluster:
                 # The dashboard serves Ray's state API (where actors run).
                 "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                 "--dashboard-port", str(dashboard), *common]
-        self._run(head, self._node_env("head", head_dir, head_stats, head_metrics), timeout_s)
-        worker_env = self._node_env("worker", worker_dir, worker_stats, worker_metrics)
+        self._run(head, self._node_env("head", head_dir, head_stats, head_metrics,
+                                                (fallback[0], fallback[1])), timeout_s)
+        worker_env = self._node_env("worker", worker_dir, worker_stats, worker_metrics,
+                                    (fallback[2], fallback[3]))
         # Both nodes' ingress proxies share this machine: the worker's takes another port.
         worker_env["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(self.worker_proxy_port)
         worker = [str(RAY), "start", "--address", self.address,

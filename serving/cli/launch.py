@@ -28,6 +28,7 @@ from serving.gateway.ray_app import (
     ADMIN_TOKEN_ENV,
     APP_NAME,
     ReplicaSettings,
+    clear_haproxy_env,
     delete_gateway,
     deploy_gateway,
     deployment_options,
@@ -153,6 +154,8 @@ def connect_ray(address: str | None) -> tuple[bool, bool, Path | None]:
         haproxy_dir = set_ingress_env()
         ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False)
+        if haproxy_dir is not None:
+            clear_haproxy_env()
     if threading.current_thread() is threading.main_thread():
         for sig, handler in saved.items():
             if callable(handler):

@@ -84,18 +84,30 @@ class ReplicaSettings(BaseModel):
 
 
 # Ray's HAProxy takes fixed stats and metrics ports (8404, 9101) and fixed
-# files under /tmp/haproxy-serve unless told otherwise, so a second gateway
-# on the same host would fail to start. Each gateway whose Ray we start gets
-# free ports and a directory of its own.
+# files under /tmp/haproxy-serve, and Serve's fallback proxy fixed ports
+# (8500, 9500), unless told otherwise: a second gateway on the same host would
+# fail to start, or share the first one's fallback proxy. Each gateway whose
+# Ray we start gets free ports and a directory of its own.
 HAPROXY_PORT_ENV = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 # Short: HAProxy refuses socket paths past 97 characters, and Ray adds a
 # 56-character directory under this one.
 HAPROXY_DIR_PREFIX = "rampart-hp-"
 
 
-def haproxy_env(directory: Path, stats_port: int, metrics_port: int) -> dict[str, str]:
-    """The environment that gives one Ray node's HAProxy its own ports and files."""
+def haproxy_env(directory: Path, stats_port: int, metrics_port: int,
+                fallback_ports: tuple[int, int] = (0, 0)) -> dict[str, str]:
+    """The environment that gives one Ray node's HAProxy its own ports and files.
+
+    ``fallback_ports`` (HTTP, gRPC) move Serve's fallback proxy, which HAProxy
+    sends requests to while no replica is up, off its fixed 8500/9500: two
+    gateways' fallback proxies on one port share it (SO_REUSEPORT), and one
+    gateway's requests were answered, and logged, by the other."""
+    fallback = {}
+    if all(fallback_ports):
+        fallback = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_ports[0]),
+                    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_ports[1])}
     return {
+        **fallback,
         "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(directory / "haproxy.cfg"),
@@ -106,12 +118,26 @@ def haproxy_env(directory: Path, stats_port: int, metrics_port: int) -> dict[str
     }
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports nothing listens on now (all held until chosen)."""
     import socket
+    from contextlib import ExitStack
 
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def clear_haproxy_env() -> None:
+    """Forget this process's HAProxy settings once Ray has started with them
+    (Ray's processes keep their copy), so a gateway this process starts later
+    in a child process picks ports and files of its own."""
+    for key in haproxy_env(Path("."), 0, 0, (1, 1)):
+        os.environ.pop(key, None)
 
 
 def set_ingress_env() -> Path | None:
@@ -126,7 +152,8 @@ def set_ingress_env() -> Path | None:
     if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in os.environ:
         return None
     directory = Path(tempfile.mkdtemp(prefix=HAPROXY_DIR_PREFIX))
-    for key, value in haproxy_env(directory, free_port(), free_port()).items():
+    ports = free_ports(4)
+    for key, value in haproxy_env(directory, ports[0], ports[1], (ports[2], ports[3])).items():
         os.environ.setdefault(key, value)
     return directory
 

@@ -254,6 +254,10 @@ def test_a_rollout_on_two_nodes_promotes_logs_every_answer_and_survives_a_lost_n
         assert status["phase"] == "promoted", status
         client = mlflow.MlflowClient(str(mlflow_store["uri"]))
         assert str(client.get_model_version_by_alias(DEMO_MODEL_NAME, "champion").version) == "2"
+        # Both replicas, one on each node, answered traffic (Prometheus has their counts).
+        serving = httpx.get(f"{prometheus_url}/api/v1/query", timeout=10, params={
+            "query": "count(sum by (replica, node) (rampart_requests_total) > 0)"}).json()
+        assert serving["data"]["result"][0]["value"][1] == "2", serving
 
         # Every answered request is one decision row in the object store.
         traffic.stop()
