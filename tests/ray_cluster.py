@@ -15,6 +15,7 @@ which would end every Ray on the machine.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -22,16 +23,20 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from serving.gateway.ray_app import INGRESS_ENV, haproxy_env
 from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).with_name("ray")
+RAMPART = Path(sys.executable).with_name("rampart")
+REPLICA_CLASS = "ServeReplica:rampart:RampartGateway"
 CLUSTER_MARKER = "RAMPART_TEST_CLUSTER"
 NODE_MARKER = "RAMPART_TEST_NODE"
 
@@ -135,6 +140,31 @@ class LocalRayCluster:
             self.stop()
             raise RuntimeError(f"{' '.join(argv[:3])} failed:\n{done.stdout[-3000:]}\n"
                                f"{done.stderr[-3000:]}")
+
+    def query(self, code: str, timeout_s: float = 120) -> Any:
+        """Run ``code`` in a driver on the cluster; it prints one JSON value."""
+        script = "import json, ray\nray.init(log_to_driver=False)\n" + textwrap.dedent(code)
+        done = subprocess.run([sys.executable, "-c", script], env=self.client_env(), cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout_s)
+        if done.returncode != 0:
+            raise RuntimeError(f"cluster query failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def replica_nodes(self) -> list[str]:
+        """Node ids of the gateway's live replicas, from Ray's state API."""
+        nodes: list[str] = self.query(f"""
+            from ray.util.state import list_actors
+            actors = list_actors(filters=[("class_name", "=", "{REPLICA_CLASS}"),
+                                          ("state", "=", "ALIVE")])
+            print(json.dumps(sorted(a.node_id for a in actors)))
+        """)
+        return nodes
+
+    def rampart(self, *args: str, env: Mapping[str, str] | None = None,
+                timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+        """The ``rampart`` CLI as a driver of this cluster (RAY_ADDRESS set)."""
+        return subprocess.run([str(RAMPART), *args], env={**self.client_env(), **(env or {})},
+                              cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
 
     def node_pids(self, node: str) -> list[int]:
         return _marked(NODE_MARKER, node)

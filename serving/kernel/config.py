@@ -273,8 +273,9 @@ class AutoscalingConfig(_Frozen):
     target_ongoing_requests: float = Field(default=32.0, gt=0, le=10_000)
     upscale_delay_s: float = Field(default=10.0, ge=0, le=3600)
     downscale_delay_s: float = Field(default=60.0, ge=0, le=3600)
-    # How far back Serve averages the ongoing-request count.
-    look_back_period_s: float = Field(default=10.0, gt=0, le=3600)
+    # How far back Serve averages the ongoing-request count. Serve wants it
+    # above its 10 s metrics interval (it warns otherwise), so Serve's own default.
+    look_back_period_s: float = Field(default=30.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:

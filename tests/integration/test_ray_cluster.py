@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,9 +35,7 @@ from tests.ray_cluster import LocalRayCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-RAMPART = Path(sys.executable).with_name("rampart")
 TOKEN = "cluster-test-token"
-REPLICA_CLASS = "ServeReplica:rampart:RampartGateway"
 
 
 @pytest.fixture(scope="module")
@@ -50,32 +47,6 @@ def cluster(s3_server: ObjectStore) -> Iterator[LocalRayCluster]:
         yield running
     finally:
         running.stop()
-
-
-def cluster_query(cluster: LocalRayCluster, code: str, timeout_s: float = 120) -> Any:
-    """Run ``code`` in a driver on the cluster; it prints one JSON value."""
-    script = "import json, ray\nray.init(log_to_driver=False)\n" + textwrap.dedent(code)
-    done = subprocess.run([sys.executable, "-c", script], env=cluster.client_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout_s)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def replica_nodes(cluster: LocalRayCluster) -> list[str]:
-    """Node ids of the gateway's live replicas, from Ray's state API."""
-    nodes: list[str] = cluster_query(cluster, f"""
-        from ray.util.state import list_actors
-        actors = list_actors(filters=[("class_name", "=", "{REPLICA_CLASS}"),
-                                      ("state", "=", "ALIVE")])
-        print(json.dumps(sorted(a.node_id for a in actors)))
-    """)
-    return nodes
-
-
-def rampart(cluster: LocalRayCluster, *args: str, env: dict[str, str] | None = None,
-            timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(RAMPART), *args], env=env or cluster.client_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout_s)
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -152,15 +123,14 @@ def gateway_config(mlflow_store: dict[str, Any], s3_server: ObjectStore, postgre
 
 
 def serve_detached(cluster: LocalRayCluster, config: Path) -> None:
-    env = cluster.client_env()
-    env["RAMPART_ADMIN_TOKEN"] = TOKEN
-    done = rampart(cluster, "serve", "--config", str(config), "--detach", env=env)
+    done = cluster.rampart("serve", "--config", str(config), "--detach",
+                           env={"RAMPART_ADMIN_TOKEN": TOKEN})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "detached" in done.stdout
 
 
 def stop_gateway(cluster: LocalRayCluster) -> None:
-    done = rampart(cluster, "stop")
+    done = cluster.rampart("stop")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -213,7 +183,7 @@ def test_a_rollout_on_two_nodes_promotes_logs_every_answer_and_survives_a_lost_n
     try:
         # The driver has exited; the gateway serves, one replica on each node.
         assert _ok(f"{url}/healthz")
-        nodes = replica_nodes(cluster)
+        nodes = cluster.replica_nodes()
         assert len(nodes) == 2 and len(set(nodes)) == 2, nodes
         targets_file = tmp_path / "data" / "prometheus" / "targets.json"
         wait_for(lambda: targets_file.exists() and len(json.loads(targets_file.read_text())) == 2,
@@ -240,7 +210,7 @@ def test_a_rollout_on_two_nodes_promotes_logs_every_answer_and_survives_a_lost_n
         # detached actor, which resumes from PostgreSQL.
         wait_for(lambda: admin.call("GET", "/v1/admin/rollouts/ro-cluster")["step_index"] >= 1,
                  120, "the rollout's second step")
-        controller_pid = cluster_query(cluster, """
+        controller_pid = cluster.query("""
             from ray.util.state import list_actors
             [actor] = list_actors(filters=[("class_name", "=", "ControllerActor"),
                                            ("state", "=", "ALIVE")])
@@ -275,7 +245,7 @@ def test_a_rollout_on_two_nodes_promotes_logs_every_answer_and_survives_a_lost_n
         with httpx.Client(base_url=url, timeout=30) as http:
             assert http.post("/v1/outcomes", json={"events": events}).status_code == 202
         wait_for(lambda: _outcome_rows(prefix) == len(events), 60, "the outcome rows")
-        analysis = rampart(cluster, "analyze", "--config", str(config), "--experiment",
+        analysis = cluster.rampart("analyze", "--config", str(config), "--experiment",
                            "demo-champion-vs-challenger", "--json")
         assert analysis.returncode == 0, analysis.stdout + analysis.stderr
         report = json.loads(analysis.stdout)
@@ -308,7 +278,7 @@ def test_a_rollout_on_two_nodes_promotes_logs_every_answer_and_survives_a_lost_n
 
 def replica_count(cluster: LocalRayCluster) -> int:
     """Running replicas of the gateway, as Ray Serve counts them."""
-    count: int = cluster_query(cluster, """
+    count: int = cluster.query("""
         from ray import serve
         app = serve.status().applications["rampart"]
         states = app.deployments["RampartGateway"].replica_states
@@ -334,7 +304,7 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(
         wait_for(lambda: replica_count(cluster) == 2, 180, "a second replica under load")
         traffic.stop()
         answers += traffic.answers
-        nodes = replica_nodes(cluster)
+        nodes = cluster.replica_nodes()
         assert len(set(nodes)) == 2, nodes  # the new replica went to the other node
         # Idle: back to the minimum, the leaving replica flushing its log first.
         wait_for(lambda: replica_count(cluster) == 1, 180, "the idle gateway to scale down")

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ HAPROXY_KEYS = {
     "RAY_SERVE_HAPROXY_SERVER_STATE_BASE",
     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE",
 }
+FALLBACK_KEYS = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"}
 # HAProxy refuses a UNIX socket path longer than this; Ray puts the metrics
 # socket in a 56-character directory of its own under the configured one.
 HAPROXY_MAX_SOCKET_PATH = 97
@@ -74,9 +74,10 @@ def _child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _run_python(code: str, env: dict[str, str], timeout: float = 120
+def _run_python(code: str, env: dict[str, str], *args: str, timeout: float = 120
                 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
+                          cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -112,6 +113,23 @@ def test_serve_options_are_what_ray_serve_autoscaling_config_takes(
         assert getattr(serve_config, key) == value, key
 
 
+def _shipped_configs() -> list[tuple[str, RampartConfig]]:
+    kuberay = next(doc for doc in yaml.safe_load_all(
+        (ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+        if doc and doc.get("kind") == "ConfigMap")
+    return [("deploy/compose/rampart.yaml", load_config(ROOT / "deploy/compose/rampart.yaml")),
+            ("kuberay ConfigMap", parse_config(yaml.safe_load(kuberay["data"]["rampart.yaml"])))]
+
+
+def test_shipped_autoscaling_configs_are_taken_by_ray_serve_without_warnings() -> None:
+    from ray.serve.config import AutoscalingConfig as ServeAutoscalingConfig
+
+    for where, config in _shipped_configs():
+        assert config.server.autoscaling is not None, where
+        # Warnings are errors here: Ray's FutureWarnings about these values fail too.
+        ServeAutoscalingConfig.model_validate(config.server.autoscaling.serve_options())
+
+
 def test_server_cluster_settings_default_and_validate() -> None:
     server = ServerConfig()
     assert server.autoscaling is None
@@ -132,7 +150,8 @@ def test_server_cluster_settings_default_and_validate() -> None:
 def test_scrape_targets_file_defaults_under_data_dir_unless_configured(tmp_path: Path) -> None:
     assert TelemetryConfig().scrape_targets_file is None
     config = _config().model_copy(update={"data_dir": tmp_path / "data"})
-    assert config.resolved_scrape_targets_file() == tmp_path / "data" / "prometheus" / "targets.json"
+    default = tmp_path / "data" / "prometheus" / "targets.json"
+    assert config.resolved_scrape_targets_file() == default
     chosen = tmp_path / "elsewhere" / "sd.json"
     configured = config.model_copy(
         update={"telemetry": TelemetryConfig(scrape_targets_file=chosen)})
@@ -184,8 +203,8 @@ def test_deployment_options_autoscaling_and_its_override() -> None:
     config = _config(autoscaling={"min_replicas": 2, "max_replicas": 5,
                                   "target_ongoing_requests": 4}, num_replicas=3)
     options = deployment_options(config)
-    assert options == {"num_replicas": "auto",
-                       "autoscaling_config": config.server.autoscaling.serve_options()}
+    expected = AutoscalingConfig(min_replicas=2, max_replicas=5, target_ongoing_requests=4)
+    assert options == {"num_replicas": "auto", "autoscaling_config": expected.serve_options()}
     deployment = _serve_accepts(options)
     autoscaling = deployment._deployment_config.autoscaling_config
     assert (autoscaling.min_replicas, autoscaling.max_replicas) == (2, 5)
@@ -211,7 +230,7 @@ def test_max_replicas_per_node_is_passed_through(autoscaling: dict[str, int] | N
 
 def test_haproxy_env_puts_every_file_under_the_directory(tmp_path: Path) -> None:
     env = haproxy_env(tmp_path, 12345, 23456)
-    assert set(env) == HAPROXY_KEYS
+    assert set(env) == HAPROXY_KEYS  # no fallback ports given: Serve's own stay
     assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "12345"
     assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "23456"
     paths = {k: v for k, v in env.items() if not k.endswith("_PORT")}
@@ -219,6 +238,12 @@ def test_haproxy_env_puts_every_file_under_the_directory(tmp_path: Path) -> None
     for key, value in paths.items():
         assert Path(value) == tmp_path or Path(value).parent == tmp_path, key
     assert len(set(paths.values())) == len(paths)  # no two settings share a file
+
+    with_fallback = haproxy_env(tmp_path, 12345, 23456, (34567, 45678))
+    assert set(with_fallback) == HAPROXY_KEYS | FALLBACK_KEYS
+    assert with_fallback["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "34567"
+    assert with_fallback["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"] == "45678"
+    assert {k: with_fallback[k] for k in HAPROXY_KEYS} == env
 
 
 _SET_INGRESS = """
@@ -242,17 +267,15 @@ def test_set_ingress_env_gives_a_directory_and_ports_of_its_own() -> None:
         assert directory.parent == Path(out["tempdir"])
         assert directory.name.startswith("rampart-hp-")
         changed = out["changed"]
-        assert set(changed) == set(INGRESS_ENV) | HAPROXY_KEYS
-        for key, value in INGRESS_ENV.items():
-            assert changed[key] == value
-        assert changed == {**INGRESS_ENV, **haproxy_env(
-            directory, int(changed["RAY_SERVE_HAPROXY_STATS_PORT"]),
-            int(changed["RAY_SERVE_HAPROXY_METRICS_PORT"]))}
-        ports = [int(changed["RAY_SERVE_HAPROXY_STATS_PORT"]),
-                 int(changed["RAY_SERVE_HAPROXY_METRICS_PORT"])]
-        assert len(set(ports)) == 2
+        assert set(changed) == set(INGRESS_ENV) | HAPROXY_KEYS | FALLBACK_KEYS
+        ports = [int(changed[key]) for key in (
+            "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")]
+        assert changed == {**INGRESS_ENV, **haproxy_env(directory, ports[0], ports[1],
+                                                         (ports[2], ports[3]))}
+        assert len(set(ports)) == 4
         assert all(1024 <= p <= 65535 for p in ports)
-        assert not {8404, 9101} & set(ports)  # not Ray's fixed defaults
+        assert not {8404, 9101, 8500, 9500} & set(ports)  # not Ray's fixed defaults
         longest = f"{directory}/{'x' * RAY_SOCKET_SUBDIR_CHARS}/metrics.sock"
         assert len(longest) <= HAPROXY_MAX_SOCKET_PATH, longest
     finally:
@@ -271,7 +294,7 @@ def test_set_ingress_env_keeps_a_configured_haproxy(tmp_path: Path) -> None:
     assert list(private_tmp.iterdir()) == []  # no directory made
     changed = out["changed"]
     # No HAProxy setting touched; the ingress flags are set, an operator's kept.
-    assert not HAPROXY_KEYS & set(changed)
+    assert not (HAPROXY_KEYS | FALLBACK_KEYS) & set(changed)
     assert changed == {k: v for k, v in INGRESS_ENV.items() if k not in preset}
 
 
@@ -426,8 +449,8 @@ _WRITER = """
 
 
 def _requests_total(metrics: Any) -> float:
-    return sum(sample.value for metric in metrics for sample in metric.samples
-               if sample.name == "rampart_requests_total")
+    return float(sum(sample.value for metric in metrics for sample in metric.samples
+                     if sample.name == "rampart_requests_total"))
 
 
 def _scraped_requests_total(text: str) -> float:
@@ -443,7 +466,7 @@ def test_each_process_serves_only_its_own_samples(tmp_path: Path) -> None:
     directory.mkdir()
     env = _child_env(**{MULTIPROC_ENV: str(directory)})
     code = textwrap.dedent(_WRITER)
-    quiet = _run_python(code.replace("sys.argv[1]", "3").replace("sys.argv[2]", "'no'"), env)
+    quiet = _run_python(code, env, "3", "exit")
     assert quiet.returncode == 0, quiet.stderr
     quiet_pid = int(quiet.stdout.split()[0])
 
@@ -457,7 +480,7 @@ def test_each_process_serves_only_its_own_samples(tmp_path: Path) -> None:
 
         # Both wrote to the one directory: together they count 8 ...
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(directory))
+        MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
         assert _requests_total(registry.collect()) == 8
         # ... each process's collector exactly its own.
         assert _requests_total(ProcessMetricsCollector(directory, quiet_pid).collect()) == 3
