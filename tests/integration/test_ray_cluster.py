@@ -123,14 +123,14 @@ def gateway_config(mlflow_store: dict[str, Any], s3_server: ObjectStore, postgre
 
 
 def serve_detached(cluster: LocalRayCluster, config: Path) -> None:
-    done = cluster.rampart("serve", "--config", str(config), "--detach",
-                           env={"RAMPART_ADMIN_TOKEN": TOKEN})
+    done = cluster.rampart("serve", "--config", str(config), "--address", cluster.address,
+                           "--detach", env={"RAMPART_ADMIN_TOKEN": TOKEN})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "detached" in done.stdout
 
 
 def stop_gateway(cluster: LocalRayCluster) -> None:
-    done = cluster.rampart("stop")
+    done = cluster.rampart("stop", "--address", cluster.address)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -452,6 +452,16 @@ def test_committed_dashboard_is_what_the_generator_writes() -> None:
         "regenerate: python -m telemetry.dashboard --out deploy/grafana/rampart.json")
 
 
+def test_the_readme_command_regenerates_the_committed_dashboard(tmp_path: Path) -> None:
+    import sys
+
+    out = tmp_path / "rampart.json"
+    done = subprocess.run([sys.executable, "-m", "telemetry.dashboard", "--out", str(out)],
+                          cwd=DEPLOY.parent, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == (DEPLOY / "grafana" / "rampart.json").read_text()
+
+
 def test_dashboard_writer_writes_the_json(tmp_path: Path) -> None:
     out = dashboard.write_dashboard(tmp_path / "sub" / "rampart.json")
     assert json.loads(out.read_text())["uid"] == dashboard.UID
