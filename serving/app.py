@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 CONFIG_ENV = "RAMPART_CONFIG"
 
@@ -36,7 +36,7 @@ class BuildArgs(BaseModel):
 
     config: Path | None = None
     # Replicas: a fixed count overrides the config's (and its autoscaling).
-    num_replicas: int | None = None
+    num_replicas: int | None = Field(default=None, ge=1, le=256)
 
 
 def build(args: dict[str, Any] | BuildArgs | None = None) -> Any:

@@ -81,6 +81,7 @@ class LocalRayCluster:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rc-")))
     address: str = ""
     dashboard_url: str = ""  # what `serve deploy --address` takes
+    client_address: str = ""  # Ray Client: ray://HOST:PORT
     worker_proxy_port: int = 0
 
     def client_env(self) -> dict[str, str]:
@@ -108,6 +109,7 @@ class LocalRayCluster:
          worker_metrics, self.worker_proxy_port, dashboard, *fallback) = free_ports(14)
         self.address = f"127.0.0.1:{gcs}"
         self.dashboard_url = f"http://127.0.0.1:{dashboard}"
+        self.client_address = f"ray://127.0.0.1:{client}"
         head_dir, worker_dir = self.root / "hh", self.root / "hw"
         head_dir.mkdir()
         worker_dir.mkdir()

@@ -138,6 +138,24 @@ def prepare_gateway(config: RampartConfig, num_replicas: int | None = None,
                         deployment_options(config, num_replicas), metrics_dir)
 
 
+def check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail fast when nothing answers at a ``HOST:PORT`` or ``ray://HOST:PORT``
+    address: Ray itself retries an unreachable cluster for minutes."""
+    import socket
+
+    if address == "auto" or address == "local":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(f"{address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc})"
+                              ) from None
+
+
 def connect_ray(address: str | None) -> tuple[bool, bool, Path | None]:
     """Connect this process to Ray: the one already connected, the cluster at
     ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or a new local
@@ -149,6 +167,7 @@ def connect_ray(address: str | None) -> tuple[bool, bool, Path | None]:
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     haproxy_dir = None
     if address:
+        check_reachable(address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
         haproxy_dir = set_ingress_env()
@@ -239,6 +258,7 @@ def stop_cluster_gateway(address: str | None) -> list[str]:
 
     from rollout.actor import find_controller, stop_controller
 
+    check_reachable(address or "auto")
     ray.init(address=address or "auto", logging_level=logging.WARNING, log_to_driver=False)
     removed = []
     try:

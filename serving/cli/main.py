@@ -69,6 +69,17 @@ def serve_config(args: argparse.Namespace) -> tuple[Any, str]:
     return config, SEED_DEMO_HINT
 
 
+def replica_count(text: str) -> int:
+    """``--replicas``: a whole number of replicas within the config's bounds."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 64, got {value}")
+    return value
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     from serving.cli.launch import stop_cluster_gateway
 
@@ -83,10 +94,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_serve_on_cluster(args: argparse.Namespace, config: Any, hint: str) -> int:
     """``rampart serve --address``: deploy on an existing cluster; block, or detach."""
-    from serving.cli.launch import start_gateway
+    from serving.cli.launch import check_reachable, start_gateway
 
     host = args.host or config.server.host
     port = args.port or config.server.port
+    try:  # fail fast: Ray would retry an unreachable cluster for minutes
+        check_reachable(args.address)
+    except ConnectionError as exc:
+        raise CliError(f"cannot join the Ray cluster at {args.address}: {exc}") from None
     routing_table(config, hint)  # fail fast, with a clear message, on unknown versions
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -440,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "$MLFLOW_TRACKING_URI; else SQLite under the data directory)")
     serve.add_argument("--host", help="address to listen on (default from config)")
     serve.add_argument("--port", type=int, help="port to listen on (default from config)")
-    serve.add_argument("--replicas", type=int, help="gateway replicas (default from config)")
+    serve.add_argument("--replicas", type=replica_count,
+                       help="gateway replicas, 1-64 (default from config)")
     serve.add_argument("--chaos", action="store_true",
                        help="chaos testing: serve POST /v1/admin/faults to inject latency or "
                             "errors into a model version")

@@ -162,7 +162,8 @@ def deployment_options(config: RampartConfig, num_replicas: int | None = None
                        ) -> dict[str, Any]:
     """Replica count or autoscaling, as Ray Serve takes them, from the config."""
     server = config.server
-    options: dict[str, Any] = {"num_replicas": num_replicas or server.num_replicas}
+    options: dict[str, Any] = {
+        "num_replicas": server.num_replicas if num_replicas is None else num_replicas}
     if server.autoscaling is not None and num_replicas is None:
         options = {"num_replicas": "auto",
                    "autoscaling_config": server.autoscaling.serve_options()}
@@ -190,14 +191,18 @@ def _build_deployment(options: dict[str, Any], metrics_dir: Path) -> Any:
     )
     @serve.ingress()
     class RampartGateway:
-        def __init__(self, settings: ReplicaSettings, controller: Any,
+        def __init__(self, settings: ReplicaSettings, controller: Any = None,
                      fault_board: Any = None) -> None:
-            """``controller`` is the control plane's actor handle and
-            ``fault_board`` the chaos actor's (None: no chaos), both passed in
-            by the composition root; the replica never imports the control plane."""
+            """``controller`` is the control plane's actor handle, or None to find
+            it by the name in ``settings``; ``fault_board`` the chaos actor's
+            (None: no chaos). Both come from the composition root; the replica
+            never imports the control plane."""
             from models.registry import MlflowRegistry
             from telemetry.metrics import ReplicaMetricsServer
 
+            if controller is None:
+                controller = ray.get_actor(settings.controller_name,
+                                           namespace=settings.controller_namespace)
             self.settings = settings
             self.registry = MlflowRegistry(settings.tracking_uri)
             self.controller = controller
@@ -464,6 +469,10 @@ def gateway_application(settings: ReplicaSettings, controller: Any, fault_board:
     receives both, never imports the control plane, and loads the chaos
     wrapper only when it is given a fault board.
     """
+    # A handle made by a Ray Client driver (``ray://``) means nothing inside the
+    # cluster: the replicas then find the controller by name instead.
+    if ray.util.client.ray.is_connected():  # type: ignore[no-untyped-call]
+        controller = None
     return _build_deployment(options, metrics_dir).bind(settings, controller, fault_board)
 
 

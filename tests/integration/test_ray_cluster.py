@@ -31,7 +31,7 @@ from serving.cli.demo.models import DEMO_MODEL_NAME, seed_demo_models
 from serving.cli.demo.scenarios import AdminClient, BackgroundTraffic
 from tests.object_store import ObjectStore
 from tests.ports import free_port
-from tests.ray_cluster import LocalRayCluster
+from tests.ray_cluster import RAMPART, LocalRayCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -322,7 +322,7 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(
         stop_gateway(cluster)
 
 
-@pytest.mark.parametrize("command", ["deploy", "run"])
+@pytest.mark.parametrize("command", ["deploy", "run", "rampart-ray-client"])
 def test_serve_deploy_and_serve_run_start_the_same_gateway_from_the_serve_config(
     cluster: LocalRayCluster, gateway_config: Callable[..., tuple[Path, str, str]],
     tmp_path: Path, command: str,
@@ -339,8 +339,11 @@ def test_serve_deploy_and_serve_run_start_the_same_gateway_from_the_serve_config
     serve_cli = str(Path(sys.executable).with_name("serve"))
     if command == "deploy":
         argv = [serve_cli, "deploy", str(path), "--address", cluster.dashboard_url]
-    else:
+    elif command == "run":
         argv = [serve_cli, "run", str(path), "--address", cluster.address, "--non-blocking"]
+    else:  # the same gateway from `rampart serve` through Ray Client (ray://)
+        argv = [str(RAMPART), "serve", "--config", str(config), "--address",
+                cluster.client_address, "--detach"]
     try:
         done = subprocess.run(argv, env=cluster.client_env(), cwd=ROOT, capture_output=True,
                               text=True, timeout=300)
