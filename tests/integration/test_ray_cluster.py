@@ -323,7 +323,7 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(
 
 
 @pytest.mark.parametrize("command", ["deploy", "run", "rampart-ray-client"])
-def test_serve_deploy_and_serve_run_start_the_same_gateway_from_the_serve_config(
+def test_serve_deploy_serve_run_and_ray_client_deploy_the_same_gateway(
     cluster: LocalRayCluster, gateway_config: Callable[..., tuple[Path, str, str]],
     tmp_path: Path, command: str,
 ) -> None:
