@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +118,22 @@ def cmd_serve_on_cluster(args: argparse.Namespace, config: Any, hint: str) -> in
         print("detached: the gateway and its rollout controller keep running on the cluster; "
               "`rampart stop --address ...` removes them", flush=True)
         return 0
+    serve_until_stopped(stop, gateway)
+    return 0
+
+
+def serve_until_stopped(stop: threading.Event, gateway: Any,
+                        after_stop: Callable[[], None] | None = None) -> None:
+    """Block until SIGINT/SIGTERM, then stop the gateway (replicas flush their logs)."""
     try:
         while not stop.wait(0.5):
             pass
     finally:
         print("stopping: flushing decision logs", flush=True)
         gateway.stop()
+        if after_stop is not None:
+            after_stop()
         print("stopped", flush=True)
-    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -167,14 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serving {args.model} (version {table.default.version})", flush=True)
     print(f"rampart gateway serving on {gateway.url} (routing version {gateway.table.version}); "
           "Ctrl-C to stop", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        print("stopping: flushing decision logs", flush=True)
-        gateway.stop()
-        release(config.data_dir)
-        print("stopped", flush=True)
+    serve_until_stopped(stop, gateway, after_stop=lambda: release(config.data_dir))
     return 0
 
 
