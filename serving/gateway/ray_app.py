@@ -212,9 +212,9 @@ def _build_deployment(options: dict[str, Any], metrics_dir: Path) -> Any:
             directory = os.environ.get(MULTIPROC_ENV)
             if directory:
                 Path(directory).mkdir(parents=True, exist_ok=True)  # on a node of its own
-            node_ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
             self.metrics_server = ReplicaMetricsServer(
-                node_ip, Path(directory) if directory else None)
+                metrics_bind_host(settings.config.server.host),
+                Path(directory) if directory else None)
             source = ActorSnapshotSource(
                 controller, settings.controller_name, settings.controller_namespace,
                 metrics_endpoint=self.metrics_server.endpoint,
@@ -306,6 +306,23 @@ def _build_deployment(options: dict[str, Any], metrics_dir: Path) -> Any:
                 metrics_server.close()
 
     return RampartGateway
+
+
+def metrics_bind_host(gateway_host: str) -> str:
+    """Where a replica serves its metrics: loopback when the gateway itself
+    listens only there (nothing of it is exposed beyond the machine), else the
+    node's address, which Prometheus on another machine can reach."""
+    import ipaddress
+
+    if gateway_host == "localhost":
+        return "127.0.0.1"
+    try:
+        if ipaddress.ip_address(gateway_host).is_loopback:
+            return "127.0.0.1"
+    except ValueError:
+        pass  # a host name: the node's address
+    node_ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return node_ip
 
 
 def _replica_name() -> str:

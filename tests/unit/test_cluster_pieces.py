@@ -578,3 +578,19 @@ def test_serve_on_an_unreachable_cluster_is_one_error_line(address: str) -> None
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith(f"rampart: error: cannot join the Ray cluster at {address}")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_replica_metrics_stay_on_loopback_when_the_gateway_does(host: str) -> None:
+    from serving.gateway.ray_app import metrics_bind_host
+
+    assert metrics_bind_host(host) == "127.0.0.1"
+
+
+def test_replica_metrics_listen_on_the_node_address_when_the_gateway_is_public() -> None:
+    import ipaddress
+
+    from serving.gateway.ray_app import metrics_bind_host
+
+    address = ipaddress.ip_address(metrics_bind_host("0.0.0.0"))
+    assert not address.is_loopback and not address.is_unspecified
