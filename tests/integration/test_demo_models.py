@@ -45,6 +45,7 @@ def test_the_tree_version_loads_with_its_skops_trusted_types(mlflow_store: dict[
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     mlflow.set_tracking_uri(str(mlflow_store["uri"]))
+    mlflow.set_registry_uri(str(mlflow_store["uri"]))  # another test may have moved it
     uri = f"models:/{DEMO_MODEL_NAME}@tree"
     info = get_model_info(uri)
     flavor = info.flavors["sklearn"]

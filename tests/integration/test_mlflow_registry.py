@@ -40,6 +40,7 @@ def test_loaded_scorer_matches_the_mlflow_model(mlflow_store: dict[str, Any], ve
     assert isinstance(scorer, LinearScorer)
     assert scorer.feature_names == FEATURE_NAMES
     mlflow.set_tracking_uri(str(mlflow_store["uri"]))
+    mlflow.set_registry_uri(str(mlflow_store["uri"]))  # another test may have moved it
     pyfunc = mlflow.pyfunc.load_model(f"models:/{DEMO_MODEL_NAME}/{version}")
     x = np.random.default_rng(3).normal(size=(200, 8)) * 3
     expected = np.asarray(pyfunc.get_raw_model().predict_proba(

@@ -23,6 +23,7 @@ def test_an_alias_resolves_to_its_version_with_the_training_reference(
     assert model.reference is not None and set(model.reference) == set(FEATURE_NAMES)
     # the offline path is the estimator's own predict_proba, not the folded scorer
     mlflow.set_tracking_uri(str(mlflow_store["uri"]))
+    mlflow.set_registry_uri(str(mlflow_store["uri"]))  # another test may have moved it
     estimator = mlflow.sklearn.load_model(f"models:/{DEMO_MODEL_NAME}/1")
     x = np.random.default_rng(1).normal(size=(50, len(FEATURE_NAMES)))
     expected = estimator.predict_proba(pd.DataFrame(x, columns=list(FEATURE_NAMES)))[:, 1]
