@@ -88,6 +88,11 @@ class WritableRegistry(Protocol):
     def tag_version(self, name: str, version: str, key: str, value: str) -> None: ...
 
 
+# The ``action`` label value of alerts that roll a rollout back (see
+# deploy/prometheus/rules/alerts.yml); every other alert only notifies.
+ROLLBACK_ACTION = "rollback"
+
+
 @dataclass
 class _Runtime:
     previous: Snapshot | None = None
@@ -271,7 +276,10 @@ class RolloutService:
             return self._states[rollout_id]
 
     def alert(self, payload: Any) -> AlertResult:
-        """Alertmanager webhook: every firing alert labelled ``rollout`` rolls it back."""
+        """Alertmanager webhook: a firing alert labelled ``action: rollback`` rolls
+        back the rollout its ``rollout`` label names. Any other alert (``notify``,
+        or no action: ``RampartRolloutStuck`` on a rollout paused at a manual
+        gate) is counted as ignored and leaves the rollout alone."""
         alerts = payload.get("alerts") if isinstance(payload, Mapping) else None
         if not isinstance(alerts, list):
             raise InvalidRollout("payload has no 'alerts' list (Alertmanager webhook format)")
@@ -282,9 +290,12 @@ class RolloutService:
                 if not isinstance(alert, dict):
                     raise InvalidRollout("every alert must be an object")
                 labels = alert.get("labels") or {}
+                if not isinstance(labels, Mapping):
+                    raise InvalidRollout("an alert's 'labels' must be an object")
                 rollout_id = labels.get("rollout")
                 state = self._states.get(rollout_id) if isinstance(rollout_id, str) else None
-                if alert.get("status", "firing") != "firing" or state is None or state.terminal:
+                if (alert.get("status", "firing") != "firing" or state is None or state.terminal
+                        or labels.get("action") != ROLLBACK_ACTION):
                     ignored += 1
                     continue
                 name = str(labels.get("alertname", "alert"))

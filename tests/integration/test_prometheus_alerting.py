@@ -51,6 +51,22 @@ def test_alertmanager_config_is_valid() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(("labels", "receiver"), [
+    (["action=rollback", "rollout=ro-1", "alertname=RampartCandidateP99High"],
+     "rampart-gateway"),
+    (["action=notify", "rollout=ro-1", "alertname=RampartRolloutStuck"], "operators"),
+    (["rollout=ro-1", "alertname=SomethingElse"], "operators"),
+    (["action=rollback", "alertname=NoRollout"], "operators"),
+])
+def test_only_rollback_alerts_reach_the_gateway(labels: list[str], receiver: str) -> None:
+    done = subprocess.run(
+        [_binary("amtool"), "config", "routes", "test",
+         f"--config.file={DEPLOY / 'alertmanager' / 'alertmanager.yml'}", *labels],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [receiver]
+
+
 def _wait_http(url: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -162,17 +162,36 @@ def test_alertmanager_payload_rolls_back_the_labelled_rollout(tmp_path: Path) ->
     service = make_service(tmp_path, counts, clock)
     service.create(parse_plan(PLAN))
     payload = {"version": "4", "status": "firing", "alerts": [
-        {"status": "resolved", "labels": {"alertname": "X", "rollout": "ro-1"}},
+        {"status": "resolved", "labels": {"alertname": "X", "rollout": "ro-1",
+                                          "action": "rollback"}},
         {"status": "firing", "labels": {"alertname": "Other"}},
+        # Named, but not a guardrail: notifies, never rolls back.
+        {"status": "firing", "labels": {"alertname": "RampartRolloutStuck", "rollout": "ro-1",
+                                        "action": "notify"}},
+        {"status": "firing", "labels": {"alertname": "Unlabelled", "rollout": "ro-1"}},
         {"status": "firing", "labels": {"alertname": "RampartCandidateP99High",
-                                        "rollout": "ro-1"},
+                                        "rollout": "ro-1", "action": "rollback"},
          "annotations": {"summary": "p99 up"}},
     ]}
     result = service.alert(payload)
-    assert (result.rolled_back, result.ignored) == (["ro-1"], 2)
+    assert (result.rolled_back, result.ignored) == (["ro-1"], 4)
     state = service.get("ro-1")
     assert state.phase == Phase.ROLLED_BACK
     assert "RampartCandidateP99High" in service.describe("ro-1").audit[-1]["reason"]
+
+
+def test_a_rollout_held_at_a_manual_gate_is_not_rolled_back_by_a_stuck_alert(
+        tmp_path: Path) -> None:
+    counts, clock = Counts(), Clock()
+    service = make_service(tmp_path, counts, clock)
+    service.create(parse_plan(PLAN))
+    service.command("ro-1", "pause", "waiting for sign-off")
+    stuck = {"alerts": [{"status": "firing", "labels": {
+        "alertname": "RampartRolloutStuck", "rollout": "ro-1", "action": "notify"}}]}
+    assert service.alert(stuck).rolled_back == []
+    assert service.get("ro-1").phase == Phase.PAUSED
+    with pytest.raises(InvalidRollout, match="labels"):
+        service.alert({"alerts": [{"labels": "x"}]})
 
 
 def test_commands_return_typed_results_or_raise_typed_errors(tmp_path: Path) -> None:
