@@ -108,7 +108,14 @@ def registry_for(config: Any) -> Any:
     # that and before the client opens the store.
     importlib.import_module("mlflow")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    return MlflowRegistry(config.resolved_tracking_uri())
+    uri = config.resolved_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        # MLflow would create an empty store here and then find no model in it:
+        # a missing file is a mistake to report, not a store to make.
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise CliError(f"no MLflow store at {path}")
+    return MlflowRegistry(uri)
 
 
 def routing_table(config: Any, hint: str = SEED_DEMO_HINT) -> Any:
@@ -117,10 +124,44 @@ def routing_table(config: Any, hint: str = SEED_DEMO_HINT) -> Any:
     from models.registry import UnknownModelVersion
     from serving.routing.router import build_routing_table
 
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
-        return build_routing_table(config, registry_for(config).resolve)
-    except UnknownModelVersion as exc:
+        registry = registry_for(config)
+    except CliError as exc:
         raise CliError(f"{exc}. {hint}" if hint else str(exc)) from None
+    except (MlflowException, SQLAlchemyError) as exc:
+        raise CliError(f"cannot open the MLflow store {config.resolved_tracking_uri()}: "
+                       f"{_first_line(exc)}") from None
+    try:
+        return build_routing_table(config, registry.resolve)
+    except UnknownModelVersion as exc:
+        if _unreadable(exc.__cause__):
+            raise CliError(f"cannot read the MLflow store {registry.registry_uri}: "
+                           f"{_first_line(exc.__cause__)}") from None
+        raise CliError(f"{exc}. {hint}" if hint else str(exc)) from None
+    except (MlflowException, SQLAlchemyError) as exc:
+        raise CliError(f"cannot read the MLflow store {registry.registry_uri}: "
+                       f"{_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc or "").strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _unreadable(exc: BaseException | None) -> bool:
+    """An MLflow error that says the store itself could not be read (not a
+    missing model)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, SQLAlchemyError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def port_free(host: str, port: int) -> bool:

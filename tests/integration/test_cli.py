@@ -159,3 +159,34 @@ def test_serve_stops_cleanly_on_sigterm_and_flushes_every_decision(
     rows = read_decisions(Path(data["decision_log"]["path"])).to_pylist()
     assert sorted(r["request_id"] for r in rows if r["status"] == "ok") == sorted(
         result.sent_request_ids)
+
+
+def test_a_missing_mlflow_store_is_one_line_and_nothing_is_created(tmp_path: Path) -> None:
+    missing = tmp_path / "mlflow.db"
+    config = _config_with(tmp_path, missing)
+    for command in (["serve", "--tracking-uri", f"sqlite:///{missing}"],
+                    ["assign", "--config", str(config), "--unit-id", "u1"]):
+        done = run(*command)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines() == [
+            f"rampart: error: no MLflow store at {missing}. "
+            "Run `rampart models seed-demo` for the demo models."]
+        assert not missing.exists()
+
+
+def test_a_corrupt_mlflow_store_is_one_line(tmp_path: Path) -> None:
+    corrupt = tmp_path / "mlflow.db"
+    corrupt.write_bytes(b"not a database " * 100)
+    done = run("serve", "--tracking-uri", f"sqlite:///{corrupt}")
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"rampart: error: cannot open the MLflow store sqlite:///{corrupt}")
+    assert "file is not a database" in line
+
+
+def _config_with(tmp_path: Path, tracking: Path) -> Path:
+    data = yaml.safe_load((ROOT / "deploy" / "rampart.yaml").read_text())
+    data.update(tracking_uri=f"sqlite:///{tracking}", data_dir=str(tmp_path / "data"))
+    path = tmp_path / "rampart.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
