@@ -121,11 +121,11 @@ def registry_for(config: Any) -> Any:
 def routing_table(config: Any, hint: str = SEED_DEMO_HINT) -> Any:
     """The config's routing table with every alias resolved in MLflow; a version
     MLflow does not have is a :class:`CliError` ending with ``hint``."""
-    from models.registry import UnknownModelVersion
-    from serving.routing.router import build_routing_table
-
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
+
+    from models.registry import UnknownModelVersion
+    from serving.routing.router import build_routing_table
 
     try:
         registry = registry_for(config)
