@@ -188,7 +188,7 @@ class LogLocation:
         """Create the directory on local disk; object stores have no directories."""
         if self.local:
             with storage_errors(f"cannot create {self.uri}"):
-                Path(self.path).mkdir(parents=True, exist_ok=True)
+                make_private_dirs(Path(self.path))
 
     def write_parquet(self, table: pa.Table, name: str, **options: Any) -> LogLocation:
         """Write ``table`` as ``<this>/<name>`` so that readers see all of it or
@@ -200,7 +200,10 @@ class LogLocation:
             self.ensure_dir()
             tmp = Path(self.path) / f".{name}.tmp"
             try:
-                pq.write_table(table, tmp, **options)
+                # Owner-only from the first byte: the logs hold unit ids and features.
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+                with os.fdopen(fd, "wb") as out:
+                    pq.write_table(table, out, **options)
                 os.replace(tmp, target.path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -213,6 +216,28 @@ class LogLocation:
                 self.fs.open_output_stream(target.path) as out:
             out.write(data)
         return target
+
+
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create ``path`` and any missing parents readable by the owner only;
+    directories that already exist keep their mode."""
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:  # another writer made it first
+            continue
+        os.chmod(directory, PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask
 
 
 def visible_parquet_files(root: str | os.PathLike[str] | LogLocation) -> list[str]:

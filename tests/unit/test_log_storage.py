@@ -169,3 +169,20 @@ def test_the_cli_answers_an_unreachable_endpoint_with_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "s3://bucket/o" in err
     assert read_outcomes(tmp_path / "absent").num_rows == 0
+
+
+def test_local_logs_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    import stat
+
+    import pyarrow as pa
+
+    from telemetry.storage import LogLocation
+
+    root = tmp_path / "logs"
+    LogLocation.resolve(root / "date=2026-11-30" / "experiment=e").write_parquet(
+        pa.table({"x": [1]}), "part-1.parquet")
+    for path in (root, root / "date=2026-11-30", root / "date=2026-11-30" / "experiment=e"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    written = root / "date=2026-11-30" / "experiment=e" / "part-1.parquet"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert not list(written.parent.glob(".*"))
