@@ -74,7 +74,7 @@ from serving.kernel.errors import (
     ValidationFailed,
 )
 from serving.kernel.ids import MAX_BODY_BYTES
-from serving.routing.router import Decision, RoutingTable, route
+from serving.routing.router import Decision, RoutingTable, public_routing, route
 from serving.routing.snapshot import RoutingSnapshot
 from telemetry.decision_log import DecisionLogWriter, DecisionRecord
 from telemetry.drift_monitor import DriftMonitor
@@ -776,8 +776,11 @@ def build_app(
         return {"status": "ok", "routing_version": core.table.version}
 
     @app.get("/v1/routing")
-    async def routing() -> dict[str, Any]:
-        return core.table.describe()
+    async def routing(request: Request) -> dict[str, Any]:
+        # Salts and bucket ranges let a client pick unit ids that land on the
+        # arm it wants: only the admin sees them.
+        description = core.table.describe()
+        return description if is_admin(request, admin_token) else public_routing(description)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -785,6 +788,14 @@ def build_app(
 
     add_admin_routes(app, control, admin_token, admin_routes)
     return app
+
+
+def is_admin(request: Request, admin_token: str | None) -> bool:
+    """Whether the request carries the admin bearer token (compared in constant time)."""
+    if not admin_token:
+        return False
+    given = request.headers.get("authorization", "")
+    return hmac.compare_digest(given.encode(), f"Bearer {admin_token}".encode())
 
 
 def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: str | None,
@@ -799,8 +810,7 @@ def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: st
     def authorize(request: Request) -> None:
         if not admin_token:
             raise Unauthorized("admin API disabled: start the gateway with RAMPART_ADMIN_TOKEN")
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {admin_token}".encode()):
+        if not is_admin(request, admin_token):
             raise Unauthorized("missing or wrong bearer token")
 
     async def run(command: Command, status: int = 200) -> Response:

@@ -216,6 +216,25 @@ class RoutingTable:
         }
 
 
+SECRET_ROUTING_KEYS = frozenset({"salt", "buckets", "candidate_buckets"})
+
+
+def public_routing(description: dict[str, Any]) -> dict[str, Any]:
+    """:meth:`RoutingTable.describe` without what lets a client choose its arm:
+    salts and bucket ranges (weights, versions and targeting stay)."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in SECRET_ROUTING_KEYS}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    public: dict[str, Any] = strip(description)
+    public["redacted"] = sorted(SECRET_ROUTING_KEYS)
+    return public
+
+
 def _ref_json(ref: ModelRef) -> dict[str, Any]:
     return {"model_name": ref.name, "model_version": ref.version, "alias": ref.alias}
 

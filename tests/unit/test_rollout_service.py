@@ -3,6 +3,7 @@ records aliases and tags, and a metrics source whose counts the test sets."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +317,21 @@ def test_shadow_attach_and_detach_through_the_admin_api(admin: Any) -> None:
     assert bad.status_code == 422
     assert client.post("/v1/admin/shadows", json={"model": "clf", "version": "2"}
                        ).status_code == 401
+
+
+def test_routing_salts_and_buckets_are_for_the_admin_only() -> None:
+    core, _ = make_core(build_tracer_provider().get_tracer("t"))
+    with TestClient(build_app(core, None, "s3cret")) as client:
+        public = client.get("/v1/routing").json()
+        wrong = client.get("/v1/routing", headers={"Authorization": "Bearer nope"}).json()
+        full = client.get("/v1/routing", headers={"Authorization": "Bearer s3cret"}).json()
+    assert public == wrong
+    assert public["experiments"] and full["experiments"]
+    assert public.pop("redacted") == ["buckets", "candidate_buckets", "salt"]
+    text = json.dumps(public)
+    assert '"salt"' not in text and '"buckets"' not in text
+    # What an operator or a client may know stays: ids, weights and versions.
+    assert [[a["weight_bp"] for a in e["arms"]] for e in public["experiments"]] == [
+        [a["weight_bp"] for a in e["arms"]] for e in full["experiments"]]
+    assert all(e["salt"] and all(a["buckets"] for a in e["arms"] if a["weight_bp"])
+               for e in full["experiments"])
