@@ -27,6 +27,7 @@ import ray
 from serving.gateway.ray_app import (
     ADMIN_TOKEN_ENV,
     APP_NAME,
+    INGEST_TOKEN_ENV,
     ReplicaSettings,
     clear_haproxy_env,
     delete_gateway,
@@ -132,6 +133,7 @@ def prepare_gateway(config: RampartConfig, num_replicas: int | None = None,
         config=config, tracking_uri=tracking_uri, decision_dir=decision_dir,
         outcomes_dir=outcomes_dir,
         admin_token=admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
+        ingest_token=os.environ.get(INGEST_TOKEN_ENV) or None,
         controller_name=CONTROLLER_NAME, controller_namespace=CONTROLLER_NAMESPACE,
     )
     return GatewayParts(settings, controller, fault_board,

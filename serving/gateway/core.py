@@ -590,13 +590,17 @@ async def read_body_limited(request: Request, limit: int = MAX_BODY_BYTES) -> by
 
 def build_app(
     core: GatewayCore, control: ControlPlane | None = None, admin_token: str | None = None,
-    admin_routes: Sequence[AdminRoutes] = (),
+    admin_routes: Sequence[AdminRoutes] = (), ingest_token: str | None = None,
 ) -> FastAPI:
     """FastAPI app over one :class:`GatewayCore` (used in-process and on Ray Serve).
 
     Admin routes need ``Authorization: Bearer <RAMPART_ADMIN_TOKEN>``; with no
-    token configured they refuse every call. ``admin_routes`` add more of them
-    behind the same guard. The inference route never changes routing.
+    token configured they refuse every call. ``POST /v1/outcomes`` needs a
+    credential of its own, ``Bearer <RAMPART_INGEST_TOKEN>`` (the systems that
+    report outcomes are not operators), and is refused without one configured:
+    open, anyone could write another unit's outcomes into an experiment.
+    ``admin_routes`` add more of them behind the same guard. The inference
+    route never changes routing.
     """
     app = FastAPI(
         title="Rampart gateway",
@@ -745,6 +749,8 @@ def build_app(
         response_model=OutcomesAccepted,
         responses={
             400: {"model": ErrorResponse, "description": "Body is not JSON"},
+            401: {"model": ErrorResponse,
+                  "description": "No ingest token, or a wrong one (Bearer RAMPART_INGEST_TOKEN)"},
             413: {"model": ErrorResponse,
                   "description": f"Body over {MAX_OUTCOME_BODY_BYTES >> 20} MiB or over "
                                  f"{MAX_OUTCOME_EVENTS} events"},
@@ -764,6 +770,11 @@ def build_app(
         """Record outcome events: one event, or ``{"events": [...]}`` (all or none)."""
         header_id = request.headers.get("x-request-id")
         try:
+            if not ingest_token:
+                raise Unauthorized("outcome ingest is disabled: start the gateway with "
+                                   "RAMPART_INGEST_TOKEN", header_id)
+            if not bearer_matches(request, ingest_token):
+                raise Unauthorized("missing or wrong ingest token", header_id)
             require_json(request)
             body = await read_body_limited(request, MAX_OUTCOME_BODY_BYTES)
         except RampartError as error:
@@ -790,12 +801,17 @@ def build_app(
     return app
 
 
-def is_admin(request: Request, admin_token: str | None) -> bool:
-    """Whether the request carries the admin bearer token (compared in constant time)."""
-    if not admin_token:
+def bearer_matches(request: Request, token: str | None) -> bool:
+    """Whether the request carries ``Bearer <token>`` (compared in constant time)."""
+    if not token:
         return False
     given = request.headers.get("authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {admin_token}".encode())
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def is_admin(request: Request, admin_token: str | None) -> bool:
+    """Whether the request carries the admin bearer token."""
+    return bearer_matches(request, admin_token)
 
 
 def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: str | None,

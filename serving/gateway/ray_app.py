@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "rampart"
 ADMIN_TOKEN_ENV = "RAMPART_ADMIN_TOKEN"
+INGEST_TOKEN_ENV = "RAMPART_INGEST_TOKEN"
 DEPLOYMENT_NAME = "RampartGateway"
 INGRESS_ENV = {
     # Replicas serve HTTP themselves; HAProxy (shipped with Ray) fronts them.
@@ -72,6 +73,8 @@ class ReplicaSettings(BaseModel):
     decision_dir: Path | str
     outcomes_dir: Path | str | None = None
     admin_token: str | None = None
+    # The credential of POST /v1/outcomes (None: outcome ingest refused).
+    ingest_token: str | None = None
     # How long one routing long-poll stays parked before it is renewed.
     snapshot_timeout_s: float = 30.0
     # The controller actor's name, to find it again after Ray restarts it or
@@ -285,7 +288,8 @@ def _build_deployment(options: dict[str, Any], metrics_dir: Path) -> Any:
         def __serve_build_asgi_app__(self) -> Any:
             extra = [] if self.chaos is None else [self.chaos.add_routes]
             return build_app(self.core, RayControlPlane(self.controller),
-                             self.settings.admin_token, admin_routes=extra)
+                             self.settings.admin_token, admin_routes=extra,
+                             ingest_token=self.settings.ingest_token)
 
         def __del__(self) -> None:
             # Ray Serve calls __del__ on graceful replica shutdown: flush the log.

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import yaml
 
 from serving.cli.demo.traffic import Population, drive_traffic
@@ -50,8 +51,10 @@ def _analyze(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_gateway_logs_and_posted_outcomes_are_analysed_end_to_end(
-    ray_session: None, mlflow_store: dict[str, Any], tmp_path: Path
+    ray_session: None, mlflow_store: dict[str, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("RAMPART_INGEST_TOKEN", "ingest-token")
     data = _config_data(mlflow_store, tmp_path)
     config_file = tmp_path / "rampart.yaml"
     config_file.write_text(yaml.safe_dump(data))
@@ -79,6 +82,7 @@ def test_gateway_logs_and_posted_outcomes_are_analysed_end_to_end(
                            "value": float(rng.normal(10.0, 2.0))})
         for start in range(0, len(events), 2_000):
             answer = httpx.post(f"{gateway.url}/v1/outcomes",
+                                headers={"Authorization": "Bearer ingest-token"},
                                 json={"events": events[start:start + 2_000]}, timeout=30)
             assert answer.status_code == 202, answer.text
     finally:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from serving.cli.launch import start_gateway
@@ -35,25 +36,34 @@ def _config(mlflow_store: dict[str, Any], tmp: Path) -> Any:
     return parse_config(data)
 
 
+INGEST = {"Authorization": "Bearer ingest-token"}
+
+
 def test_outcomes_posted_to_the_gateway_land_in_the_outcomes_log(
-    ray_session: None, mlflow_store: dict[str, Any], tmp_path: Path
+    ray_session: None, mlflow_store: dict[str, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("RAMPART_INGEST_TOKEN", "ingest-token")
     gateway = start_gateway(_config(mlflow_store, tmp_path))
     try:
         url = f"{gateway.url}/v1/outcomes"
-        one = httpx.post(url, json={"unit_id": "user-1", "metric": "conversion", "value": 1,
-                                    "timestamp": "2026-01-01T00:00:00Z",
-                                    "experiment_id": "demo-champion-vs-challenger"})
+        unauthorized = httpx.post(url, json={"unit_id": "user-1", "metric": "m", "value": 1})
+        assert unauthorized.status_code == 401
+        one = httpx.post(url, headers=INGEST, json={
+            "unit_id": "user-1", "metric": "conversion", "value": 1,
+            "timestamp": "2026-01-01T00:00:00Z", "experiment_id": "demo-champion-vs-challenger"})
         assert (one.status_code, one.json()) == (202, {"accepted": 1})
         events = [{"unit_id": f"user-{i}", "metric": "revenue", "value": i * 0.5,
                    "timestamp": 1_767_225_600 + i} for i in range(2, 1002)]
-        batch = httpx.post(url, json={"events": events})
+        batch = httpx.post(url, headers=INGEST, json={"events": events})
         assert (batch.status_code, batch.json()) == (202, {"accepted": 1000})
+        json_type = {**INGEST, "content-type": "application/json"}
+        text_type = {**INGEST, "content-type": "text/plain"}
         refused = [
-            (httpx.post(url, json={"events": [events[0], {**events[1], "value": "x"}]}), 422),
-            (httpx.post(url, content=b"{nope", headers={"content-type": "application/json"}),
-             400),
-            (httpx.post(url, content=b"unit_id=u", headers={"content-type": "text/plain"}), 415),
+            (httpx.post(url, headers=INGEST,
+                        json={"events": [events[0], {**events[1], "value": "x"}]}), 422),
+            (httpx.post(url, content=b"{nope", headers=json_type), 400),
+            (httpx.post(url, content=b"unit_id=u", headers=text_type), 415),
         ]
         for response, status in refused:
             assert response.status_code == status, response.text

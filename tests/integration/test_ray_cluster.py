@@ -36,6 +36,7 @@ from tests.ray_cluster import RAMPART, LocalRayCluster
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 TOKEN = "cluster-test-token"
+INGEST_TOKEN = "cluster-ingest-token"
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,8 @@ def gateway_config(mlflow_store: dict[str, Any], s3_server: ObjectStore, postgre
 
 def serve_detached(cluster: LocalRayCluster, config: Path) -> None:
     done = cluster.rampart("serve", "--config", str(config), "--address", cluster.address,
-                           "--detach", env={"RAMPART_ADMIN_TOKEN": TOKEN})
+                           "--detach", env={"RAMPART_ADMIN_TOKEN": TOKEN,
+                                            "RAMPART_INGEST_TOKEN": INGEST_TOKEN})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "detached" in done.stdout
 
@@ -243,7 +245,8 @@ def test_a_rollout_on_two_nodes_promotes_logs_every_answer_and_survives_a_lost_n
                    "value": float(i % 7 == 0)}
                   for i in range(0, 5_000, 5)]
         with httpx.Client(base_url=url, timeout=30) as http:
-            assert http.post("/v1/outcomes", json={"events": events}).status_code == 202
+            assert http.post("/v1/outcomes", json={"events": events}, headers={
+                "Authorization": f"Bearer {INGEST_TOKEN}"}).status_code == 202
         wait_for(lambda: _outcome_rows(prefix) == len(events), 60, "the outcome rows")
         analysis = cluster.rampart("analyze", "--config", str(config), "--experiment",
                            "demo-champion-vs-challenger", "--json")

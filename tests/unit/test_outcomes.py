@@ -376,9 +376,13 @@ def gateway(tmp_path: Path) -> Iterator[dict[str, Any]]:
     core, _ = make_core(provider.get_tracer("test"))
     core.outcomes_log = OutcomesLogWriter(tmp_path / "outcomes", "test", batch_rows=100_000,
                                           flush_interval_s=3600)
-    with TestClient(build_app(core)) as client:
+    with TestClient(build_app(core, ingest_token=INGEST), headers=INGEST_AUTH) as client:
         yield {"client": client, "core": core, "dir": tmp_path / "outcomes"}
     core.close()
+
+
+INGEST = "ingest-secret"
+INGEST_AUTH = {"Authorization": f"Bearer {INGEST}"}
 
 
 def _post(client: TestClient, body: Any, **kwargs: Any) -> Any:
@@ -466,9 +470,29 @@ def test_a_body_not_declared_as_json_is_refused(
 def test_a_gateway_without_an_outcomes_log_says_so() -> None:
     core, _ = make_core(build_tracer_provider(None).get_tracer("test"))
     assert isinstance(core, GatewayCore) and core.outcomes_log is None
-    with TestClient(build_app(core)) as client:
+    with TestClient(build_app(core, ingest_token=INGEST), headers=INGEST_AUTH) as client:
         r = _post(client, _event())
     assert r.status_code == 503 and r.json()["error"]["code"] == "outcomes_log_unavailable"
+
+
+def test_outcomes_need_the_ingest_token_of_their_own(tmp_path: Path) -> None:
+    core, _ = make_core(build_tracer_provider(None).get_tracer("test"))
+    core.outcomes_log = OutcomesLogWriter(tmp_path / "outcomes", "test", batch_rows=100_000,
+                                          flush_interval_s=3600)
+    try:
+        with TestClient(build_app(core, None, "admin-secret", ingest_token=INGEST)) as client:
+            for headers in ({}, {"Authorization": "Bearer wrong"},
+                            {"Authorization": "Bearer admin-secret"}):  # not the admin's
+                r = _post(client, _event(), headers=headers)
+                assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+            assert core.outcomes_log.pending == 0
+            assert _post(client, _event(), headers=INGEST_AUTH).status_code == 202
+        with TestClient(build_app(core)) as client:  # no ingest token configured: refused
+            r = _post(client, _event(), headers=INGEST_AUTH)
+            assert r.status_code == 401
+            assert "RAMPART_INGEST_TOKEN" in r.json()["error"]["message"]
+    finally:
+        core.close()
 
 
 def test_openapi_describes_the_outcomes_route(gateway: dict[str, Any]) -> None:
