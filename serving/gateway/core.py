@@ -618,9 +618,11 @@ def build_app(
                         headers=dict(outcome.headers) if outcome.headers else None)
 
     async def answer(protocol: ProtocolModule, request: Request,
-                     model_name: str | None = None) -> Response:
+                     model_name: str | None = None, json_only: bool = False) -> Response:
         header_id = request.headers.get("x-request-id")
         try:
+            if json_only:
+                require_json(request)
             body = await read_body_limited(request)
         except RampartError as error:
             error.request_id = header_id
@@ -637,6 +639,8 @@ def build_app(
     scoring_errors: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorResponse, "description": "Body is not JSON, or names no unit"},
         404: {"model": ErrorResponse, "description": "No such model (named paths)"},
+        415: {"model": ErrorResponse,
+              "description": "Content-Type is not JSON (/v1/predict), or not one MLflow takes"},
         413: {"model": ErrorResponse, "description": "Body over 1 MiB or too many rows"},
         422: {"model": ErrorResponse,
               "description": "Body fails validation, or a row does not fit the signature "
@@ -658,7 +662,7 @@ def build_app(
     async def predict(request: Request) -> Response:
         """Score one row (``{"unit_id", "features", "context"?}``) or a batch
         (``{"rows": [...]}``, one answer per row, in order)."""
-        return await answer(v1_protocol, request)
+        return await answer(v1_protocol, request, json_only=True)
 
     @app.post("/invocations", responses=scoring_errors)
     async def invocations(request: Request) -> Response:

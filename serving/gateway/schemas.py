@@ -23,11 +23,15 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from serving.kernel.ids import MAX_UNIT_ID_CHARS, ContextValue
+from serving.kernel.ids import MAX_UNIT_ID_CHARS, Context
 
 MAX_BATCH_ROWS = 1000
 """Rows in one scoring request, whatever its protocol; more is a 413."""
 MAX_REQUEST_ID_CHARS = 128
+# Printable ASCII without spaces: a request id goes into every log row, span
+# and error, where a NUL, a newline or a right-to-left override would forge or
+# hide lines.
+REQUEST_ID_PATTERN = r"^[\x21-\x7e]+$"
 MAX_TENSOR_DIMS = 32  # numpy's own limit is 64
 INT64_MIN = -(1 << 63)
 UINT64_MAX = (1 << 64) - 1
@@ -171,9 +175,10 @@ class PredictRow(BaseModel):
 
     unit_id: StrictStr | None = Field(default=None, min_length=1, max_length=MAX_UNIT_ID_CHARS)
     features: dict[str, FeatureValue]
-    context: dict[str, ContextValue] = Field(default_factory=dict)
+    context: Context = Field(default_factory=dict)
     request_id: StrictStr | None = Field(default=None, min_length=1,
-                                         max_length=MAX_REQUEST_ID_CHARS)
+                                         max_length=MAX_REQUEST_ID_CHARS,
+                                         pattern=REQUEST_ID_PATTERN)
 
 
 class PredictRequest(PredictRow):

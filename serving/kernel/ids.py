@@ -7,9 +7,18 @@ package of the project.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 BUCKETS = 10_000
 """Buckets of the assignment hash; weights are basis points of them."""
@@ -22,6 +31,33 @@ MAX_BODY_BYTES = 1 << 20
 
 FeatureValue = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # ints accepted, bools not
 ContextValue = StrictStr | StrictInt | StrictFloat | StrictBool
+
+# A request's context is logged with every row and may carry the unit id of an
+# experiment's unit type (``context.session_id``): bounded like the unit id, so
+# one request cannot make a row, a log file or a replica's memory balloon.
+MAX_CONTEXT_KEYS = 64
+MAX_CONTEXT_KEY_CHARS = 64
+MAX_CONTEXT_TEXT_CHARS = MAX_UNIT_ID_CHARS
+
+
+def bounded_context(value: Any) -> Any:
+    """Refuse a context over the bounds with one message naming the key, before
+    its values are validated (a union's per-branch errors would say it four times)."""
+    if not isinstance(value, dict):
+        return value
+    if len(value) > MAX_CONTEXT_KEYS:
+        raise ValueError(f"{len(value)} keys; the limit is {MAX_CONTEXT_KEYS}")
+    for key, item in value.items():
+        if isinstance(key, str) and not 1 <= len(key) <= MAX_CONTEXT_KEY_CHARS:
+            raise ValueError(f"key {key[:16]!r} is {len(key)} characters; keys are "
+                             f"1-{MAX_CONTEXT_KEY_CHARS}")
+        if isinstance(item, str) and len(item) > MAX_CONTEXT_TEXT_CHARS:
+            raise ValueError(f"{key[:64]} is {len(item)} characters; the limit is "
+                             f"{MAX_CONTEXT_TEXT_CHARS}")
+    return value
+
+
+Context = Annotated[dict[str, ContextValue], BeforeValidator(bounded_context)]
 
 
 class Frozen(BaseModel):

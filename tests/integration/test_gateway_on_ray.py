@@ -94,11 +94,14 @@ def test_bad_input_over_http_is_a_4xx_not_a_500(ray_session: None, mlflow_store:
     gateway = start_gateway(_config(mlflow_store, tmp_path, replicas=1))
     try:
         url = f"{gateway.url}/v1/predict"
+        declared = {"content-type": "application/json"}
         cases = [
-            (httpx.post(url, content=b"{nope"), 400),
+            (httpx.post(url, content=b"{nope", headers=declared), 400),
             (httpx.post(url, json={"unit_id": "u", "features": {"f0": 1.0}}), 422),
             (httpx.post(url, json={"unit_id": "", "features": {}}), 422),
-            (httpx.post(url, content=b"x" * (1024 * 1024 + 10)), 413),
+            (httpx.post(url, content=b"x" * (1024 * 1024 + 10), headers=declared), 413),
+            (httpx.post(url, content=b'{"unit_id": "u"}', headers={"content-type": "text/plain"}),
+             415),
         ]
         for response, status in cases:
             assert response.status_code == status, response.text

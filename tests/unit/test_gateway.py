@@ -36,6 +36,7 @@ def gateway(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 def _post(client: TestClient, body: Any, **kwargs: Any) -> Any:
     if isinstance(body, bytes | str):
+        kwargs["headers"] = {"content-type": "application/json", **kwargs.get("headers", {})}
         return client.post("/v1/predict", content=body, **kwargs)
     return client.post("/v1/predict", json=body, **kwargs)
 
@@ -164,3 +165,38 @@ def test_swap_table_is_whole_and_only_forward(gateway: dict[str, Any]) -> None:
     assert core.table is newer
     core.swap_table(dataclasses.replace(core.table, version=3))
     assert core.table.version == 5
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_prediction_not_declared_as_json_is_refused(
+    gateway: dict[str, Any], content_type: str | None
+) -> None:
+    body = json.dumps({"unit_id": "u", "features": GOOD_FEATURES})
+    headers = {"content-type": content_type} if content_type else {}
+    r = gateway["client"].post("/v1/predict", content=body, headers=headers)
+    assert r.status_code == 415, r.text
+    assert "Content-Type must be application/json" in r.json()["error"]["message"]
+    ok = gateway["client"].post("/v1/predict", content=body,
+                                headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(("body", "header_id", "needle"), [
+    ({"context": {f"k{i}": "v" for i in range(65)}}, None, "context: 65 keys; the limit is 64"),
+    ({"context": {"user_id": "x" * 100_000}}, None, "context: user_id is 100000 characters"),
+    ({"context": {"k" * 65: "v"}}, None, "keys are 1-64"),
+    ({"request_id": "a\x00b"}, None, "request_id"),
+    ({"request_id": "a\nforged log line"}, None, "request_id"),
+    ({}, "a\x01b", "X-Request-Id: must be printable ASCII"),
+    ({}, "a" * 129, "X-Request-Id: is 129 characters"),
+])
+def test_unbounded_or_unprintable_request_fields_are_refused(
+    gateway: dict[str, Any], body: dict[str, Any], header_id: str | None, needle: str
+) -> None:
+    headers = {"content-type": "application/json"}
+    if header_id is not None:
+        headers["x-request-id"] = header_id
+    r = gateway["client"].post("/v1/predict", headers=headers, content=json.dumps(
+        {"unit_id": "u", "features": GOOD_FEATURES, **body}).encode())
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["error"]["message"]

@@ -11,6 +11,7 @@ problem, naming the field).
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ from serving.gateway.schemas import (
     INT64_MIN,
     MAX_BATCH_ROWS,
     MAX_REQUEST_ID_CHARS,
+    REQUEST_ID_PATTERN,
     UINT64_MAX,
     PlainPredictRequest,
     PredictBatchRequest,
@@ -48,7 +50,7 @@ from serving.kernel.errors import (
     UnitMissing,
     ValidationFailed,
 )
-from serving.kernel.ids import MAX_BODY_BYTES, MAX_UNIT_ID_CHARS, ContextValue
+from serving.kernel.ids import MAX_BODY_BYTES, MAX_UNIT_ID_CHARS, Context
 
 __all__ = [
     "MAX_BATCH_ROWS",
@@ -143,6 +145,9 @@ def load_json(body: bytes, request_id: str | None) -> Any:
         raise InvalidJson(f"body is not valid JSON: {exc}", request_id) from None
 
 
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+
+
 def check_header_request_id(header_request_id: str | None) -> str | None:
     """The ``X-Request-Id`` header's id, None if absent or empty; over
     MAX_REQUEST_ID_CHARS characters is refused (it is logged with every row)."""
@@ -152,6 +157,9 @@ def check_header_request_id(header_request_id: str | None) -> str | None:
         raise ValidationFailed(
             f"{INVALID}\n  header X-Request-Id: is {len(header_request_id)} characters; "
             f"the limit is {MAX_REQUEST_ID_CHARS}")
+    if not _REQUEST_ID.match(header_request_id):
+        raise ValidationFailed(
+            f"{INVALID}\n  header X-Request-Id: must be printable ASCII without spaces")
     return header_request_id
 
 
@@ -209,7 +217,7 @@ def request_unit_or_fallback(
     raise UnitMissing(f"no unit id: send it as {unit_places(unit, body_place)}", request_id)
 
 
-_CONTEXT = TypeAdapter(dict[str, ContextValue])
+_CONTEXT: TypeAdapter[dict[str, Any]] = TypeAdapter(Context)
 
 
 def check_context(value: Any, where: str, problems: Problems) -> dict[str, Any]:
