@@ -24,6 +24,7 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Callable
@@ -135,6 +136,52 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         return ports
 
 
+HAPROXY_OWNER_FILE = "owner.pid"
+
+
+def remove_stale_haproxy_dirs(temp_dir: Path) -> list[Path]:
+    """Remove HAProxy directories that gateways killed before they could clean
+    up left behind: those whose owner process is gone and that no running
+    process (HAProxy names its config file on its command line) still uses."""
+    candidates = sorted(temp_dir.glob(f"{HAPROXY_DIR_PREFIX}*"))
+    if not candidates:
+        return []
+    in_use = _paths_on_command_lines()
+    removed = []
+    for directory in candidates:
+        try:
+            owner = int((directory / HAPROXY_OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            owner = 0
+        if (owner and _pid_alive(owner)) or any(str(directory) in line for line in in_use):
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(directory)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _paths_on_command_lines() -> list[str]:
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace"))
+            except OSError:
+                continue
+    return lines
+
+
 def clear_haproxy_env() -> None:
     """Forget this process's HAProxy settings once Ray has started with them
     (Ray's processes keep their copy), so a gateway this process starts later
@@ -154,7 +201,9 @@ def set_ingress_env() -> Path | None:
         os.environ.setdefault(key, value)
     if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in os.environ:
         return None
+    remove_stale_haproxy_dirs(Path(tempfile.gettempdir()))
     directory = Path(tempfile.mkdtemp(prefix=HAPROXY_DIR_PREFIX))
+    (directory / HAPROXY_OWNER_FILE).write_text(str(os.getpid()))
     ports = free_ports(4)
     for key, value in haproxy_env(directory, ports[0], ports[1], (ports[2], ports[3])).items():
         os.environ.setdefault(key, value)

@@ -594,3 +594,22 @@ def test_replica_metrics_listen_on_the_node_address_when_the_gateway_is_public()
 
     address = ipaddress.ip_address(metrics_bind_host("0.0.0.0"))
     assert not address.is_loopback and not address.is_unspecified
+
+
+def test_stale_haproxy_directories_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    from serving.gateway.ray_app import HAPROXY_DIR_PREFIX, remove_stale_haproxy_dirs
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = tmp_path / f"{HAPROXY_DIR_PREFIX}stale"
+    stale.mkdir()
+    (stale / "owner.pid").write_text(dead.stdout.strip())
+    orphan = tmp_path / f"{HAPROXY_DIR_PREFIX}orphan"  # from before owner files existed
+    (orphan / "abc").mkdir(parents=True)
+    live = tmp_path / f"{HAPROXY_DIR_PREFIX}live"
+    live.mkdir()
+    (live / "owner.pid").write_text(str(os.getpid()))
+    other = tmp_path / "someone-else"
+    other.mkdir()
+    assert sorted(remove_stale_haproxy_dirs(tmp_path)) == sorted([stale, orphan])
+    assert live.exists() and other.exists() and not stale.exists() and not orphan.exists()
