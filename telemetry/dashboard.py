@@ -42,6 +42,8 @@ ALERT_ERROR_RATIO_DELTA = 0.05   # RampartCandidateErrorRateHigh
 ALERT_STUCK_AFTER_S = 1800.0     # RampartRolloutStuck
 ALERT_PSI = 0.2                  # RampartFeatureDrift
 ALERT_SHADOW_AGREEMENT = 0.9     # RampartShadowDisagrees
+ALERT_LOG_WRITE_ERRORS = 0.0     # RampartLogWritesFailing: any failed write
+ALERT_LOG_DROPPED_ROWS = 0.0     # RampartLogRowsDropped: any dropped row
 
 # The guardrails a rollout gets when its plan names none
 # (rollout.core.plan.Guardrails; telemetry may not import serving, which that
@@ -262,6 +264,32 @@ def _parity_row() -> Section:
     ]
 
 
+def _logs_row() -> Section:
+    logs = ("decision_log", "outcomes_log")
+    return "Decision and outcome logs", [
+        _series(
+            17, "Log write failures",
+            "Failed writes of each replica's decision and outcomes logs (disk full, "
+            "read-only, object store away). The rows are kept and written again; the "
+            "RampartLogWritesFailing alert fires on any.",
+            "short",
+            [_query(f"sum by (instance) (increase(rampart_{log}_write_errors_total{RATE}))",
+                    f"{{{{instance}}}} {log.replace('_', ' ')}", ref_id=chr(ord("A") + i))
+             for i, log in enumerate(logs)],
+            thresholds=_thresholds((None, "green"), (ALERT_LOG_WRITE_ERRORS + 1, "red"))),
+        _series(
+            18, "Log rows dropped",
+            "Rows given up after failed writes, beyond what a replica keeps "
+            "(decision_log.max_buffered_rows): missing from analysis. The "
+            "RampartLogRowsDropped alert fires on any.",
+            "short",
+            [_query(f"sum by (instance) (increase(rampart_{log}_dropped_total{RATE}))",
+                    f"{{{{instance}}}} {log.replace('_', ' ')}", ref_id=chr(ord("A") + i))
+             for i, log in enumerate(logs)],
+            thresholds=_thresholds((None, "green"), (ALERT_LOG_DROPPED_ROWS + 1, "red"))),
+    ]
+
+
 def _variables() -> list[dash.DatasourceVariable | dash.QueryVariable]:
     def labels(name: str, label: str, query: str) -> dash.QueryVariable:
         return (dash.QueryVariable(name).label(label).datasource(DATASOURCE).query(query)
@@ -288,7 +316,7 @@ def build_dashboard() -> models.Dashboard:
         builder = builder.with_variable(variable)
     # Rows are separators with their panels after them at the top level (an
     # expanded row), so every panel shows when the dashboard opens.
-    sections = (_traffic_row(), _latency_row(), _rollout_row(), _parity_row())
+    sections = (_traffic_row(), _latency_row(), _rollout_row(), _parity_row(), _logs_row())
     for index, (title, panels) in enumerate(sections):
         # Panel ids run from 1; rows take ids of their own past them.
         builder = builder.with_row(dash.Row(title).id(ROW_IDS_FROM + index))

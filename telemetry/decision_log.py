@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from telemetry.batched_writer import BatchedWriter
+from telemetry.batched_writer import BatchedWriter, PartialWrite, WriterEvents
 from telemetry.storage import LogLocation, storage_errors
 
 if TYPE_CHECKING:
@@ -329,8 +329,11 @@ class DecisionLogWriter(BatchedWriter[DecisionRecord | ColumnBatch | pa.Table]):
     noun = "decision-log"
 
     def __init__(self, root: str | os.PathLike[str] | LogLocation, writer_id: str,
-                 batch_rows: int = 5000, flush_interval_s: float = 2.0) -> None:
-        super().__init__(root, writer_id, batch_rows, flush_interval_s)
+                 batch_rows: int = 5000, flush_interval_s: float = 2.0,
+                 max_buffered_rows: int | None = None, events: WriterEvents | None = None
+                 ) -> None:
+        super().__init__(root, writer_id, batch_rows, flush_interval_s, max_buffered_rows,
+                         events)
 
     def append(self, record: DecisionRecord) -> None:
         """Buffer one record; never blocks on I/O."""
@@ -354,9 +357,14 @@ class DecisionLogWriter(BatchedWriter[DecisionRecord | ColumnBatch | pa.Table]):
             for item in batch if not isinstance(item, DecisionRecord)]
         combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
         root = self.location
-        for day, experiment, rows in partitions(combined):
-            root.join(f"date={day}", f"experiment={experiment}").write_parquet(
-                rows, self._next_name())
+        pending = partitions(combined)
+        for i, (day, experiment, rows) in enumerate(pending):
+            try:
+                root.join(f"date={day}", f"experiment={experiment}").write_parquet(
+                    rows, self._next_name())
+            except Exception as exc:
+                left = [table for _, _, table in pending[i:]]
+                raise PartialWrite(exc, left, sum(t.num_rows for t in left)) from exc
 
 
 def read_decisions(path: str | os.PathLike[str] | LogLocation) -> pa.Table:

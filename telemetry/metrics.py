@@ -126,6 +126,28 @@ def prepare_multiprocess_dir(path: Path) -> Path:
     return path
 
 
+class LogWriterMetrics:
+    """A log writer's failures: ``rampart_<log>_write_errors_total`` (failed
+    writes, retried) and ``rampart_<log>_dropped_total`` (rows given up when
+    what a failing store left passed the writer's bound). Serving goes on
+    either way; these, and the alert on them, are how anyone finds out."""
+
+    def __init__(self, log_name: str, registry: CollectorRegistry | None) -> None:
+        self.errors = Counter(f"rampart_{log_name}_write_errors",
+                              f"Failed writes of the {log_name.replace('_', ' ')} "
+                              "(the rows are kept and written again).", registry=registry)
+        self.dropped = Counter(f"rampart_{log_name}_dropped",
+                               f"Rows of the {log_name.replace('_', ' ')} dropped after "
+                               "failed writes (beyond what a writer keeps).",
+                               registry=registry)
+
+    def write_failed(self) -> None:
+        self.errors.inc()
+
+    def rows_dropped(self, rows: int) -> None:
+        self.dropped.inc(rows)
+
+
 class ProcessMetricsCollector:
     """One process's own samples from the multiprocess directory.
 

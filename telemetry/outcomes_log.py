@@ -46,7 +46,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pyarrow.fs import FileType
 
-from telemetry.batched_writer import BatchedWriter
+from telemetry.batched_writer import BatchedWriter, PartialWrite, WriterEvents
 from telemetry.outcome_events import (
     EPOCH,
     ID_PATTERN,
@@ -141,8 +141,11 @@ class OutcomesLogWriter(BatchedWriter[OutcomeRecord]):
     noun = "outcomes-log"
 
     def __init__(self, root: str | os.PathLike[str] | LogLocation, writer_id: str,
-                 batch_rows: int = 5000, flush_interval_s: float = 2.0) -> None:
-        super().__init__(root, writer_id, batch_rows, flush_interval_s)
+                 batch_rows: int = 5000, flush_interval_s: float = 2.0,
+                 max_buffered_rows: int | None = None, events: WriterEvents | None = None
+                 ) -> None:
+        super().__init__(root, writer_id, batch_rows, flush_interval_s, max_buffered_rows,
+                         events)
 
     def append_many(self, records: Sequence[OutcomeRecord]) -> None:
         """Buffer a batch of records at once (all of them or, on error, none); no I/O."""
@@ -153,9 +156,14 @@ class OutcomesLogWriter(BatchedWriter[OutcomeRecord]):
         for record in batch:
             days[record.received_at_us // US_PER_DAY].append(record)
         root = self.location
-        for day, records in days.items():
-            write_outcome_file(root, _day(day * US_PER_DAY), self._next_name(),
-                               records_to_table(records))
+        pending = list(days.items())
+        for i, (day, records) in enumerate(pending):
+            try:
+                write_outcome_file(root, _day(day * US_PER_DAY), self._next_name(),
+                                   records_to_table(records))
+            except Exception as exc:
+                left = [record for _, chunk in pending[i:] for record in chunk]
+                raise PartialWrite(exc, left, len(left)) from exc
 
 
 def read_outcomes(path: str | os.PathLike[str] | LogLocation) -> pa.Table:

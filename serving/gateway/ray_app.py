@@ -455,7 +455,7 @@ def build_core(settings: ReplicaSettings, snapshot: RoutingSnapshot,
     from serving.gateway.shadow import ShadowRunner
     from telemetry.decision_log import DecisionLogWriter
     from telemetry.drift_monitor import DriftMonitor
-    from telemetry.metrics import DriftMetrics, RequestMetrics, ShadowMetrics
+    from telemetry.metrics import DriftMetrics, LogWriterMetrics, RequestMetrics, ShadowMetrics
     from telemetry.tracing import build_tracer_provider
 
     table = snapshot.table
@@ -467,6 +467,8 @@ def build_core(settings: ReplicaSettings, snapshot: RoutingSnapshot,
         writer_id=f"{os.getpid()}-{uuid.uuid4().hex[:8]}",
         batch_rows=cfg.batch_rows,
         flush_interval_s=cfg.flush_interval_s,
+        max_buffered_rows=cfg.max_buffered_rows,
+        events=LogWriterMetrics("decision_log", registry=None),
     )
     outcomes_log = None
     if settings.outcomes_dir is not None:
@@ -475,7 +477,9 @@ def build_core(settings: ReplicaSettings, snapshot: RoutingSnapshot,
         outcomes = settings.config.outcomes_log
         outcomes_log = OutcomesLogWriter(
             settings.outcomes_dir, writer_id=writer.writer_id,
-            batch_rows=outcomes.batch_rows, flush_interval_s=outcomes.flush_interval_s)
+            batch_rows=outcomes.batch_rows, flush_interval_s=outcomes.flush_interval_s,
+            max_buffered_rows=outcomes.max_buffered_rows,
+            events=LogWriterMetrics("outcomes_log", registry=None))
     parity = settings.config.parity
     drift_monitor = DriftMonitor(DriftMetrics(registry=None), psi_threshold=parity.psi_threshold,
                                  ks_alpha=parity.ks_alpha)

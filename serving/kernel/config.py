@@ -218,6 +218,10 @@ class DecisionLogConfig(_Frozen):
     path: LogPath = Path(".rampart/decisions")
     batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
     flush_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    # Rows a replica keeps while the log cannot be written (disk full, store
+    # away), to write them once it can; beyond this the oldest are dropped and
+    # counted. None: 20 batches, at least 100,000 rows.
+    max_buffered_rows: int | None = Field(default=None, ge=1, le=100_000_000)
 
 
 class OutcomesLogConfig(_Frozen):
@@ -226,6 +230,10 @@ class OutcomesLogConfig(_Frozen):
     path: LogPath = Path(".rampart/outcomes")
     batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
     flush_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    # Rows a replica keeps while the log cannot be written (disk full, store
+    # away), to write them once it can; beyond this the oldest are dropped and
+    # counted. None: 20 batches, at least 100,000 rows.
+    max_buffered_rows: int | None = Field(default=None, ge=1, le=100_000_000)
 
 
 class TelemetryConfig(_Frozen):

@@ -250,3 +250,60 @@ def test_files_written_before_the_typed_columns_still_read(tmp_path: Path,
         assert rows[request_id]["unit_source"] is None
     if as_directory:
         assert rows["new"]["unit_source"] == "header"
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.failures = 0
+        self.dropped = 0
+
+    def write_failed(self) -> None:
+        self.failures += 1
+
+    def rows_dropped(self, rows: int) -> None:
+        self.dropped += rows
+
+
+def _block(root: Path, experiment: str) -> Path:
+    """Make the experiment's partition unwritable: a file where its directory goes."""
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    (root / f"date={day}").mkdir(parents=True, exist_ok=True)
+    blocker = root / f"date={day}" / f"experiment={experiment}"
+    blocker.write_text("in the way")
+    return blocker
+
+
+def test_rows_a_failed_write_left_are_written_once_the_log_recovers(tmp_path: Path) -> None:
+    events = _Events()
+    writer = DecisionLogWriter(tmp_path, "w1", batch_rows=10_000, flush_interval_s=3600,
+                               events=events)
+    blocker = _block(tmp_path, "exp-b")
+    for i in range(30):
+        writer.append(_record(i, "exp-b" if i % 2 else "exp-a"))
+    # exp-a's rows are written; exp-b's fail and are kept (not written twice later).
+    assert writer.flush() == 15
+    assert (writer.write_errors, events.failures, writer.pending) == (1, 1, 15)
+    assert writer.flush() == 0 and writer.pending == 15  # still failing: still kept
+    blocker.unlink()
+    writer.append(_record(99, "exp-b"))
+    assert writer.flush() == 16
+    writer.close()
+    ids = read_decisions(tmp_path).column("request_id").to_pylist()
+    assert sorted(ids) == sorted([f"r{i}" for i in range(30)] + ["r99"])  # none twice
+    assert events.dropped == writer.rows_dropped == 0
+
+
+def test_a_log_that_never_recovers_drops_the_oldest_rows_and_counts_them(
+        tmp_path: Path) -> None:
+    events = _Events()
+    writer = DecisionLogWriter(tmp_path, "w1", batch_rows=10_000, flush_interval_s=3600,
+                               max_buffered_rows=25, events=events)
+    _block(tmp_path, "exp")
+    for batch in range(4):
+        for i in range(10):
+            writer.append(_record(batch * 10 + i))
+        writer.flush()
+    # Kept at most 25 rows: of 40, the two oldest batches of 10 were given up.
+    assert (writer.pending, writer.rows_dropped, events.dropped) == (20, 20, 20)
+    assert events.failures == writer.write_errors == 4
+    writer.close()

@@ -32,7 +32,7 @@ from rollout.core.plan import Guardrails
 from serving.app import BuildArgs
 from serving.kernel.config import RampartConfig, parse_config
 from telemetry import dashboard
-from telemetry.metrics import DriftMetrics, RequestMetrics, ShadowMetrics
+from telemetry.metrics import DriftMetrics, LogWriterMetrics, RequestMetrics, ShadowMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -512,6 +512,8 @@ def _exported_metric_names() -> set[str]:
     registry = CollectorRegistry()
     RequestMetrics(registry)
     ShadowMetrics(registry)
+    LogWriterMetrics("decision_log", registry)  # as build_core makes them
+    LogWriterMetrics("outcomes_log", registry)
     DriftMetrics(registry)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
                 "gauge": ("",)}
@@ -590,6 +592,8 @@ def test_dashboard_thresholds_are_the_alert_rules() -> None:
         "RampartRolloutStuck": dashboard.ALERT_STUCK_AFTER_S,
         "RampartFeatureDrift": dashboard.ALERT_PSI,
         "RampartShadowDisagrees": dashboard.ALERT_SHADOW_AGREEMENT,
+        "RampartLogWritesFailing": dashboard.ALERT_LOG_WRITE_ERRORS,
+        "RampartLogRowsDropped": dashboard.ALERT_LOG_DROPPED_ROWS,
     }
 
 
