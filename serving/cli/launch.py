@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import secrets
 import shutil
 import signal
 import threading
@@ -134,6 +135,7 @@ def prepare_gateway(config: RampartConfig, num_replicas: int | None = None,
         outcomes_dir=outcomes_dir,
         admin_token=admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
         ingest_token=os.environ.get(INGEST_TOKEN_ENV) or None,
+        trace_key=os.environ.get("RAMPART_TRACE_KEY") or secrets.token_hex(32),
         controller_name=CONTROLLER_NAME, controller_namespace=CONTROLLER_NAMESPACE,
     )
     return GatewayParts(settings, controller, fault_board,

@@ -12,7 +12,9 @@ microseconds.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -164,8 +166,13 @@ class GatewayCore:
         outcomes_log: OutcomesLogWriter | None = None,
         pool: ModelPool | None = None,
         unit_policy: UnitPolicy | None = None,
+        trace_key: bytes | None = None,
     ) -> None:
         self.drift_monitor = drift_monitor
+        # Spans leave the gateway (to any OTLP collector): they carry a keyed
+        # hash of the unit id, which correlates a unit's spans without naming
+        # it. Replicas of one gateway share the key (see ReplicaSettings).
+        self._trace_key = trace_key or os.urandom(32)
         self.outcomes_log = outcomes_log
         self._table = table
         self._served_names = routed_names(table)
@@ -472,7 +479,7 @@ class GatewayCore:
         span.set_attributes(
             {
                 "rampart.request_id": request_id,
-                "rampart.unit_id": decision.unit_id,
+                "rampart.unit_hash": unit_hash(self._trace_key, decision.unit_id),
                 "rampart.unit_type": unit_type,
                 "rampart.experiment_id": decision.experiment_id or "",
                 "rampart.arm": decision.arm,
@@ -544,6 +551,11 @@ def parse_outcomes(body: bytes, request_id: str | None) -> list[OutcomeEvent]:
         else:
             head = "invalid outcome event; it was not recorded:"
         raise ValidationFailed("\n".join([head, *lines]), request_id) from None
+
+
+def unit_hash(key: bytes, unit_id: str) -> str:
+    """The keyed hash of a unit id that spans carry (HMAC-SHA256, 16 hex digits)."""
+    return hmac.new(key, unit_id.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def require_json(request: Request) -> None:

@@ -76,6 +76,9 @@ class ReplicaSettings(BaseModel):
     admin_token: str | None = None
     # The credential of POST /v1/outcomes (None: outcome ingest refused).
     ingest_token: str | None = None
+    # The key of the unit-id hash spans carry: one per gateway, so every
+    # replica hashes a unit alike (RAMPART_TRACE_KEY keeps it across restarts).
+    trace_key: str | None = None
     # How long one routing long-poll stays parked before it is renewed.
     snapshot_timeout_s: float = 30.0
     # The controller actor's name, to find it again after Ray restarts it or
@@ -489,7 +492,8 @@ def build_core(settings: ReplicaSettings, snapshot: RoutingSnapshot,
                        build_tracer_provider().get_tracer("rampart.gateway"), writer,
                        shadow_runner=shadow_runner, drift_monitor=drift_monitor,
                        outcomes_log=outcomes_log, pool=model_pool(settings.config),
-                       unit_policy=unit_policy(settings.config))
+                       unit_policy=unit_policy(settings.config),
+                       trace_key=settings.trace_key.encode() if settings.trace_key else None)
     core.metrics.set_rollouts(snapshot.rollouts)
     return core
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from serving.gateway.core import GatewayCore, build_app
+from serving.gateway.core import GatewayCore, build_app, unit_hash
 from serving.routing.router import route
 from telemetry.decision_log import DecisionLogWriter, read_decisions
 from telemetry.tracing import build_tracer_provider
@@ -124,7 +124,10 @@ def test_every_request_is_counted_logged_and_traced_with_the_same_keys(
         row, span = rows[answer["request_id"]], spans[answer["request_id"]]
         for key in ("experiment_id", "arm", "model_name", "model_version"):
             assert row[key] == answer[key] == span.attributes[f"rampart.{key}"]
-        assert row["unit_id"] == span.attributes["rampart.unit_id"]
+        # The span names the unit only by its keyed hash: never the id itself.
+        assert "rampart.unit_id" not in span.attributes
+        assert span.attributes["rampart.unit_hash"] == unit_hash(core._trace_key, row["unit_id"])
+        assert row["unit_id"] not in str(dict(span.attributes))
         assert row["layer"] == span.attributes["rampart.layer"] == "experiment:exp-a"
         assert row["status"] == "ok" and row["prediction"] == answer["prediction"]
         assert dict(row["features"]) == GOOD_FEATURES
