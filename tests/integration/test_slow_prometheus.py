@@ -99,7 +99,7 @@ def test_a_hung_prometheus_delays_no_command_webhook_or_snapshot(
     paused, command_s = _timed(lambda: execute(
         service, RolloutCommand(id="ro-slow", kind="pause", reason="look first")))
     alert = {"alerts": [{"status": "firing", "labels": {
-        "alertname": "RampartCandidateP99High", "rollout": "ro-slow"}}]}
+        "alertname": "RampartCandidateP99High", "rollout": "ro-slow", "action": "rollback"}}]}
     rolled, webhook_s = _timed(lambda: execute(service, AlertWebhook(payload=alert)))
     snapshot, snapshot_s = _timed(service.snapshot)
 
