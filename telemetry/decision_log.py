@@ -33,10 +33,13 @@ with those columns null.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import itertools
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -314,6 +317,30 @@ def partitions(table: pa.Table) -> list[tuple[str, str, pa.Table]]:
     return out
 
 
+@dataclass(frozen=True)
+class FeaturePolicy:
+    """Which features of a model's rows are written as sent (``allowed``); the
+    rest are left out (``drop``) or replaced by a keyed hash of their value
+    (``hash``). Applied in the flush thread, never on the request path."""
+
+    allowed: Mapping[str, frozenset[str]]
+    mode: str = "drop"
+    key: bytes = b""
+
+    def apply(self, model: str | None, features: Mapping[str, Any] | None
+              ) -> Mapping[str, Any] | None:
+        allow = self.allowed.get(model) if model is not None else None
+        if allow is None or features is None:
+            return features
+        if self.mode == "drop":
+            return {k: v for k, v in features.items() if k in allow}
+        return {k: v if k in allow else self._hash(v) for k, v in features.items()}
+
+    def _hash(self, value: Any) -> str:
+        digest = hmac.new(self.key, orjson.dumps(value, default=str), hashlib.sha256)
+        return f"hmac:{digest.hexdigest()[:16]}"
+
+
 class ColumnBatch(NamedTuple):
     """``n`` rows as whole columns, turned into a table by the flush thread
     (see :func:`batch_table`)."""
@@ -330,10 +357,24 @@ class DecisionLogWriter(BatchedWriter[DecisionRecord | ColumnBatch | pa.Table]):
 
     def __init__(self, root: str | os.PathLike[str] | LogLocation, writer_id: str,
                  batch_rows: int = 5000, flush_interval_s: float = 2.0,
-                 max_buffered_rows: int | None = None, events: WriterEvents | None = None
-                 ) -> None:
+                 max_buffered_rows: int | None = None, events: WriterEvents | None = None,
+                 feature_policy: FeaturePolicy | None = None) -> None:
+        self.feature_policy = feature_policy
         super().__init__(root, writer_id, batch_rows, flush_interval_s, max_buffered_rows,
                          events)
+
+    def _filtered(self, item: DecisionRecord | ColumnBatch | pa.Table
+                  ) -> DecisionRecord | ColumnBatch | pa.Table:
+        policy = self.feature_policy
+        assert policy is not None
+        if isinstance(item, DecisionRecord):
+            return item._replace(features=policy.apply(item.model_name, item.features))
+        if isinstance(item, ColumnBatch) and item.columns.get("features") is not None:
+            model = item.columns.get("model_name")
+            name = model if isinstance(model, str) else None
+            return ColumnBatch(item.n, {**item.columns, "features": [
+                policy.apply(name, row) for row in item.columns["features"]]})
+        return item
 
     def append(self, record: DecisionRecord) -> None:
         """Buffer one record; never blocks on I/O."""
@@ -351,6 +392,8 @@ class DecisionLogWriter(BatchedWriter[DecisionRecord | ColumnBatch | pa.Table]):
         self._buffer_items((ColumnBatch(n, columns),), n)
 
     def _write(self, batch: list[DecisionRecord | ColumnBatch | pa.Table]) -> None:
+        if self.feature_policy is not None:
+            batch = [self._filtered(item) for item in batch]
         records = [item for item in batch if isinstance(item, DecisionRecord)]
         parts = ([records_to_table(records)] if records else []) + [
             batch_table(item.n, item.columns) if isinstance(item, ColumnBatch) else item

@@ -9,7 +9,8 @@ failed checks in a row before rollback, ``steps`` in percent.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -66,6 +67,62 @@ class Guardrails(_Frozen):
     promql: tuple[PromQLCheck, ...] = ()
 
 
+# What a notify webhook can subscribe to: one kind per audit-trail transition.
+EventKind = Literal["started", "step", "paused", "resumed", "rolled_back", "promoted", "aborted"]
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
+
+
+def _hook_url(url: str) -> str:
+    """An absolute http(s) URL with a host: a hook is posted to, never opened as a file."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"a webhook url must be http or https, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"a webhook url needs a host, got {url!r}")
+    return url
+
+
+class Webhook(_Frozen):
+    """Where rollout events are posted: Slack-compatible ``{"text"}`` or the generic JSON."""
+
+    url: str
+    format: Literal["slack", "generic"] = "generic"
+    events: tuple[EventKind, ...] | None = Field(
+        default=None, description="the event kinds posted; every kind when absent")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return _hook_url(url)
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, events: tuple[EventKind, ...] | None) -> tuple[EventKind, ...] | None:
+        # An empty list would subscribe to nothing: almost surely a mistake.
+        if events is not None and not events:
+            raise ValueError("events must name at least one kind (or be left out for all): "
+                             f"{list(EVENT_KINDS)}")
+        if events is not None and len(set(events)) != len(events):
+            raise ValueError(f"events lists a kind twice: {list(events)}")
+        return events
+
+    def wants(self, kind: str) -> bool:
+        return self.events is None or kind in self.events
+
+
+class ConfirmHooks(_Frozen):
+    """Hooks that must answer 2xx before the rollout starts and before each
+    further step (Flagger's confirm-rollout and confirm-promotion)."""
+
+    before_start: str | None = None
+    before_step: str | None = None
+
+    @field_validator("before_start", "before_step")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        return None if url is None else _hook_url(url)
+
+
 class RolloutPlan(_Frozen):
     """A canary-to-ramp rollout of one candidate version against a baseline."""
 
@@ -85,6 +142,8 @@ class RolloutPlan(_Frozen):
     guardrails: Guardrails = Guardrails()
     metrics_source: str = Field(default="builtin", pattern=r"^(builtin|prometheus)$")
     prometheus_url: str | None = None
+    notify: tuple[Webhook, ...] = ()
+    confirm: ConfirmHooks = ConfirmHooks()
 
     @field_validator("steps")
     @classmethod

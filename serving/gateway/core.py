@@ -32,6 +32,7 @@ from pydantic_core import from_json
 from models.inputs import InputMismatch
 from models.outputs import Prediction, ScoredBatch
 from models.registry import Scorer
+from rollout.core.plan import RolloutPlan
 from serving.gateway.pool import ModelPool
 from serving.gateway.protocols import (
     Formatted,
@@ -814,7 +815,40 @@ def build_app(
         return Response(core.metrics.render(), media_type=CONTENT_TYPE)
 
     add_admin_routes(app, control, admin_token, admin_routes)
+    declare_security(app)
     return app
+
+
+ADMIN_SCHEME = "adminBearer"
+INGEST_SCHEME = "ingestBearer"
+
+
+def declare_security(app: FastAPI) -> None:
+    """Declare in the OpenAPI document the bearer credentials the routes check
+    themselves: the admin token on ``/v1/admin/*`` (optional on ``/v1/routing``,
+    which shows more to the admin), the ingest token on ``POST /v1/outcomes``."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                ADMIN_SCHEME: {"type": "http", "scheme": "bearer",
+                               "description": "RAMPART_ADMIN_TOKEN"},
+                INGEST_SCHEME: {"type": "http", "scheme": "bearer",
+                                "description": "RAMPART_INGEST_TOKEN"},
+            }
+            for path, operations in schema.get("paths", {}).items():
+                for method, operation in operations.items():
+                    if path.startswith("/v1/admin/"):
+                        operation["security"] = [{ADMIN_SCHEME: []}]
+                    elif path == "/v1/routing":
+                        operation["security"] = [{}, {ADMIN_SCHEME: []}]
+                    elif path == "/v1/outcomes" and method == "post":
+                        operation["security"] = [{INGEST_SCHEME: []}]
+        return app.openapi_schema or plain()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def bearer_matches(request: Request, token: str | None) -> bool:
@@ -857,7 +891,8 @@ def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: st
         503: {"model": ErrorResponse},
     }
 
-    @app.post("/v1/admin/rollouts", status_code=201, responses=admin_responses)
+    @app.post("/v1/admin/rollouts", status_code=201, responses=admin_responses,
+              openapi_extra=json_body(PLAN_SCHEMA))
     async def create_rollout(request: Request) -> Response:
         """Start a rollout from a plan (JSON); answers its status."""
         authorize(request)
@@ -885,15 +920,18 @@ def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: st
 
     for kind in OPERATOR_ACTIONS:
         app.add_api_route(f"/v1/admin/rollouts/{{rollout_id}}/{kind}", command_route(kind),
-                          methods=["POST"], responses=admin_responses, name=f"{kind}_rollout")
+                          methods=["POST"], responses=admin_responses, name=f"{kind}_rollout",
+                          openapi_extra=json_body(REASON_SCHEMA, required=False))
 
-    @app.post("/v1/admin/alerts", responses=admin_responses)
+    @app.post("/v1/admin/alerts", responses=admin_responses,
+              openapi_extra=json_body(ALERTMANAGER_SCHEMA))
     async def alerts(request: Request) -> Response:
         """Alertmanager webhook receiver: firing alerts with a ``rollout`` label roll it back."""
         authorize(request)
         return await run(AlertWebhook(payload=await read_json(request)))
 
-    @app.post("/v1/admin/shadows", responses=admin_responses)
+    @app.post("/v1/admin/shadows", responses=admin_responses,
+              openapi_extra=json_body(SHADOW_SCHEMA))
     async def shadows(request: Request) -> Response:
         """Attach ``{"model", "version", "sample_bp"?, "salt"?}`` as a shadow, or detach
         it with ``"enabled": false``."""
@@ -909,6 +947,49 @@ def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: st
 
     for add_routes in extra:
         add_routes(app, authorize)
+
+
+def json_body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    """``openapi_extra`` declaring a JSON request body (the route reads it itself)."""
+    return {"requestBody": {"required": required, "content": {JSON: {"schema": schema}}}}
+
+
+# The admin bodies as OpenAPI declares them; the routes validate them into typed
+# commands (the control plane validates a plan and an Alertmanager payload).
+PLAN_SCHEMA: dict[str, Any] = RolloutPlan.model_json_schema()
+REASON_SCHEMA: dict[str, Any] = {
+    "type": "object", "title": "OperatorCommand",
+    "properties": {"reason": {"type": "string", "description": "for the audit trail"}},
+}
+ALERTMANAGER_SCHEMA: dict[str, Any] = {
+    "type": "object", "title": "AlertmanagerWebhook", "required": ["alerts"],
+    "description": "Alertmanager's webhook payload (version 4); firing alerts labelled "
+                   "action=rollback roll back the rollout their 'rollout' label names.",
+    "properties": {
+        "version": {"type": "string"},
+        "status": {"type": "string", "enum": ["firing", "resolved"]},
+        "receiver": {"type": "string"},
+        "groupKey": {"type": "string"},
+        "alerts": {"type": "array", "items": {
+            "type": "object",
+            "properties": {
+                "status": {"type": "string", "enum": ["firing", "resolved"]},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "annotations": {"type": "object",
+                                "additionalProperties": {"type": "string"}},
+                "startsAt": {"type": "string"},
+                "endsAt": {"type": "string"},
+                "fingerprint": {"type": "string"},
+            },
+        }},
+    },
+}
+SHADOW_SCHEMA: dict[str, Any] = {
+    **ShadowSpec.model_json_schema(), "title": "ShadowRequest",
+    "properties": {**ShadowSpec.model_json_schema()["properties"],
+                   "enabled": {"type": "boolean", "default": True,
+                               "description": "false detaches the shadow"}},
+}
 
 
 async def read_json(request: Request) -> Any:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from serving.gateway.core import GatewayCore
     from serving.gateway.pool import ModelPool
     from serving.gateway.protocols import UnitPolicy
+    from telemetry.decision_log import FeaturePolicy
 
 log = logging.getLogger(__name__)
 
@@ -472,6 +473,7 @@ def build_core(settings: ReplicaSettings, snapshot: RoutingSnapshot,
         flush_interval_s=cfg.flush_interval_s,
         max_buffered_rows=cfg.max_buffered_rows,
         events=LogWriterMetrics("decision_log", registry=None),
+        feature_policy=feature_policy(settings),
     )
     outcomes_log = None
     if settings.outcomes_dir is not None:
@@ -496,6 +498,18 @@ def build_core(settings: ReplicaSettings, snapshot: RoutingSnapshot,
                        trace_key=settings.trace_key.encode() if settings.trace_key else None)
     core.metrics.set_rollouts(snapshot.rollouts)
     return core
+
+
+def feature_policy(settings: ReplicaSettings) -> FeaturePolicy | None:
+    """The decision log's feature allowlist, when any model has one."""
+    from telemetry.decision_log import FeaturePolicy
+
+    allowed = settings.config.logged_features()
+    if not allowed:
+        return None
+    return FeaturePolicy({name: frozenset(names) for name, names in allowed.items()},
+                         settings.config.decision_log.unlisted_features,
+                         (settings.trace_key or "").encode())
 
 
 def model_pool(config: RampartConfig) -> ModelPool:

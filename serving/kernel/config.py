@@ -45,6 +45,10 @@ class ModelSpec(_Frozen):
     name: str = Field(min_length=1, max_length=256)
     versions: tuple[str, ...] = Field(min_length=1)
     output: str = Field(default="auto", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    # The features written to the decision log as sent (None: every one); the
+    # others are dropped or hashed (``decision_log.unlisted_features``). Rows
+    # without them cannot be replayed offline.
+    logged_features: tuple[str, ...] | None = None
 
     @field_validator("versions")
     @classmethod
@@ -216,6 +220,10 @@ LogPath = Annotated[Path | str, BeforeValidator(log_path)]
 
 class DecisionLogConfig(_Frozen):
     path: LogPath = Path(".rampart/decisions")
+    # What happens to a feature a model's ``logged_features`` does not list:
+    # left out of the row, or replaced by a keyed hash of its value (equal
+    # values stay comparable, the value itself is not kept).
+    unlisted_features: Literal["drop", "hash"] = "drop"
     batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
     flush_interval_s: float = Field(default=2.0, gt=0, le=3600)
     # Rows a replica keeps while the log cannot be written (disk full, store
@@ -352,6 +360,11 @@ class RampartConfig(_Frozen):
         if duplicates:
             raise ValueError(f"duplicate experiment ids: {duplicates}")
         return self
+
+    def logged_features(self) -> dict[str, tuple[str, ...]]:
+        """The decision-log feature allowlist of each model that has one."""
+        return {m.name: m.logged_features for m in self.models
+                if m.logged_features is not None}
 
     def model_outputs(self) -> dict[str, str]:
         """Each served model's ``output`` choice, by model name."""

@@ -307,3 +307,34 @@ def test_a_log_that_never_recovers_drops_the_oldest_rows_and_counts_them(
     assert (writer.pending, writer.rows_dropped, events.dropped) == (20, 20, 20)
     assert events.failures == writer.write_errors == 4
     writer.close()
+
+
+@pytest.mark.parametrize("mode", ["drop", "hash"])
+def test_only_allowlisted_features_are_logged_as_sent(tmp_path: Path, mode: str) -> None:
+    from telemetry.decision_log import FeaturePolicy
+
+    policy = FeaturePolicy({"clf": frozenset({"f0"})}, mode, b"key")
+    writer = DecisionLogWriter(tmp_path, "w1", batch_rows=10_000, flush_interval_s=3600,
+                               feature_policy=policy)
+    record = _record(1)._replace(features={"f0": 1.5, "email": "a@b.c", "income": 91000.0})
+    writer.append(record)
+    other = _record(2)._replace(model_name="other", features={"f0": 2.0, "email": "x@y.z"})
+    writer.append(other)  # a model without an allowlist logs every feature
+    writer.append_columns(1, {"request_id": ["s1"],
+                              "role": "shadow", "model_name": "clf", "status": "ok",
+                              "timestamp": time.time(),
+                              "features": [{"f0": 3.0, "email": "a@b.c"}]})
+    writer.close()
+    rows = {r["request_id"]: r for r in read_decisions(tmp_path).to_pylist()}
+    logged = orjson.loads(rows["r1"]["inputs"]) if rows["r1"]["inputs"] else dict(
+        rows["r1"]["features"])
+    shadow = orjson.loads(rows["s1"]["inputs"]) if rows["s1"]["inputs"] else dict(
+        rows["s1"]["features"])
+    if mode == "drop":
+        assert logged == {"f0": 1.5} and shadow == {"f0": 3.0}
+    else:
+        assert logged["f0"] == 1.5 and set(logged) == {"f0", "email", "income"}
+        assert logged["email"].startswith("hmac:") and "a@b.c" not in str(rows["r1"])
+        assert logged["email"] == shadow["email"]  # equal values stay comparable
+        assert logged["income"] != 91000.0
+    assert "x@y.z" in str(rows["r2"]["inputs"])
