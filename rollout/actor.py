@@ -158,6 +158,8 @@ class ControllerActor:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if self.service.notifier is not None:
+            self.service.notifier.close()
         self.service.store.close()
 
 

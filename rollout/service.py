@@ -52,6 +52,7 @@ from rollout.core.controller import (
 )
 from rollout.core.plan import RolloutPlan
 from rollout.metrics_source import MetricsSource, MetricsUnavailable, Snapshot, window_between
+from rollout.notify import ConfirmAnswer, Notifier, display_url, event_body, post_confirm
 from rollout.publication import SnapshotBoard
 from rollout.store import RolloutStore
 from serving.kernel.commands import (
@@ -106,6 +107,11 @@ class RolloutService:
     registry: WritableRegistry
     metrics_for: Callable[[RolloutPlan], MetricsSource]
     clock: Callable[[], float] = time.time
+    # Posts each transition to the webhooks its plan names (none: no posts);
+    # it only queues, so a down or slow receiver delays no step.
+    notifier: Notifier | None = field(default_factory=Notifier)
+    # Asks a plan's confirm hook; bounded by a short timeout, called outside _lock.
+    confirm: Callable[[str, Mapping[str, Any]], ConfirmAnswer] = post_confirm
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _states: dict[str, RolloutState] = field(default_factory=dict)
     _runtime: dict[str, _Runtime] = field(default_factory=dict)
@@ -242,9 +248,19 @@ class RolloutService:
                                      "numbers, not aliases: a rollout pins what it compares")
             now = self.clock()
             state = new_rollout(rollout_id, plan, now)
+            gated = plan.confirm.before_start is not None
+            if gated:
+                # The hook is asked by the next tick, outside the lock, not here
+                # under it: the rollout is stored pending until the hook agrees.
+                state = state.model_copy(update={
+                    "hold_reason": "waiting for the confirm hook before_start"})
             self._revisions[rollout_id] = self.store.add(state)  # conflict if another has it
             self._states[rollout_id] = state
-            self._runtime[rollout_id] = _Runtime(next_check_at=now + plan.interval_s)
+            self._runtime[rollout_id] = _Runtime(
+                next_check_at=now if gated else now + plan.interval_s)
+            if gated:
+                self._publish_if_reachable()
+                return state
             try:
                 self._advance(state, None, [], now)
             except (StaleRollout, StoreUnavailable) as exc:
@@ -357,27 +373,96 @@ class RolloutService:
             except MetricsUnavailable as exc:
                 error = str(exc)
             with self._lock:
-                latest = self._states.get(state.id)
-                if latest is not state and latest != state:
-                    # Changed while we fetched: the window would judge a state
-                    # that is gone. Counting restarts from here.
-                    if current is not None:
-                        runtime.previous = current
+                if self._changed_since(state, runtime, current):
                     continue
                 window = None if current is None else window_between(
                     runtime.previous, current, custom)
-                try:
-                    self._advance(state, window, [], now, metrics_error=error)
-                except StaleRollout as exc:
-                    log.info("rollout %s: step left to another controller: %s",
-                             state.id, exc)
-                except StoreUnavailable as exc:
-                    # Nothing stored changed: the traffic of this window is
-                    # judged with the next one, once the store is back.
-                    log.warning("rollout %s holds: %s", state.id, exc)
+                gate = self._confirm_gate(state, window, now, error)
+                if gate is None:
+                    self._step_due(state, runtime, window, now, error, current)
                     continue
-                if current is not None:
-                    runtime.previous = current
+            # The confirm hook is asked outside the lock, as metrics are fetched:
+            # a slow hook delays no command, alert or read, and its timeout
+            # bounds how long it delays this tick.
+            hook, url, body = gate
+            answer = self.confirm(url, body)
+            with self._lock:
+                if self._changed_since(state, runtime, current):
+                    continue
+                if answer.ok:
+                    self._step_due(state, runtime, window, now, error, current)
+                else:
+                    # Not a failed check: the rollout holds where it is, and this
+                    # window is judged with the next one, when the hook is asked again.
+                    self._hold(state, f"holding: confirm hook {hook} ({display_url(url)}) "
+                                      f"{answer.detail}", now)
+
+    def _changed_since(self, state: RolloutState, runtime: _Runtime,
+                       current: Snapshot | None) -> bool:
+        """True if a command, alert or another controller changed the rollout
+        since the tick picked it: the window would judge a state that is gone,
+        so counting restarts from here."""
+        latest = self._states.get(state.id)
+        if latest is not state and latest != state:
+            if current is not None:
+                runtime.previous = current
+            return True
+        return False
+
+    def _step_due(self, state: RolloutState, runtime: _Runtime, window: Any, now: float,
+                  error: str, current: Snapshot | None) -> None:
+        try:
+            self._advance(state, window, [], now, metrics_error=error)
+        except StaleRollout as exc:
+            log.info("rollout %s: step left to another controller: %s", state.id, exc)
+        except StoreUnavailable as exc:
+            # Nothing stored changed: the traffic of this window is
+            # judged with the next one, once the store is back.
+            log.warning("rollout %s holds: %s", state.id, exc)
+            return
+        if current is not None:
+            runtime.previous = current
+
+    def _confirm_gate(self, state: RolloutState, window: Any, now: float, error: str
+                      ) -> tuple[str, str, dict[str, Any]] | None:
+        """The confirm hook this step must pass, as (name, url, body), or None.
+
+        The pure step is taken ahead to learn whether it starts the rollout or
+        enters a further step; it is taken again, on the same inputs, once
+        the hook agrees. Promotion and operator commands are not gated.
+        """
+        hooks = state.plan.confirm
+        if hooks.before_start is None and hooks.before_step is None:
+            return None
+        new_state, actions = step(state, window, [], now, error)
+        if new_state.phase != Phase.PROGRESSING or new_state.step_index == state.step_index:
+            return None
+        starting = state.step_index < 0
+        url = hooks.before_start if starting else hooks.before_step
+        if url is None:
+            return None
+        record = [a.record for a in actions if isinstance(a, Audit)][-1]
+        event = "confirm-start" if starting else "confirm-step"
+        return ("before_start" if starting else "before_step", url,
+                event_body(state.id, event, record))
+
+    def _hold(self, state: RolloutState, reason: str, now: float) -> None:
+        """Store the rollout as it is, holding for ``reason`` (no transition)."""
+        if state.hold_reason == reason:
+            return
+        held_state = state.model_copy(update={"hold_reason": reason, "updated_at": now})
+        try:
+            with self.store.transition(state.id, self._revisions.get(state.id, 0)) as held:
+                revision = held.save(held_state)
+        except StaleRollout as exc:
+            log.info("rollout %s: left to another controller: %s", state.id, exc)
+            self._reload(state.id)
+            return
+        except StoreUnavailable as exc:
+            log.warning("rollout %s holds (%s); not stored: %s", state.id, reason, exc)
+            return
+        self._states[state.id] = held_state
+        self._revisions[state.id] = revision
 
     def next_due_in(self) -> float:
         with self._lock:
@@ -468,6 +553,11 @@ class RolloutService:
             raise
         if revision is not None:
             self._revisions[state.id] = revision
+        if records and self.notifier is not None and new_state.plan.notify:
+            try:  # stored by now: operators hear only of what happened
+                self.notifier.publish(state.id, new_state.plan.notify, records)
+            except Exception:
+                log.exception("rollout %s: notifications not queued", state.id)
 
     def _act(self, state: RolloutState, new_state: RolloutState, actions: list[Any],
              now: float) -> list[AuditRecord]:
