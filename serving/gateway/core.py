@@ -24,10 +24,11 @@ from typing import Any, Protocol
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 from pydantic_core import from_json
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.inputs import InputMismatch
 from models.outputs import Prediction, ScoredBatch
@@ -45,7 +46,12 @@ from serving.gateway.protocols import (
 from serving.gateway.protocols import mlflow as mlflow_protocol
 from serving.gateway.protocols import v1 as v1_protocol
 from serving.gateway.protocols import v2 as v2_protocol
-from serving.gateway.schemas import ErrorResponse, PredictRequest, PredictResponse
+from serving.gateway.schemas import (
+    ErrorResponse,
+    PredictRequest,
+    PredictResponse,
+    V2ErrorResponse,
+)
 from serving.gateway.scorers import LoadedScorers, ModelKey
 from serving.gateway.shadow import ShadowJob, ShadowRunner
 from serving.kernel.commands import (
@@ -65,12 +71,14 @@ from serving.kernel.config import ShadowSpec, format_validation_error
 from serving.kernel.errors import (
     InvalidJson,
     InvalidRollout,
+    MethodNotAllowed,
     ModelFailed,
     NoControlPlane,
     OutcomesUnavailable,
     Overloaded,
     PayloadTooLarge,
     RampartError,
+    RouteNotFound,
     Unauthorized,
     UnknownModel,
     UnsupportedMediaType,
@@ -626,6 +634,23 @@ def build_app(
         # The one place a RampartError becomes HTTP, whichever layer raised it.
         return error_response(error, request.headers.get("x-request-id"))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def framework_refusal(request: Request, refusal: StarletteHTTPException
+                                ) -> Response:
+        # No such path, or not this method: the one error shape too, not {"detail"}.
+        route = f"{request.method} {request.url.path[:200]!r}"
+        error: RampartError
+        if refusal.status_code == 405:
+            error = MethodNotAllowed(f"{route}: method not allowed here")
+        elif refusal.status_code == 404:
+            error = RouteNotFound(f"{route}: no such route (the API is at /docs)")
+        else:
+            error = RampartError(str(refusal.detail))
+            error.status = refusal.status_code
+        answer = error_response(error, request.headers.get("x-request-id"))
+        answer.headers.update(refusal.headers or {})
+        return answer
+
     def http(outcome: Outcome) -> Response:
         return Response(outcome.body, status_code=outcome.status_code, media_type=JSON,
                         headers=dict(outcome.headers) if outcome.headers else None)
@@ -660,6 +685,10 @@ def build_app(
                              "of the version it is routed to (the message names the field)"},
         503: {"model": ErrorResponse, "description": "Every model worker is busy"},
     }
+    v2_errors = {status: {**answer, "model": V2ErrorResponse}
+                 for status, answer in scoring_errors.items()}
+    v2_unknown: dict[int | str, dict[str, Any]] = {
+        404: {"model": V2ErrorResponse, "description": "No such model"}}
 
     @app.post(
         "/v1/predict",
@@ -700,12 +729,12 @@ def build_app(
             return http(Outcome.of(v2_protocol.format_error(error)))
         return await answer(v2_protocol, request, name)
 
-    @app.post("/v2/models/{name}/infer", responses=scoring_errors)
+    @app.post("/v2/models/{name}/infer", responses=v2_errors)
     async def v2_infer(name: str, request: Request) -> Response:
         """Open Inference Protocol V2 inference (KServe, Triton clients)."""
         return await v2_answer(request, name)
 
-    @app.post("/v2/models/{name}/versions/{version}/infer", responses=scoring_errors)
+    @app.post("/v2/models/{name}/versions/{version}/infer", responses=v2_errors)
     async def v2_infer_version(name: str, version: str, request: Request) -> Response:
         """V2 with a version in the path: the version is chosen by routing, so the
         path's version is accepted and the answer names the version that served."""
@@ -723,7 +752,7 @@ def build_app(
     async def v2_server() -> dict[str, Any]:
         return {"name": "rampart", "version": app.version, "extensions": []}
 
-    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}", responses=v2_unknown)
     async def v2_model(name: str, request: Request) -> Response:
         """The model's metadata: served versions and the inputs of the version
         units get by default."""
@@ -734,7 +763,7 @@ def build_app(
             return http(Outcome.of(v2_protocol.format_error(error)))
         return Response(orjson.dumps(metadata), media_type=JSON)
 
-    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/ready", responses=v2_unknown)
     async def v2_model_ready(name: str, request: Request) -> Response:
         ready = name in core.served_names
         if not ready:
@@ -810,7 +839,7 @@ def build_app(
         description = core.table.describe()
         return description if is_admin(request, admin_token) else public_routing(description)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(core.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -826,13 +855,16 @@ INGEST_SCHEME = "ingestBearer"
 def declare_security(app: FastAPI) -> None:
     """Declare in the OpenAPI document the bearer credentials the routes check
     themselves: the admin token on ``/v1/admin/*`` (optional on ``/v1/routing``,
-    which shows more to the admin), the ingest token on ``POST /v1/outcomes``."""
+    which shows more to the admin), the ingest token on ``POST /v1/outcomes``;
+    and the parts of a rollout plan the admin body refers to."""
     plain = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = plain()
-            schema.setdefault("components", {})["securitySchemes"] = {
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(PLAN_PARTS)
+            components["securitySchemes"] = {
                 ADMIN_SCHEME: {"type": "http", "scheme": "bearer",
                                "description": "RAMPART_ADMIN_TOKEN"},
                 INGEST_SCHEME: {"type": "http", "scheme": "bearer",
@@ -886,9 +918,11 @@ def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: st
         return Response(result.model_dump_json(), status_code=status, media_type=JSON)
 
     admin_responses: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorResponse, "description": "Body is not JSON"},
         401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-        409: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
+        409: {"model": ErrorResponse},
+        413: {"model": ErrorResponse, "description": "Body over 1 MiB"},
+        422: {"model": ErrorResponse}, 503: {"model": ErrorResponse},
     }
 
     @app.post("/v1/admin/rollouts", status_code=201, responses=admin_responses,
@@ -956,7 +990,10 @@ def json_body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
 
 # The admin bodies as OpenAPI declares them; the routes validate them into typed
 # commands (the control plane validates a plan and an Alertmanager payload).
-PLAN_SCHEMA: dict[str, Any] = RolloutPlan.model_json_schema()
+PLAN_SCHEMA: dict[str, Any] = RolloutPlan.model_json_schema(
+    ref_template="#/components/schemas/{model}")
+# The plan's parts, referenced from PLAN_SCHEMA, go in the document's components.
+PLAN_PARTS: dict[str, Any] = PLAN_SCHEMA.pop("$defs", {})
 REASON_SCHEMA: dict[str, Any] = {
     "type": "object", "title": "OperatorCommand",
     "properties": {"reason": {"type": "string", "description": "for the audit trail"}},

@@ -54,6 +54,18 @@ class Unauthorized(RampartError):
     code, status = "unauthorized", 401
 
 
+class RouteNotFound(RampartError):
+    """No route at this path (the framework's 404, in the one error shape)."""
+
+    code, status = "route_not_found", 404
+
+
+class MethodNotAllowed(RampartError):
+    """The path has a route, but not for this method (the framework's 405)."""
+
+    code, status = "method_not_allowed", 405
+
+
 class UnitMissing(RampartError):
     """A scoring request names no unit to assign (body field, header or parameter)."""
 

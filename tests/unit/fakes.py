@@ -97,3 +97,13 @@ def make_core(
     scorers = {(r.name, r.version): registry.load(r.name, r.version) for r in table.model_refs()}
     prom = CollectorRegistry()
     return GatewayCore(table, scorers, RequestMetrics(prom), tracer, decision_log), prom
+
+
+class NoTraffic:
+    """A rollout metrics source that has seen no requests: rollouts hold their step."""
+
+    def snapshot(self, rollout_id: str) -> dict[str, Any]:
+        return {}
+
+    def custom(self, plan: Any, rollout_id: str) -> dict[str, float | None]:
+        return {}
