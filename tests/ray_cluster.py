@@ -80,6 +80,7 @@ class LocalRayCluster:
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rc-")))
     address: str = ""
+    _worker: tuple[list[str], dict[str, str]] = field(default=([], {}), repr=False)
     dashboard_url: str = ""  # what `serve deploy --address` takes
     client_address: str = ""  # Ray Client: ray://HOST:PORT
     worker_proxy_port: int = 0
@@ -128,8 +129,22 @@ class LocalRayCluster:
         worker_env["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(self.worker_proxy_port)
         worker = [str(RAY), "start", "--address", self.address,
                   "--dashboard-agent-listen-port", str(worker_agent), *common]
+        self._worker = (worker, worker_env)
         self._run(worker, worker_env, timeout_s)
         return self
+
+    def restart_worker(self, timeout_s: float = 180.0) -> None:
+        """Start the worker node again (after :meth:`kill_node`), with what it had,
+        once every process of the lost one has ended."""
+        for pid in self.node_pids("worker"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(_running(p) for p in self.node_pids("worker")) and (
+                time.monotonic() < deadline):
+            time.sleep(0.1)
+        argv, env = self._worker
+        self._run(argv, env, timeout_s)
 
     def _run(self, argv: list[str], env: dict[str, str], timeout_s: float) -> None:
         try:

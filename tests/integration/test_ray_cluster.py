@@ -276,6 +276,11 @@ def test_a_rollout_on_two_nodes_promotes_logs_every_answer_and_survives_a_lost_n
             prometheus.terminate()
             prometheus.wait(30)
         stop_gateway(cluster)
+        # The next test in this module gets two nodes again.
+        cluster.restart_worker()
+        wait_for(lambda: cluster.query("""
+            print(json.dumps(sum(1 for n in ray.nodes() if n["Alive"])))
+        """) == 2, 120, "the worker node back in the cluster")
     assert not _ok(f"{url}/healthz")
 
 
