@@ -23,7 +23,7 @@ from pydantic import (
 
 # The same limits as the config kernel's (``serving.kernel.ids``); telemetry
 # never imports serving, and a unit test holds the two equal.
-ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_UNIT_ID_CHARS = 256
 FeatureValue = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # ints accepted, bools not
 

@@ -25,7 +25,10 @@ BUCKETS = 10_000
 
 UnitType = Literal["user_id", "session_id", "device_id", "cluster_id"]
 SALT_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# Ids name files and directories (an experiment's pre-registration, a log
+# partition): no separator, and a first character that makes neither ``.``,
+# ``..`` nor a hidden name.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_UNIT_ID_CHARS = 256
 MAX_BODY_BYTES = 1 << 20
 

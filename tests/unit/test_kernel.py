@@ -41,3 +41,22 @@ def test_errors_cross_process_boundaries_intact(cls: type[errors.RampartError]) 
     assert type(copy) is cls
     assert copy.body() == {"error": {"code": cls.code, "message": "something went wrong",
                                      "request_id": "req-1"}}
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "../etc", "a/b", "_x", "-x", "a" * 65, ""])
+def test_ids_that_would_escape_or_hide_a_path_are_refused(name: str) -> None:
+    # Ids become file and directory names (pre-registrations, log partitions).
+    import re
+
+    assert re.match(ids.ID_PATTERN, name) is None
+
+
+@pytest.mark.parametrize("name", ["exp-1", "a", "v1.2_b", "A" * 64])
+def test_ordinary_ids_stay_valid_and_stay_inside_their_directory(name: str,
+                                                                 tmp_path: object) -> None:
+    import re
+    from pathlib import Path
+
+    assert re.match(ids.ID_PATTERN, name)
+    root = Path(str(tmp_path))
+    assert (root / f"{name}.json").resolve().parent == root.resolve()
