@@ -16,7 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serving.kernel.config import validate_document
 from serving.kernel.errors import PlanError
-from serving.kernel.ids import ID_PATTERN, SALT_PATTERN, UnitType
+from serving.kernel.ids import (
+    ID_PATTERN,
+    MAX_MODEL_NAME_CHARS,
+    MODEL_NAME_PATTERN,
+    SALT_PATTERN,
+    VERSION_PATTERN,
+    UnitType,
+)
 
 
 class _Frozen(BaseModel):
@@ -127,9 +134,9 @@ class RolloutPlan(_Frozen):
     """A canary-to-ramp rollout of one candidate version against a baseline."""
 
     id: str | None = Field(default=None, pattern=ID_PATTERN)
-    model_name: str = Field(min_length=1)
-    baseline_version: str = Field(min_length=1)
-    candidate_version: str = Field(min_length=1)
+    model_name: str = Field(max_length=MAX_MODEL_NAME_CHARS, pattern=MODEL_NAME_PATTERN)
+    baseline_version: str = Field(pattern=VERSION_PATTERN)
+    candidate_version: str = Field(pattern=VERSION_PATTERN)
     unit: UnitType = "user_id"
     salt: str | None = None
     steps: tuple[float, ...] = (1, 5, 25, 50, 100)

@@ -26,7 +26,15 @@ from pydantic import (
 
 from serving.kernel.analysis_plan import AnalysisPlan
 from serving.kernel.errors import ConfigError
-from serving.kernel.ids import BUCKETS, ID_PATTERN, UnitType, check_salt
+from serving.kernel.ids import (
+    BUCKETS,
+    ID_PATTERN,
+    MAX_MODEL_NAME_CHARS,
+    MODEL_NAME_PATTERN,
+    VERSION_PATTERN,
+    UnitType,
+    check_salt,
+)
 from serving.kernel.ids import Frozen as _Frozen
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -42,8 +50,8 @@ class ModelSpec(_Frozen):
     custom pyfunc model's own method), checked when a version loads.
     """
 
-    name: str = Field(min_length=1, max_length=256)
-    versions: tuple[str, ...] = Field(min_length=1)
+    name: str = Field(max_length=MAX_MODEL_NAME_CHARS, pattern=MODEL_NAME_PATTERN)
+    versions: tuple[Annotated[str, Field(pattern=VERSION_PATTERN)], ...] = Field(min_length=1)
     output: str = Field(default="auto", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     # The features written to the decision log as sent (None: every one); the
     # others are dropped or hashed (``decision_log.unlisted_features``). Rows
@@ -63,8 +71,8 @@ class ModelSpec(_Frozen):
 class ModelTarget(_Frozen):
     """Which model version something routes to: a version number or an alias."""
 
-    model: str
-    version: str = Field(min_length=1)
+    model: str = Field(max_length=MAX_MODEL_NAME_CHARS, pattern=MODEL_NAME_PATTERN)
+    version: str = Field(pattern=VERSION_PATTERN)
 
 
 class TargetingRule(_Frozen):

@@ -29,6 +29,13 @@ SALT_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # partition): no separator, and a first character that makes neither ``.``,
 # ``..`` nor a hidden name.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# A registered model's name and a version (a number or an alias) become a
+# ``models:/NAME/VERSION`` URI and file names of MLflow's: neither may carry a
+# separator, a control character or ``@`` (which would make the URI an
+# alias's), nor be only dots (``.``, ``..``).
+MODEL_NAME_PATTERN = r"^[^/\\@\x00-\x1f\x7f]*[^/\\@\x00-\x1f\x7f.][^/\\@\x00-\x1f\x7f]*$"
+MAX_MODEL_NAME_CHARS = 256
+VERSION_PATTERN = ID_PATTERN
 MAX_UNIT_ID_CHARS = 256
 MAX_BODY_BYTES = 1 << 20
 

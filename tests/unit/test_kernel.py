@@ -60,3 +60,29 @@ def test_ordinary_ids_stay_valid_and_stay_inside_their_directory(name: str,
     assert re.match(ids.ID_PATTERN, name)
     root = Path(str(tmp_path))
     assert (root / f"{name}.json").resolve().parent == root.resolve()
+
+
+@pytest.mark.parametrize(("model", "version"), [
+    ("../etc", "1"), ("..", "1"), ("a\\b", "1"), ("churn@prod", "1"), ("churn\n", "1"),
+    ("churn", "1/../2"), ("churn", ".."), ("churn", "")])
+def test_model_names_and_versions_that_would_leave_the_registry_are_refused(
+        model: str, version: str) -> None:
+    # They become models:/NAME/VERSION URIs and MLflow's own paths.
+    from pydantic import ValidationError
+
+    from rollout.core.plan import RolloutPlan
+    from serving.kernel.config import ModelSpec, ModelTarget
+
+    with pytest.raises(ValidationError):
+        ModelSpec(name=model, versions=(version,))
+    with pytest.raises(ValidationError):
+        ModelTarget(model=model, version=version)
+    with pytest.raises(ValidationError):
+        RolloutPlan(model_name=model, baseline_version="7", candidate_version=version)
+
+
+def test_ordinary_model_names_versions_and_aliases_stay_valid() -> None:
+    from serving.kernel.config import ModelSpec, ModelTarget
+
+    assert ModelSpec(name="My churn model.v2", versions=("1", "champion", "canary-2"))
+    assert ModelTarget(model="rampart-demo-classifier", version="champion")
