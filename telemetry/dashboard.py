@@ -44,6 +44,7 @@ ALERT_PSI = 0.2                  # RampartFeatureDrift
 ALERT_SHADOW_AGREEMENT = 0.9     # RampartShadowDisagrees
 ALERT_LOG_WRITE_ERRORS = 0.0     # RampartLogWritesFailing: any failed write
 ALERT_LOG_DROPPED_ROWS = 0.0     # RampartLogRowsDropped: any dropped row
+ALERT_LOG_SPILL_ERRORS = 0.0     # RampartLogJournalFailing: any failed journal write
 
 # The guardrails a rollout gets when its plan names none
 # (rollout.core.plan.Guardrails; telemetry may not import serving, which that
@@ -287,6 +288,16 @@ def _logs_row() -> Section:
                     f"{{{{instance}}}} {log.replace('_', ' ')}", ref_id=chr(ord("A") + i))
              for i, log in enumerate(logs)],
             thresholds=_thresholds((None, "green"), (ALERT_LOG_DROPPED_ROWS + 1, "red"))),
+        _series(
+            19, "Log journal failures",
+            "Failed writes of the local journal (decision_log.spill_dir) that keeps "
+            "unwritten rows safe from a replica's crash. Serving and logging go on; a "
+            "SIGKILL would lose unwritten rows. The RampartLogJournalFailing alert fires on any.",
+            "short",
+            [_query(f"sum by (instance) (increase(rampart_{log}_spill_errors_total{RATE}))",
+                    f"{{{{instance}}}} {log.replace('_', ' ')}", ref_id=chr(ord("A") + i))
+             for i, log in enumerate(logs)],
+            thresholds=_thresholds((None, "green"), (ALERT_LOG_SPILL_ERRORS + 1, "red"))),
     ]
 
 

@@ -3,15 +3,21 @@
 Each writer (one per gateway replica) buffers rows in memory and a background
 thread writes them as Parquet files when the buffer reaches ``batch_rows`` or
 every ``flush_interval_s``, and once more on :meth:`DecisionLogWriter.close`.
-Writers never share a file: names carry the writer id and a sequence number,
-and a reader never sees a half-written file (on local disk each file is
+With a spill directory the rows are also journaled on local disk every
+``spill_interval_s`` (50 ms by default), so a SIGKILL of the replica loses at
+most the last interval; the next writer on that spill directory writes what
+the dead one had not (see :mod:`telemetry.batched_writer`).
+Writers never share a file: names carry the writer id and the chunk's
+generation (one file per partition directory and generation, the same name
+when a failed chunk is retried or replayed), and a reader never sees a
+half-written file (on local disk each file is
 written under a temporary name and renamed into place; on an object store an
 object appears only when its upload completes; see :mod:`telemetry.storage`).
 The root is a local directory or a URI such as ``s3://bucket/decisions``.
 
 Layout::
 
-    <root>/date=YYYY-MM-DD/experiment=<id or _none>/part-<writer>-<seq>.parquet
+    <root>/date=YYYY-MM-DD/experiment=<id or _none>/part-<writer>-<generation>.parquet
 
 The directory names are for humans and for pruning; every column, including
 ``experiment_id`` and ``timestamp``, is inside the files, so readers do not
@@ -25,7 +31,8 @@ they always have; ``inputs`` holds the whole row as JSON only when
 so an all-float row costs no JSON. ``prediction`` is the answer's
 :attr:`~models.outputs.Prediction.score`; ``output`` the rest of the answer
 as JSON ``{"value", "label", "probabilities"}``, null when the score says it
-all. JSON is encoded in the flush thread, never when a row is appended.
+all. JSON is encoded in the journal thread (the flush thread without a
+journal), never when a row is appended.
 Files written before ``inputs``, ``output`` and ``unit_source`` existed read
 with those columns null.
 """
@@ -49,7 +56,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from telemetry.batched_writer import BatchedWriter, PartialWrite, WriterEvents
+from telemetry.batched_writer import BatchedWriter, PartialWrite, WriterEvents, part_name
 from telemetry.storage import LogLocation, storage_errors
 
 if TYPE_CHECKING:
@@ -321,7 +328,8 @@ def partitions(table: pa.Table) -> list[tuple[str, str, pa.Table]]:
 class FeaturePolicy:
     """Which features of a model's rows are written as sent (``allowed``); the
     rest are left out (``drop``) or replaced by a keyed hash of their value
-    (``hash``). Applied in the flush thread, never on the request path."""
+    (``hash``). Applied off the request path, before a row is journaled or
+    written."""
 
     allowed: Mapping[str, frozenset[str]]
     mode: str = "drop"
@@ -351,17 +359,20 @@ class ColumnBatch(NamedTuple):
 
 class DecisionLogWriter(BatchedWriter[DecisionRecord | ColumnBatch | pa.Table]):
     """Buffers decision records (and columnar batches) and writes them as Parquet
-    in the background."""
+    in the background; with ``spill_dir``, journals them on local disk first
+    (see :mod:`telemetry.batched_writer`)."""
 
     noun = "decision-log"
 
     def __init__(self, root: str | os.PathLike[str] | LogLocation, writer_id: str,
                  batch_rows: int = 5000, flush_interval_s: float = 2.0,
                  max_buffered_rows: int | None = None, events: WriterEvents | None = None,
-                 feature_policy: FeaturePolicy | None = None) -> None:
+                 feature_policy: FeaturePolicy | None = None,
+                 spill_dir: str | os.PathLike[str] | None = None,
+                 spill_interval_s: float = 0.05, spill_fsync: bool = True) -> None:
         self.feature_policy = feature_policy
         super().__init__(root, writer_id, batch_rows, flush_interval_s, max_buffered_rows,
-                         events)
+                         events, spill_dir, spill_interval_s, spill_fsync)
 
     def _filtered(self, item: DecisionRecord | ColumnBatch | pa.Table
                   ) -> DecisionRecord | ColumnBatch | pa.Table:
@@ -387,27 +398,39 @@ class DecisionLogWriter(BatchedWriter[DecisionRecord | ColumnBatch | pa.Table]):
 
     def append_columns(self, n: int, columns: Mapping[str, Any]) -> None:
         """Buffer ``n`` rows given as whole columns, as :func:`batch_table` takes
-        them; the table (and its JSON) is built when the buffer is written, so
-        the caller pays only a list append."""
+        them; the table (and its JSON) is built off the request path, so the
+        caller pays only a list append."""
         self._buffer_items((ColumnBatch(n, columns),), n)
 
-    def _write(self, batch: list[DecisionRecord | ColumnBatch | pa.Table]) -> None:
+    def _to_table(self, items: list[DecisionRecord | ColumnBatch | pa.Table]) -> pa.Table:
+        # The allowlist applies here, before the journal: an unlisted feature
+        # never reaches the disk, not even the spill file.
         if self.feature_policy is not None:
-            batch = [self._filtered(item) for item in batch]
-        records = [item for item in batch if isinstance(item, DecisionRecord)]
+            items = [self._filtered(item) for item in items]
+        records = [item for item in items if isinstance(item, DecisionRecord)]
         parts = ([records_to_table(records)] if records else []) + [
-            batch_table(item.n, item.columns) if isinstance(item, ColumnBatch) else item
-            for item in batch if not isinstance(item, DecisionRecord)]
-        combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+            batch_table(item.n, item.columns) if isinstance(item, ColumnBatch)
+            else item if item.schema == DECISION_SCHEMA else item.cast(DECISION_SCHEMA)
+            for item in items if not isinstance(item, DecisionRecord)]
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+    def _write(self, tables: list[pa.Table], generation: int, writer_id: str,
+               skip_existing: bool = False) -> int:
+        combined = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         root = self.location
+        name = part_name(writer_id, generation)
         pending = partitions(combined)
+        written = 0
         for i, (day, experiment, rows) in enumerate(pending):
             try:
-                root.join(f"date={day}", f"experiment={experiment}").write_parquet(
-                    rows, self._next_name())
+                directory = root.join(f"date={day}", f"experiment={experiment}")
+                if not (skip_existing and directory.join(name).exists()):
+                    directory.write_parquet(rows, name)
+                    written += rows.num_rows
             except Exception as exc:
                 left = [table for _, _, table in pending[i:]]
                 raise PartialWrite(exc, left, sum(t.num_rows for t in left)) from exc
+        return written
 
 
 def read_decisions(path: str | os.PathLike[str] | LogLocation) -> pa.Table:

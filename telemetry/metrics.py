@@ -59,10 +59,19 @@ class RolloutFigures(Protocol):
 
 
 class RequestMetrics:
-    """``rampart_requests_total`` and ``rampart_request_latency_seconds``."""
+    """``rampart_requests_total``, ``rampart_request_latency_seconds`` and
+    ``rampart_request_read_timeouts_total``."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.registry = registry
+        # No labels: a client too slow to send its request has not yet named
+        # a model, and its address is no bounded label.
+        self.read_timeouts = Counter(
+            "rampart_request_read_timeouts",
+            "Requests cut off (408) because their body did not arrive within the "
+            "read deadline.",
+            registry=registry,
+        )
         self.requests = Counter(
             "rampart_requests",
             "Prediction requests by model version, experiment, arm and status.",
@@ -128,9 +137,13 @@ def prepare_multiprocess_dir(path: Path) -> Path:
 
 class LogWriterMetrics:
     """A log writer's failures: ``rampart_<log>_write_errors_total`` (failed
-    writes, retried) and ``rampart_<log>_dropped_total`` (rows given up when
-    what a failing store left passed the writer's bound). Serving goes on
-    either way; these, and the alert on them, are how anyone finds out."""
+    writes, retried), ``rampart_<log>_dropped_total`` (rows given up when
+    what a failing store left passed the writer's bound) and
+    ``rampart_<log>_spill_errors_total`` (failed writes of the local spill
+    journal: those rows would not survive a crash). Serving goes on either
+    way; these, and the alert on them, are how anyone finds out.
+    ``rampart_<log>_replayed_total`` counts rows a writer took over from the
+    spill journal of a writer that stopped without writing them."""
 
     def __init__(self, log_name: str, registry: CollectorRegistry | None) -> None:
         self.errors = Counter(f"rampart_{log_name}_write_errors",
@@ -140,12 +153,25 @@ class LogWriterMetrics:
                                f"Rows of the {log_name.replace('_', ' ')} dropped after "
                                "failed writes (beyond what a writer keeps).",
                                registry=registry)
+        self.spill_errors = Counter(f"rampart_{log_name}_spill_errors",
+                                    f"Failed writes of the {log_name.replace('_', ' ')}'s local "
+                                    "spill journal (rows kept in memory only).",
+                                    registry=registry)
+        self.replayed = Counter(f"rampart_{log_name}_replayed",
+                                f"Rows of the {log_name.replace('_', ' ')} replayed from the "
+                                "spill journal of a writer that stopped.", registry=registry)
 
     def write_failed(self) -> None:
         self.errors.inc()
 
     def rows_dropped(self, rows: int) -> None:
         self.dropped.inc(rows)
+
+    def spill_failed(self) -> None:
+        self.spill_errors.inc()
+
+    def rows_replayed(self, rows: int) -> None:
+        self.replayed.inc(rows)
 
 
 class ProcessMetricsCollector:

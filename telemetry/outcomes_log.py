@@ -7,16 +7,17 @@ Experiment analysis joins these rows with the decision log on ``unit_id``.
 Two ways in, one format:
 
 - ``POST /v1/outcomes`` on the gateway: each replica's :class:`OutcomesLogWriter`
-  buffers the validated events in memory and a background thread writes them
-  on size (``batch_rows``), on time (``flush_interval_s``) and on close, as the
-  decision log does;
+  buffers the validated events in memory (journaled on local disk every
+  ``spill_interval_s`` when it has a spill directory) and a background thread
+  writes them on size (``batch_rows``), on time (``flush_interval_s``) and on
+  close, as the decision log does (see :mod:`telemetry.batched_writer`);
 - ``rampart outcomes import FILE``: :func:`import_outcomes` loads a CSV or
   Parquet file, validates every row with vectorized checks, and writes all of
   it as one file, or nothing.
 
 Layout::
 
-    <root>/date=YYYY-MM-DD/part-<writer>-<seq>.parquet
+    <root>/date=YYYY-MM-DD/part-<writer>-<generation>.parquet
 
 The date is the day (UTC) the rows were received. The root is a local
 directory or a URI such as ``s3://bucket/outcomes``. A reader never sees half
@@ -33,7 +34,6 @@ import math
 import os
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +46,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pyarrow.fs import FileType
 
-from telemetry.batched_writer import BatchedWriter, PartialWrite, WriterEvents
+from telemetry.batched_writer import BatchedWriter, PartialWrite, WriterEvents, part_name
 from telemetry.outcome_events import (
     EPOCH,
     ID_PATTERN,
@@ -136,34 +136,44 @@ def write_outcome_file(root: str | os.PathLike[str] | LogLocation, day: str, nam
 
 
 class OutcomesLogWriter(BatchedWriter[OutcomeRecord]):
-    """Buffers outcome records and writes them as Parquet in the background."""
+    """Buffers outcome records and writes them as Parquet in the background;
+    with ``spill_dir``, journals them on local disk first."""
 
     noun = "outcomes-log"
 
     def __init__(self, root: str | os.PathLike[str] | LogLocation, writer_id: str,
                  batch_rows: int = 5000, flush_interval_s: float = 2.0,
-                 max_buffered_rows: int | None = None, events: WriterEvents | None = None
-                 ) -> None:
+                 max_buffered_rows: int | None = None, events: WriterEvents | None = None,
+                 spill_dir: str | os.PathLike[str] | None = None,
+                 spill_interval_s: float = 0.05, spill_fsync: bool = True) -> None:
         super().__init__(root, writer_id, batch_rows, flush_interval_s, max_buffered_rows,
-                         events)
+                         events, spill_dir, spill_interval_s, spill_fsync)
 
     def append_many(self, records: Sequence[OutcomeRecord]) -> None:
         """Buffer a batch of records at once (all of them or, on error, none); no I/O."""
         self._buffer_items(records, len(records))
 
-    def _write(self, batch: list[OutcomeRecord]) -> None:
-        days: dict[int, list[OutcomeRecord]] = defaultdict(list)
-        for record in batch:
-            days[record.received_at_us // US_PER_DAY].append(record)
+    def _to_table(self, items: list[OutcomeRecord]) -> pa.Table:
+        return records_to_table(items)
+
+    def _write(self, tables: list[pa.Table], generation: int, writer_id: str,
+               skip_existing: bool = False) -> int:
+        combined = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        days = combined.column("received_at").cast(pa.int64()).to_numpy() // US_PER_DAY
         root = self.location
-        pending = list(days.items())
-        for i, (day, records) in enumerate(pending):
+        name = part_name(writer_id, generation)
+        pending = [(int(day), combined.filter(pa.array(days == day))) for day in np.unique(days)]
+        written = 0
+        for i, (day, rows) in enumerate(pending):
             try:
-                write_outcome_file(root, _day(day * US_PER_DAY), self._next_name(),
-                                   records_to_table(records))
+                date = _day(day * US_PER_DAY)
+                if not (skip_existing and root.join(f"date={date}", name).exists()):
+                    write_outcome_file(root, date, name, rows)
+                    written += rows.num_rows
             except Exception as exc:
-                left = [record for _, chunk in pending[i:] for record in chunk]
-                raise PartialWrite(exc, left, len(left)) from exc
+                left = [table for _, table in pending[i:]]
+                raise PartialWrite(exc, left, sum(t.num_rows for t in left)) from exc
+        return written
 
 
 def read_outcomes(path: str | os.PathLike[str] | LogLocation) -> pa.Table:

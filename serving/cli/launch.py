@@ -36,9 +36,10 @@ from serving.gateway.ray_app import (
     deployment_options,
     resolve_outcomes_path,
     resolve_paths,
+    resolve_spill_dirs,
     set_ingress_env,
 )
-from serving.kernel.config import RampartConfig
+from serving.kernel.config import RampartConfig, ServerConfig
 from serving.routing.router import RoutingTable
 from telemetry.metrics import prepare_multiprocess_dir
 
@@ -116,6 +117,7 @@ def prepare_gateway(config: RampartConfig, num_replicas: int | None = None,
     decision_dir, metrics_dir = resolve_paths(config)
     # Each replica's writer creates a local log directory; a URI has none to create.
     outcomes_dir = resolve_outcomes_path(config)  # created by the first write
+    decision_spill_dir, outcomes_spill_dir = resolve_spill_dirs(config)
     prepare_multiprocess_dir(metrics_dir)
     # Serving an experiment is when its analysis plan must already be fixed.
     for problem in register_config_plans(config, dt.datetime.now(dt.UTC)):
@@ -133,10 +135,12 @@ def prepare_gateway(config: RampartConfig, num_replicas: int | None = None,
     settings = ReplicaSettings(
         config=config, tracking_uri=tracking_uri, decision_dir=decision_dir,
         outcomes_dir=outcomes_dir,
+        decision_spill_dir=decision_spill_dir, outcomes_spill_dir=outcomes_spill_dir,
         admin_token=admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
         ingest_token=os.environ.get(INGEST_TOKEN_ENV) or None,
         trace_key=os.environ.get("RAMPART_TRACE_KEY") or secrets.token_hex(32),
         controller_name=CONTROLLER_NAME, controller_namespace=CONTROLLER_NAMESPACE,
+        instance_id=secrets.token_hex(8),
     )
     return GatewayParts(settings, controller, fault_board,
                         deployment_options(config, num_replicas), metrics_dir)
@@ -160,10 +164,12 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
                               ) from None
 
 
-def connect_ray(address: str | None) -> tuple[bool, bool, Path | None]:
+def connect_ray(address: str | None, server: ServerConfig | None = None
+                ) -> tuple[bool, bool, Path | None]:
     """Connect this process to Ray: the one already connected, the cluster at
     ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or a new local
-    one. Returns (owns_ray, joined, haproxy_dir)."""
+    one, whose HAProxy takes ``server``'s read deadline and per-source
+    connection limit. Returns (owns_ray, joined, haproxy_dir)."""
     if ray.is_initialized():
         return False, False, None
     # ray.init replaces SIGINT/SIGTERM handlers with ones that abort the process;
@@ -174,7 +180,7 @@ def connect_ray(address: str | None) -> tuple[bool, bool, Path | None]:
         check_reachable(address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
-        haproxy_dir = set_ingress_env()
+        haproxy_dir = set_ingress_env(server)
         ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False)
         if haproxy_dir is not None:
@@ -207,7 +213,7 @@ def start_gateway(
     """
     host = host or config.server.host
     port = port or config.server.port
-    owns_ray, joined, haproxy_dir = connect_ray(address)
+    owns_ray, joined, haproxy_dir = connect_ray(address, config.server)
     try:
         parts = prepare_gateway(config, num_replicas, admin_token, chaos)
         deploy_gateway(parts.settings, parts.controller, parts.fault_board, parts.options,
@@ -221,7 +227,7 @@ def start_gateway(
     gateway = RunningGateway(f"http://{host}:{port}", _table(parts.controller), config,
                              owns_ray, parts.controller, parts.fault_board, joined=joined,
                              haproxy_dir=haproxy_dir)
-    wait_healthy(gateway.url, ready_timeout_s)
+    wait_healthy(gateway.url, ready_timeout_s, parts.settings.instance_id)
     return gateway
 
 
@@ -231,8 +237,10 @@ def _table(controller: Any) -> RoutingTable:
     return table
 
 
-def wait_healthy(url: str, timeout_s: float) -> None:
-    """Return once ``url`` answers /healthz several times in a row."""
+def wait_healthy(url: str, timeout_s: float, instance_id: str = "") -> None:
+    """Return once ``url`` answers /healthz several times in a row, each time
+    (given ``instance_id``) from a replica of this start of the gateway: a
+    killed predecessor's HAProxy and replicas may still hold the port."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
@@ -242,17 +250,29 @@ def wait_healthy(url: str, timeout_s: float) -> None:
     healthy_in_a_row = 0
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+            answer = httpx.get(f"{url}/healthz", timeout=2.0)
+            if answer.status_code == 200 and _answered_by(answer, instance_id):
                 healthy_in_a_row += 1
                 if healthy_in_a_row >= 4:
                     return
             else:
                 healthy_in_a_row = 0
+                last_error = f"/healthz answered {answer.status_code}: {answer.text[:200]}"
         except httpx.HTTPError as exc:
             last_error = str(exc)
             healthy_in_a_row = 0
         time.sleep(0.25)
     raise TimeoutError(f"gateway did not answer {url}/healthz in {timeout_s}s: {last_error}")
+
+
+def _answered_by(answer: Any, instance_id: str) -> bool:
+    if not instance_id:
+        return True
+    try:
+        body = answer.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("instance_id") == instance_id
 
 
 def stop_cluster_gateway(address: str | None) -> list[str]:

@@ -21,11 +21,15 @@ control plane.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
 import shutil
+import signal
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +39,7 @@ import ray
 from pydantic import BaseModel, ConfigDict
 
 from serving.kernel.commands import Command, CommandResult
-from serving.kernel.config import RampartConfig
+from serving.kernel.config import RampartConfig, ServerConfig
 from serving.kernel.errors import ControlPlaneUnavailable, RampartError
 from serving.routing.snapshot import RoutingSnapshot
 from telemetry.metrics import MULTIPROC_ENV
@@ -74,6 +78,10 @@ class ReplicaSettings(BaseModel):
     # A local directory, or a URI (s3://bucket/prefix...) the writers resolve.
     decision_dir: Path | str
     outcomes_dir: Path | str | None = None
+    # The logs' spill journals: absolute local directories (see
+    # resolve_spill_dirs); None runs that writer without a journal.
+    decision_spill_dir: Path | None = None
+    outcomes_spill_dir: Path | None = None
     admin_token: str | None = None
     # The credential of POST /v1/outcomes (None: outcome ingest refused).
     ingest_token: str | None = None
@@ -86,6 +94,9 @@ class ReplicaSettings(BaseModel):
     # an operator replaces it.
     controller_name: str = "rampart-rollout-controller"
     controller_namespace: str = "rampart"
+    # This start of the gateway, answered by /healthz: readiness trusts only
+    # answers carrying it, not a killed predecessor still holding the port.
+    instance_id: str = ""
 
     def __repr__(self) -> str:  # never print the token in Ray's logs
         return f"ReplicaSettings(tracking_uri={self.tracking_uri!r})"
@@ -103,19 +114,25 @@ HAPROXY_DIR_PREFIX = "rampart-hp-"
 
 
 def haproxy_env(directory: Path, stats_port: int, metrics_port: int,
-                fallback_ports: tuple[int, int] = (0, 0)) -> dict[str, str]:
+                fallback_ports: tuple[int, int] = (0, 0),
+                server: ServerConfig | None = None) -> dict[str, str]:
     """The environment that gives one Ray node's HAProxy its own ports and files.
 
     ``fallback_ports`` (HTTP, gRPC) move Serve's fallback proxy, which HAProxy
     sends requests to while no replica is up, off its fixed 8500/9500: two
     gateways' fallback proxies on one port share it (SO_REUSEPORT), and one
-    gateway's requests were answered, and logged, by the other."""
+    gateway's requests were answered, and logged, by the other.
+
+    Ray runs HAProxy through ``rampart-haproxy``, which hardens the config Ray
+    renders with ``server``'s read deadline and per-source connection limit
+    (see :mod:`serving.gateway.haproxy_guard`)."""
     fallback = {}
     if all(fallback_ports):
         fallback = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_ports[0]),
                     "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_ports[1])}
     return {
         **fallback,
+        **haproxy_guard_env(server or ServerConfig()),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(directory / "haproxy.cfg"),
@@ -123,6 +140,20 @@ def haproxy_env(directory: Path, stats_port: int, metrics_port: int,
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(directory / "metrics.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(directory),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(directory / "server-state"),
+    }
+
+
+def haproxy_guard_env(server: ServerConfig) -> dict[str, str]:
+    """What makes Ray start HAProxy hardened, with ``server``'s limits."""
+    from serving.gateway import haproxy_guard
+
+    # Installed beside this interpreter (pyproject's [project.scripts]); Ray
+    # checks the path is an executable and refuses to start HAProxy otherwise.
+    binary = Path(sys.executable).with_name(haproxy_guard.SCRIPT_NAME)
+    return {
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(binary),
+        haproxy_guard.READ_TIMEOUT_ENV: str(server.request_read_timeout_s),
+        haproxy_guard.PER_SOURCE_ENV: str(server.max_connections_per_source),
     }
 
 
@@ -143,25 +174,77 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 HAPROXY_OWNER_FILE = "owner.pid"
 
 
-def remove_stale_haproxy_dirs(temp_dir: Path) -> list[Path]:
+def remove_stale_haproxy_dirs(temp_dir: Path, grace_s: float = 3.0) -> list[Path]:
     """Remove HAProxy directories that gateways killed before they could clean
-    up left behind: those whose owner process is gone and that no running
-    process (HAProxy names its config file on its command line) still uses."""
+    up left behind: those whose owner process is gone.
+
+    An HAProxy still running on such a directory (HAProxy names its config
+    file on its command line) belongs to a killed gateway and would keep
+    answering on that gateway's port: it is ended first (SIGTERM, then SIGKILL
+    after ``grace_s``). A directory with no readable owner that a running
+    process still uses is left alone (it may be one being set up)."""
     candidates = sorted(temp_dir.glob(f"{HAPROXY_DIR_PREFIX}*"))
     if not candidates:
         return []
-    in_use = _paths_on_command_lines()
+    command_lines = _command_lines()
     removed = []
     for directory in candidates:
         try:
             owner = int((directory / HAPROXY_OWNER_FILE).read_text())
         except (OSError, ValueError):
             owner = 0
-        if (owner and _pid_alive(owner)) or any(str(directory) in line for line in in_use):
+        if owner and _pid_alive(owner):
             continue
+        users = [pid for pid, line in command_lines.items() if _names_dir(line, directory)]
+        orphans = [pid for pid in users if _is_haproxy(command_lines[pid])]
+        if users and (not owner or len(orphans) < len(users)):
+            continue
+        if orphans:
+            log.warning("ending HAProxy %s left running by a killed gateway (%s)",
+                        orphans, directory)
+            end_processes(orphans, functools.partial(_still_names, directory=directory),
+                          grace_s)
         shutil.rmtree(directory, ignore_errors=True)
         removed.append(directory)
     return removed
+
+
+def end_processes(pids: list[int], still_ours: Callable[[int], bool],
+                  grace_s: float) -> None:
+    """SIGTERM ``pids``, then SIGKILL those left after ``grace_s``; a pid is
+    signalled only while ``still_ours`` holds (it may have been reused)."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        left = [pid for pid in pids if still_ours(pid)]
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while left and time.monotonic() < deadline:
+            left = [pid for pid in left if still_ours(pid)]
+            if left:
+                time.sleep(0.05)
+        if not left:
+            return
+
+
+def _names_dir(command_line: list[str], directory: Path) -> bool:
+    prefix = f"{directory}/"
+    return any(arg == str(directory) or arg.startswith(prefix) for arg in command_line)
+
+
+def _is_haproxy(command_line: list[str]) -> bool:
+    return bool(command_line) and Path(command_line[0]).name in ("haproxy", "rampart-haproxy")
+
+
+def _still_names(pid: int, directory: Path) -> bool:
+    """Whether ``pid`` is still a live (not zombie) HAProxy on ``directory``."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, IndexError):
+        return False
+    arguments = [part.decode(errors="replace") for part in line if part]
+    return state != "Z" and _is_haproxy(arguments) and _names_dir(arguments, directory)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -174,15 +257,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _paths_on_command_lines() -> list[str]:
-    lines = []
+def _command_lines() -> dict[int, list[str]]:
+    """Every running process's arguments, by pid."""
+    lines = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
-                    errors="replace"))
+                raw = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
+            lines[int(entry.name)] = [part.decode(errors="replace")
+                                      for part in raw.split(b"\0") if part]
     return lines
 
 
@@ -194,11 +279,13 @@ def clear_haproxy_env() -> None:
         os.environ.pop(key, None)
 
 
-def set_ingress_env() -> Path | None:
+def set_ingress_env(server: ServerConfig | None = None) -> Path | None:
     """Ray reads these at start-up: call before ``ray.init`` starts a local Ray.
 
-    Returns the HAProxy directory made for this gateway (the caller removes it
-    after), or None when the environment already names one."""
+    ``server`` sets HAProxy's read deadline and per-source connection limit
+    (its defaults when None). Returns the HAProxy directory made for this
+    gateway (the caller removes it after), or None when the environment
+    already names one."""
     import tempfile
 
     for key, value in INGRESS_ENV.items():
@@ -209,17 +296,35 @@ def set_ingress_env() -> Path | None:
     directory = Path(tempfile.mkdtemp(prefix=HAPROXY_DIR_PREFIX))
     (directory / HAPROXY_OWNER_FILE).write_text(str(os.getpid()))
     ports = free_ports(4)
-    for key, value in haproxy_env(directory, ports[0], ports[1], (ports[2], ports[3])).items():
+    for key, value in haproxy_env(directory, ports[0], ports[1], (ports[2], ports[3]),
+                                  server).items():
         os.environ.setdefault(key, value)
     return directory
 
 
+# Replicas when neither the config nor ``--replicas`` says: with two, one
+# replica's death (a crash, an OOM kill) is not an outage while Ray replaces it.
+DEFAULT_REPLICAS = 2
+
+
+def default_replicas() -> int:
+    """:data:`DEFAULT_REPLICAS`, or fewer where there are fewer CPUs (the Ray
+    cluster's when connected, else this machine's): two replicas on one CPU
+    would only contend for it."""
+    cpus = float(os.cpu_count() or 1)
+    if ray.is_initialized():
+        with contextlib.suppress(Exception):  # a GCS briefly away: this machine's count
+            cpus = float(ray.cluster_resources().get("CPU", cpus))  # type: ignore[no-untyped-call]
+    return max(1, min(DEFAULT_REPLICAS, int(cpus)))
+
+
 def deployment_options(config: RampartConfig, num_replicas: int | None = None
                        ) -> dict[str, Any]:
-    """Replica count or autoscaling, as Ray Serve takes them, from the config."""
+    """Replica count or autoscaling, as Ray Serve takes them, from the config
+    (no count there: :func:`default_replicas`)."""
     server = config.server
-    options: dict[str, Any] = {
-        "num_replicas": server.num_replicas if num_replicas is None else num_replicas}
+    count = num_replicas if num_replicas is not None else server.num_replicas
+    options: dict[str, Any] = {"num_replicas": count if count is not None else default_replicas()}
     if server.autoscaling is not None and num_replicas is None:
         options = {"num_replicas": "auto",
                    "autoscaling_config": server.autoscaling.serve_options()}
@@ -299,6 +404,12 @@ def _build_deployment(options: dict[str, Any], metrics_dir: Path) -> Any:
             gc.freeze()
 
         def _load(self, name: str, version: str) -> Any:
+            # A stopped or hung MLflow fails a load in seconds, not the minutes
+            # its client retries by default: the follower then retries, and
+            # keeps serving the table it has meanwhile.
+            from models.registry import bound_http_retries
+
+            bound_http_retries()
             output = self.settings.config.model_outputs().get(name, "auto")
             scorer = self.registry.load(name, version, output=output)
             return scorer if self.chaos is None else self.chaos.wrap(scorer)
@@ -340,9 +451,12 @@ def _build_deployment(options: dict[str, Any], metrics_dir: Path) -> Any:
 
         def __serve_build_asgi_app__(self) -> Any:
             extra = [] if self.chaos is None else [self.chaos.add_routes]
+            server = self.settings.config.server
             return build_app(self.core, RayControlPlane(self.controller),
                              self.settings.admin_token, admin_routes=extra,
-                             ingest_token=self.settings.ingest_token)
+                             ingest_token=self.settings.ingest_token,
+                             read_timeout_s=server.request_read_timeout_s,
+                             instance_id=self.settings.instance_id)
 
         def __del__(self) -> None:
             # Ray Serve calls __del__ on graceful replica shutdown: flush the log.
@@ -474,6 +588,9 @@ def build_core(settings: ReplicaSettings, snapshot: RoutingSnapshot,
         max_buffered_rows=cfg.max_buffered_rows,
         events=LogWriterMetrics("decision_log", registry=None),
         feature_policy=feature_policy(settings),
+        spill_dir=settings.decision_spill_dir,
+        spill_interval_s=cfg.spill_interval_s,
+        spill_fsync=cfg.spill_fsync,
     )
     outcomes_log = None
     if settings.outcomes_dir is not None:
@@ -484,7 +601,9 @@ def build_core(settings: ReplicaSettings, snapshot: RoutingSnapshot,
             settings.outcomes_dir, writer_id=writer.writer_id,
             batch_rows=outcomes.batch_rows, flush_interval_s=outcomes.flush_interval_s,
             max_buffered_rows=outcomes.max_buffered_rows,
-            events=LogWriterMetrics("outcomes_log", registry=None))
+            events=LogWriterMetrics("outcomes_log", registry=None),
+            spill_dir=settings.outcomes_spill_dir, spill_interval_s=outcomes.spill_interval_s,
+            spill_fsync=outcomes.spill_fsync)
     parity = settings.config.parity
     drift_monitor = DriftMonitor(DriftMetrics(registry=None), psi_threshold=parity.psi_threshold,
                                  ks_alpha=parity.ks_alpha)
@@ -549,6 +668,21 @@ def resolve_outcomes_path(config: RampartConfig) -> Path | str:
     if isinstance(path, str):
         return path
     return (path if path.is_absolute() else Path.cwd() / path).resolve()
+
+
+def resolve_spill_dirs(config: RampartConfig) -> tuple[Path | None, Path | None]:
+    """The decision and outcomes logs' spill journal directories, made absolute
+    (relative ones are from the cwd, as for the metrics directory), or None
+    where the config turns the journal off. Always local disk: a journal on an
+    object store could not be fsynced every few milliseconds."""
+
+    def absolute(path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        return (path if path.is_absolute() else Path.cwd() / path).resolve()
+
+    return (absolute(config.decision_log.spill_dir),
+            absolute(config.outcomes_log.spill_dir))
 
 
 def gateway_application(settings: ReplicaSettings, controller: Any, fault_board: Any,

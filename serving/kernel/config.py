@@ -238,6 +238,23 @@ class DecisionLogConfig(_Frozen):
     # away), to write them once it can; beyond this the oldest are dropped and
     # counted. None: 20 batches, at least 100,000 rows.
     max_buffered_rows: int | None = Field(default=None, ge=1, le=100_000_000)
+    # A local journal of the rows not yet in the log, so a replica killed
+    # (SIGKILL, OOM) loses at most the last ``spill_interval_s`` of them; the
+    # next replica started with the same directory writes the rest. Always a
+    # local path (relative ones from the cwd), even when ``path`` is a URI.
+    # None: no journal, rows live in memory until written.
+    spill_dir: Path | None = Path(".rampart/spill/decisions")
+    spill_interval_s: float = Field(default=0.05, gt=0, le=5)
+    # fsync each journal write: survives a power cut too, not only a crash.
+    spill_fsync: bool = True
+
+    @field_validator("spill_dir", mode="before")
+    @classmethod
+    def _spill_dir_is_local(cls, value: Any) -> Any:
+        if isinstance(value, str) and _URI.match(value):
+            raise ValueError("spill_dir must be a local directory (the journal is fsynced "
+                             "on the replica's own disk), not a URI")
+        return value
 
 
 class OutcomesLogConfig(_Frozen):
@@ -250,6 +267,18 @@ class OutcomesLogConfig(_Frozen):
     # away), to write them once it can; beyond this the oldest are dropped and
     # counted. None: 20 batches, at least 100,000 rows.
     max_buffered_rows: int | None = Field(default=None, ge=1, le=100_000_000)
+    # As the decision log's: a local journal of rows not yet written (None: none).
+    spill_dir: Path | None = Path(".rampart/spill/outcomes")
+    spill_interval_s: float = Field(default=0.05, gt=0, le=5)
+    spill_fsync: bool = True
+
+    @field_validator("spill_dir", mode="before")
+    @classmethod
+    def _spill_dir_is_local(cls, value: Any) -> Any:
+        if isinstance(value, str) and _URI.match(value):
+            raise ValueError("spill_dir must be a local directory (the journal is fsynced "
+                             "on the replica's own disk), not a URI")
+        return value
 
 
 class TelemetryConfig(_Frozen):
@@ -316,8 +345,11 @@ class AutoscalingConfig(_Frozen):
 class ServerConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    # Fixed replica count; ignored when ``autoscaling`` is set.
-    num_replicas: int = Field(default=1, ge=1, le=64)
+    # Fixed replica count; ignored when ``autoscaling`` is set. None: two where
+    # the machine has the CPUs for them (one replica's death is then no
+    # outage), decided when the gateway is deployed, not here: the config
+    # means the same on every machine.
+    num_replicas: int | None = Field(default=None, ge=1, le=64)
     autoscaling: AutoscalingConfig | None = None
     # At most this many replicas on one Ray node (None: Serve places freely);
     # 1 spreads the replicas over the nodes, so losing a node loses one.
@@ -325,6 +357,13 @@ class ServerConfig(_Frozen):
     # Where Ray Serve runs HTTP ingress: on every node (a load balancer in
     # front spreads clients) or on the head node only.
     proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
+    # Deadline on reading a whole request (headers and body), in seconds; a
+    # client still sending past it is answered 408 and cut off, by HAProxy
+    # (`timeout http-request`) and by each replica (0: no deadline).
+    request_read_timeout_s: float = Field(default=10.0, ge=0, le=3600)
+    # Concurrent connections one source address may hold on HAProxy's HTTP
+    # port; more are refused at accept (0: no limit).
+    max_connections_per_source: int = Field(default=1000, ge=0, le=1_000_000)
 
 
 class RampartConfig(_Frozen):

@@ -51,6 +51,9 @@ HAPROXY_KEYS = {
     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE",
 }
 FALLBACK_KEYS = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"}
+# The hardening wrapper Ray runs as HAProxy, and the limits it applies.
+GUARD_KEYS = {"RAY_SERVE_HAPROXY_BINARY_PATH", "RAMPART_HAPROXY_REQUEST_TIMEOUT_S",
+              "RAMPART_HAPROXY_MAX_CONNECTIONS_PER_SOURCE"}
 # HAProxy refuses a UNIX socket path longer than this; Ray puts the metrics
 # socket in a 56-character directory of its own under the configured one.
 HAPROXY_MAX_SOCKET_PATH = 97
@@ -193,7 +196,7 @@ def _serve_accepts(options: dict[str, Any]) -> Any:
 
 
 def test_deployment_options_fixed_count() -> None:
-    assert deployment_options(_config()) == {"num_replicas": 1}
+    assert deployment_options(_config()) == {"num_replicas": min(2, os.cpu_count() or 1)}
     assert deployment_options(_config(num_replicas=3)) == {"num_replicas": 3}
     assert deployment_options(_config(num_replicas=3), 5) == {"num_replicas": 5}
     assert _serve_accepts(deployment_options(_config(num_replicas=3))).num_replicas == 3
@@ -230,20 +233,21 @@ def test_max_replicas_per_node_is_passed_through(autoscaling: dict[str, int] | N
 
 def test_haproxy_env_puts_every_file_under_the_directory(tmp_path: Path) -> None:
     env = haproxy_env(tmp_path, 12345, 23456)
-    assert set(env) == HAPROXY_KEYS  # no fallback ports given: Serve's own stay
+    assert set(env) == HAPROXY_KEYS | GUARD_KEYS  # no fallback ports given: Serve's own stay
     assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "12345"
     assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "23456"
-    paths = {k: v for k, v in env.items() if not k.endswith("_PORT")}
+    assert Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"]).name == "rampart-haproxy"
+    paths = {k: v for k, v in env.items() if k in HAPROXY_KEYS and not k.endswith("_PORT")}
     assert len(paths) == 5
     for key, value in paths.items():
         assert Path(value) == tmp_path or Path(value).parent == tmp_path, key
     assert len(set(paths.values())) == len(paths)  # no two settings share a file
 
     with_fallback = haproxy_env(tmp_path, 12345, 23456, (34567, 45678))
-    assert set(with_fallback) == HAPROXY_KEYS | FALLBACK_KEYS
+    assert set(with_fallback) == HAPROXY_KEYS | GUARD_KEYS | FALLBACK_KEYS
     assert with_fallback["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "34567"
     assert with_fallback["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"] == "45678"
-    assert {k: with_fallback[k] for k in HAPROXY_KEYS} == env
+    assert {k: with_fallback[k] for k in HAPROXY_KEYS | GUARD_KEYS} == env
 
 
 _SET_INGRESS = """
@@ -268,7 +272,7 @@ def test_set_ingress_env_gives_a_directory_and_ports_of_its_own() -> None:
         assert directory.parent == Path(out["tempdir"])
         assert directory.name.startswith("rampart-hp-")
         changed = out["changed"]
-        assert set(changed) == set(INGRESS_ENV) | HAPROXY_KEYS | FALLBACK_KEYS
+        assert set(changed) == set(INGRESS_ENV) | HAPROXY_KEYS | GUARD_KEYS | FALLBACK_KEYS
         ports = [int(changed[key]) for key in (
             "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")]
@@ -295,7 +299,7 @@ def test_set_ingress_env_keeps_a_configured_haproxy(tmp_path: Path) -> None:
     assert list(private_tmp.iterdir()) == []  # no directory made
     changed = out["changed"]
     # No HAProxy setting touched; the ingress flags are set, an operator's kept.
-    assert not (HAPROXY_KEYS | FALLBACK_KEYS) & set(changed)
+    assert not (HAPROXY_KEYS | GUARD_KEYS | FALLBACK_KEYS) & set(changed)
     assert changed == {k: v for k, v in INGRESS_ENV.items() if k not in preset}
 
 

@@ -293,6 +293,24 @@ def test_rows_a_failed_write_left_are_written_once_the_log_recovers(tmp_path: Pa
     assert events.dropped == writer.rows_dropped == 0
 
 
+def test_a_chunk_keeps_its_generation_name_when_retried(tmp_path: Path) -> None:
+    writer = DecisionLogWriter(tmp_path, "w1", batch_rows=10_000, flush_interval_s=3600)
+    blocker = _block(tmp_path, "exp-b")
+    writer.append(_record(1, "exp-a"))
+    writer.append(_record(2, "exp-b"))
+    assert writer.flush() == 1
+    blocker.unlink()
+    writer.append(_record(3, "exp-b"))
+    assert writer.flush() == 2
+    writer.close()
+    names = sorted(str(p.relative_to(tmp_path)).split("/", 1)[1]
+                   for p in tmp_path.rglob("*.parquet"))
+    # One file per partition and generation; the retried rows kept generation 1.
+    assert names == ["experiment=exp-a/part-w1-00000001.parquet",
+                     "experiment=exp-b/part-w1-00000001.parquet",
+                     "experiment=exp-b/part-w1-00000002.parquet"]
+
+
 def test_a_log_that_never_recovers_drops_the_oldest_rows_and_counts_them(
         tmp_path: Path) -> None:
     events = _Events()

@@ -50,6 +50,8 @@ def _ray_version() -> str:
 RAY_VERSION = _ray_version()
 PROJECT_VERSION: str = PYPROJECT["project"]["version"]
 RAMPART_IMAGE = f"rampart:{PROJECT_VERSION}"
+# Where the image's pip install puts the HAProxy hardening wrapper (Ray's conda env).
+IMAGE_HAPROXY_GUARD = "/home/ray/anaconda3/bin/rampart-haproxy"
 
 
 def _promtool() -> str:
@@ -219,6 +221,7 @@ def test_every_ray_container_is_pinned_sized_and_runs_direct_ingress() -> None:
         env = {e["name"]: e for e in container["env"]}
         assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"]["value"] == "1", name
         assert env["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1", name
+        assert env["RAY_SERVE_HAPROXY_BINARY_PATH"]["value"] == IMAGE_HAPROXY_GUARD, name
     head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]
     head_ports = {p["name"] for c in head["template"]["spec"]["containers"] for p in c["ports"]}
     assert {"gcs-server", "dashboard", "client", "serve"} <= head_ports
@@ -298,6 +301,9 @@ def test_dockerfile_runs_as_a_non_root_user_and_installs_with_the_pins() -> None
     env = " ".join(rest for word, rest in instructions if word == "ENV")
     assert "RAY_SERVE_ENABLE_DIRECT_INGRESS=1" in env
     assert "RAY_SERVE_ENABLE_HA_PROXY=1" in env
+    # Ray starts HAProxy through the hardening wrapper the install put there.
+    assert f"RAY_SERVE_HAPROXY_BINARY_PATH={IMAGE_HAPROXY_GUARD}" in env
+    assert any('test -x "$RAY_SERVE_HAPROXY_BINARY_PATH"' in r for r in installs)
     ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert {".venv", ".rampart", ".git"} <= set(ignored)
 
@@ -355,6 +361,7 @@ def test_compose_rampart_config_points_at_the_compose_services() -> None:
     rampart = services["rampart"]
     config_path = rampart["environment"]["RAMPART_CONFIG"]
     assert _mounts(rampart)[config_path] == "./compose/rampart.yaml"
+    assert rampart["environment"]["RAY_SERVE_HAPROXY_BINARY_PATH"] == IMAGE_HAPROXY_GUARD
     assert f"--config {config_path}" in " ".join(rampart["command"])
 
     store = make_url(config.resolved_store_url())
@@ -594,6 +601,7 @@ def test_dashboard_thresholds_are_the_alert_rules() -> None:
         "RampartShadowDisagrees": dashboard.ALERT_SHADOW_AGREEMENT,
         "RampartLogWritesFailing": dashboard.ALERT_LOG_WRITE_ERRORS,
         "RampartLogRowsDropped": dashboard.ALERT_LOG_DROPPED_ROWS,
+        "RampartLogJournalFailing": dashboard.ALERT_LOG_SPILL_ERRORS,
     }
 
 
