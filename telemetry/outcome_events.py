@@ -25,6 +25,8 @@ from pydantic import (
 # never imports serving, and a unit test holds the two equal.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_UNIT_ID_CHARS = 256
+UNIT_ID_PATTERN = ("^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f"
+                   "\\ufeff]+$")
 FeatureValue = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # ints accepted, bools not
 
 MAX_OUTCOME_EVENTS = 10_000
@@ -92,7 +94,8 @@ class OutcomeEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    unit_id: StrictStr = Field(min_length=1, max_length=MAX_UNIT_ID_CHARS)
+    unit_id: StrictStr = Field(min_length=1, max_length=MAX_UNIT_ID_CHARS,
+                               pattern=UNIT_ID_PATTERN)
     metric: StrictStr = Field(pattern=ID_PATTERN)
     value: FeatureValue
     timestamp: OutcomeTimestamp | None = None

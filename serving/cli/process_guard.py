@@ -6,6 +6,11 @@ keep the gateway's port. Every process a ``rampart serve`` starts inherits an
 environment marker with that run's id; the next ``rampart serve`` on the same
 data directory finds the previous run's leftovers by that marker and ends them
 before it binds the port. A previous run that is still alive is never touched.
+
+A killed gateway's HAProxy also names its own directory (``rampart-hp-*``,
+owned by the gateway's pid) on its command line: any such HAProxy whose owner
+is dead is ended too, whatever data directory its gateway used, since it
+would keep answering on that gateway's port.
 """
 
 from __future__ import annotations
@@ -60,7 +65,13 @@ def processes_marked(instance: str) -> list[int]:
 
 
 def reap_previous(data_dir: Path, timeout_s: float = 10.0) -> list[int]:
-    """End what a previous, dead ``rampart serve`` left running; return their PIDs."""
+    """End what a previous, dead ``rampart serve`` left running, and the HAProxy
+    of any killed gateway on this host; return the PIDs of the former."""
+    import tempfile
+
+    from serving.gateway.ray_app import remove_stale_haproxy_dirs
+
+    remove_stale_haproxy_dirs(Path(tempfile.gettempdir()))
     state_path = data_dir / STATE_FILE
     try:
         state = json.loads(state_path.read_text())

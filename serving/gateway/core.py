@@ -12,6 +12,7 @@ microseconds.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -29,6 +30,7 @@ from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 from pydantic_core import from_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.inputs import InputMismatch
 from models.outputs import Prediction, ScoredBatch
@@ -46,8 +48,10 @@ from serving.gateway.protocols import (
 from serving.gateway.protocols import mlflow as mlflow_protocol
 from serving.gateway.protocols import v1 as v1_protocol
 from serving.gateway.protocols import v2 as v2_protocol
+from serving.gateway.recent_ids import RecentRequestIds
 from serving.gateway.schemas import (
     ErrorResponse,
+    HealthResponse,
     PredictRequest,
     PredictResponse,
     V2ErrorResponse,
@@ -67,8 +71,9 @@ from serving.kernel.commands import (
     RolloutCommand,
     SetShadow,
 )
-from serving.kernel.config import ShadowSpec, format_validation_error
+from serving.kernel.config import ServerConfig, ShadowSpec, format_validation_error
 from serving.kernel.errors import (
+    DuplicateRequestId,
     InvalidJson,
     InvalidRollout,
     MethodNotAllowed,
@@ -78,6 +83,7 @@ from serving.kernel.errors import (
     Overloaded,
     PayloadTooLarge,
     RampartError,
+    RequestTimeout,
     RouteNotFound,
     Unauthorized,
     UnknownModel,
@@ -105,6 +111,7 @@ NO_QUERY: Mapping[str, str] = MappingProxyType({})
 # The V2 binary tensor extension's header: the JSON part's length, raw bytes after.
 BINARY_HEADER = "inference-header-content-length"
 REJECTED_LABELS = ("", "", "", "", "", "", "rejected")
+DEFAULT_READ_TIMEOUT_S: float = ServerConfig.model_fields["request_read_timeout_s"].default
 
 
 class ControlPlane(Protocol):
@@ -195,6 +202,7 @@ class GatewayCore:
         self.decision_log = decision_log
         self.pool = pool or ModelPool(threads=4, max_pending=4096)
         self.unit_policy = unit_policy or UnitPolicy()
+        self.answered_ids = RecentRequestIds()
 
     @property
     def table(self) -> RoutingTable:
@@ -282,12 +290,20 @@ class GatewayCore:
             request = protocol.parse(
                 body, unit=self.unit_policy, header_unit=header_unit, query=query or {},
                 header_request_id=header_request_id, model_name=model_name, **extra)
+            ids = (request.request_id, *(row.request_id for row in request.rows))
+            if (again := self.answered_ids.first_seen(ids)) is not None:
+                raise DuplicateRequestId(
+                    f"request id {again!r} was already answered: send a new request "
+                    "with a new id", again)
         except RampartError as error:
             self.metrics.observe(REJECTED_LABELS, time.perf_counter() - started)
             if error.request_id is None:
                 error.request_id = header_request_id
             return Outcome.of(protocol.format_error(error))
         scored = await self.score(request, header_request_id, started)
+        # Only an answer takes an id: a refused request may be corrected and sent again.
+        if any(row.error is None for row in scored.rows):
+            self.answered_ids.remember(ids)
         return Outcome.of(protocol.format(scored))
 
     async def score(self, request: ScoringRequest, header_request_id: str | None,
@@ -609,9 +625,62 @@ async def read_body_limited(request: Request, limit: int = MAX_BODY_BYTES) -> by
     return b"".join(chunks)
 
 
+class ReadDeadline:
+    """ASGI middleware: a deadline on receiving a request's whole body.
+
+    Counted from when the request reaches the app (its headers are in). A
+    read still waiting at the deadline raises :class:`RequestTimeout` in the
+    route reading the body, which answers 408 in its protocol's error shape,
+    with ``Connection: close`` so the server drops the slow client; the route
+    and its slot (a replica's ``max_ongoing_requests``) are freed at once.
+    Once the body is complete, ``receive`` is passed through untimed: a
+    server waits on it for the client's disconnect, however long that takes.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float, on_timeout: Callable[[], None]
+                 ) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+        self.on_timeout = on_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.timeout_s <= 0:
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        body_done = False
+        timed_out = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done, timed_out
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                timed_out = True
+                self.on_timeout()
+                raise RequestTimeout(
+                    f"the request body did not arrive within {self.timeout_s:g} s") from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def closing_send(message: Message) -> None:
+            if timed_out and message["type"] == "http.response.start":
+                message = {**message,
+                           "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, timed_receive, closing_send)
+
+
 def build_app(
     core: GatewayCore, control: ControlPlane | None = None, admin_token: str | None = None,
     admin_routes: Sequence[AdminRoutes] = (), ingest_token: str | None = None,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S, instance_id: str = "",
 ) -> FastAPI:
     """FastAPI app over one :class:`GatewayCore` (used in-process and on Ray Serve).
 
@@ -622,6 +691,10 @@ def build_app(
     open, anyone could write another unit's outcomes into an experiment.
     ``admin_routes`` add more of them behind the same guard. The inference
     route never changes routing.
+
+    ``read_timeout_s`` bounds reading a request's body (0: unbounded; see
+    :class:`ReadDeadline`); ``instance_id`` is the gateway start this app
+    belongs to, answered by ``/healthz``.
     """
     app = FastAPI(
         title="Rampart gateway",
@@ -828,9 +901,13 @@ def build_app(
         outcome = core.record_outcomes(body, header_id)
         return Response(outcome.body, status_code=outcome.status_code, media_type=JSON)
 
-    @app.get("/healthz")
+    health_fields: dict[str, Any] = {"status": "ok"}
+    if instance_id:
+        health_fields["instance_id"] = instance_id
+
+    @app.get("/healthz", responses={200: {"model": HealthResponse}})
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "routing_version": core.table.version}
+        return {**health_fields, "routing_version": core.table.version}
 
     @app.get("/v1/routing")
     async def routing(request: Request) -> dict[str, Any]:
@@ -845,6 +922,9 @@ def build_app(
 
     add_admin_routes(app, control, admin_token, admin_routes)
     declare_security(app)
+    if read_timeout_s > 0:
+        app.add_middleware(ReadDeadline, timeout_s=read_timeout_s,
+                           on_timeout=core.metrics.read_timeouts.inc)
     return app
 
 

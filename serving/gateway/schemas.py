@@ -23,7 +23,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from serving.kernel.ids import MAX_UNIT_ID_CHARS, Context
+from serving.kernel.ids import MAX_UNIT_ID_CHARS, UNIT_ID_PATTERN, Context
 
 MAX_BATCH_ROWS = 1000
 """Rows in one scoring request, whatever its protocol; more is a 413."""
@@ -173,7 +173,8 @@ class PredictRow(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    unit_id: StrictStr | None = Field(default=None, min_length=1, max_length=MAX_UNIT_ID_CHARS)
+    unit_id: StrictStr | None = Field(default=None, min_length=1, max_length=MAX_UNIT_ID_CHARS,
+                                      pattern=UNIT_ID_PATTERN)
     features: dict[str, FeatureValue]
     context: Context = Field(default_factory=dict)
     request_id: StrictStr | None = Field(default=None, min_length=1,
@@ -231,6 +232,18 @@ class PredictBatchResponse(BaseModel):
     """Body of a batch ``POST /v1/predict``: every row's answer, in input order."""
 
     predictions: list[PredictResponse | RowErrorResponse]
+
+
+class HealthResponse(BaseModel):
+    """``GET /healthz``: this replica answers, with the routing version it
+    serves and the id of the gateway start it belongs to."""
+
+    status: Literal["ok"]
+    routing_version: int
+    # Differs on each start: a restarted gateway's readiness check tells its
+    # own replicas from a killed predecessor's still holding the port. Absent
+    # from an app no gateway start built (in-process use).
+    instance_id: str | None = None
 
 
 class ErrorBody(BaseModel):

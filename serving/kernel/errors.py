@@ -46,6 +46,20 @@ class PayloadTooLarge(RampartError):
     code, status = "payload_too_large", 413
 
 
+class RequestTimeout(RampartError):
+    """The client did not send its whole request within the read deadline."""
+
+    code, status = "request_timeout", 408
+
+
+class DuplicateRequestId(RampartError):
+    """A request id this gateway replica has already answered: the decision log
+    keys rows by request id and outcomes join on it, so a second answer under
+    one id would make both ambiguous. A new request needs a new id."""
+
+    code, status = "duplicate_request_id", 409
+
+
 class UnsupportedMediaType(RampartError):
     code, status = "unsupported_media_type", 415
 
@@ -140,6 +154,13 @@ class RolloutConflict(RampartError):
 
 class ControlPlaneUnavailable(RampartError):
     code, status = "control_plane_unavailable", 503
+
+
+class ModelRegistryUnavailable(RampartError):
+    """MLflow did not answer: whether a version exists is unknown, so the
+    command changed nothing; send it again once the registry is back."""
+
+    code, status = "model_registry_unavailable", 503
 
 
 class StaleRollout(RolloutConflict):

@@ -37,6 +37,14 @@ MODEL_NAME_PATTERN = r"^[^/\\@\x00-\x1f\x7f]*[^/\\@\x00-\x1f\x7f.][^/\\@\x00-\x1
 MAX_MODEL_NAME_CHARS = 256
 VERSION_PATTERN = ID_PATTERN
 MAX_UNIT_ID_CHARS = 256
+# Characters no id or context value may hold: C0 and C1 controls (NUL, newline,
+# escape...), and the invisible ones that make a logged value read as another
+# (zero-width, line and paragraph separators, bidirectional overrides and
+# isolates such as RLO, the byte-order mark). The same class reads alike in
+# Python's ``re`` and in pydantic's regex engine.
+_HIDDEN = "\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff"
+UNIT_ID_PATTERN = f"^[^{_HIDDEN}]+$"
+HIDDEN_CHARACTER = re.compile(f"[{_HIDDEN}]")
 MAX_BODY_BYTES = 1 << 20
 
 FeatureValue = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # ints accepted, bools not
@@ -64,6 +72,10 @@ def bounded_context(value: Any) -> Any:
         if isinstance(item, str) and len(item) > MAX_CONTEXT_TEXT_CHARS:
             raise ValueError(f"{key[:64]} is {len(item)} characters; the limit is "
                              f"{MAX_CONTEXT_TEXT_CHARS}")
+        for text in (key, item):
+            if isinstance(text, str) and HIDDEN_CHARACTER.search(text):
+                raise ValueError(f"{key[:64]!r}: control and invisible characters "
+                                 "are not allowed")
     return value
 
 

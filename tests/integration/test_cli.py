@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from serving.cli.demo.traffic import Population, drive_traffic
+from serving.cli.process_guard import processes_marked
 from serving.routing.assignment import bucket
 from telemetry.decision_log import read_decisions
 from tests.ports import free_port
@@ -190,3 +192,100 @@ def _config_with(tmp_path: Path, tracking: Path) -> Path:
     path = tmp_path / "rampart.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def _haproxy_pids(instance: str) -> list[int]:
+    pids = []
+    for pid in processes_marked(instance):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "haproxy":
+                pids.append(pid)
+        except OSError:
+            continue
+    return pids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_restarted_gateway_ends_a_killed_ones_haproxy_and_is_ready_only_on_its_own(
+    config_file: Path, tmp_path: Path
+) -> None:
+    """SIGKILL a ``rampart serve``: its HAProxy lives on, answering on the port.
+    A new ``rampart serve`` on that port (another data directory, so nothing
+    but the orphan's own directory links them) ends it, and calls itself ready
+    only once the answers on the port come from its own replicas."""
+    from serving.cli.launch import wait_healthy
+
+    data = yaml.safe_load(config_file.read_text())
+    data["server"]["port"] = free_port()
+    url = f"http://127.0.0.1:{data['server']['port']}"
+    configs = []
+    for name in ("killed", "restarted"):
+        data["data_dir"] = str(tmp_path / name)
+        data["decision_log"] = {**data["decision_log"], "path": str(tmp_path / name / "log")}
+        configs.append(tmp_path / f"{name}.yaml")
+        configs[-1].write_text(yaml.safe_dump(data))
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
+    first = subprocess.Popen([RAMPART, "serve", "--config", str(configs[0])], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    second: subprocess.Popen[str] | None = None
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert first.poll() is None and time.monotonic() < deadline, "no first gateway"
+            try:
+                answer = httpx.get(f"{url}/healthz", timeout=1)
+                if answer.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        killed_id = answer.json()["instance_id"]
+        instance = json.loads((tmp_path / "killed" / "serve.json").read_text())["instance"]
+        orphans = _haproxy_pids(instance)
+        assert killed_id and orphans
+
+        # Killed hard, all of it but HAProxy (as the OOM killer or a `kill -9`
+        # of its processes would): nothing is left to stop HAProxy.
+        first.send_signal(signal.SIGKILL)
+        for pid in processes_marked(instance):
+            if pid not in orphans:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        first.wait()
+        time.sleep(1)
+        assert any(_running(pid) for pid in orphans)
+        httpx.get(f"{url}/healthz", timeout=5)  # answered (by the orphan), not refused
+
+        second = subprocess.Popen([RAMPART, "serve", "--config", str(configs[1])], cwd=ROOT,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, start_new_session=True)
+        assert second.stdout is not None
+        lines = []
+        for line in second.stdout:
+            lines.append(line)
+            if "rampart gateway serving on" in line:
+                break
+        else:
+            pytest.fail("".join(lines))
+        # Ready: the orphan is gone, and the port answers for this start only.
+        assert not [pid for pid in orphans if _running(pid)]
+        answer = httpx.get(f"{url}/healthz", timeout=5)
+        assert answer.status_code == 200
+        assert answer.json()["instance_id"] not in ("", killed_id)
+        with pytest.raises(TimeoutError):
+            wait_healthy(url, 2, instance_id=killed_id)  # the killed start's id: never ready
+        second.send_signal(signal.SIGTERM)
+        output, _ = second.communicate(timeout=120)
+        assert second.returncode == 0, output
+    finally:
+        for process in (first, second):
+            if process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)

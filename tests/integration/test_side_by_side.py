@@ -1,13 +1,18 @@
 """Two gateways on one host: two ``rampart serve`` processes, each with its own
 port, data directory, local Ray and HAProxy (whose stats and metrics ports and
 files would otherwise be fixed and shared), start, serve and stop side by side.
+Each HAProxy listens on loopback only (its stats and metrics too, which Ray
+binds to every interface) and keeps its admin socket to its owner (mode 600).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -44,6 +49,51 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _haproxy_configs(instance: str) -> dict[int, str]:
+    """The HAProxy processes of one ``rampart serve`` run, with their config files."""
+    found = {}
+    for pid in processes_marked(instance):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if Path(args[0]).name == "haproxy" and "-f" in args:
+            found[pid] = args[args.index("-f") + 1]
+    return found
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    """The TCP (address, port) pairs process ``pid`` listens on, from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            address, port = fields[1].split(":")
+            # The kernel prints each 32-bit word of the address in host order.
+            raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1]
+                           for i in range(0, len(address), 8))
+            found.add((str(ipaddress.ip_address(raw)), int(port, 16)))
+    return found
+
+
+def _admin_socket(config_file: str) -> str:
+    # The file on disk is Ray's latest rendering (hardened when HAProxy next
+    # starts); the socket's path is the same in both.
+    match = re.search(r"^\s*stats socket (\S+)", Path(config_file).read_text(), re.MULTILINE)
+    assert match
+    return match.group(1)
+
+
 def test_two_gateways_on_one_host_start_serve_and_stop_side_by_side(
     mlflow_store: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -63,6 +113,36 @@ def test_two_gateways_on_one_host_start_serve_and_stop_side_by_side(
             time.sleep(0.5)
         instances = [json.loads((config.parent / "serve.json").read_text())["instance"]
                      for config, _ in gateways]
+        ports_seen: list[tuple[int, int]] = []
+        for instance, (_, url) in zip(instances, gateways, strict=True):
+            haproxies = _haproxy_configs(instance)
+            assert haproxies, "no HAProxy found for a gateway"
+            listeners = {pid: _listening(pid) for pid in haproxies}
+            # One HAProxy serves; any other is a predecessor draining after a
+            # reload, its listeners closed.
+            assert [pid for pid, listening in listeners.items() if listening], listeners
+            for pid, config_file in haproxies.items():
+                listening = listeners[pid]
+                if not listening:
+                    continue
+                # Everything this HAProxy listens on is on loopback: the
+                # gateway's port, its stats and its metrics; nothing on any
+                # other interface.
+                assert {address for address, _ in listening} == {"127.0.0.1"}, listening
+                gateway_port = int(url.rsplit(":", 1)[1])
+                own = sorted(port for _, port in listening if port != gateway_port)
+                assert len(listening) == 3 and len(own) == 2, listening
+                answers = {port: httpx.get(f"http://127.0.0.1:{port}/stats;csv", timeout=5)
+                           for port in own}
+                [stats_port] = [p for p, a in answers.items() if "pxname" in a.text]
+                [metrics_port] = [p for p in own if p != stats_port]
+                assert "haproxy_" in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics",
+                                               timeout=5).text
+                assert stat.S_IMODE(os.stat(_admin_socket(config_file)).st_mode) == 0o600
+                ports_seen.append((stats_port, metrics_port))
+        # Each gateway's HAProxy has stats and metrics ports of its own.
+        assert len({port for pair in set(ports_seen) for port in pair}) == 2 * len(
+            set(ports_seen)) == 4
         sent = []
         for _, url in gateways:
             with httpx.Client(base_url=url, timeout=30) as client:

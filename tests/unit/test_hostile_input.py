@@ -224,7 +224,6 @@ def test_a_duplicate_key_takes_its_last_value(gateway: tuple[TestClient, Gateway
 
 
 LONG = "x" * 10_000
-CONTROL = "u\x00\x1b[31m\r\nforged"
 
 
 @pytest.mark.parametrize(("body", "needle"), [
@@ -255,16 +254,31 @@ def test_ten_thousand_character_or_unprintable_id_headers_are_a_422(
     refused(r, 422, needle)
 
 
-def test_a_unit_id_with_control_characters_is_answered(
-    gateway: tuple[TestClient, GatewayCore],
+@pytest.mark.parametrize("unit", ["user\x00", "user\nforged", "resu\u202e", "u\u200b"])
+def test_a_unit_id_with_control_or_invisible_characters_is_a_422_from_every_source(
+    gateway: tuple[TestClient, GatewayCore], unit: str,
 ) -> None:
-    """200: a unit id is opaque (hashed for the bucket, stored as a value, never
-    written into a line of text), so any 1-256 characters are one; a request id,
-    which goes into log lines and errors, is refused with them (test_gateway)."""
+    """A unit id is logged, exported hashed and shown by `rampart assign`: one
+    holding NUL, a newline or a bidirectional override would read as another
+    id (or forge a line) wherever it is displayed, so no source may carry one."""
     client, core = gateway
-    r = client.post("/v1/predict", json={"unit_id": CONTROL, "features": GOOD_FEATURES})
-    assert r.status_code == 200, r.text
-    assert r.json()["model_version"] == route(core.table, CONTROL, {}).model.version
+    body = client.post("/v1/predict", json={"unit_id": unit, "features": GOOD_FEATURES})
+    refused(body, 422, "unit_id")
+    context = client.post("/v1/predict", json={"unit_id": "u", "features": GOOD_FEATURES,
+                                               "context": {"session_id": unit}})
+    refused(context, 422, "control and invisible characters")
+    mlflow = {"dataframe_records": [GOOD_FEATURES]}
+    query = client.post("/invocations", params={"unit_id": unit}, headers=JSON_TYPE,
+                        json=mlflow)
+    refused(query, 422, "control or invisible characters")
+    if unit.isascii() and "\n" not in unit:  # what a header can carry at all
+        header = client.post("/invocations", json=mlflow,
+                             headers={**BODY_ROUTES["/invocations"], "x-rampart-unit": unit})
+        refused(header, 422, "control or invisible characters")
+    outcome = client.post("/v1/outcomes", headers=BODY_ROUTES["/v1/outcomes"],
+                          json=event(unit_id=unit))
+    refused(outcome, 422, "unit_id")
+    assert_still_serves(client, core)
 
 
 @pytest.mark.parametrize(("fields", "needle"), [

@@ -17,6 +17,7 @@ def test_telemetry_repeats_the_kernels_limits_exactly() -> None:
     # telemetry never imports serving, so it keeps its own copies of these.
     assert outcome_events.ID_PATTERN == ids.ID_PATTERN
     assert outcome_events.MAX_UNIT_ID_CHARS == ids.MAX_UNIT_ID_CHARS
+    assert outcome_events.UNIT_ID_PATTERN == ids.UNIT_ID_PATTERN
 
 
 def _all_errors() -> list[type[errors.RampartError]]:

@@ -50,7 +50,7 @@ from serving.kernel.errors import (
     UnitMissing,
     ValidationFailed,
 )
-from serving.kernel.ids import MAX_BODY_BYTES, MAX_UNIT_ID_CHARS, Context
+from serving.kernel.ids import HIDDEN_CHARACTER, MAX_BODY_BYTES, MAX_UNIT_ID_CHARS, Context
 
 __all__ = [
     "MAX_BATCH_ROWS",
@@ -175,6 +175,9 @@ def too_many_rows(count: int, request_id: str | None) -> PayloadTooLarge:
 
 def _unit_id(value: Any, where: str, request_id: str | None) -> str:
     if isinstance(value, str) and 1 <= len(value) <= MAX_UNIT_ID_CHARS:
+        if HIDDEN_CHARACTER.search(value):
+            raise ValidationFailed(f"{INVALID}\n  {where}: a unit id must not hold control "
+                                   "or invisible characters", request_id)
         return value
     got = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
     raise ValidationFailed(f"{INVALID}\n  {where}: a unit id must be a string of "
