@@ -66,6 +66,12 @@ class UnknownModelVersion(LookupError):
     """The registry has no such model, version or alias."""
 
 
+class RegistryUnavailable(ConnectionError):
+    """MLflow's tracking server did not answer, or answered that it is failing:
+    whether the version exists is unknown (unlike :class:`UnknownModelVersion`),
+    so a caller waits for it rather than refusing the version."""
+
+
 class UnknownOutput(ValueError):
     """``output`` names nothing the model version can answer with."""
 
@@ -78,6 +84,57 @@ class UnsupportedSignature(ValueError):
 class NotReplayable(ValueError):
     """A version replay cannot score: its inputs are not a float vector, or it
     answers no single number per row."""
+
+
+# MLflow's HTTP client retries a server that does not answer 7 times, with
+# exponential backoff and a 120 s timeout per try: one call to a stopped or
+# hung tracking server takes minutes. A process that must keep going (the
+# rollout controller, a replica) bounds it; an operator's own settings win.
+BOUNDED_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# Answers of an MLflow server that was reached and has no such model,
+# version or alias: anything else over HTTP says nothing about the version.
+_NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE",
+                              "NOT_FOUND"})
+
+
+def bound_http_retries() -> None:
+    """Bound how long this process's MLflow client waits for a tracking server
+    (see :data:`BOUNDED_HTTP_ENV`); settings already in the environment stay."""
+    import os
+
+    for key, value in BOUNDED_HTTP_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def is_http_uri(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
+    """:class:`RegistryUnavailable` unless the MLflow tracking server at an
+    ``http(s)`` URI answers within ``timeout_s``: a refused connection, a
+    timeout (a hung server) or a 5xx. Any other answer (its ``/health`` says
+    OK; a proxy in front asking for credentials) is a server that is there.
+    Other URIs (a SQLite file, a local directory) are not servers: nothing to check.
+
+    Asked before MLflow's own client, whose retries would wait for minutes
+    (see :data:`BOUNDED_HTTP_ENV`)."""
+    if not is_http_uri(uri):
+        return
+    import httpx
+
+    url = f"{uri.rstrip('/')}/health"
+    try:
+        response = httpx.get(url, timeout=timeout_s)
+    except httpx.TimeoutException:
+        raise RegistryUnavailable(f"the MLflow tracking server at {uri} did not answer "
+                                  f"within {timeout_s:g} s") from None
+    except httpx.HTTPError as exc:
+        raise RegistryUnavailable(f"no MLflow tracking server answers at {uri} "
+                                  f"({exc or type(exc).__name__})") from None
+    if response.status_code >= 500:
+        raise RegistryUnavailable(f"the MLflow tracking server at {uri} is failing "
+                                  f"(HTTP {response.status_code} from /health)")
 
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
@@ -689,11 +746,22 @@ class MlflowRegistry:
             else:
                 mv = self.client.get_model_version_by_alias(name, version_or_alias)
         except MlflowException as exc:
+            if is_http_uri(self.registry_uri) and exc.error_code not in _NOT_FOUND_CODES:
+                # Refused, timed out or failing: the server never said "no such version".
+                raise RegistryUnavailable(
+                    f"cannot reach the MLflow tracking server at {self.registry_uri}: "
+                    f"{_first_line(str(exc))}") from exc
             raise UnknownModelVersion(
                 f"MLflow has no version or alias {version_or_alias!r} of model {name!r} "
                 f"({self.registry_uri})"
             ) from exc
         return str(mv.version)
+
+    def check_reachable(self, timeout_s: float = 3.0) -> None:
+        """:class:`RegistryUnavailable` unless the tracking and registry servers
+        answer within ``timeout_s`` (see :func:`check_reachable`)."""
+        for uri in dict.fromkeys((self.registry_uri, self.tracking_uri)):
+            check_reachable(uri, timeout_s)
 
     def resolve_uri(self, model_uri: str) -> tuple[str, str]:
         """``(name, concrete version)`` of ``models:/NAME/VERSION`` or
@@ -800,6 +868,11 @@ class MlflowRegistry:
             return SklearnScorer(name, version, schema.names, estimator, schema, output,
                                  predict_fn)
         return PyfuncScorer(name, version, mlflow.pyfunc.load_model(uri), schema, output)
+
+
+def _first_line(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0][:300] if text else "no detail"
 
 
 def _predict_fn(flavors: Mapping[str, Any]) -> str:

@@ -92,8 +92,11 @@ def _alive_nodes() -> int:
 class ControllerActor:
     def __init__(self, config: RampartConfig, store_url: str, tracking_uri: str,
                  metrics_dir: str, scrape_targets_file: str | None = None) -> None:
-        from models.registry import MlflowRegistry
+        from models.registry import MlflowRegistry, bound_http_retries
 
+        # This process is the controller's alone: a stopped or hung MLflow must
+        # cost a tick seconds, not the minutes MLflow's client retries by default.
+        bound_http_retries()
         builtin = BuiltinMetricsSource(Path(metrics_dir))
 
         def metrics_for(plan: RolloutPlan) -> MetricsSource:
@@ -103,8 +106,9 @@ class ControllerActor:
             return builtin if refusal is None else _RefusingSource(refusal)
 
         self.digest = config_digest(config, store_url, tracking_uri)
-        self.service = RolloutService(config, RolloutStore(store_url),
-                                      MlflowRegistry(tracking_uri), metrics_for)
+        registry = MlflowRegistry(tracking_uri)
+        self.service = RolloutService(config, RolloutStore(store_url), registry, metrics_for,
+                                      registry_check=registry.check_reachable)
         self._targets_file = Path(scrape_targets_file) if scrape_targets_file else None
         self.targets = ScrapeTargets(REPLICA_TTL_S)
         self._stop = threading.Event()

@@ -13,6 +13,15 @@ lock of the service, so no rollout step delays a replica. The tick fetches
 metrics outside the service lock, so a slow or hung Prometheus delays no
 operator command, Alertmanager webhook or status read.
 
+MLflow being unreachable stops no traffic: replicas keep serving what they
+loaded. Before a rollout steps, the tick checks (outside the lock, as it
+fetches metrics) that MLflow answers and resolves every version the next
+routing table names; otherwise the rollout holds and says why, and no table
+naming a version replicas cannot load is published, no alias moved. A
+rollout created while MLflow is away is stored holding, and starts once its
+versions resolve. A table published meanwhile (an operator's abort) reuses
+the versions its aliases last resolved to, which replicas already serve.
+
 Every step runs inside the store's hold on the rollout's row
 (:meth:`RolloutStore.transition`): when two controllers share one database,
 the one that loses a race for a step learns it before it has published or
@@ -38,6 +47,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from models.registry import RegistryUnavailable
 from rollout.core.controller import (
     Audit,
     AuditRecord,
@@ -65,6 +75,7 @@ from serving.kernel.commands import (
 from serving.kernel.config import ModelSpec, RampartConfig, ShadowSpec
 from serving.kernel.errors import (
     InvalidRollout,
+    ModelRegistryUnavailable,
     RolloutConflict,
     RolloutNotFound,
     StaleRollout,
@@ -79,6 +90,16 @@ CHAMPION_ALIAS = "champion"
 # An operator command or alert that loses a race to another controller is
 # tried again on the reloaded rollout, this many times in all.
 COMMAND_ATTEMPTS = 3
+# For this long after MLflow was found unreachable, a table takes the versions
+# last resolved without asking it again: under the lock, a hung MLflow would
+# otherwise hold every command for its client's timeouts.
+REGISTRY_RETRY_S = 10.0
+
+
+def registry_hold(exc: BaseException) -> str:
+    """The hold reason of a rollout waiting for MLflow."""
+    return (f"holding: MLflow unreachable ({exc}); no routing table naming a new version is "
+            "published until MLflow answers")
 
 
 class WritableRegistry(Protocol):
@@ -112,6 +133,9 @@ class RolloutService:
     notifier: Notifier | None = field(default_factory=Notifier)
     # Asks a plan's confirm hook; bounded by a short timeout, called outside _lock.
     confirm: Callable[[str, Mapping[str, Any]], ConfirmAnswer] = post_confirm
+    # Raises RegistryUnavailable unless MLflow answers, within a short bound
+    # (MLflow's own client would retry for minutes); called outside _lock.
+    registry_check: Callable[[], None] | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _states: dict[str, RolloutState] = field(default_factory=dict)
     _runtime: dict[str, _Runtime] = field(default_factory=dict)
@@ -123,6 +147,11 @@ class RolloutService:
     _alias_pending: set[str] = field(default_factory=set)
     # The store revision each in-memory state was read or written at.
     _revisions: dict[str, int] = field(default_factory=dict)
+    # (model, version or alias) -> version, as MLflow last answered: what a
+    # table published while MLflow is unreachable routes by.
+    _resolved: dict[tuple[str, str], str] = field(default_factory=dict)
+    # When MLflow was last found unreachable (None: it answered since).
+    _registry_away_at: float | None = None
 
     def __post_init__(self) -> None:
         # A restarted controller resumes every rollout where the store left it.
@@ -175,6 +204,9 @@ class RolloutService:
                 self.registry.resolve(shadow.model, shadow.version)
             except LookupError as exc:
                 raise InvalidRollout(str(exc)) from None
+            except RegistryUnavailable as exc:
+                raise ModelRegistryUnavailable(
+                    f"shadow {shadow.model}/{shadow.version} not attached: {exc}") from None
             key = (shadow.model, shadow.version)
             before = dict(self._shadows)
             if enabled:
@@ -193,7 +225,7 @@ class RolloutService:
         """Build and publish the next routing table; return the experiments
         whose arms newly all serve one version (see :meth:`RoutingTable.shared_versions`)."""
         version = self.store.next_counter("routing_version")
-        table = build_routing_table(self._compose_config(), self.registry.resolve, version,
+        table = build_routing_table(self._compose_config(), self._resolve, version,
                                     self._rollout_routes())
         before = set(self._snapshot.table.shared_versions()) if self._snapshot else set()
         gauges = tuple(
@@ -205,6 +237,51 @@ class RolloutService:
         for line in collapsed:
             log.warning("routing version %d: %s", version, line)
         return collapsed
+
+    def _resolve(self, name: str, version_or_alias: str) -> str:
+        """The registry's answer; while MLflow is unreachable, its last answer
+        (a version replicas already loaded), so an abort still routes."""
+        key = (name, version_or_alias)
+        away = self._registry_away_at
+        if away is not None and self.clock() - away < REGISTRY_RETRY_S and key in self._resolved:
+            return self._resolved[key]
+        try:
+            version = self.registry.resolve(name, version_or_alias)
+        except RegistryUnavailable as exc:
+            self._registry_away_at = self.clock()
+            if key not in self._resolved:
+                raise
+            log.warning("MLflow unreachable (%s); %s %s routes to version %s, as last resolved",
+                        exc, name, version_or_alias, self._resolved[key])
+            return self._resolved[key]
+        self._resolved[key] = version
+        return version
+
+    def _table_versions(self, state: RolloutState) -> list[tuple[str, str]]:
+        """Every (model, version or alias) the next routing table names with
+        ``state`` routing: the served models and shadows, and its two versions."""
+        refs = {(m.name, v) for m in self._compose_config().models for v in m.versions}
+        refs.update((state.plan.model_name, v)
+                    for v in (state.plan.baseline_version, state.plan.candidate_version))
+        return sorted(refs)
+
+    def _registry_problem(self, refs: list[tuple[str, str]]) -> str:
+        """Why a table naming ``refs`` must not be published now ("" if it may):
+        MLflow does not answer, or has no such version. Called outside _lock."""
+        try:
+            if self.registry_check is not None:
+                self.registry_check()
+            for name, version_or_alias in refs:
+                self._resolved[(name, version_or_alias)] = self.registry.resolve(
+                    name, version_or_alias)
+        except RegistryUnavailable as exc:
+            self._registry_away_at = self.clock()
+            return registry_hold(exc)
+        except LookupError as exc:
+            self._registry_away_at = None
+            return f"holding: {exc}"
+        self._registry_away_at = None
+        return ""
 
     def snapshot(self, known_version: int = -1) -> RoutingSnapshot | None:
         """The routing snapshot if newer than ``known_version``, else None.
@@ -229,6 +306,14 @@ class RolloutService:
     # ------------------------------------------------------------------ entry points
 
     def create(self, plan: RolloutPlan) -> RolloutState:
+        unreachable = ""
+        if self.registry_check is not None:
+            try:  # bounded, and before the lock: MLflow being away delays no one else
+                self.registry_check()
+                self._registry_away_at = None
+            except RegistryUnavailable as exc:
+                unreachable = registry_hold(exc)
+                self._registry_away_at = self.clock()
         with self._lock:
             rollout_id = plan.id or f"ro-{uuid.uuid4().hex[:10]}"
             if rollout_id in self._states:
@@ -238,17 +323,29 @@ class RolloutService:
                     raise RolloutConflict(
                         f"rollout {other.id!r} of {plan.model_name} is still {other.phase.value};"
                         " finish or abort it first")
-            for version in (plan.baseline_version, plan.candidate_version):
-                try:
-                    self.registry.resolve(plan.model_name, version)
-                except LookupError as exc:
-                    raise InvalidRollout(str(exc)) from None
             if not plan.candidate_version.isdigit() or not plan.baseline_version.isdigit():
                 raise InvalidRollout("baseline_version and candidate_version must be version "
                                      "numbers, not aliases: a rollout pins what it compares")
+            for version in (plan.baseline_version, plan.candidate_version):
+                if unreachable:
+                    break
+                try:
+                    self._resolve(plan.model_name, version)
+                except RegistryUnavailable as exc:
+                    unreachable = registry_hold(exc)
+                except LookupError as exc:
+                    raise InvalidRollout(str(exc)) from None
             now = self.clock()
             state = new_rollout(rollout_id, plan, now)
             gated = plan.confirm.before_start is not None
+            if unreachable:
+                # Its versions cannot be checked, nor loaded by replicas: stored
+                # pending and unpublished; the tick starts it once they resolve.
+                state = state.model_copy(update={"hold_reason": unreachable})
+                self._revisions[rollout_id] = self.store.add(state)
+                self._states[rollout_id] = state
+                self._runtime[rollout_id] = _Runtime(next_check_at=now)
+                return state
             if gated:
                 # The hook is asked by the next tick, outside the lock, not here
                 # under it: the rollout is stored pending until the hook agrees.
@@ -354,6 +451,7 @@ class RolloutService:
         """
         now = self.clock()
         due: list[tuple[RolloutState, _Runtime]] = []
+        refs: dict[str, list[tuple[str, str]]] = {}
         with self._lock:
             for state in self._states.values():
                 if state.terminal or state.phase == Phase.PAUSED:
@@ -363,7 +461,16 @@ class RolloutService:
                     continue
                 runtime.next_check_at = now + state.plan.interval_s
                 due.append((state, runtime))
+                refs[state.id] = self._table_versions(state)
         for state, runtime in due:
+            problem = self._registry_problem(refs[state.id])
+            if problem:
+                # Not stepped: no weight moves, no alias; the traffic of this
+                # window is judged with the next one, once MLflow answers.
+                with self._lock:
+                    if not self._changed_since(state, runtime, None):
+                        self._hold(state, problem, now)
+                continue
             source = self.metrics_for(state.plan)
             current: Snapshot | None = None
             try:

@@ -27,6 +27,30 @@ class CliError(Exception):
     """A user mistake: printed as one message, exit code 2."""
 
 
+class StoreUnreachable(CliError):
+    """The MLflow tracking server does not answer: no hint about seeding
+    models applies."""
+
+
+# How long a command waits for an MLflow tracking server to answer before
+# saying it is unreachable (MLflow's own client would retry for minutes).
+STORE_PROBE_TIMEOUT_S = 5.0
+
+
+def check_tracking_store(uri: str) -> None:
+    """A :class:`StoreUnreachable` naming ``uri`` when it is an MLflow tracking
+    server that does not answer within :data:`STORE_PROBE_TIMEOUT_S`; and, in
+    this process, MLflow's client bounded for the rest of the command (a
+    server that goes away after the check costs seconds, not minutes)."""
+    from models.registry import RegistryUnavailable, bound_http_retries, check_reachable
+
+    bound_http_retries()
+    try:
+        check_reachable(uri, STORE_PROBE_TIMEOUT_S)
+    except RegistryUnavailable as exc:
+        raise StoreUnreachable(str(exc)) from None
+
+
 def project_error(exc: BaseException) -> RampartError | None:
     """``exc`` as one of the project's errors, which the CLI prints on one line
     with exit code 2; None for anything else (a bug, shown with its traceback).
@@ -115,6 +139,7 @@ def registry_for(config: Any) -> Any:
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.is_file():
             raise CliError(f"no MLflow store at {path}")
+    check_tracking_store(uri)
     return MlflowRegistry(uri)
 
 
@@ -124,11 +149,13 @@ def routing_table(config: Any, hint: str = SEED_DEMO_HINT) -> Any:
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
-    from models.registry import UnknownModelVersion
+    from models.registry import RegistryUnavailable, UnknownModelVersion
     from serving.routing.router import build_routing_table
 
     try:
         registry = registry_for(config)
+    except StoreUnreachable:
+        raise
     except CliError as exc:
         raise CliError(f"{exc}. {hint}" if hint else str(exc)) from None
     except (MlflowException, SQLAlchemyError) as exc:
@@ -136,6 +163,9 @@ def routing_table(config: Any, hint: str = SEED_DEMO_HINT) -> Any:
                        f"{_first_line(exc)}") from None
     try:
         return build_routing_table(config, registry.resolve)
+    except RegistryUnavailable as exc:  # it answered the check, then went away
+        raise StoreUnreachable(f"cannot read the MLflow store {registry.registry_uri}: "
+                               f"{exc}") from None
     except UnknownModelVersion as exc:
         if _unreadable(exc.__cause__):
             raise CliError(f"cannot read the MLflow store {registry.registry_uri}: "

@@ -21,6 +21,7 @@ from serving.cli.common import (
     DEFAULT_CONFIG,
     SEED_DEMO_HINT,
     CliError,
+    check_tracking_store,
     load_config_or_exit,
     load_plan_or_exit,
     model_config,
@@ -308,16 +309,20 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
 
 
 def _parity_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
+    from models.registry import RegistryUnavailable
     from telemetry.parity_report import ParityInputError, load_offline_model
 
     config = load_config_or_exit(args.config)
     model = None
     if getattr(args, "model", None):
+        tracking_uri = args.tracking_uri or config.resolved_tracking_uri()
+        check_tracking_store(tracking_uri)
         try:
-            model = load_offline_model(args.model, args.tracking_uri
-                                       or config.resolved_tracking_uri())
+            model = load_offline_model(args.model, tracking_uri)
         except ParityInputError as exc:
             raise CliError(str(exc)) from None
+        except RegistryUnavailable as exc:  # it answered the check, then went away
+            raise CliError(f"cannot read the MLflow store {tracking_uri}: {exc}") from None
     return config, model
 
 

@@ -7,6 +7,12 @@ reference swap) and calls again with the version it now serves. That next
 call is also the replica's acknowledgement: the control plane measures
 propagation from it.
 
+A snapshot the replica cannot apply (a new version that does not load: MLflow
+unreachable, say) changes nothing: the replica keeps serving the table it
+has, says so in its log and in :attr:`SnapshotFollower.apply_error`, and tries
+again, less often the longer it fails, until the snapshot applies or a newer
+one replaces it. Nothing that fails here ends the loop.
+
 The gateway declares only the :class:`SnapshotSource` protocol; the
 composition root passes in whatever implements it (on Ray, the controller
 actor's handle behind a small adapter), so the request path never imports the
@@ -40,13 +46,18 @@ class SnapshotFollower:
 
     def __init__(self, source: SnapshotSource, apply: Callable[[RoutingSnapshot], None],
                  known_version: int, replica: str, timeout_s: float = 30.0,
-                 retry_s: float = 1.0) -> None:
+                 retry_s: float = 1.0, max_retry_s: float = 8.0) -> None:
         self.source = source
         self.apply = apply
         self.version = known_version
         self.replica = replica
         self.timeout_s = timeout_s
         self.retry_s = retry_s
+        self.max_retry_s = max(retry_s, max_retry_s)
+        # Why the newest snapshot is not applied ("" once one applies), and
+        # how many tries in a row have failed.
+        self.apply_error = ""
+        self.apply_failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="routing-follower", daemon=True)
 
@@ -75,9 +86,27 @@ class SnapshotFollower:
                 continue
             try:
                 self.apply(snapshot)
-            except Exception:
-                log.exception("cannot apply routing version %d; serving version %d",
-                              snapshot.version, self.version)
-                self._stop.wait(self.retry_s)
+            except Exception as exc:
+                self._failed(snapshot, exc)
                 continue
+            if self.apply_failures:
+                log.warning("routing version %d applied after %d failed tries",
+                            snapshot.version, self.apply_failures)
+            self.apply_error = ""
+            self.apply_failures = 0
             self.version = snapshot.version
+
+    def _failed(self, snapshot: RoutingSnapshot, exc: Exception) -> None:
+        """Keep serving the current table; report, then wait before the next try."""
+        error = f"routing version {snapshot.version}: {type(exc).__name__}: {exc}"
+        if error != self.apply_error:
+            # The traceback once per distinct failure; a retry that fails the
+            # same way is one line, not a traceback a second.
+            log.error("cannot apply %s; serving version %d", error, self.version,
+                      exc_info=exc)
+        else:
+            log.warning("still cannot apply routing version %d (try %d); serving version %d",
+                        snapshot.version, self.apply_failures + 1, self.version)
+        self.apply_error = error
+        self.apply_failures += 1
+        self._stop.wait(min(self.max_retry_s, self.retry_s * 2 ** (self.apply_failures - 1)))

@@ -189,3 +189,38 @@ def test_skops_trusts_every_type_a_fitted_tree_model_holds() -> None:
     model.fit(pd.DataFrame(x, columns=list(FEATURE_NAMES)), y)
     needed = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     assert needed and set(needed) <= set(TREE_TRUSTED_TYPES)
+
+
+@pytest.fixture
+def bounded_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's client bounded as the commands bound it, restored after the test."""
+    from models.registry import BOUNDED_HTTP_ENV
+
+    for key, value in BOUNDED_HTTP_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_an_mlflow_server_that_is_not_there_is_one_line_naming_it(
+        elsewhere: Path, bounded_mlflow: None) -> None:
+    from tests.ports import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    config = load_config_or_exit(DEFAULT_CONFIG).model_copy(update={"tracking_uri": uri})
+    with pytest.raises(common.StoreUnreachable) as caught:
+        common.routing_table(config)
+    message = str(caught.value)
+    assert uri in message and "no MLflow tracking server answers" in message
+    assert "seed-demo" not in message and "\n" not in message
+
+
+def test_registry_tells_an_unreachable_server_from_a_missing_version(
+        bounded_mlflow: None) -> None:
+    from models.registry import MlflowRegistry, RegistryUnavailable, UnknownModelVersion
+    from tests.ports import free_port
+
+    registry = MlflowRegistry(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(RegistryUnavailable, match="cannot reach the MLflow tracking server"):
+        registry.resolve("m", "1")
+    with pytest.raises(RegistryUnavailable, match="no MLflow tracking server answers"):
+        registry.check_reachable(timeout_s=1.0)
+    assert not issubclass(RegistryUnavailable, UnknownModelVersion)

@@ -81,3 +81,21 @@ def test_unreadable_and_non_mapping_files_give_clear_errors(tmp_path: Path) -> N
     broken.write_text("models: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(broken)
+
+
+def test_replica_count_is_left_to_the_deployment_unless_given() -> None:
+    import os
+
+    from serving.gateway.ray_app import DEFAULT_REPLICAS, default_replicas, deployment_options
+
+    base = {"models": [{"name": "m", "versions": ["1"]}],
+            "default": {"model": "m", "version": "1"}}
+    config = parse_config(base)
+    assert config.server.num_replicas is None  # the same config on every machine
+    expected = max(1, min(DEFAULT_REPLICAS, os.cpu_count() or 1))
+    assert DEFAULT_REPLICAS == 2 and default_replicas() == expected
+    assert deployment_options(config) == {"num_replicas": expected}
+    assert deployment_options(config, 1) == {"num_replicas": 1}  # rampart serve --replicas 1
+    pinned = parse_config({**base, "server": {"num_replicas": 1}})
+    assert deployment_options(pinned) == {"num_replicas": 1}
+    assert deployment_options(pinned, 3) == {"num_replicas": 3}

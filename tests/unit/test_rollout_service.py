@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from models.registry import RegistryUnavailable
 from rollout.commands import LocalControlPlane, execute
 from rollout.core.controller import Phase
 from rollout.core.guardrails import ArmWindow
@@ -335,3 +336,129 @@ def test_routing_salts_and_buckets_are_for_the_admin_only() -> None:
         [a["weight_bp"] for a in e["arms"]] for e in full["experiments"]]
     assert all(e["salt"] and all(a["buckets"] for a in e["arms"] if a["weight_bp"])
                for e in full["experiments"])
+
+
+# --------------------------------------------------------------- MLflow unreachable
+
+
+class FlakyRegistry(WritableRegistry):
+    """The in-memory registry with a version 3 of ``clf`` and an MLflow that
+    the test stops and starts: while down, every call is RegistryUnavailable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scorers["3"] = self.scorers["2"]
+        self.down = False
+        self.checks = 0
+
+    def check(self) -> None:
+        self.checks += 1
+        if self.down:
+            raise RegistryUnavailable("no MLflow tracking server answers at http://mlflow")
+
+    def resolve(self, name: str, version_or_alias: str) -> str:
+        self.check()
+        return super().resolve(name, version_or_alias)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.check()
+        super().set_alias(name, alias, version)
+
+
+PLAN_TO_3 = {**PLAN, "baseline_version": "1", "candidate_version": "3"}
+
+
+def flaky_service(tmp_path: Path, counts: Counts, clock: Clock, registry: FlakyRegistry
+                  ) -> RolloutService:
+    return RolloutService(make_config(experiments=[]), RolloutStore(
+        f"sqlite:///{tmp_path / 'rollouts.db'}"), registry, lambda plan: counts, clock,
+        registry_check=registry.check)
+
+
+def served_versions(service: RolloutService) -> set[str]:
+    return {ref.version for ref in service.snapshot().table.model_refs()}
+
+
+def test_mlflow_down_holds_a_running_rollout_and_publishes_nothing(tmp_path: Path) -> None:
+    counts, clock, registry = Counts(), Clock(), FlakyRegistry()
+    service = flaky_service(tmp_path, counts, clock, registry)
+    service.create(parse_plan(PLAN_TO_3))
+    assert service.get("ro-1").weight_bp == 100
+    registry.down = True
+    version = service.snapshot().version
+    for _ in range(12):  # healthy traffic: it would have promoted by now
+        tick(service, counts, clock)
+    state = service.get("ro-1")
+    assert (state.phase, state.step_index, state.weight_bp) == (Phase.PROGRESSING, 0, 100)
+    assert "MLflow unreachable" in state.hold_reason
+    assert "http://mlflow" in service.describe("ro-1").hold_reason
+    assert service.snapshot().version == version  # no table published while held
+    assert registry.aliases["champion"] == "1"
+
+    registry.down = False
+    for _ in range(12):
+        tick(service, counts, clock)
+    state = service.get("ro-1")
+    assert state.phase == Phase.PROMOTED and registry.aliases["champion"] == "3"
+
+
+def test_rollout_created_while_mlflow_is_down_holds_unpublished_then_starts(
+        tmp_path: Path) -> None:
+    counts, clock, registry = Counts(), Clock(), FlakyRegistry()
+    service = flaky_service(tmp_path, counts, clock, registry)
+    registry.down = True
+    state = service.create(parse_plan(PLAN_TO_3))
+    assert state.phase == Phase.PENDING and state.weight_bp == 0
+    assert "MLflow unreachable" in state.hold_reason
+    for _ in range(3):
+        tick(service, counts, clock)
+    # Replicas could not load version 3: no table names it.
+    assert "3" not in served_versions(service)
+    assert service.get("ro-1").phase == Phase.PENDING
+
+    registry.down = False
+    tick(service, counts, clock)
+    state = service.get("ro-1")
+    assert (state.phase, state.weight_bp, state.hold_reason) == (Phase.PROGRESSING, 100, "")
+    assert "3" in served_versions(service)
+
+
+def test_abort_while_mlflow_is_down_routes_by_the_versions_last_resolved(
+        tmp_path: Path) -> None:
+    counts, clock, registry = Counts(), Clock(), FlakyRegistry()
+    service = flaky_service(tmp_path, counts, clock, registry)
+    service.create(parse_plan(PLAN_TO_3))
+    registry.down = True
+    state = service.command("ro-1", "abort", "MLflow is down")
+    assert state.phase == Phase.ABORTED
+    assert service.snapshot().table.rollouts == ()
+    assert served_versions(service) == {"1"}  # the champion, as MLflow last said
+
+
+def test_a_version_mlflow_no_longer_has_holds_the_rollout(tmp_path: Path) -> None:
+    counts, clock, registry = Counts(), Clock(), FlakyRegistry()
+    service = flaky_service(tmp_path, counts, clock, registry)
+    service.create(parse_plan(PLAN_TO_3))
+    del registry.scorers["3"]  # deleted from MLflow under the rollout
+    for _ in range(3):
+        tick(service, counts, clock)
+    state = service.get("ro-1")
+    assert state.step_index == 0 and state.hold_reason == "holding: clf/3"
+
+
+def test_a_shadow_set_while_mlflow_is_down_is_a_503_and_attaches_nothing(
+        tmp_path: Path) -> None:
+    from serving.kernel.config import ShadowSpec
+    from serving.kernel.errors import ModelRegistryUnavailable
+
+    counts, clock, registry = Counts(), Clock(), FlakyRegistry()
+    service = flaky_service(tmp_path, counts, clock, registry)
+    version = service.snapshot().version
+    registry.down = True
+    with pytest.raises(ModelRegistryUnavailable) as refused:
+        service.set_shadow(ShadowSpec(model="clf", version="3"))
+    assert refused.value.status == 503 and "http://mlflow" in refused.value.message
+    assert service.snapshot().version == version
+    registry.down = False
+    assert "3" in {ref.version for ref in service.set_shadow(
+        ShadowSpec(model="clf", version="3")).table.model_refs()}

@@ -156,3 +156,46 @@ def test_every_replica_serves_a_change_and_says_so(
     assert all(core.table.shadows for core in cores)
     status = service.routing_status()
     assert {r.serving_version for r in status.replicas} == {version}
+
+
+class ScriptedSource:
+    """Hands out one newer snapshot for ever (as the board does until it is
+    applied), then, once told, a newer one still."""
+
+    def __init__(self) -> None:
+        self.snapshot = _snapshot(2)
+
+    def wait_for_snapshot(self, known_version: int, timeout_s: float, replica: str
+                          ) -> RoutingSnapshot | None:
+        if self.snapshot.version > known_version:
+            return self.snapshot
+        time.sleep(0.01)
+        return None
+
+
+def test_a_snapshot_that_cannot_be_loaded_leaves_the_replica_serving_and_following() -> None:
+    source = ScriptedSource()
+    applied: list[int] = []
+    tries: list[int] = []
+    loadable = threading.Event()
+
+    def apply(snapshot: RoutingSnapshot) -> None:
+        tries.append(snapshot.version)
+        if not loadable.is_set():
+            raise ConnectionError("MLflow unreachable")
+        applied.append(snapshot.version)
+
+    follower = SnapshotFollower(source, apply, 1, "replica-a", timeout_s=0.1,
+                                retry_s=0.01, max_retry_s=0.05).start()
+    try:
+        _until(lambda: follower.apply_failures >= 3)
+        assert follower.version == 1 and applied == []  # still serving version 1
+        assert follower.apply_error == "routing version 2: ConnectionError: MLflow unreachable"
+        loadable.set()  # MLflow is back
+        _until(lambda: follower.version == 2)
+        assert (follower.apply_error, follower.apply_failures) == ("", 0)
+        source.snapshot = _snapshot(3)  # and the replica goes on following
+        _until(lambda: follower.version == 3)
+        assert applied == [2, 3]
+    finally:
+        follower.stop(timeout_s=1.0)
