@@ -750,6 +750,10 @@ def build_app(
     scoring_errors: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorResponse, "description": "Body is not JSON, or names no unit"},
         404: {"model": ErrorResponse, "description": "No such model (named paths)"},
+        408: {"model": ErrorResponse,
+              "description": "The body did not arrive within server.request_read_timeout_s"},
+        409: {"model": ErrorResponse,
+              "description": "The request id was already answered by this replica"},
         415: {"model": ErrorResponse,
               "description": "Content-Type is not JSON (/v1/predict), or not one MLflow takes"},
         413: {"model": ErrorResponse, "description": "Body over 1 MiB or too many rows"},

@@ -408,3 +408,37 @@ def test_no_such_route_or_method_answers_the_one_error_shape(
     assert method in error["message"]
     if status == 405:
         assert r.headers["allow"]
+
+
+def test_a_request_id_answered_once_is_a_409_when_sent_again(
+    gateway: tuple[TestClient, GatewayCore],
+) -> None:
+    """Rows are keyed by request id and outcomes join on it: a second answer
+    under one id would make both ambiguous. A refused request takes no id."""
+    client, core = gateway
+    refused(client.post("/v1/predict", json={"unit_id": "u", "request_id": "r-1",
+                                             "features": {"f0": "not a number"}}), 422, "f0")
+    first = client.post("/v1/predict", json={"unit_id": "u", "request_id": "r-1",
+                                             "features": GOOD_FEATURES})
+    assert first.status_code == 200, first.text
+    again = client.post("/v1/predict", json={"unit_id": "u2", "request_id": "r-1",
+                                             "features": GOOD_FEATURES})
+    refused(again, 409, "request id 'r-1' was already answered")
+    assert again.json()["error"]["code"] == "duplicate_request_id"
+    header = client.post("/invocations", json={"dataframe_records": [GOOD_FEATURES]},
+                         headers={**BODY_ROUTES["/invocations"], "x-request-id": "r-2"})
+    assert header.status_code == 200, header.text
+    refused(client.post("/invocations", json={"dataframe_records": [GOOD_FEATURES]},
+                        headers={**BODY_ROUTES["/invocations"], "x-request-id": "r-2"}),
+            409, "r-2")
+    assert_still_serves(client, core)
+
+
+def test_the_answered_ids_kept_are_bounded_and_the_oldest_forgotten() -> None:
+    from serving.gateway.recent_ids import RecentRequestIds
+
+    recent = RecentRequestIds(capacity=3)
+    recent.remember(["a", "b", None, "c", "d"])
+    assert len(recent) == 3
+    assert recent.first_seen(["a"]) is None  # forgotten: the oldest went first
+    assert recent.first_seen([None, "x", "c"]) == "c"
