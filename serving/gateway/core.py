@@ -635,6 +635,11 @@ class ReadDeadline:
     and its slot (a replica's ``max_ongoing_requests``) are freed at once.
     Once the body is complete, ``receive`` is passed through untimed: a
     server waits on it for the client's disconnect, however long that takes.
+
+    No timer per request: almost every body is in by the first ``receive``,
+    and a timer armed and cancelled for each cost more than the rest of this
+    middleware. One sweeper task, a few times per deadline, cancels the reads
+    that are past theirs; a read that starts past its deadline fails at once.
     """
 
     def __init__(self, app: ASGIApp, timeout_s: float, on_timeout: Callable[[], None]
@@ -642,28 +647,58 @@ class ReadDeadline:
         self.app = app
         self.timeout_s = timeout_s
         self.on_timeout = on_timeout
+        # Tasks waiting in ``receive`` for more of their body -> their deadline.
+        self._waiting: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sweep_every_s = min(0.5, timeout_s / 4) if timeout_s > 0 else 0.0
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._sweep_every_s)
+            now = loop.time()
+            for task, deadline in list(self._waiting.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
+
+    def _timeout(self) -> RequestTimeout:
+        self.on_timeout()
+        return RequestTimeout(f"the request body did not arrive within {self.timeout_s:g} s")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.timeout_s <= 0:
             await self.app(scope, receive, send)
             return
         loop = asyncio.get_running_loop()
+        if self._sweeper is None or self._sweeper.get_loop() is not loop:
+            self._sweeper = loop.create_task(self._sweep())
+        task = asyncio.current_task()
         deadline = loop.time() + self.timeout_s
+        waiting, expired = self._waiting, self._expired
         body_done = False
         timed_out = False
 
         async def timed_receive() -> Message:
             nonlocal body_done, timed_out
-            if body_done:
+            if body_done or task is None:
                 return await receive()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
+            if loop.time() >= deadline:
                 timed_out = True
-                self.on_timeout()
-                raise RequestTimeout(
-                    f"the request body did not arrive within {self.timeout_s:g} s") from None
+                raise self._timeout()
+            waiting[task] = deadline
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                if task not in expired:
+                    raise  # cancelled by someone else: not ours to answer
+                expired.discard(task)
+                task.uncancel()
+                timed_out = True
+                raise self._timeout() from None
+            finally:
+                waiting.pop(task, None)
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
@@ -674,7 +709,14 @@ class ReadDeadline:
                            "headers": [*message.get("headers", ()), (b"connection", b"close")]}
             await send(message)
 
-        await self.app(scope, timed_receive, closing_send)
+        try:
+            await self.app(scope, timed_receive, closing_send)
+        finally:
+            if task is not None and task in expired:
+                # Swept just as its read ended: the cancellation it was sent
+                # is not a timeout, and must not outlive the request.
+                expired.discard(task)
+                task.uncancel()
 
 
 def build_app(

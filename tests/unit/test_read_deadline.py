@@ -46,6 +46,11 @@ def _trickle(server: Served, path: str, body: bytes, every_s: float,
                 chunk = sock.recv(65536)
             except TimeoutError:
                 chunk = None
+            except ConnectionResetError:
+                # The server closed after its answer while this byte was on its
+                # way: the kernel answers that byte with a reset. What the server
+                # sent before is already in ``received``.
+                break
             if chunk == b"":
                 break
             if chunk:
@@ -157,3 +162,31 @@ def test_a_body_still_coming_at_the_deadline_raises_request_timeout() -> None:
     with pytest.raises(RequestTimeout):
         asyncio.run(deadline({"type": "http"}, receive, send))
     assert counted == [1]
+
+
+def test_a_read_cancelled_by_someone_else_stays_a_cancellation() -> None:
+    """Only the sweeper's cancellation of a read past its deadline is a 408;
+    a server cancelling a request (client gone, shutdown) keeps its own."""
+    counted: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    async def cancelled_early() -> None:
+        deadline = ReadDeadline(app, timeout_s=5.0, on_timeout=lambda: counted.append(1))
+        request = asyncio.ensure_future(deadline({"type": "http"}, receive, send))
+        await asyncio.sleep(0.05)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        assert deadline._waiting == {}
+
+    asyncio.run(cancelled_early())
+    assert counted == []
