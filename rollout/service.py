@@ -119,6 +119,11 @@ ROLLBACK_ACTION = "rollback"
 class _Runtime:
     previous: Snapshot | None = None
     next_check_at: float = 0.0
+    # Taken over from the store (this controller restarted or replaced
+    # another): the counters hold the rollout's whole traffic so far, which an
+    # earlier controller judged already. The first snapshot is only the start
+    # of a fresh window; no step is taken on it.
+    resumed: bool = False
 
 
 @dataclass
@@ -456,7 +461,7 @@ class RolloutService:
             for state in self._states.values():
                 if state.terminal or state.phase == Phase.PAUSED:
                     continue
-                runtime = self._runtime.setdefault(state.id, _Runtime())
+                runtime = self._runtime.setdefault(state.id, _Runtime(resumed=True))
                 if now < runtime.next_check_at:
                     continue
                 runtime.next_check_at = now + state.plan.interval_s
@@ -481,6 +486,12 @@ class RolloutService:
                 error = str(exc)
             with self._lock:
                 if self._changed_since(state, runtime, current):
+                    continue
+                if runtime.resumed and current is not None and state.step_index >= 0:
+                    runtime.resumed = False
+                    runtime.previous = current
+                    self._hold(state, "resumed by a new controller: measuring a fresh "
+                               "window before the next step", now)
                     continue
                 window = None if current is None else window_between(
                     runtime.previous, current, custom)

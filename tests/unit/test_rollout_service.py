@@ -159,6 +159,27 @@ def test_restart_resumes_at_the_same_step_with_the_same_assignments(tmp_path: Pa
     assert restarted.describe("ro-1").audit == trail_before
 
 
+def test_a_restarted_controller_judges_only_traffic_after_its_start(tmp_path: Path) -> None:
+    """The counters a restarted controller first reads hold the rollout's whole
+    traffic, healthy before the restart: judged as one window, they would hide
+    a candidate failing since. The first snapshot only starts a fresh window."""
+    counts, clock = Counts(), Clock()
+    service = make_service(tmp_path, counts, clock)
+    service.create(parse_plan(PLAN))
+    for _ in range(2):
+        tick(service, counts, clock, n=3000)  # a lot of healthy traffic before
+    before = service.get("ro-1")
+
+    restarted = make_service(tmp_path, counts, clock)
+    tick(restarted, counts, clock, candidate_errors=30)  # failing since the restart
+    held = restarted.get("ro-1")
+    assert (held.step_index, held.weight_bp) == (before.step_index, before.weight_bp)
+    assert "fresh window" in held.hold_reason
+    for _ in range(2):  # failure_limit 2: judged on fresh windows only, it rolls back
+        tick(restarted, counts, clock, candidate_errors=30)
+    assert restarted.get("ro-1").phase == Phase.ROLLED_BACK
+
+
 def test_alertmanager_payload_rolls_back_the_labelled_rollout(tmp_path: Path) -> None:
     counts, clock = Counts(), Clock()
     service = make_service(tmp_path, counts, clock)
