@@ -266,38 +266,33 @@ def _parity_row() -> Section:
 
 
 def _logs_row() -> Section:
-    logs = ("decision_log", "outcomes_log")
+    def per_log(panel_id: int, title: str, description: str, counter: str,
+                alert_above: float) -> timeseries.Panel:
+        """One counter of both logs, per replica, red past its alert's threshold."""
+        return _series(
+            panel_id, title, description, "short",
+            [_query(f"sum by (instance) (increase(rampart_{log}_{counter}_total{RATE}))",
+                    f"{{{{instance}}}} {log.replace('_', ' ')}", ref_id=chr(ord("A") + i))
+             for i, log in enumerate(("decision_log", "outcomes_log"))],
+            thresholds=_thresholds((None, "green"), (alert_above + 1, "red")))
+
     return "Decision and outcome logs", [
-        _series(
-            17, "Log write failures",
-            "Failed writes of each replica's decision and outcomes logs (disk full, "
-            "read-only, object store away). The rows are kept and written again; the "
-            "RampartLogWritesFailing alert fires on any.",
-            "short",
-            [_query(f"sum by (instance) (increase(rampart_{log}_write_errors_total{RATE}))",
-                    f"{{{{instance}}}} {log.replace('_', ' ')}", ref_id=chr(ord("A") + i))
-             for i, log in enumerate(logs)],
-            thresholds=_thresholds((None, "green"), (ALERT_LOG_WRITE_ERRORS + 1, "red"))),
-        _series(
-            18, "Log rows dropped",
-            "Rows given up after failed writes, beyond what a replica keeps "
-            "(decision_log.max_buffered_rows): missing from analysis. The "
-            "RampartLogRowsDropped alert fires on any.",
-            "short",
-            [_query(f"sum by (instance) (increase(rampart_{log}_dropped_total{RATE}))",
-                    f"{{{{instance}}}} {log.replace('_', ' ')}", ref_id=chr(ord("A") + i))
-             for i, log in enumerate(logs)],
-            thresholds=_thresholds((None, "green"), (ALERT_LOG_DROPPED_ROWS + 1, "red"))),
-        _series(
-            19, "Log journal failures",
-            "Failed writes of the local journal (decision_log.spill_dir) that keeps "
-            "unwritten rows safe from a replica's crash. Serving and logging go on; a "
-            "SIGKILL would lose unwritten rows. The RampartLogJournalFailing alert fires on any.",
-            "short",
-            [_query(f"sum by (instance) (increase(rampart_{log}_spill_errors_total{RATE}))",
-                    f"{{{{instance}}}} {log.replace('_', ' ')}", ref_id=chr(ord("A") + i))
-             for i, log in enumerate(logs)],
-            thresholds=_thresholds((None, "green"), (ALERT_LOG_SPILL_ERRORS + 1, "red"))),
+        per_log(17, "Log write failures",
+                "Failed writes of each replica's decision and outcomes logs (disk full, "
+                "read-only, object store away). The rows are kept and written again; the "
+                "RampartLogWritesFailing alert fires on any.",
+                "write_errors", ALERT_LOG_WRITE_ERRORS),
+        per_log(18, "Log rows dropped",
+                "Rows given up after failed writes, beyond what a replica keeps "
+                "(decision_log.max_buffered_rows): missing from analysis. The "
+                "RampartLogRowsDropped alert fires on any.",
+                "dropped", ALERT_LOG_DROPPED_ROWS),
+        per_log(19, "Log journal failures",
+                "Failed writes of the local journal (decision_log.spill_dir) that keeps "
+                "unwritten rows safe from a replica's crash. Serving and logging go on; a "
+                "SIGKILL would lose unwritten rows. The RampartLogJournalFailing alert "
+                "fires on any.",
+                "spill_errors", ALERT_LOG_SPILL_ERRORS),
     ]
 
 

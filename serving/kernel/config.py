@@ -226,24 +226,14 @@ def log_path(value: Any) -> Any:
 LogPath = Annotated[Path | str, BeforeValidator(log_path)]
 
 
-class DecisionLogConfig(_Frozen):
-    path: LogPath = Path(".rampart/decisions")
-    # What happens to a feature a model's ``logged_features`` does not list:
-    # left out of the row, or replaced by a keyed hash of its value (equal
-    # values stay comparable, the value itself is not kept).
-    unlisted_features: Literal["drop", "hash"] = "drop"
-    batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
-    flush_interval_s: float = Field(default=2.0, gt=0, le=3600)
-    # Rows a replica keeps while the log cannot be written (disk full, store
-    # away), to write them once it can; beyond this the oldest are dropped and
-    # counted. None: 20 batches, at least 100,000 rows.
-    max_buffered_rows: int | None = Field(default=None, ge=1, le=100_000_000)
-    # A local journal of the rows not yet in the log, so a replica killed
-    # (SIGKILL, OOM) loses at most the last ``spill_interval_s`` of them; the
-    # next replica started with the same directory writes the rest. Always a
-    # local path (relative ones from the cwd), even when ``path`` is a URI.
-    # None: no journal, rows live in memory until written.
-    spill_dir: Path | None = Path(".rampart/spill/decisions")
+class _JournaledLog(_Frozen):
+    """The local journal of a log's rows not yet written, so a replica killed
+    (SIGKILL, OOM) loses at most the last ``spill_interval_s`` of them; the
+    next replica started with the same directory writes the rest."""
+
+    # Always a local path (relative ones from the cwd), even when the log's
+    # ``path`` is a URI. None: no journal, rows live in memory until written.
+    spill_dir: Path | None = None
     spill_interval_s: float = Field(default=0.05, gt=0, le=5)
     # fsync each journal write: survives a power cut too, not only a crash.
     spill_fsync: bool = True
@@ -257,7 +247,22 @@ class DecisionLogConfig(_Frozen):
         return value
 
 
-class OutcomesLogConfig(_Frozen):
+class DecisionLogConfig(_JournaledLog):
+    path: LogPath = Path(".rampart/decisions")
+    # What happens to a feature a model's ``logged_features`` does not list:
+    # left out of the row, or replaced by a keyed hash of its value (equal
+    # values stay comparable, the value itself is not kept).
+    unlisted_features: Literal["drop", "hash"] = "drop"
+    batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
+    flush_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    # Rows a replica keeps while the log cannot be written (disk full, store
+    # away), to write them once it can; beyond this the oldest are dropped and
+    # counted. None: 20 batches, at least 100,000 rows.
+    max_buffered_rows: int | None = Field(default=None, ge=1, le=100_000_000)
+    spill_dir: Path | None = Path(".rampart/spill/decisions")
+
+
+class OutcomesLogConfig(_JournaledLog):
     """Where outcome events (``POST /v1/outcomes``, ``rampart outcomes import``) land."""
 
     path: LogPath = Path(".rampart/outcomes")
@@ -267,18 +272,7 @@ class OutcomesLogConfig(_Frozen):
     # away), to write them once it can; beyond this the oldest are dropped and
     # counted. None: 20 batches, at least 100,000 rows.
     max_buffered_rows: int | None = Field(default=None, ge=1, le=100_000_000)
-    # As the decision log's: a local journal of rows not yet written (None: none).
     spill_dir: Path | None = Path(".rampart/spill/outcomes")
-    spill_interval_s: float = Field(default=0.05, gt=0, le=5)
-    spill_fsync: bool = True
-
-    @field_validator("spill_dir", mode="before")
-    @classmethod
-    def _spill_dir_is_local(cls, value: Any) -> Any:
-        if isinstance(value, str) and _URI.match(value):
-            raise ValueError("spill_dir must be a local directory (the journal is fsynced "
-                             "on the replica's own disk), not a URI")
-        return value
 
 
 class TelemetryConfig(_Frozen):

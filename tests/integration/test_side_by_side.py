@@ -24,6 +24,7 @@ import yaml
 
 from serving.cli.process_guard import processes_marked
 from telemetry.decision_log import read_decisions
+from tests.gateway_processes import haproxy_configs, healthy
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,26 +41,6 @@ def _config(tmp: Path, tracking_uri: str) -> tuple[Path, str]:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "rampart.yaml").write_text(yaml.safe_dump(data))
     return tmp / "rampart.yaml", f"http://127.0.0.1:{port}"
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _haproxy_configs(instance: str) -> dict[int, str]:
-    """The HAProxy processes of one ``rampart serve`` run, with their config files."""
-    found = {}
-    for pid in processes_marked(instance):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-        except OSError:
-            continue
-        if Path(args[0]).name == "haproxy" and "-f" in args:
-            found[pid] = args[args.index("-f") + 1]
-    return found
 
 
 def _listening(pid: int) -> set[tuple[str, int]]:
@@ -106,7 +87,7 @@ def test_two_gateways_on_one_host_start_serve_and_stop_side_by_side(
                  for config, _ in gateways]
     try:
         deadline = time.monotonic() + 240
-        while not all(_healthy(url) for _, url in gateways):
+        while not all(healthy(url) for _, url in gateways):
             assert time.monotonic() < deadline, "both gateways did not come up"
             for process in processes:
                 assert process.poll() is None, process.stdout.read() if process.stdout else ""
@@ -115,7 +96,7 @@ def test_two_gateways_on_one_host_start_serve_and_stop_side_by_side(
                      for config, _ in gateways]
         ports_seen: list[tuple[int, int]] = []
         for instance, (_, url) in zip(instances, gateways, strict=True):
-            haproxies = _haproxy_configs(instance)
+            haproxies = haproxy_configs(instance)
             assert haproxies, "no HAProxy found for a gateway"
             listeners = {pid: _listening(pid) for pid in haproxies}
             # One HAProxy serves; any other is a predecessor draining after a

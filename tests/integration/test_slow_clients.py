@@ -29,7 +29,7 @@ import httpx
 import pytest
 import yaml
 
-from serving.cli.process_guard import processes_marked
+from tests.gateway_processes import haproxy_configs, healthy
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,26 +141,6 @@ def _config(tmp: Path, tracking_uri: str) -> tuple[Path, str]:
     return tmp / "rampart.yaml", f"http://127.0.0.1:{port}"
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def haproxy_configs(instance: str) -> dict[int, str]:
-    """The HAProxy processes of one ``rampart serve`` run, with their config files."""
-    found = {}
-    for pid in processes_marked(instance):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-        except OSError:
-            continue
-        if Path(args[0]).name == "haproxy" and "-f" in args:
-            found[pid] = args[args.index("-f") + 1]
-    return found
-
-
 def stats_port(pid: int) -> int:
     """The port HAProxy ``pid`` serves its stats on (it listens on loopback only)."""
     inodes = set()
@@ -243,7 +223,7 @@ def test_slow_clients_leave_p99_within_twice_and_healthz_answering(
     watch = HealthWatch(url)
     try:
         deadline = time.monotonic() + 180
-        while not _healthy(url):
+        while not healthy(url):
             assert serve.poll() is None and time.monotonic() < deadline, "no gateway came up"
             time.sleep(0.5)
         instance = json.loads((tmp_path / "serve.json").read_text())["instance"]
