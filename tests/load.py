@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,12 @@ import numpy as np
 import orjson
 
 from serving.cli.demo.traffic import Population
+from telemetry.decision_log import read_decisions
 from tests.ray_cluster import REPLICA_CLASS
+
+# A row answered more than this before a SIGKILL is never lost (twice the
+# journal's 50 ms interval).
+LOSS_BOUND_S = 0.1
 
 
 @dataclass
@@ -212,6 +218,34 @@ def open_loop(url: str, rate_per_s: float, duration_s: float, tag: str,
         return answers
 
     return asyncio.run(run())
+
+
+def answered_at(answers: Answers) -> dict[str, float]:
+    """When each 200 answer arrived, in the load run's seconds."""
+    return {request_id: sent + latency for request_id, sent, latency, status in zip(
+        answers.request_ids, answers.sent_at, answers.latency_s, answers.status, strict=True)
+        if status == 200}
+
+
+def check_rows(decisions: Path, answers: Answers, killed_at: float) -> tuple[int, int]:
+    """Every 200 answered before ``killed_at - LOSS_BOUND_S`` is logged exactly once;
+    returns (answered rows lost within the bound, answered rows logged)."""
+    logged = read_decisions(decisions)
+    ok_rows = Counter(r for r, s in zip(logged["request_id"].to_pylist(),
+                                        logged["status"].to_pylist(), strict=True)
+                      if s == "ok")
+    twice = [r for r, n in ok_rows.items() if n > 1]
+    assert not twice, f"{len(twice)} rows logged twice, e.g. {twice[:3]}"
+    answered = answered_at(answers)
+    missing = {r: at for r, at in answered.items() if r not in ok_rows}
+    late = {r: round(killed_at - at, 3) for r, at in missing.items()
+            if at < killed_at - LOSS_BOUND_S}
+    assert not late, (f"{len(late)} rows answered before the bound were lost, "
+                      f"seconds before the kill: {list(late.items())[:5]}")
+    # No row of this load that it did not send (other clients may share the log).
+    tag = answers.request_ids[0].rsplit("-", 1)[0] + "-"
+    assert not {r for r in ok_rows if r.startswith(tag)} - set(answers.request_ids)
+    return len(missing), len(answered) - len(missing)
 
 
 def _children(pid: int) -> list[int]:

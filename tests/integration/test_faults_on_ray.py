@@ -170,6 +170,7 @@ def test_prometheus_down_or_hanging_holds_the_rollout_until_it_answers(
         prometheus.release.set()
         prometheus.shutdown()
         prometheus.server_close()
-    champion = mlflow.MlflowClient(str(mlflow_store["uri"])).get_model_version_by_alias(
-        DEMO_MODEL_NAME, "champion")
+    store = str(mlflow_store["uri"])  # both URIs: none set globally by another test
+    champion = mlflow.MlflowClient(tracking_uri=store, registry_uri=store
+                                   ).get_model_version_by_alias(DEMO_MODEL_NAME, "champion")
     assert str(champion.version) == "1"

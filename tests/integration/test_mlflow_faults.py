@@ -15,14 +15,16 @@ the version.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,23 +88,28 @@ def test_every_registry_command_fails_with_one_line_when_mlflow_is_away(
     uri = f"http://127.0.0.1:{free_port()}" if server == "closed" else silent_server
     config = _config_with(uri, tmp_path)
     port = str(free_port())
-    runs = {
-        "serve --tracking-uri": _rampart("serve", "--tracking-uri", uri, "--port", port,
-                                         cwd=tmp_path),
-        "serve --model, MLFLOW_TRACKING_URI": _rampart(
+    commands: dict[str, Callable[[], subprocess.CompletedProcess[str]]] = {
+        "serve --tracking-uri": lambda: _rampart(
+            "serve", "--tracking-uri", uri, "--port", port, cwd=tmp_path),
+        "serve --model, MLFLOW_TRACKING_URI": lambda: _rampart(
             "serve", "--model", f"models:/{DEMO_MODEL_NAME}@champion", "--port", port,
             cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri}),
-        "serve, config tracking_uri": _rampart("serve", "--config", str(config), "--port",
-                                               port, cwd=tmp_path),
-        "assign": _rampart("assign", "--config", str(config), "--unit-id", "u-1",
-                           cwd=tmp_path),
-        "parity replay": _rampart("parity", "replay", "--decisions", str(tmp_path),
-                                  "--model", f"models:/{DEMO_MODEL_NAME}/1",
-                                  "--config", str(config), cwd=tmp_path),
-        "parity report": _rampart("parity", "report", "--decisions", str(tmp_path),
-                                  "--model", f"models:/{DEMO_MODEL_NAME}/1",
-                                  "--tracking-uri", uri, cwd=tmp_path),
+        "serve, config tracking_uri": lambda: _rampart(
+            "serve", "--config", str(config), "--port", port, cwd=tmp_path),
+        "assign": lambda: _rampart(
+            "assign", "--config", str(config), "--unit-id", "u-1", cwd=tmp_path),
+        "parity replay": lambda: _rampart(
+            "parity", "replay", "--decisions", str(tmp_path), "--model",
+            f"models:/{DEMO_MODEL_NAME}/1", "--config", str(config), cwd=tmp_path),
+        "parity report": lambda: _rampart(
+            "parity", "report", "--decisions", str(tmp_path), "--model",
+            f"models:/{DEMO_MODEL_NAME}/1", "--tracking-uri", uri, cwd=tmp_path),
     }
+    # All at once: each waits on the same away server, and one after another
+    # they would spend most of a minute waiting.
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        futures = {name: pool.submit(run) for name, run in commands.items()}
+        runs = {name: future.result() for name, future in futures.items()}
     for name, result in runs.items():
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (name, result.stderr)
@@ -172,8 +179,12 @@ def _listening(port: int) -> bool:
 @pytest.fixture
 def mlflow_server(mlflow_store: dict[str, Any], tmp_path: Path) -> Iterator[MlflowServer]:
     # A copy: nothing this test does reaches the session's store.
+    # SQLite's backup, not a file copy: what other tests wrote lately may still
+    # be in the source's journal, and a copied file alone can miss it.
     backend = tmp_path / "mlflow.db"
-    shutil.copy(Path(mlflow_store["root"]) / "mlflow.db", backend)
+    with contextlib.closing(sqlite3.connect(Path(mlflow_store["root"]) / "mlflow.db")) as source, \
+            contextlib.closing(sqlite3.connect(backend)) as copy:
+        source.backup(copy)
     server = MlflowServer(backend, free_port(), tmp_path / "mlflow-server.log")
     server.start()
     yield server
@@ -241,6 +252,9 @@ def test_mlflow_stopped_while_serving_keeps_versions_serving_and_holds_the_rollo
               f"{traffic.failures()} failed")
     finally:
         gateway.stop()
-    champion = mlflow.MlflowClient(f"sqlite:///{mlflow_server.backend}"
+    # Both URIs named: a client given only the tracking URI takes the registry
+    # URI another test of this process may have set globally.
+    store = f"sqlite:///{mlflow_server.backend}"
+    champion = mlflow.MlflowClient(tracking_uri=store, registry_uri=store
                                    ).get_model_version_by_alias(DEMO_MODEL_NAME, "champion")
     assert str(champion.version) == "1"  # no alias moved
