@@ -127,10 +127,10 @@ def test_sigkill_mid_ramp_then_restart_resumes_the_rollout(
 
         load: dict[str, Answers] = {}
         loader = threading.Thread(target=lambda: load.update(
-            answers=open_loop(url, 150.0, 6.0, tag="restart")))
+            answers=open_loop(url, 150.0, 10.0, tag="restart")))
         started = time.perf_counter()
         loader.start()
-        time.sleep(3.5)
+        time.sleep(6.0)
         proc.send_signal(signal.SIGKILL)
         killed_at = time.perf_counter() - started
         proc.wait(timeout=30)

@@ -37,7 +37,7 @@ RAMPART = Path(sys.executable).with_name("rampart")
 READ_TIMEOUT_S = 2
 PER_SOURCE = 1000
 SLOW_BODIES, SLOW_HEADERS, LONG_BODIES = 300, 4200, 20
-ATTACK_S = 16
+ATTACK_S = 20
 MEASURED = 1000
 ROW = {"unit_id": "user-1", "features": {f"f{k}": 0.1 * k for k in range(8)}}
 

@@ -1,5 +1,5 @@
 """A bounded soak: the gateway at about 70% of its measured capacity, with a
-rollout ramping, for ``RAMPART_SOAK_S`` seconds (45 by default; the README's
+rollout ramping, for ``RAMPART_SOAK_S`` seconds (60 by default; the README's
 figures come from a longer run of this same test).
 
 What must hold: no request fails, the replicas' memory grows by less than
@@ -27,7 +27,7 @@ from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "soak-test-token"
-SOAK_S = float(os.environ.get("RAMPART_SOAK_S", "45"))
+SOAK_S = float(os.environ.get("RAMPART_SOAK_S", "60"))
 WARM_UP_S = 20.0
 
 
