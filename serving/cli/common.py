@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -194,14 +195,23 @@ def _unreadable(exc: BaseException | None) -> bool:
     return False
 
 
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
+def port_free(host: str, port: int, wait_s: float = 0.0) -> bool:
+    """Whether ``host:port`` can be bound, trying for up to ``wait_s``: a
+    predecessor just ended (a killed gateway's HAProxy) may take a moment to
+    let its listener go."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                pass
+            else:
+                return True
+        if time.monotonic() >= deadline:
             return False
-    return True
+        time.sleep(0.1)
 
 
 def load_plan_or_exit(path: Path) -> Any:

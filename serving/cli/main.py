@@ -161,7 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if reaped:
         print(f"ended {len(reaped)} processes left by a killed rampart serve", flush=True)
-    if not port_free(host, port):
+    if not port_free(host, port, wait_s=5.0):
         raise CliError(f"port {port} on {host} is in use; pick another with --port")
     table = routing_table(config, hint)  # fail fast, with a clear message, on unknown versions
     claim(config.data_dir)

@@ -289,3 +289,6 @@ def test_a_restarted_gateway_ends_a_killed_ones_haproxy_and_is_ready_only_on_its
             if process is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
+                if process.stdout is not None:
+                    process.stdout.close()
+                process.wait()

@@ -227,9 +227,16 @@ def test_a_rollout_on_two_nodes_promotes_logs_every_answer_and_survives_a_lost_n
         client = mlflow.MlflowClient(str(mlflow_store["uri"]))
         assert str(client.get_model_version_by_alias(DEMO_MODEL_NAME, "champion").version) == "2"
         # Both replicas, one on each node, answered traffic (Prometheus has their counts).
-        serving = httpx.get(f"{prometheus_url}/api/v1/query", timeout=10, params={
-            "query": "count(sum by (replica, node) (rampart_requests_total) > 0)"}).json()
-        assert serving["data"]["result"][0]["value"][1] == "2", serving
+        # max_over_time: a replica's series stays counted after a scrape that
+        # marked it stale (its target file entry was being rewritten).
+        def replicas_serving() -> int:
+            answer = httpx.get(f"{prometheus_url}/api/v1/query", timeout=10, params={
+                "query": "count(sum by (replica, node) "
+                         "(max_over_time(rampart_requests_total[10m])) > 0)"}).json()
+            result = answer["data"]["result"]
+            return int(result[0]["value"][1]) if result else 0
+
+        wait_for(lambda: replicas_serving() == 2, 30, "both replicas' counts in Prometheus")
 
         # Every answered request is one decision row in the object store.
         traffic.stop()
