@@ -31,16 +31,6 @@ class AlreadyServing(RuntimeError):
     pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_rampart(pid: int) -> bool:
     try:
         return b"rampart" in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -69,7 +59,7 @@ def reap_previous(data_dir: Path, timeout_s: float = 10.0) -> list[int]:
     of any killed gateway on this host; return the PIDs of the former."""
     import tempfile
 
-    from serving.gateway.ray_app import remove_stale_haproxy_dirs
+    from serving.gateway.ray_app import pid_alive, remove_stale_haproxy_dirs
 
     remove_stale_haproxy_dirs(Path(tempfile.gettempdir()))
     state_path = data_dir / STATE_FILE
@@ -78,14 +68,14 @@ def reap_previous(data_dir: Path, timeout_s: float = 10.0) -> list[int]:
     except (OSError, ValueError):
         return []
     pid, instance = int(state.get("pid", 0)), str(state.get("instance", ""))
-    if pid and _alive(pid) and _is_rampart(pid):
+    if pid and pid_alive(pid) and _is_rampart(pid):
         raise AlreadyServing(f"rampart serve (pid {pid}) is already running on {data_dir}")
     leftovers = processes_marked(instance) if instance else []
     for leftover in leftovers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(leftover, signal.SIGKILL)
     deadline = time.monotonic() + timeout_s
-    while any(_alive(p) for p in leftovers) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in leftovers) and time.monotonic() < deadline:
         time.sleep(0.05)
     state_path.unlink(missing_ok=True)
     return leftovers

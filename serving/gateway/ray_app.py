@@ -193,7 +193,7 @@ def remove_stale_haproxy_dirs(temp_dir: Path, grace_s: float = 3.0) -> list[Path
             owner = int((directory / HAPROXY_OWNER_FILE).read_text())
         except (OSError, ValueError):
             owner = 0
-        if owner and _pid_alive(owner):
+        if owner and pid_alive(owner):
             continue
         users = [pid for pid, line in command_lines.items() if _names_dir(line, directory)]
         orphans = [pid for pid in users if _is_haproxy(command_lines[pid])]
@@ -247,7 +247,8 @@ def _still_names(pid: int, directory: Path) -> bool:
     return state != "Z" and _is_haproxy(arguments) and _names_dir(arguments, directory)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (owned by anyone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
