@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serving.cli.process_guard import processes_with_env
 from serving.gateway.ray_app import INGRESS_ENV, haproxy_env
 from tests.ports import free_ports
 
@@ -39,20 +40,6 @@ RAMPART = Path(sys.executable).with_name("rampart")
 REPLICA_CLASS = "ServeReplica:rampart:RampartGateway"
 CLUSTER_MARKER = "RAMPART_TEST_CLUSTER"
 NODE_MARKER = "RAMPART_TEST_NODE"
-
-
-def _marked(name: str, value: str) -> list[int]:
-    needle = f"{name}={value}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def _comm(pid: int) -> str:
@@ -184,7 +171,7 @@ class LocalRayCluster:
                               cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
 
     def node_pids(self, node: str) -> list[int]:
-        return _marked(NODE_MARKER, node)
+        return processes_with_env(NODE_MARKER, node)
 
     def raylet_pid(self, node: str) -> int:
         pids = [p for p in self.node_pids(node) if _comm(p) == "raylet"]
@@ -198,7 +185,7 @@ class LocalRayCluster:
     def stop(self) -> None:
         """End every process of this cluster (and nothing else), then its files."""
         for _ in range(3):
-            pids = [p for p in _marked(CLUSTER_MARKER, self.cluster_id) if _running(p)]
+            pids = [p for p in processes_with_env(CLUSTER_MARKER, self.cluster_id) if _running(p)]
             if not pids:
                 break
             for pid in pids:

@@ -40,7 +40,12 @@ def _is_rampart(pid: int) -> bool:
 
 def processes_marked(instance: str) -> list[int]:
     """PIDs whose environment carries ``RAMPART_SERVE_INSTANCE=instance``."""
-    needle = f"{MARKER_ENV}={instance}".encode()
+    return processes_with_env(MARKER_ENV, instance)
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """PIDs (other than this one) whose environment has ``name=value``."""
+    needle = f"{name}={value}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
