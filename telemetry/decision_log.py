@@ -33,8 +33,12 @@ so an all-float row costs no JSON. ``prediction`` is the answer's
 as JSON ``{"value", "label", "probabilities"}``, null when the score says it
 all. JSON is encoded in the journal thread (the flush thread without a
 journal), never when a row is appended.
-Files written before ``inputs``, ``output`` and ``unit_source`` existed read
-with those columns null.
+Files written before ``inputs``, ``output``, ``unit_source`` and
+``arm_weights`` existed read with those columns null, and a spill journal
+written before a column existed is replayed with it null (:func:`conform`).
+``unit_key`` (the unit id as an int64, :mod:`telemetry.unit_keys`) is computed
+by the writer's thread for every row, replayed ones included; files written
+before it existed read with it null.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ import pyarrow.parquet as pq
 
 from telemetry.batched_writer import BatchedWriter, PartialWrite, WriterEvents, part_name
 from telemetry.storage import LogLocation, storage_errors
+from telemetry.unit_keys import unit_key_array, with_unit_keys
 
 if TYPE_CHECKING:
     from models.outputs import Prediction
@@ -68,6 +73,9 @@ DECISION_SCHEMA = pa.schema(
     [
         pa.field("request_id", pa.string(), nullable=False),
         pa.field("unit_id", pa.string()),
+        # The unit id as a 64-bit integer (telemetry.unit_keys; null with a null
+        # id): analysis groups and joins on it without hashing id strings.
+        pa.field("unit_key", pa.int64()),
         pa.field("unit_type", pa.string()),
         pa.field("experiment_id", pa.string()),
         pa.field("layer", pa.string()),
@@ -91,6 +99,11 @@ DECISION_SCHEMA = pa.schema(
         pa.field("output", pa.string()),
         # Where the unit id came from: body, header, param or request_id.
         pa.field("unit_source", pa.string()),
+        # The experiment's split in force at this decision, "control:9000,treatment:1000"
+        # (basis points, from the routing table that decided): what an analysis
+        # expects each unit's arm from when the weights were ramped. One value per
+        # routing table, so Parquet's dictionary pages make it nearly free.
+        pa.field("arm_weights", pa.string()),
     ]
 )
 
@@ -116,6 +129,7 @@ class DecisionRecord(NamedTuple):
     context: Mapping[str, Any] | None = None
     output: Prediction | None = None  # the whole answer
     unit_source: str | None = None
+    arm_weights: str | None = None  # the experiment's split in force
 
 
 def records_to_table(records: list[DecisionRecord]) -> pa.Table:
@@ -292,6 +306,10 @@ def batch_table(n: int, columns: Mapping[str, Any]) -> pa.Table:
             arrays["features"], arrays["inputs"] = _feature_columns(tuple(value), field.type)
         elif field.name == "output" and value is not None:
             arrays[field.name] = _output_column(tuple(value))
+        elif field.name == "unit_key" and value is None:
+            # Keyed here, in the writer's thread, one column at a time: the
+            # request path only hands over the id.
+            arrays[field.name] = _unit_keys(n, columns.get("unit_id"), arrays["unit_id"])
         elif isinstance(value, pa.Array):
             arrays[field.name] = value
         elif value is None or isinstance(value, str | int | float):
@@ -300,6 +318,30 @@ def batch_table(n: int, columns: Mapping[str, Any]) -> pa.Table:
             arrays[field.name] = pa.array(value, type=field.type)
     return pa.Table.from_arrays([arrays[f.name] for f in DECISION_SCHEMA],
                                 schema=DECISION_SCHEMA)
+
+
+def _unit_keys(n: int, given: Any, ids: pa.Array) -> pa.Array:
+    """The ``unit_key`` column for the ``unit_id`` column ``ids``; an id given as
+    one value for every row is hashed once."""
+    if given is None or isinstance(given, str):
+        return constant_column(None if given is None else unit_key_array([given])[0].as_py(),
+                               n, pa.int64())
+    return unit_key_array(ids)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """``table`` in :data:`DECISION_SCHEMA`: columns a writer of an older version
+    did not have (a journal it left behind, a table it built) are added as nulls,
+    so every file this writer writes has the current columns. The one exception
+    is ``unit_key``: it is computed from ``unit_id``, so that rows replayed from
+    an older journal are keyed like the rest."""
+    if table.schema == DECISION_SCHEMA:
+        return table
+    table = with_unit_keys(table)
+    present = set(table.schema.names)
+    columns = [table[f.name] if f.name in present else pa.nulls(table.num_rows, f.type)
+               for f in DECISION_SCHEMA]
+    return pa.Table.from_arrays(columns, names=DECISION_SCHEMA.names).cast(DECISION_SCHEMA)
 
 
 _MICROS_PER_DAY = 86_400_000_000
@@ -410,12 +452,14 @@ class DecisionLogWriter(BatchedWriter[DecisionRecord | ColumnBatch | pa.Table]):
         records = [item for item in items if isinstance(item, DecisionRecord)]
         parts = ([records_to_table(records)] if records else []) + [
             batch_table(item.n, item.columns) if isinstance(item, ColumnBatch)
-            else item if item.schema == DECISION_SCHEMA else item.cast(DECISION_SCHEMA)
+            else conform(item)
             for item in items if not isinstance(item, DecisionRecord)]
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
     def _write(self, tables: list[pa.Table], generation: int, writer_id: str,
                skip_existing: bool = False) -> int:
+        # A replayed journal may predate a column: written with it null.
+        tables = [conform(t) for t in tables]
         combined = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         root = self.location
         name = part_name(writer_id, generation)

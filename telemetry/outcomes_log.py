@@ -56,6 +56,7 @@ from telemetry.outcome_events import (
     parse_outcome_timestamp,
 )
 from telemetry.storage import LogLocation, LogStorageError, storage_errors
+from telemetry.unit_keys import unit_key_array, with_unit_keys
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,12 @@ OUTCOME_SCHEMA = pa.schema(
         pa.field("received_at", TIMESTAMP, nullable=False),
     ]
 )
+# What the log's files hold: an event's columns and, after ``unit_id``, the unit
+# id as a 64-bit integer (telemetry.unit_keys), which analysis groups and joins
+# on without hashing id strings. Computed where the table is built (the
+# writer's thread, the import's checks); files written before it existed read
+# with it null.
+OUTCOME_LOG_SCHEMA = OUTCOME_SCHEMA.insert(1, pa.field("unit_key", pa.int64()))
 INPUT_COLUMNS = ("unit_id", "metric", "value", "timestamp", "experiment_id")
 REQUIRED_COLUMNS = ("unit_id", "metric", "value")
 US_PER_S = 1_000_000
@@ -110,7 +117,7 @@ def outcome_records(events: Sequence[OutcomeEvent], received_at_s: float) -> lis
 
 
 def records_to_table(records: Sequence[OutcomeRecord]) -> pa.Table:
-    """Columnar table in :data:`OUTCOME_SCHEMA` from buffered records."""
+    """Columnar table in :data:`OUTCOME_LOG_SCHEMA` from buffered records."""
     columns: list[tuple[Any, ...]] = (
         list(zip(*records, strict=True)) if records else [() for _ in OUTCOME_SCHEMA]
     )
@@ -120,7 +127,15 @@ def records_to_table(records: Sequence[OutcomeRecord]) -> pa.Table:
             arrays.append(pa.array(values, type=pa.int64()).cast(TIMESTAMP))
         else:
             arrays.append(pa.array(values, type=field.type))
-    return pa.Table.from_arrays(arrays, schema=OUTCOME_SCHEMA)
+    return with_unit_keys(pa.Table.from_arrays(arrays, schema=OUTCOME_SCHEMA))
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """``table`` in :data:`OUTCOME_LOG_SCHEMA`: a spill journal written before
+    ``unit_key`` existed is replayed with its keys computed."""
+    if table.schema == OUTCOME_LOG_SCHEMA:
+        return table
+    return with_unit_keys(table).select(OUTCOME_LOG_SCHEMA.names).cast(OUTCOME_LOG_SCHEMA)
 
 
 def _day(micros: int) -> str:
@@ -158,6 +173,7 @@ class OutcomesLogWriter(BatchedWriter[OutcomeRecord]):
 
     def _write(self, tables: list[pa.Table], generation: int, writer_id: str,
                skip_existing: bool = False) -> int:
+        tables = [conform(t) for t in tables]
         combined = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         days = combined.column("received_at").cast(pa.int64()).to_numpy() // US_PER_DAY
         root = self.location
@@ -178,21 +194,21 @@ class OutcomesLogWriter(BatchedWriter[OutcomeRecord]):
 
 def read_outcomes(path: str | os.PathLike[str] | LogLocation) -> pa.Table:
     """Every outcome row under ``path`` (a directory tree or one file; a local
-    path or a URI); an empty table in :data:`OUTCOME_SCHEMA` when there is
-    none. Raises :class:`~telemetry.storage.LogStorageError` when the storage
-    cannot be read."""
+    path or a URI); an empty table in :data:`OUTCOME_LOG_SCHEMA` when there is
+    none (files written before ``unit_key`` existed read with it null). Raises
+    :class:`~telemetry.storage.LogStorageError` when the storage cannot be read."""
     location = LogLocation.resolve(path)
     with storage_errors(f"cannot read the outcomes log at {location}"):
         info = location.info()
         if info.type == FileType.Directory:
             files = location.visible_parquet_files()
             if not files:
-                return OUTCOME_SCHEMA.empty_table()
+                return OUTCOME_LOG_SCHEMA.empty_table()
             return pads.dataset(files, filesystem=location.fs, format="parquet",
-                                schema=OUTCOME_SCHEMA).to_table()
+                                schema=OUTCOME_LOG_SCHEMA).to_table()
         if info.type == FileType.NotFound:
-            return OUTCOME_SCHEMA.empty_table()
-        return pq.read_table(location.path, filesystem=location.fs, schema=OUTCOME_SCHEMA)
+            return OUTCOME_LOG_SCHEMA.empty_table()
+        return pq.read_table(location.path, filesystem=location.fs, schema=OUTCOME_LOG_SCHEMA)
 
 
 # --------------------------------------------------------------------------- import
@@ -463,7 +479,8 @@ def _parse_times_slowly(
 
 
 def validate_outcomes(table: pa.Table, received_us: int, source: str = "input") -> pa.Table:
-    """Check every row of an input table and return it in :data:`OUTCOME_SCHEMA`.
+    """Check every row of an input table and return it in :data:`OUTCOME_LOG_SCHEMA`
+    (each row keyed by its unit id).
 
     Raises :class:`OutcomesInputError` naming the columns that are missing or
     unknown, or the first bad row (rows numbered from 1, a CSV header not
@@ -509,8 +526,8 @@ def validate_outcomes(table: pa.Table, received_us: int, source: str = "input") 
         raise OutcomesInputError(f"{source}: row {first.row + 1}: {first.message}; "
                                  "nothing was imported")
     return pa.Table.from_arrays(
-        [units, metrics, pa.array(values, type=pa.float64()),
+        [units, unit_key_array(units), metrics, pa.array(values, type=pa.float64()),
          pa.array(micros, type=pa.int64()).cast(TIMESTAMP), experiments,
          pa.array(np.full(table.num_rows, received_us, dtype=np.int64)).cast(TIMESTAMP)],
-        schema=OUTCOME_SCHEMA,
+        schema=OUTCOME_LOG_SCHEMA,
     )

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,27 +39,38 @@ from numpy.typing import NDArray
 
 from rollout.experiments.results import (
     BayesSummary,
+    CupedSummary,
     Decision,
     Effect,
     ExperimentAnalysis,
     GroupSequentialLook,
     GroupSequentialSummary,
     GuardrailResult,
+    LookArm,
+    LookComparison,
     MetricResult,
     MsprtSummary,
     NoSequential,
     Outcome,
     Period,
     PeriodWarning,
+    RecordedLook,
     SegmentCell,
     SegmentResult,
+    SequentialLook,
     SequentialSummary,
     SrmCheck,
+    SrmSplit,
     TimelineArm,
     TimelinePoint,
 )
-from rollout.experiments.stats.bayes import BayesResult, beta_binomial, normal_means
-from rollout.experiments.stats.cuped import cuped_effect
+from rollout.experiments.stats.bayes import (
+    BayesResult,
+    beta_binomial,
+    normal_estimates,
+    normal_means,
+)
+from rollout.experiments.stats.cuped import CupedResult, cuped_effect
 from rollout.experiments.stats.frequentist import ratio_effect, two_proportion_ztest, welch_ttest
 from rollout.experiments.stats.multiple import AdjustMethod, adjust_p_values
 from rollout.experiments.stats.sequential import (
@@ -67,7 +78,7 @@ from rollout.experiments.stats.sequential import (
     mixing_variance_from_mde,
     msprt,
 )
-from rollout.experiments.stats.srm import srm_test
+from rollout.experiments.stats.srm import combined_srm_test
 from rollout.experiments.stats.summary import EffectEstimate, PairSummary
 from serving.kernel.analysis_plan import AnalysisPlan, GuardrailSpec, MetricSpec
 from telemetry.verdict import Verdict
@@ -89,6 +100,12 @@ class Exposures:
     at all, earlier than its exposure when a later period is analysed: the
     pre-period (the CUPED covariate) must end there, because what came after
     was already shaped by the unit's arm.
+
+    ``split``, when given, is per unit the split (weights) in force at its
+    exposure: an index into ``splits`` (weight vectors in ``arms`` order, as the
+    decision log recorded them), or -1 where the log recorded none and the
+    configured ``weights`` are assumed. Without it every unit is taken to have
+    been assigned under ``weights``.
     """
 
     arms: tuple[str, ...]
@@ -98,22 +115,47 @@ class Exposures:
     crossovers: int = 0  # units seen in more than one arm (counted in their first)
     segments: dict[str, tuple[NDArray[np.int64], tuple[str, ...]]] = field(default_factory=dict)
     entered_at: NDArray[np.int64] | None = None
+    split: NDArray[np.int64] | None = None
+    splits: tuple[tuple[float, ...], ...] = ()
 
     @property
     def n_units(self) -> int:
         return int(self.arm.size)
 
 
+def split_weights(label: str, arms: Sequence[str]) -> tuple[float, ...]:
+    """The weights (basis points, in ``arms`` order) of a logged split such as
+    ``control:9000,treatment:1000``. An arm the split does not name has weight
+    0; an arm it names that ``arms`` lacks is left out (units can only be counted
+    in the arms given, and the test normalizes the weights among them). A label
+    that is not ``name:integer`` pairs is a ``ValueError``."""
+    weights = dict.fromkeys(arms, 0.0)
+    for part in label.split(","):
+        name, sep, value = part.rpartition(":")
+        if not sep or not name or not value.isdigit():
+            raise ValueError(f"arm weights {label!r} are not name:basis_points pairs")
+        if name in weights:
+            weights[name] = float(value)
+    return tuple(weights.values())
+
+
 @dataclass(frozen=True)
 class OutcomeRows:
     """Outcome events already matched to exposed units: ``unit`` indexes
-    :class:`Exposures`; ``metric`` indexes ``metrics``."""
+    :class:`Exposures`; ``metric`` indexes ``metrics``.
+
+    ``at`` is when the event happened (it decides the event's window, pre-period
+    or in-experiment); ``received`` when it reached the outcomes log (it decides
+    when the event was known: a look reconstructed at time t counts only what had
+    arrived by t). Without ``received`` an event is taken as known when it happened.
+    """
 
     metrics: tuple[str, ...]
     unit: NDArray[np.int64]
     metric: NDArray[np.int64]
     value: NDArray[np.float64]
     at: NDArray[np.int64]  # microseconds since the epoch
+    received: NDArray[np.int64] | None = None  # microseconds since the epoch
 
 
 def first_exposures(
@@ -169,11 +211,13 @@ def outcome_periods(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeR
     """In-experiment events fall in ``[exposure, exposure + outcome_window]``;
     pre-period events in ``[exposure - pre_period, exposure)``, and before the
     unit entered the experiment when ``entered_at`` says so; both known by
-    ``as_of_us``."""
+    ``as_of_us``: received by then, and not stamped after it."""
     window_us = int(plan.outcome_window_s * MICROS)
     pre_us = int(plan.pre_period_s * MICROS)
     offset = outcomes.at - exposures.exposed_at[outcomes.unit]
     known = outcomes.at <= as_of_us
+    if outcomes.received is not None:
+        known &= outcomes.received <= as_of_us
     in_window = known & (offset >= 0) & (offset <= window_us)
     in_pre = known & (offset < 0) & (offset >= -pre_us)
     if exposures.entered_at is not None:
@@ -246,31 +290,58 @@ def arm_summaries(
 
 @dataclass(frozen=True)
 class MetricEstimate:
+    """One metric's estimate: ``estimate`` is CUPED-adjusted when ``cuped`` is set,
+    and ``bayes`` is then built on that adjusted estimate too."""
+
     estimate: EffectEstimate
     unadjusted: EffectEstimate
     cuped_variance_reduction: float | None
     bayes: BayesResult | None
+    cuped: CupedResult | None = None
+
+    def cuped_summary(self) -> CupedSummary | None:
+        """Which adjustment ran, its per-arm slopes and its signed variance reduction."""
+        if self.cuped is None:
+            return None
+        return CupedSummary(method=self.cuped.method, slope_control=self.cuped.slope_control,
+                            slope_treatment=self.cuped.slope_treatment,
+                            variance_reduction=self.cuped.variance_reduction)
+
+    def bayes_summary(self) -> BayesSummary | None:
+        """The posterior, labelled with the basis it shares with the p-value."""
+        if self.bayes is None:
+            return None
+        return BayesSummary.of(self.bayes,
+                               "unadjusted" if self.cuped is None else "cuped_adjusted")
 
 
 def estimate(spec: MetricSpec, plan: AnalysisPlan, control: PairSummary,
              treatment: PairSummary) -> MetricEstimate:
     """Treatment against control for one metric, CUPED-adjusted when the plan asks
-    for it and the pre-period has data."""
+    for it and the pre-period has data.
+
+    When CUPED applies, P(better) and the expected losses come from a normal
+    posterior (flat prior) on the adjusted effect and its standard error, so that
+    they never contradict the adjusted p-value beside them; otherwise from the
+    plain Beta-Binomial or normal-means model."""
     if spec.type == "ratio":
         effect = ratio_effect(control, treatment, plan.alpha)
         return MetricEstimate(effect, effect, None, None)
     binary = spec.type == "binary"
     plain = (two_proportion_ztest if binary else welch_ttest)(
         control.y(), treatment.y(), plan.alpha)
+    has_pre = control.sum_xx + treatment.sum_xx > 0
+    if plan.cuped and plan.pre_period_s > 0 and has_pre:
+        adjusted = cuped_effect(control, treatment, plan.alpha, binary=binary)
+        if adjusted.estimate.error in (None, "zero_control_mean"):
+            est = adjusted.estimate
+            bayes = normal_estimates(est.mean_control, est.mean_treatment,
+                                     adjusted.var_mean_control, adjusted.var_mean_treatment,
+                                     adjusted.covariance)
+            return MetricEstimate(est, plain, adjusted.variance_reduction, bayes, adjusted)
     bayes = (beta_binomial(control.y(), treatment.y()) if binary
              else normal_means(control.y(), treatment.y()))
-    has_pre = control.sum_xx + treatment.sum_xx > 0
-    if not (plan.cuped and plan.pre_period_s > 0 and has_pre):
-        return MetricEstimate(plain, plain, None, bayes)
-    adjusted = cuped_effect(control, treatment, plan.alpha, binary=binary)
-    if adjusted.estimate.error is not None and adjusted.estimate.error != "zero_control_mean":
-        return MetricEstimate(plain, plain, None, bayes)
-    return MetricEstimate(adjusted.estimate, plain, adjusted.variance_reduction, bayes)
+    return MetricEstimate(plain, plain, None, bayes)
 
 
 # --------------------------------------------------------------------------- timeline
@@ -305,15 +376,21 @@ def estimate_at(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
 
 def sequential_summary(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
                        outcomes: OutcomeRows, as_of_us: int, treatment_arm: int,
-                       final: MetricEstimate) -> SequentialSummary:
-    """The primary metric's pre-registered sequential analysis.
+                       final: MetricEstimate, *, treatment_arms: int = 1
+                       ) -> SequentialSummary:
+    """The primary metric's pre-registered sequential analysis of one treatment arm.
 
     Looks are reconstructed from the logs as they stood at each look's time:
-    units exposed by then and outcomes known by then.
+    units exposed by then and outcomes known by then. With ``treatment_arms``
+    arms compared with the control, the boundaries and the confidence sequence
+    are at ``alpha / treatment_arms`` (Bonferroni), so that the arms together
+    keep the family-wise error at alpha; the mSPRT's rejection is then decided
+    across arms by :func:`msprt_across_arms`.
     """
     method = plan.sequential.method
     if method == "none":
         return NoSequential()
+    level = plan.alpha / max(1, treatment_arms)
     if method == "group_sequential":
         max_units = plan.sequential.max_units_per_arm
         assert max_units is not None
@@ -323,14 +400,13 @@ def sequential_summary(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposure
                                         strict=True) if t is not None]
         if not looks:
             return GroupSequentialSummary(
-                kind=plan.sequential.kind,
+                kind=plan.sequential.kind, alpha=level, treatment_arms=treatment_arms,
                 note=f"first look at {targets[0]} units per arm not reached")
         z = [estimate_at(spec, plan, exposures, outcomes, t, treatment_arm).estimate.statistic
              for _, t in looks]
-        result = group_sequential_test(z, [f for f, _ in looks], plan.alpha,
-                                       plan.sequential.kind)
+        result = group_sequential_test(z, [f for f, _ in looks], level, plan.sequential.kind)
         return GroupSequentialSummary(
-            kind=plan.sequential.kind,
+            kind=plan.sequential.kind, alpha=level, treatment_arms=treatment_arms,
             looks=tuple(GroupSequentialLook(fraction=f, at=_time(t), z=zk, boundary=b)
                         for (f, t), zk, b in zip(looks, z, result.boundaries, strict=True)),
             boundary=result.boundary, crossed=result.crossed,
@@ -344,12 +420,158 @@ def sequential_summary(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposure
               for t in timeline_times(exposures, as_of_us, plan.sequential.looks)]
     points.append(final.estimate)
     always_valid = msprt([p.abs_effect for p in points], [p.std_error ** 2 for p in points],
-                         plan.alpha, mixing_variance=tau2)
+                         level, mixing_variance=tau2)
+    # Alone, the arm rejects where its always-valid p reaches alpha; with several
+    # arms msprt_across_arms replaces this with the corrected p-values.
+    alone = [k + 1 for k, p in enumerate(always_valid.p_values) if p <= plan.alpha]
     return MsprtSummary(
         looks=len(points), mixing_variance=tau2, always_valid_p_value=always_valid.p_value,
+        adjusted_p_value=always_valid.p_value, alpha=level, treatment_arms=treatment_arms,
+        look_p_values=always_valid.p_values,
         ci_low=always_valid.ci_low, ci_high=always_valid.ci_high,
-        rejected=always_valid.rejected, first_rejection_look=always_valid.first_rejection_look,
+        rejected=bool(alone), first_rejection_look=alone[0] if alone else None,
         error=always_valid.error)
+
+
+def msprt_across_arms(summaries: Sequence[MsprtSummary], alpha: float,
+                      correction: AdjustMethod) -> list[MsprtSummary]:
+    """The treatment arms' mSPRTs decided together: at every look, the arms'
+    always-valid p-values are corrected by the plan's correction, and an arm is
+    rejected from the first look where its corrected p-value reaches ``alpha``.
+
+    Every arm is looked at at the same times, so look ``j`` of one arm is look
+    ``j`` of every arm. Always-valid p-values are valid at any stopping time,
+    so Bonferroni and Holm over them keep the family-wise error at ``alpha``
+    however often the experiment is looked at. The corrected value reported is
+    the running minimum over looks, as the always-valid p-value itself is.
+    """
+    if len(summaries) <= 1:
+        return list(summaries)
+    looks = max(len(s.look_p_values) for s in summaries)
+    table = np.full((looks, len(summaries)), np.nan)
+    for a, summary in enumerate(summaries):
+        ps = [math.nan if p is None else p for p in summary.look_p_values]
+        table[looks - len(ps):, a] = ps
+    adjusted = np.vstack([adjust_p_values(row, correction) for row in table])
+    # fmin keeps a look without a p-value (NaN) from hiding earlier evidence
+    running = np.fmin.accumulate(adjusted, axis=0)
+    out = []
+    for a, summary in enumerate(summaries):
+        column = running[:, a]
+        hits = np.flatnonzero(column <= alpha)
+        final = float(column[-1])
+        out.append(summary.model_copy(update={
+            "adjusted_p_value": final if math.isfinite(final) else None,
+            "rejected": bool(hits.size),
+            "first_rejection_look": int(hits[0]) + 1 if hits.size else None}))
+    return out
+
+
+# --------------------------------------------------------------------------- looks
+
+
+def sequential_look(plan: AnalysisPlan, exposures: Exposures, at: dt.datetime,
+                    estimates: Mapping[int, MetricEstimate],
+                    sequential: Mapping[int, SequentialSummary | None],
+                    period: Period | None = None) -> SequentialLook:
+    """The primary metric at ``at`` as one look: units exposed per arm by then
+    and, per treatment arm, the estimate with the pre-registered method's figures.
+
+    ``estimates`` and ``sequential`` are by treatment arm index, as of ``at``,
+    the sequential summaries already corrected across arms.
+    """
+    at_us = int(at.timestamp() * MICROS)  # as analyze() converts its as_of
+    arms = sorted(estimates)
+    fixed = _adjusted([estimates[a].estimate.p_value for a in arms], plan.correction)
+    counts = np.bincount(exposures.arm[exposures.exposed_at <= at_us],
+                         minlength=len(exposures.arms))
+    out = []
+    for a, adjusted in zip(arms, fixed, strict=True):
+        effect = estimates[a].estimate
+        summary = sequential.get(a)
+        figures: dict[str, Any] = {"adjusted_p_value": adjusted,
+                                   "significant": adjusted < plan.alpha}
+        if isinstance(summary, MsprtSummary):
+            figures = {"always_valid_p_value": summary.always_valid_p_value,
+                       "adjusted_p_value": summary.adjusted_p_value,
+                       "significant": summary.rejected}
+        elif isinstance(summary, GroupSequentialSummary):
+            figures = {"boundary": summary.boundary, "significant": summary.crossed}
+        out.append(LookArm(arm=exposures.arms[a], abs_effect=effect.abs_effect,
+                           std_error=effect.std_error, z=effect.statistic,
+                           p_value=effect.p_value, **figures))
+    return SequentialLook(at=at.astimezone(dt.UTC), method=plan.sequential.method,
+                          metric=plan.primary.label, units=tuple(int(c) for c in counts),
+                          arms=tuple(out), period=None if period is None else period.index)
+
+
+def look_at(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
+            at: dt.datetime, period: Period | None = None) -> SequentialLook:
+    """The look at ``at`` reconstructed from the logs: units exposed by then,
+    outcomes known by then, and the sequential method run as of then."""
+    at_us = int(at.timestamp() * MICROS)
+    n_arms = len(exposures.arms)
+    estimates = {a: estimate_at(plan.primary, plan, exposures, outcomes, at_us, a)
+                 for a in range(1, n_arms)}
+    entries = [{"sequential": sequential_summary(plan.primary, plan, exposures, outcomes,
+                                                 at_us, a, estimates[a],
+                                                 treatment_arms=n_arms - 1)}
+               for a in range(1, n_arms)]
+    _sequential_across_arms(plan, entries)
+    by_arm = {a: e["sequential"] for a, e in zip(range(1, n_arms), entries, strict=True)}
+    return sequential_look(plan, exposures, at, estimates, by_arm, period)
+
+
+LOOK_FIGURES = ("abs_effect", "std_error", "z", "p_value", "always_valid_p_value",
+                "adjusted_p_value", "boundary")
+
+
+def look_differences(recorded: SequentialLook, reconstructed: SequentialLook) -> tuple[str, ...]:
+    """Every figure in which two looks at the same time disagree, named
+    (``units``, ``t1.z``...). Numbers agree within 1e-9 relative: the same sums
+    taken in another order differ in the last bits, a changed log by far more."""
+    out: list[str] = []
+    for name in ("method", "metric", "units"):
+        if getattr(recorded, name) != getattr(reconstructed, name):
+            out.append(name)
+    now = {arm.arm: arm for arm in reconstructed.arms}
+    for then in recorded.arms:
+        other = now.pop(then.arm, None)
+        if other is None:
+            out.append(f"{then.arm} (no longer compared)")
+            continue
+        for name in LOOK_FIGURES:
+            a, b = getattr(then, name), getattr(other, name)
+            if (a is None) != (b is None) or (
+                    a is not None and b is not None
+                    and not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)):
+                out.append(f"{then.arm}.{name}")
+        if then.significant != other.significant:
+            out.append(f"{then.arm}.significant")
+    out += [f"{arm} (not recorded)" for arm in now]
+    return tuple(out)
+
+
+def compare_looks(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
+                  as_of_us: int, recorded: Sequence[RecordedLook],
+                  period: Period | None = None) -> tuple[LookComparison, ...]:
+    """Each recorded look next to its reconstruction, in time order. A look of
+    another period, or after ``as_of``, is listed without one (and says why)."""
+    out = []
+    for look in sorted(recorded, key=lambda r: (r.at, r.recorded_at)):
+        at_us = int(look.at.timestamp() * MICROS)
+        note = None
+        if period is not None and look.period is not None and look.period != period.index:
+            note = f"recorded in period {look.period}; this analysis is of period {period.index}"
+        elif at_us > as_of_us:
+            note = "taken after this analysis's as-of time"
+        if note is not None:
+            out.append(LookComparison(recorded=look, note=note))
+            continue
+        now = look_at(plan, exposures, outcomes, look.at, period)
+        out.append(LookComparison(recorded=look, reconstructed=now,
+                                  differences=look_differences(look, now)))
+    return tuple(out)
 
 
 def timeline_times(exposures: Exposures, as_of_us: int, points: int) -> list[int]:
@@ -417,12 +639,44 @@ def guardrail_verdict(spec: GuardrailSpec, effect: EffectEstimate) -> tuple[Verd
 
 
 def srm_check(exposures: Exposures) -> SrmCheck:
-    """The sample-ratio test of the exposed units against the configured weights."""
-    counts = np.bincount(exposures.arm, minlength=len(exposures.arms))
-    srm = srm_test([int(c) for c in counts], list(exposures.weights))
+    """The sample-ratio test of the exposed units against the split each unit was
+    exposed under (:func:`~rollout.experiments.stats.srm.combined_srm_test`):
+    one χ² per split, summed. Units without a logged split are tested against
+    the configured weights."""
+    n_arms = len(exposures.arms)
+    split = exposures.split
+    if split is None or split.size == 0:
+        split = np.full(exposures.n_units, -1, dtype=np.int64)
+    # One counting pass: (split + 1) * arms + arm, -1 (configured) first.
+    n_splits = len(exposures.splits) + 1
+    counts = np.bincount((split + 1) * n_arms + exposures.arm,
+                         minlength=n_splits * n_arms).reshape(n_splits, n_arms)
+    present = [c for c in range(n_splits) if counts[c].sum() > 0]
+    if not present:  # nobody exposed: the configured split, and the test says no_units
+        present = [0]
+    # Splits in the order units first met them (a ramp reads in its own order).
+    firsts = {c: int(exposures.exposed_at[split == c - 1].min()) if counts[c].sum() else -1
+              for c in present}
+    present.sort(key=lambda c: (firsts[c], c))
+    weights = [exposures.weights if c == 0 else exposures.splits[c - 1] for c in present]
+    srm = combined_srm_test([[int(v) for v in counts[c]] for c in present], weights)
+    sources: list[Literal["logged", "configured"]] = [
+        "configured" if c == 0 else "logged" for c in present]
+    splits = tuple(
+        SrmSplit(weights=tuple(w), source=source,
+                 first_exposure=None if firsts[c] < 0 else _time(firsts[c]),
+                 observed=r.observed, expected=tuple(_rounded(e, 4) for e in r.expected),
+                 statistic=r.statistic, p_value=r.p_value, flag=i in srm.flagged_splits,
+                 error=r.error)
+        for i, (c, w, source, r) in enumerate(zip(present, weights, sources, srm.splits,
+                                                  strict=True)))
+    used = {s.source for s in splits if s.observed and sum(s.observed)}
+    weights_source: Literal["logged", "configured", "mixed"] = (
+        "mixed" if len(used) > 1 else "logged" if used == {"logged"} else "configured")
     return SrmCheck(p_value=srm.p_value, statistic=srm.statistic, observed=srm.observed,
                     expected=tuple(_rounded(e, 4) for e in srm.expected), flag=srm.flag,
-                    error=srm.error)
+                    error=srm.error, df=srm.df if srm.error is None else None,
+                    weights_source=weights_source, splits=splits)
 
 
 def _rounded(value: float, digits: int) -> float | None:
@@ -438,8 +692,16 @@ def _adjusted(p_values: Sequence[float | None], correction: AdjustMethod) -> lis
 def metric_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
                    as_of_us: int, periods: OutcomePeriods
                    ) -> tuple[tuple[MetricResult, ...], dict[int, MetricEstimate]]:
-    """Every metric (primary, then secondary) against control for each treatment arm,
-    p-values corrected across all of them; and the primary's estimates by arm."""
+    """Every metric (primary, then secondary) against control for each treatment arm;
+    and the primary's estimates by arm.
+
+    Multiple testing by design: the primary metric is tested alone at alpha,
+    corrected only across the treatment arms (by the plan's correction), so the
+    power ``rampart plan`` promised is the power the analysis has; the
+    secondary metrics are corrected as one family (every secondary metric and
+    arm). The primary's sequential method corrects across arms too
+    (:func:`sequential_summary`, :func:`msprt_across_arms`).
+    """
     n_arms = len(exposures.arms)
     specs: list[tuple[Literal["primary", "secondary"], MetricSpec]] = [
         ("primary", plan.primary), *(("secondary", m) for m in plan.secondary)]
@@ -454,20 +716,34 @@ def metric_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRo
             if role == "primary":
                 primary[arm] = result
                 sequential = sequential_summary(spec, plan, exposures, outcomes, as_of_us,
-                                                arm, result)
+                                                arm, result, treatment_arms=n_arms - 1)
             pending.append({
                 **Effect.fields_of(result.estimate),
                 "metric": spec.label, "role": role, "type": spec.type,
                 "arm": exposures.arms[arm], "control_arm": exposures.arms[0],
                 "n_control": summaries[0].n, "n_treatment": summaries[arm].n,
                 "cuped_variance_reduction": result.cuped_variance_reduction,
+                "cuped": result.cuped_summary(),
                 "unadjusted": Effect.of(result.unadjusted),
-                "bayes": None if result.bayes is None else BayesSummary.of(result.bayes),
+                "bayes": result.bayes_summary(),
                 "sequential": sequential,
             })
-    adjusted = _adjusted([entry["p_value"] for entry in pending], plan.correction)
-    return tuple(MetricResult(**entry, adjusted_p_value=p)
-                 for entry, p in zip(pending, adjusted, strict=True)), primary
+    _sequential_across_arms(plan, [e for e in pending if e["role"] == "primary"])
+    for role in ("primary", "secondary"):
+        family = [e for e in pending if e["role"] == role]
+        adjusted = _adjusted([e["p_value"] for e in family], plan.correction)
+        for entry, p in zip(family, adjusted, strict=True):
+            entry.update(adjusted_p_value=p, family_size=len(family))
+    return tuple(MetricResult(**entry) for entry in pending), primary
+
+
+def _sequential_across_arms(plan: AnalysisPlan, entries: Sequence[dict[str, Any]]) -> None:
+    """Replace the primary's per-arm mSPRT summaries (in ``entries``) with the arms'
+    joint decision (:func:`msprt_across_arms`)."""
+    found = [(e, e["sequential"]) for e in entries if isinstance(e["sequential"], MsprtSummary)]
+    joint = msprt_across_arms([s for _, s in found], plan.alpha, plan.correction)
+    for (entry, _), summary in zip(found, joint, strict=True):
+        entry["sequential"] = summary
 
 
 def guardrail_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
@@ -499,12 +775,15 @@ def analyze(
     timeline_points: int = 0,
     period: Period | None = None,
     periods: Sequence[Period] = (),
+    recorded_looks: Sequence[RecordedLook] = (),
 ) -> ExperimentAnalysis:
     """The whole analysis of one experiment (of one ``period`` of it, when given).
 
     SRM, every metric and guardrail, segments, the decision, and a timeline of
     ``timeline_points`` points before ``as_of`` when asked (for the HTML report's
     plots). A period whose arms serve the same versions holds the decision.
+    The analysis is also one sequential look (``look``), and each of
+    ``recorded_looks`` is set next to its reconstruction from these logs.
     """
     as_of_us = int(as_of.timestamp() * MICROS)
     srm = srm_check(exposures)
@@ -523,6 +802,11 @@ def analyze(
         timeline=(timeline(plan.primary, plan, exposures, outcomes, as_of_us, timeline_points)
                   if timeline_points > 0 else None),
         period=period, periods=tuple(periods), warnings=warnings,
+        look=sequential_look(plan, exposures, as_of, primary,
+                             {exposures.arms.index(m.arm): m.sequential
+                              for m in metrics if m.role == "primary"}, period),
+        recorded_looks=compare_looks(plan, exposures, outcomes, as_of_us, recorded_looks,
+                                     period),
     )
 
 
@@ -573,6 +857,14 @@ def segment_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeR
 # --------------------------------------------------------------------------- decision
 
 
+def split_label(split: SrmSplit) -> str:
+    """A split as people read it: ``9000/1000 (logged) from 2026-11-02T10:00:00Z``."""
+    weights = "/".join(f"{w:g}" for w in split.weights)
+    since = ("" if split.first_exposure is None else
+             " from " + split.first_exposure.isoformat(timespec="seconds").replace("+00:00", "Z"))
+    return f"{weights} ({split.source}){since}"
+
+
 def decide(plan: AnalysisPlan, srm: SrmCheck, metrics: Sequence[MetricResult],
            guardrails: Sequence[GuardrailResult], warnings: Sequence[PeriodWarning] = (),
            *, period: Period | None = None, n_periods: int = 1) -> Decision:
@@ -594,7 +886,12 @@ def decide(plan: AnalysisPlan, srm: SrmCheck, metrics: Sequence[MetricResult],
                        "versions changed during the experiment; other periods are not pooled in")
     reasons += [w.message for w in warnings if w.kind != "same_versions"]
     if srm.flag:
-        reasons.append(f"sample ratio mismatch (p = {srm.p_value or 0.0:.3g} < 0.001): "
+        alone = [s for s in srm.splits if s.flag]
+        where = (f"p = {srm.p_value or 0.0:.3g} < 0.001" if not alone or (
+            srm.p_value or 0.0) < 0.001 else
+            f"p = {alone[0].p_value or 0.0:.3g} < 0.001/{len(srm.splits)} in the split "
+            f"{split_label(alone[0])}")
+        reasons.append(f"sample ratio mismatch ({where}): "
                        "the assignment or logging is broken; no effect can be trusted")
     elif srm.p_value is not None:
         reasons.append(f"no sample ratio mismatch (p = {srm.p_value:.3g})")
@@ -619,7 +916,7 @@ def decide(plan: AnalysisPlan, srm: SrmCheck, metrics: Sequence[MetricResult],
             verdict = "significantly worse"
         else:
             verdict = "not significant"
-        reasons.append(f"{entry.name}: {verdict} {_by(entry)}, {_lift(entry)}")
+        reasons.append(f"{entry.name}: {verdict} {_by(entry, plan)}, {_lift(entry)}")
     outcome: Outcome
     if same or srm.flag:
         outcome = "hold"
@@ -646,16 +943,28 @@ def primary_significant(plan: AnalysisPlan, entry: MetricResult) -> bool:
     return p is not None and p < plan.alpha
 
 
-def _by(entry: MetricResult) -> str:
-    """Which pre-registered test the significance verdict comes from."""
+def _by(entry: MetricResult, plan: AnalysisPlan) -> str:
+    """Which pre-registered test the significance verdict comes from, and how it
+    was corrected across treatment arms."""
     sequential = entry.sequential
     if isinstance(sequential, GroupSequentialSummary):
-        return (f"by the {sequential.kind} group-sequential boundary "
+        arms = sequential.treatment_arms
+        across = (f" at alpha {plan.alpha:g}/{arms} = {plan.alpha / arms:.3g}, adjusted "
+                  f"across {arms} treatment arms (Bonferroni)" if arms > 1 else "")
+        return (f"by the {sequential.kind} group-sequential boundary{across} "
                 f"({sequential.decision})")
     if isinstance(sequential, MsprtSummary):
-        p = sequential.always_valid_p_value
-        return "by the mSPRT" + (f" (always-valid p = {p:.3g})" if p is not None else "")
-    return "at the fixed horizon"
+        p, adjusted = sequential.always_valid_p_value, sequential.adjusted_p_value
+        arms = sequential.treatment_arms
+        detail = "" if p is None else f"always-valid p = {p:.3g}"
+        if arms > 1 and adjusted is not None:
+            detail += (f"; {adjusted:.3g} adjusted across {arms} treatment arms "
+                       f"by {plan.correction}")
+        return "by the mSPRT" + (f" ({detail})" if detail else "")
+    arms = entry.family_size or 1
+    return "at the fixed horizon" + (
+        f" (p adjusted across {arms} treatment arms by {plan.correction})" if arms > 1 else
+        f" (the primary metric tested alone at alpha {plan.alpha:g})")
 
 
 def _lift(entry: MetricResult) -> str:

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +41,7 @@ from rollout.experiments.analysis import (
     Exposures,
     OutcomeRows,
     first_exposures,
+    split_weights,
 )
 from rollout.experiments.periods import (
     ServedSpan,
@@ -49,17 +50,17 @@ from rollout.experiments.periods import (
     split_periods,
     to_micros,
 )
-from rollout.experiments.results import Period
+from rollout.experiments.results import LogName, Period, SkippedFile
 from serving.kernel.analysis_plan import AnalysisPlan
 from serving.kernel.config import ExperimentSpec, RampartConfig
 from serving.kernel.errors import LogStorageUnavailable, RampartError
 from telemetry.decision_log import DECISION_SCHEMA
-from telemetry.outcomes_log import OUTCOME_SCHEMA
-from telemetry.storage import LogLocation, LogStorageError, storage_errors
+from telemetry.outcomes_log import OUTCOME_LOG_SCHEMA
+from telemetry.storage import LogLocation, LogStorageError, one_line, storage_errors
 
 # Low-cardinality columns read as Arrow dictionaries: Parquet's dictionary pages
 # become integer indices directly, without materializing a string per row.
-DICTIONARY_COLUMNS = ("arm", "model_name", "model_version")
+DICTIONARY_COLUMNS = ("arm", "model_name", "model_version", "arm_weights")
 _DECISIONS_AS_READ = pa.schema([
     f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in DICTIONARY_COLUMNS else f
     for f in DECISION_SCHEMA])
@@ -67,6 +68,10 @@ _DECISIONS_FORMAT = pads.ParquetFileFormat(
     read_options=pads.ParquetReadOptions(dictionary_columns=list(DICTIONARY_COLUMNS)))
 
 PeriodChoice = int | Literal["latest"]
+# The unit id as a 64-bit integer, written next to it by the gateway and the
+# import (telemetry.unit_keys). When both logs have it in every row, units are
+# grouped and matched on it instead of on id strings.
+UNIT_KEY = "unit_key"
 
 
 class AnalysisInputError(RampartError):
@@ -77,30 +82,329 @@ class AnalysisInputError(RampartError):
 
 LogPlace = str | os.PathLike[str]
 
+# The columns every file of a log must have. Without them a row cannot be placed:
+# whose unit, which experiment and arm, when, served or shadow; for an outcome,
+# which metric, its value, when it happened and when it arrived. Every other
+# column the analysis reads may be missing from an older file and then reads as
+# null: the served version (``model_name``, ``model_version``: not logged), the
+# request ``context`` (segments: "(missing)"), an outcome's ``experiment_id``
+# (untagged: it belongs to every experiment its unit is in).
+DECISION_REQUIRED = ("unit_id", "experiment_id", "arm", "role", "timestamp")
+OUTCOME_REQUIRED = ("unit_id", "metric", "value", "timestamp", "received_at")
+# Fields that must hold a value in every row the analysis reads (the experiment's
+# primary decisions; the events of its metrics), and the ones that must be finite.
+DECISION_NOT_NULL = ("unit_id", "arm", "role", "timestamp")
+OUTCOME_NOT_NULL = ("unit_id", "metric", "value", "timestamp", "received_at")
+OUTCOME_FINITE = ("value",)
+# A field read only to be checked is projected as one "is null" bit per row.
+_NULL_FLAG = "__null_"
+_ROW = "__row"
 
-def _read(path: LogPlace, schema: pa.Schema, noun: str, columns: list[str],
-          filter: pc.Expression, format: pads.FileFormat | str = "parquet") -> pa.Table:
-    """The rows of one log (a local path or a URI such as ``s3://bucket/prefix``)
-    that ``filter`` keeps, pushed down into the Parquet scan; a log whose storage
-    cannot be read is a :class:`LogStorageUnavailable`."""
-    location = LogLocation.resolve(path)
+
+@dataclass(frozen=True)
+class LogSpec:
+    """What one log must hold: the declared schema (the types every file is
+    checked against), the schema it is scanned with (dictionary columns), and
+    the required, non-null and finite columns."""
+
+    noun: LogName
+    declared: pa.Schema
+    as_read: pa.Schema
+    format: pads.FileFormat
+    required: tuple[str, ...]
+    not_null: tuple[str, ...]
+    finite: tuple[str, ...] = ()
+    filtered: tuple[str, ...] = ("experiment_id",)  # read by the filters only
+
+
+DECISION_LOG = LogSpec("decision log", DECISION_SCHEMA, _DECISIONS_AS_READ, _DECISIONS_FORMAT,
+                       DECISION_REQUIRED, DECISION_NOT_NULL)
+OUTCOMES_LOG = LogSpec("outcomes log", OUTCOME_LOG_SCHEMA, OUTCOME_LOG_SCHEMA,
+                       pads.ParquetFileFormat(), OUTCOME_REQUIRED, OUTCOME_NOT_NULL,
+                       OUTCOME_FINITE)
+
+
+@dataclass(frozen=True)
+class LogTable:
+    """The rows read from one log, and the files left out of it
+    (``skip_bad_files``)."""
+
+    table: pa.Table
+    skipped: tuple[SkippedFile, ...] = ()
+
+
+class _BadFile(Exception):
+    """One file of a log that cannot be read as the log's schema says."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(reason)
+        self.path, self.reason = path, reason
+
+
+def _or_null(name: str, condition: pc.Expression) -> pc.Expression:
+    """``condition``, keeping rows whose ``name`` is null: the checks after the scan
+    must see such rows, which the condition alone would drop silently."""
+    return condition | pc.field(name).is_null()
+
+
+def _type_fits(actual: pa.DataType, declared: pa.DataType) -> bool:
+    """Whether a file's column type reads as the declared one without loss or
+    guessing: strings as strings (dictionary-encoded too), numbers as a float,
+    timestamps with a zone at a unit down to microseconds (a naive time is
+    ambiguous; nanoseconds would be truncated)."""
+    if pa.types.is_dictionary(actual):
+        actual = actual.value_type
+    if actual.equals(declared):
+        return True
+    if pa.types.is_string(declared) or pa.types.is_large_string(declared):
+        return bool(pa.types.is_string(actual) or pa.types.is_large_string(actual))
+    if pa.types.is_floating(declared):
+        return bool(pa.types.is_floating(actual) or pa.types.is_integer(actual))
+    if pa.types.is_timestamp(declared):
+        return (pa.types.is_timestamp(actual) and actual.tz is not None
+                and actual.unit in ("s", "ms", "us"))
+    return False
+
+
+def _schema_problem(physical: pa.Schema, spec: LogSpec, checked: list[str]) -> str | None:
+    """What is wrong with a file's schema for the columns read, or None."""
+    for name in checked:
+        index = physical.get_field_index(name)
+        if index < 0:
+            if name in spec.required:
+                return f"no column {name!r} (a required column of the {spec.noun})"
+            continue
+        actual, declared = physical.field(index).type, spec.declared.field(name).type
+        if not _type_fits(actual, declared):
+            return f"column {name!r} is {actual}, expected {declared}"
+    return None
+
+
+def _opened(location: LogLocation, path: str, spec: LogSpec, checked: list[str]
+            ) -> pads.ParquetFileFragment:
+    """A file's fragment with its footer read (kept: the scan does not read it
+    again) and its schema checked; a :class:`_BadFile` when it is not Parquet or
+    not the log's schema. On an object store an I/O error is the store's
+    (:class:`LogStorageError`); on local disk it is the file's."""
+    shown = _shown(location, path)
+    fragment = spec.format.make_fragment(path, filesystem=location.fs)
     try:
-        with storage_errors(f"cannot read the {noun} at {location}"):
+        fragment.ensure_complete_metadata()
+        physical = fragment.physical_schema
+    except pa.ArrowInvalid as exc:
+        raise _BadFile(shown, f"not a readable Parquet file ({_cause(exc, path)})") from None
+    except OSError as exc:
+        if not location.local:
+            raise
+        raise _BadFile(shown, f"not a readable Parquet file ({_cause(exc, path)})") from None
+    problem = _schema_problem(physical, spec, checked)
+    if problem is not None:
+        raise _BadFile(shown, problem)
+    return fragment
+
+
+def _cause(exc: BaseException, path: str) -> str:
+    """Arrow's one-line reason, without the file name it repeats (the message names it)."""
+    text = one_line(exc).split(f"{path}': ", 1)[-1]
+    # a decoder's message may quote the corrupt bytes themselves
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _shown(location: LogLocation, path: str) -> str:
+    """A file of a log as people name it: its path, or the log's URI and the rest."""
+    if location.local or not path.startswith(location.path):
+        return path
+    return location.uri + path[len(location.path):]
+
+
+def _read(path: LogPlace, spec: LogSpec, columns: list[str], filter: pc.Expression,
+          skip_bad_files: bool = False, prefer_keys: bool = False) -> LogTable:
+    """The rows of one log (a local path or a URI such as ``s3://bucket/prefix``)
+    that ``filter`` keeps, pushed down into the Parquet scan, checked against the
+    log's declared schema.
+
+    With ``prefer_keys``, when every file's footer shows a ``unit_key`` in every
+    row, ``unit_key`` is read in place of ``unit_id`` (and checked in its place:
+    the writers key every row that has an id), so no id string is decoded.
+
+    Every file's footer is read first (footers only) and its columns checked; a
+    file that is not Parquet or lacks or mistypes a column is an
+    :class:`AnalysisInputError` naming it, or is left out and listed with
+    ``skip_bad_files``. After the scan the non-null and finite fields are checked
+    over the whole table at once; only when one fails are the files read again
+    one by one to name the first bad row. A log whose storage cannot be read is
+    a :class:`LogStorageUnavailable`.
+    """
+    location = LogLocation.resolve(path)
+    checked = list(dict.fromkeys([*columns, *spec.required, *spec.not_null, *spec.filtered]))
+    try:
+        with storage_errors(f"cannot read the {spec.noun} at {location}"):
             info = location.info()
             if info.type == FileType.NotFound:
-                raise AnalysisInputError(f"no {noun} at {location}")
+                raise AnalysisInputError(f"no {spec.noun} at {location}")
             if info.type == FileType.Directory:
                 files = location.visible_parquet_files()
                 if not files:
-                    raise AnalysisInputError(f"no {noun} files (*.parquet) under {location}")
-                dataset = pads.dataset(files, filesystem=location.fs, format=format,
-                                       schema=schema)
+                    raise AnalysisInputError(
+                        f"no {spec.noun} files (*.parquet) under {location}")
             else:
-                dataset = pads.dataset(location.path, filesystem=location.fs, format=format,
-                                       schema=schema)
-            return dataset.to_table(columns=columns, filter=filter)
+                files = [location.path]
+            fragments, skipped = _open_all(location, files, spec, checked, skip_bad_files)
+            if prefer_keys and fragments and all(_keyed(f) for f in fragments):
+                columns = [UNIT_KEY if name == "unit_id" else name for name in columns]
+                spec = replace(spec, not_null=tuple(UNIT_KEY if name == "unit_id" else name
+                                                    for name in spec.not_null))
+            projection = {name: pc.field(name) for name in columns}
+            projection.update({f"{_NULL_FLAG}{name}": pc.field(name).is_null()
+                               for name in spec.not_null if name not in columns})
+            table, unreadable = _scan(location, fragments, spec, projection, filter,
+                                      skip_bad_files)
+            skipped += unreadable
+            if skipped and len(skipped) == len(files):
+                raise AnalysisInputError(
+                    f"every file of the {spec.noun} at {location} was skipped; the first: "
+                    f"{skipped[0].path}: {skipped[0].reason}")
+            problem = _first_problem(table, spec, columns)
+            if problem is not None:
+                raise AnalysisInputError(_locate(location, fragments, spec, checked, filter,
+                                                 problem, [s.path for s in unreadable]))
+            return LogTable(table.drop_columns([n for n in table.column_names
+                                                if n.startswith(_NULL_FLAG)]),
+                            tuple(skipped))
     except LogStorageError as exc:
         raise LogStorageUnavailable(str(exc)) from None
+
+
+def _keyed(fragment: pads.ParquetFileFragment) -> bool:
+    """Whether every row of a file has a ``unit_key``, by its footer: the column
+    is int64 and each row group's statistics count no null (a file written before
+    the key existed, or without statistics, is not keyed)."""
+    index = fragment.physical_schema.get_field_index(UNIT_KEY)
+    if index < 0 or not pa.types.is_int64(fragment.physical_schema.field(index).type):
+        return False
+    metadata = fragment.metadata
+    column = next(j for j in range(metadata.num_columns)
+                  if metadata.schema.column(j).path == UNIT_KEY)
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(column).statistics
+        if stats is None or not stats.has_null_count or stats.null_count:
+            return False
+    return True
+
+
+def _open_all(location: LogLocation, files: list[str], spec: LogSpec, checked: list[str],
+              skip_bad_files: bool) -> tuple[list[pads.ParquetFileFragment], list[SkippedFile]]:
+    """Every file's checked fragment, in file order (footers fetched in parallel:
+    on an object store each is a request)."""
+    def one(path: str) -> pads.ParquetFileFragment | _BadFile:
+        try:
+            return _opened(location, path, spec, checked)
+        except _BadFile as bad:
+            return bad
+
+    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+        opened = list(pool.map(one, files))
+    fragments, skipped = [], []
+    for result in opened:
+        if isinstance(result, _BadFile):
+            if not skip_bad_files:
+                raise AnalysisInputError(f"{spec.noun} file {result.path}: {result.reason} "
+                                         "(--skip-bad-files leaves such files out)")
+            skipped.append(SkippedFile(log=spec.noun, path=result.path, reason=result.reason))
+        else:
+            fragments.append(result)
+    return fragments, skipped
+
+
+def _dataset(location: LogLocation, fragments: list[pads.ParquetFileFragment],
+             spec: LogSpec) -> pads.FileSystemDataset:
+    return pads.FileSystemDataset(fragments, schema=spec.as_read, format=spec.format,
+                                  filesystem=location.fs)
+
+
+def _scan(location: LogLocation, fragments: list[pads.ParquetFileFragment], spec: LogSpec,
+          projection: dict[str, pc.Expression], filter: pc.Expression,
+          skip_bad_files: bool) -> tuple[pa.Table, list[SkippedFile]]:
+    """The filtered rows of the files. A file whose data pages cannot be decoded
+    (its footer was fine) is found by scanning the files one by one: named, or
+    left out with ``skip_bad_files``."""
+    if not fragments:
+        return pads.dataset(spec.as_read.empty_table()).to_table(
+            columns=projection, filter=filter), []
+    try:
+        return _dataset(location, fragments, spec).to_table(
+            columns=projection, filter=filter), []
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError):
+        pass
+    good, skipped = [], []
+    for fragment in fragments:
+        try:
+            fragment.to_table(schema=spec.as_read, columns=projection, filter=filter)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError,
+                OSError) as exc:
+            reason = f"cannot be decoded ({_cause(exc, fragment.path)})"
+            shown = _shown(location, fragment.path)
+            if not skip_bad_files:
+                raise AnalysisInputError(f"{spec.noun} file {shown}: {reason} "
+                                         "(--skip-bad-files leaves such files out)") from None
+            skipped.append(SkippedFile(log=spec.noun, path=shown, reason=reason))
+        else:
+            good.append(fragment)
+    if not good:
+        return pads.dataset(spec.as_read.empty_table()).to_table(
+            columns=projection, filter=filter), skipped
+    return _dataset(location, good, spec).to_table(columns=projection, filter=filter), skipped
+
+
+def _first_problem(table: pa.Table, spec: LogSpec, columns: list[str]) -> str | None:
+    """The first kind of bad value in the rows read (whole columns at once: null
+    counts are kept by Arrow, finiteness is one vectorized pass), or None."""
+    for name in spec.not_null:
+        if name in columns:
+            if table[name].null_count:
+                return name
+        elif pc.any(table[f"{_NULL_FLAG}{name}"]).as_py():
+            return name
+    for name in spec.finite:
+        if table.num_rows and not pc.all(pc.is_finite(table[name])).as_py():
+            return name
+    return None
+
+
+def _locate(location: LogLocation, fragments: list[pads.ParquetFileFragment], spec: LogSpec,
+            checked: list[str], filter: pc.Expression, column: str,
+            unreadable: list[str]) -> str:
+    """The message for the first row, in file order, whose ``column`` is null (or
+    not finite) among the rows ``filter`` keeps: file, row and row group.
+
+    Each file is read whole (only these columns) and filtered in memory, with
+    the row positions carried along; Parquet statistics are not consulted, since
+    they leave NaN out and would let a filter on finiteness skip the very row
+    group that holds one.
+    """
+    finite = column in spec.finite
+    bad = pc.field(column).is_null()
+    if finite:
+        bad = bad | ~pc.is_finite(pc.field(column))
+    for fragment in fragments:
+        if _shown(location, fragment.path) in unreadable:
+            continue
+        whole = fragment.to_table(schema=spec.as_read, columns=checked)
+        whole = whole.append_column(_ROW, pa.array(np.arange(whole.num_rows, dtype=np.int64)))
+        hits = pads.dataset(whole).to_table(columns=[_ROW, column], filter=filter & bad)
+        if hits.num_rows == 0:
+            continue
+        row = int(hits[_ROW][0].as_py())
+        sizes = [group.num_rows for group in fragment.row_groups]
+        group = int(np.searchsorted(np.cumsum(sizes), row, side="right"))
+        value = hits[column][0].as_py()
+        what = (f"{column} is {value} (not a finite number)" if finite and value is not None
+                else f"{column} is null")
+        scope = ("in an event of the analysed metrics" if spec is OUTCOMES_LOG
+                 else "in a primary decision of the experiment")
+        return (f"{spec.noun} file {_shown(location, fragment.path)}: row {row} (row group "
+                f"{group}): {what} {scope}")
+    return f"the {spec.noun} at {location} holds a null or non-finite {column}"
 
 
 def _micros(column: pa.ChunkedArray) -> np.ndarray:
@@ -120,7 +424,7 @@ def encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     valid against the last dictionary; that is checked, not assumed.
     """
     if len(column) == 0:
-        return np.zeros(0, dtype=np.int64), pa.array([], type=pa.string())
+        return np.zeros(0, dtype=np.int64), pa.array([], type=column.type)
     encoded = pc.dictionary_encode(column)
     chunks = [c for c in encoded.chunks if len(c)]
     dictionary = chunks[-1].dictionary
@@ -165,6 +469,8 @@ class DecisionRows:
     ``arm`` indexes the config's arms; ``at`` is microseconds since the epoch;
     ``served`` codes the served model version as ``(name + 1) * (len(versions) + 1)
     + version + 1`` over ``names``/``versions`` (0 in either part: not logged).
+    ``split`` indexes ``splits``, the distinct logged weight vectors (config arm
+    order), -1 where the row has no logged split.
     """
 
     table: pa.Table
@@ -173,6 +479,8 @@ class DecisionRows:
     served: np.ndarray
     names: list[str | None]
     versions: list[str | None]
+    split: np.ndarray
+    splits: tuple[tuple[float, ...], ...] = ()
 
     def served_label(self, key: int) -> str | None:
         """``model/version`` of a served code; None when either part was not logged."""
@@ -183,16 +491,20 @@ class DecisionRows:
 
     def subset(self, mask: np.ndarray) -> DecisionRows:
         return DecisionRows(self.table.filter(pa.array(mask)), self.arm[mask], self.at[mask],
-                            self.served[mask], self.names, self.versions)
+                            self.served[mask], self.names, self.versions, self.split[mask],
+                            self.splits)
 
 
 def _read_decisions(decisions: LogPlace, experiment: ExperimentSpec, as_of: dt.datetime,
-                    segments: tuple[str, ...]) -> pa.Table:
+                    segments: tuple[str, ...], skip_bad_files: bool = False,
+                    prefer_keys: bool = False) -> LogTable:
     columns = ["unit_id", "timestamp", *DICTIONARY_COLUMNS] + (["context"] if segments else [])
     return _read(
-        decisions, _DECISIONS_AS_READ, "decision log", columns,
-        (pc.field("experiment_id") == experiment.id) & (pc.field("role") == "primary")
-        & (pc.field("timestamp") <= _as_of_scalar(as_of)), _DECISIONS_FORMAT)
+        decisions, DECISION_LOG, columns,
+        (pc.field("experiment_id") == experiment.id)
+        & _or_null("role", pc.field("role") == "primary")
+        & _or_null("timestamp", pc.field("timestamp") <= _as_of_scalar(as_of)), skip_bad_files,
+        prefer_keys)
 
 
 def decision_rows(table: pa.Table, experiment: ExperimentSpec) -> DecisionRows:
@@ -216,8 +528,35 @@ def decision_rows(table: pa.Table, experiment: ExperimentSpec) -> DecisionRows:
     names, name_labels = dictionary_codes(table["model_name"])
     versions, version_labels = dictionary_codes(table["model_version"])
     served = (names + 1) * (len(version_labels) + 1) + (versions + 1)
+    split, splits = _splits(table, experiment)
     return DecisionRows(table, arm, _micros(table["timestamp"]), served, name_labels,
-                        version_labels)
+                        version_labels, split, splits)
+
+
+def _splits(table: pa.Table, experiment: ExperimentSpec
+            ) -> tuple[np.ndarray, tuple[tuple[float, ...], ...]]:
+    """Per row, the index of its logged split among the distinct weight vectors
+    (-1: none logged, as in logs written before the column existed). Labels that
+    give the same weights (the arms in another order) share one index."""
+    if "arm_weights" not in table.column_names:
+        return np.full(table.num_rows, -1, dtype=np.int64), ()
+    codes, labels = dictionary_codes(table["arm_weights"])
+    arms = [a.name for a in experiment.arms]
+    vectors: dict[tuple[float, ...], int] = {}
+    lookup = []
+    for label in labels:
+        if label is None:
+            lookup.append(-1)
+            continue
+        try:
+            weights = split_weights(label, arms)
+        except ValueError as exc:
+            raise AnalysisInputError(
+                f"decision log: experiment {experiment.id!r}: {exc}") from None
+        lookup.append(vectors.setdefault(weights, len(vectors)))
+    # index -1 (a null row) picks the appended -1
+    split = np.asarray([*lookup, -1], dtype=np.int64)[codes]
+    return split, tuple(vectors)
 
 
 def find_periods(rows: DecisionRows, experiment: ExperimentSpec) -> tuple[Period, ...]:
@@ -273,7 +612,15 @@ def _exposures(rows: DecisionRows, codes: np.ndarray, n_codes: int,
         per_unit[codes[first_rows]] = per_row[first_rows]
         labels = tuple(str(v) for v in filled.dictionary.to_pylist())
         segment_codes[attribute] = (per_unit, labels)
-    return Exposures(arms, weights, arm, exposed_at, crossovers, segment_codes)
+    # The split at exposure; among a unit's first rows (same time, same arm) the
+    # smallest code, with none logged (-1) first, as the packed minimum of
+    # _one_period picks it.
+    split = np.full(n_codes, -1, dtype=np.int64)
+    if rows.splits:
+        split[:] = len(rows.splits)
+        np.minimum.at(split, codes[first_rows], rows.split[first_rows])
+    return Exposures(arms, weights, arm, exposed_at, crossovers, segment_codes,
+                     split=split, splits=rows.splits)
 
 
 def load_exposures(
@@ -281,6 +628,7 @@ def load_exposures(
     experiment: ExperimentSpec,
     as_of: dt.datetime,
     segments: tuple[str, ...] = (),
+    skip_bad_files: bool = False,
 ) -> tuple[Exposures, pa.Array]:
     """Exposed units of ``experiment`` by ``as_of`` over all its periods, and the
     unit-id dictionary.
@@ -288,7 +636,8 @@ def load_exposures(
     Only primary decisions count (a shadow call exposes nobody). Decisions in an
     arm the config does not name are an error: the log and the config disagree.
     """
-    rows = decision_rows(_read_decisions(decisions, experiment, as_of, segments), experiment)
+    rows = decision_rows(
+        _read_decisions(decisions, experiment, as_of, segments, skip_bad_files).table, experiment)
     codes, dictionary = encode(rows.table["unit_id"])
     return _exposures(rows, codes, len(dictionary), experiment, segments), dictionary
 
@@ -297,17 +646,22 @@ def load_exposures(
 
 
 def _read_outcomes(outcomes: LogPlace, metrics: tuple[str, ...], experiment_id: str,
-                   as_of: dt.datetime) -> pa.Table:
-    """Outcome events for ``metrics`` known by ``as_of``.
+                   as_of: dt.datetime, skip_bad_files: bool = False,
+                   prefer_keys: bool = False) -> LogTable:
+    """Outcome events for ``metrics`` known by ``as_of``: received by then (and not
+    stamped after it).
 
     An event tagged with another experiment's id is not this experiment's; an
     untagged event belongs to every experiment its unit is in.
     """
+    as_of_us = _as_of_scalar(as_of)
     return _read(
-        outcomes, OUTCOME_SCHEMA, "outcomes log", ["unit_id", "metric", "value", "timestamp"],
-        pc.field("metric").isin(list(metrics))
+        outcomes, OUTCOMES_LOG, ["unit_id", "metric", "value", "timestamp", "received_at"],
+        _or_null("metric", pc.field("metric").isin(list(metrics)))
         & (pc.field("experiment_id").is_null() | (pc.field("experiment_id") == experiment_id))
-        & (pc.field("timestamp") <= _as_of_scalar(as_of)))
+        & _or_null("timestamp", pc.field("timestamp") <= as_of_us)
+        & _or_null("received_at", pc.field("received_at") <= as_of_us), skip_bad_files,
+        prefer_keys)
 
 
 def _outcome_rows(table: pa.Table, unit: np.ndarray, metrics: tuple[str, ...]) -> OutcomeRows:
@@ -317,10 +671,12 @@ def _outcome_rows(table: pa.Table, unit: np.ndarray, metrics: tuple[str, ...]) -
     metric = _codes(pc.index_in(table["metric"], value_set=pa.array(list(metrics))))
     value = np.asarray(table["value"].to_numpy(), dtype=np.float64)
     at = _micros(table["timestamp"])
+    received = _micros(table["received_at"])
     exposed = unit >= 0
     if not exposed.all():
-        unit, metric, value, at = unit[exposed], metric[exposed], value[exposed], at[exposed]
-    return OutcomeRows(metrics, unit, metric, value, at)
+        unit, metric, value = unit[exposed], metric[exposed], value[exposed]
+        at, received = at[exposed], received[exposed]
+    return OutcomeRows(metrics, unit, metric, value, at, received)
 
 
 def load_outcomes(
@@ -329,10 +685,11 @@ def load_outcomes(
     metrics: tuple[str, ...],
     experiment_id: str,
     as_of: dt.datetime,
+    skip_bad_files: bool = False,
 ) -> OutcomeRows:
     """Outcome events of the units in ``unit_dictionary`` for ``metrics``, known by
     ``as_of`` (see :func:`_read_outcomes`)."""
-    table = _read_outcomes(outcomes, metrics, experiment_id, as_of)
+    table = _read_outcomes(outcomes, metrics, experiment_id, as_of, skip_bad_files).table
     unit = _codes(pc.index_in(table["unit_id"], value_set=unit_dictionary))
     return _outcome_rows(table, unit, metrics)
 
@@ -343,15 +700,18 @@ def load_outcomes(
 @dataclass(frozen=True)
 class ExperimentData:
     """One period of an experiment, ready for :func:`rollout.experiments.analysis.analyze`:
-    its exposures, their outcome rows, the exposed units' ids (indexed like the
+    its exposures, their outcome rows, the exposed units (indexed like the
     exposures), the period and every period of the experiment (``period`` is
-    None only when nobody was exposed)."""
+    None only when nobody was exposed). ``units`` holds the unit ids, or their
+    ``unit_key`` values (int64) when both logs were read by key; a unit's key is
+    :func:`serving.kernel.ids.unit_key` of its id."""
 
     exposures: Exposures
     outcomes: OutcomeRows
     units: pa.Array
     period: Period | None
     periods: tuple[Period, ...]
+    skipped_files: tuple[SkippedFile, ...] = ()
 
 
 def load_experiment(
@@ -362,6 +722,8 @@ def load_experiment(
     as_of: dt.datetime,
     segments: tuple[str, ...] = (),
     period: PeriodChoice = "latest",
+    *,
+    skip_bad_files: bool = False,
 ) -> ExperimentData:
     """One period of the experiment (the latest by default, else the 1-based index).
 
@@ -372,8 +734,18 @@ def load_experiment(
     Arrow's engine; with segments, the context at each unit's first decision
     needs row-level codes. Both paths give the same exposures and the same
     figures; only the order of units differs, and no figure depends on it.
+
+    When every file of both logs has a ``unit_key`` in every row (by their
+    footers), units are read, grouped and matched by that int64 instead of by
+    id strings (:func:`_one_period_by_key`), with the same exposures and
+    figures; a log with a file from before the key existed is read by id.
+
+    Both logs are checked against their declared schemas as they are read
+    (:func:`_read`); with ``skip_bad_files`` unreadable files are left out and
+    listed in ``skipped_files``.
     """
-    return _load(decisions, outcomes, experiment, metrics, as_of, segments, period)[0]
+    return _load(decisions, outcomes, experiment, metrics, as_of, segments, period,
+                 skip_bad_files)[0]
 
 
 def load_all_periods(
@@ -383,18 +755,36 @@ def load_all_periods(
     metrics: tuple[str, ...],
     as_of: dt.datetime,
     segments: tuple[str, ...] = (),
+    *,
+    skip_bad_files: bool = False,
 ) -> list[ExperimentData]:
     """Every period of the experiment, each loaded as :func:`load_experiment` loads one."""
-    return _load(decisions, outcomes, experiment, metrics, as_of, segments, "all")
+    return _load(decisions, outcomes, experiment, metrics, as_of, segments, "all",
+                 skip_bad_files)
 
 
 def _load(decisions: LogPlace, outcomes: LogPlace, experiment: ExperimentSpec,
           metrics: tuple[str, ...], as_of: dt.datetime, segments: tuple[str, ...],
-          which: PeriodChoice | Literal["all"]) -> list[ExperimentData]:
+          which: PeriodChoice | Literal["all"], skip_bad_files: bool = False
+          ) -> list[ExperimentData]:
     with ThreadPoolExecutor(max_workers=1) as pool:  # leaving waits for the outcomes side
-        pending = pool.submit(_read_outcomes, outcomes, metrics, experiment.id, as_of)
-        decided = _read_decisions(decisions, experiment, as_of, segments)
-        happened = pending.result()
+        pending = pool.submit(_read_outcomes, outcomes, metrics, experiment.id, as_of,
+                              skip_bad_files, True)
+        decided_log = _read_decisions(decisions, experiment, as_of, segments, skip_bad_files,
+                                      True)
+        happened_log = pending.result()
+    # Keys match keys only: when one log is keyed and the other is not (some of
+    # its files predate the key), the keyed one is read again by id.
+    if _unit_column(decided_log.table) != _unit_column(happened_log.table):
+        if _unit_column(decided_log.table) == UNIT_KEY:
+            decided_log = _read_decisions(decisions, experiment, as_of, segments,
+                                          skip_bad_files)
+        else:
+            happened_log = _read_outcomes(outcomes, metrics, experiment.id, as_of,
+                                          skip_bad_files)
+    decided, happened = decided_log.table, happened_log.table
+    unit_column = _unit_column(decided)
+    skipped = decided_log.skipped + happened_log.skipped
     rows = decision_rows(decided, experiment)
     periods = find_periods(rows, experiment)
     chosen = _choose(periods, which, experiment.id)
@@ -403,34 +793,35 @@ def _load(decisions: LogPlace, outcomes: LogPlace, experiment: ExperimentSpec,
         period = periods[0].model_copy(update={"units": data.exposures.n_units}) if periods \
             else None
         return [ExperimentData(data.exposures, data.outcomes, data.units, period,
-                               () if period is None else (period,))]
+                               () if period is None else (period,), skipped)]
     in_period = [(rows.at >= to_micros(p.start))
                  & (rows.at < (np.iinfo(np.int64).max if p.end is None else to_micros(p.end)))
                  for p in periods]
     periods = tuple(p.model_copy(update={"units": int(pc.count_distinct(
-        rows.table["unit_id"].filter(pa.array(mask))).as_py())})
+        rows.table[unit_column].filter(pa.array(mask))).as_py())})
                     for p, mask in zip(periods, in_period, strict=True))
-    entered = pa.table({"unit_id": rows.table["unit_id"], "at": pa.array(rows.at)}).group_by(
-        "unit_id").aggregate([("at", "min")])
+    entered = pa.table({unit_column: rows.table[unit_column], "at": pa.array(rows.at)}
+                       ).group_by(unit_column).aggregate([("at", "min")])
     out = []
     for index in chosen:
         period_rows = rows.subset(in_period[index - 1])
-        codes, dictionary = encode(period_rows.table["unit_id"])
+        codes, dictionary = encode(period_rows.table[unit_column])
         exposures = _exposures(period_rows, codes, len(dictionary), experiment, segments)
         if index > 1:
             position = _codes(pc.index_in(dictionary,
-                                          value_set=entered["unit_id"].combine_chunks()))
+                                          value_set=entered[unit_column].combine_chunks()))
             exposures = _with_entry(exposures, np.asarray(
                 entered["at_min"].to_numpy(), dtype=np.int64)[position])
-        unit = _codes(pc.index_in(happened["unit_id"], value_set=dictionary))
+        unit = _codes(pc.index_in(happened[unit_column], value_set=dictionary))
         out.append(ExperimentData(exposures, _outcome_rows(happened, unit, metrics),
-                                  dictionary, periods[index - 1], periods))
+                                  dictionary, periods[index - 1], periods, skipped))
     return out
 
 
 def _with_entry(exposures: Exposures, entered_at: np.ndarray) -> Exposures:
     return Exposures(exposures.arms, exposures.weights, exposures.arm, exposures.exposed_at,
-                     exposures.crossovers, exposures.segments, entered_at)
+                     exposures.crossovers, exposures.segments, entered_at, exposures.split,
+                     exposures.splits)
 
 
 def _choose(periods: tuple[Period, ...], which: PeriodChoice | Literal["all"],
@@ -461,27 +852,79 @@ def _one_period(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSp
                 metrics: tuple[str, ...], segments: tuple[str, ...]) -> _Loaded:
     """Exposures and outcomes of an experiment with one period (see
     :func:`load_experiment` for the two paths)."""
-    if segments or rows.arm.size == 0:
-        codes, dictionary = encode(rows.table["unit_id"])
+    # One int64 per row: time since the first decision, then arm, then split
+    # (+1, so "none logged" is 0); its minimum per unit is the exposure, exactly.
+    # The split takes the bits it needs; a log too long to leave the time enough
+    # bits (years, with many splits) takes the row-level path instead.
+    split_bits = len(rows.splits).bit_length()
+    low_bits = ARM_BITS + split_bits
+    base = int(rows.at.min()) if rows.arm.size else 0
+    name = _unit_column(rows.table)
+    if segments or rows.arm.size == 0 or (int(rows.at.max()) - base) >> (63 - low_bits):
+        codes, dictionary = encode(rows.table[name])
         exposures = _exposures(rows, codes, len(dictionary), experiment, segments)
-        unit = _codes(pc.index_in(happened["unit_id"], value_set=dictionary))
+        unit = _codes(pc.index_in(happened[name], value_set=dictionary))
         return _Loaded(exposures, _outcome_rows(happened, unit, metrics), dictionary)
-    packed = (rows.at << ARM_BITS) | rows.arm
-    first = pa.table({"unit_id": rows.table["unit_id"], "first": pa.array(packed),
-                      "arm": pa.array(rows.arm)}).group_by("unit_id").aggregate(
+    packed = ((rows.at - base) << low_bits) | (rows.arm << split_bits)
+    if split_bits:
+        packed |= rows.split + 1
+    if name == UNIT_KEY:
+        return _one_period_by_key(rows, happened, experiment, metrics, packed, base)
+    first = pa.table({name: rows.table[name], "first": pa.array(packed),
+                      "arm": pa.array(rows.arm)}).group_by(name).aggregate(
         [("first", "min"), ("arm", "min_max")])
     first_packed = np.asarray(first["first_min"].to_numpy(), dtype=np.int64)
     arm_range = pc.struct_field(first["arm_min_max"], "min"), pc.struct_field(
         first["arm_min_max"], "max")
     crossovers = int(pc.sum(pc.not_equal(*arm_range)).as_py() or 0)
-    exposures = Exposures(
-        tuple(a.name for a in experiment.arms), tuple(float(a.weight_bp) for a in experiment.arms),
-        first_packed & ((1 << ARM_BITS) - 1), first_packed >> ARM_BITS, crossovers)
-    units = first["unit_id"]
-    keyed = pa.table({"unit_id": units, "unit": pa.array(np.arange(len(units)))})
-    joined = happened.join(keyed, keys="unit_id", join_type="inner")
+    exposures = _packed_exposures(rows, experiment, first_packed, base, crossovers)
+    units = first[name]
+    keyed = pa.table({name: units, "unit": pa.array(np.arange(len(units)))})
+    joined = happened.join(keyed, keys=name, join_type="inner")
     unit = np.asarray(joined["unit"].to_numpy(), dtype=np.int64)
     return _Loaded(exposures, _outcome_rows(joined, unit, metrics), units.combine_chunks())
+
+
+def _one_period_by_key(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSpec,
+                       metrics: tuple[str, ...], packed: np.ndarray, base: int) -> _Loaded:
+    """:func:`_one_period`'s aggregation when both logs were read by ``unit_key``.
+
+    Arrow's hash aggregation costs about as much on int64 keys as on short id
+    strings; what integer keys make cheap is the dictionary pass that gives each
+    unit a dense code (no string hashing, no string copies). The per-unit
+    minimum and arm range are then numpy reductions over the codes, and outcome
+    rows find their unit with one integer hash lookup. The exposures are those
+    of the string path, unit for unit; only the order of units differs.
+    """
+    codes, units = encode(rows.table[UNIT_KEY])
+    first_packed = np.full(len(units), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_packed, codes, packed)
+    lowest = np.full(len(units), len(experiment.arms), dtype=np.int64)
+    highest = np.full(len(units), -1, dtype=np.int64)
+    np.minimum.at(lowest, codes, rows.arm)
+    np.maximum.at(highest, codes, rows.arm)
+    crossovers = int(np.count_nonzero(lowest != highest))
+    exposures = _packed_exposures(rows, experiment, first_packed, base, crossovers)
+    unit = _codes(pc.index_in(happened[UNIT_KEY], value_set=units))
+    return _Loaded(exposures, _outcome_rows(happened, unit, metrics), units)
+
+
+def _packed_exposures(rows: DecisionRows, experiment: ExperimentSpec, first_packed: np.ndarray,
+                      base: int, crossovers: int) -> Exposures:
+    """Exposures from each unit's minimum packed code (see :func:`_one_period`)."""
+    split_bits = len(rows.splits).bit_length()
+    low_bits = ARM_BITS + split_bits
+    return Exposures(
+        tuple(a.name for a in experiment.arms), tuple(float(a.weight_bp) for a in experiment.arms),
+        (first_packed >> split_bits) & ((1 << ARM_BITS) - 1),
+        (first_packed >> low_bits) + base, crossovers,
+        split=(first_packed & ((1 << split_bits) - 1)) - 1, splits=rows.splits)
+
+
+def _unit_column(table: pa.Table) -> str:
+    """The column a table read by :func:`_read` names its units by: ``unit_key``
+    when it was read by key, else ``unit_id``."""
+    return UNIT_KEY if UNIT_KEY in table.column_names else "unit_id"
 
 
 def _codes(positions: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -524,12 +967,29 @@ def register_plan(directory: Path, experiment_id: str, plan: AnalysisPlan,
     on, a different plan raises :class:`PlanChanged` naming every changed field.
     Returns the record (``registered_at``, ``registered_after_start``, ``sha256``).
     """
+    record, new = check_plan(directory, experiment_id, plan, now)
+    if new:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{experiment_id}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    return record
+
+
+def check_plan(directory: Path, experiment_id: str, plan: AnalysisPlan,
+               now: dt.datetime) -> tuple[dict[str, Any], bool]:
+    """What :func:`register_plan` would record, without writing anything: the
+    record, and whether it is new (to be written). Raises :class:`PlanChanged`
+    as :func:`register_plan` does. A run that may still fail checks with this
+    first and registers only once it has succeeded, so a failed run records
+    nothing."""
     digest, body = plan_fingerprint(plan)
     path = directory / f"{experiment_id}.json"
     if path.exists():
         record = json.loads(path.read_text())
         if record["sha256"] == digest:
-            return dict(record)
+            return dict(record), False
         if now >= plan.start:
             changes = _differences(record["plan"], body)
             raise PlanChanged(
@@ -540,11 +1000,7 @@ def register_plan(directory: Path, experiment_id: str, plan: AnalysisPlan,
     record = {"experiment_id": experiment_id, "sha256": digest, "plan": body,
               "registered_at": now.astimezone(dt.UTC).isoformat(),
               "registered_after_start": now >= plan.start}
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return record
+    return record, True
 
 
 def register_config_plans(config: RampartConfig, now: dt.datetime) -> list[str]:

@@ -7,8 +7,9 @@ too) in the order a reader should trust it: the decision and its reasons,
 a warning when the arms of the analysed period serve the same versions, the
 periods and the versions each arm served, the sample-ratio check (a mismatch
 voids the rest), the metrics, the guardrails, the primary metric over time
-(cumulative lift, z against the sequential boundary, sample ratio), a forest
-plot per segment attribute and arm, and the pre-registration. Plots are PNGs
+(cumulative lift, z against the sequential boundary, sample ratio), the
+recorded looks next to their reconstruction, a forest plot per segment
+attribute and arm, and the pre-registration. Plots are PNGs
 drawn with matplotlib's Agg renderer and inlined as base64; every number may
 be null and then reads "n/a".
 """
@@ -24,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rollout.experiments.results import ExperimentAnalysis
+from rollout.experiments.results import ExperimentAnalysis, cuped_text
 from telemetry.verdict import Verdict
 
 FIXED_HORIZON_Z = 1.96  # two-sided 5% reference line when no boundary applies
@@ -170,8 +171,21 @@ def _header(report: dict[str, Any]) -> str:
         f"<div class='decision {css}' id='decision'>Decision: {html.escape(outcome.upper())}"
         f"{' ' + _esc(arm) if arm else ''}</div>"
         f"<ul class='reasons'>{reasons or '<li>no reason given</li>'}</ul>"
-        f"{_period_banners(report)}</header>"
+        f"{_period_banners(report)}{_skipped_files(report)}</header>"
     )
+
+
+def _skipped_files(report: dict[str, Any]) -> str:
+    """An amber banner listing the log files left out (``--skip-bad-files``): the
+    figures below do not include their rows."""
+    skipped = [s for s in report.get("skipped_files") or [] if isinstance(s, dict)]
+    if not skipped:
+        return ""
+    items = "".join(f"<li>{_esc(s.get('log'))} file <code>{_esc(s.get('path'))}</code>: "
+                    f"{_esc(s.get('reason'))}</li>" for s in skipped)
+    return (f"<div class='banner warn' id='skipped-files'>{len(skipped)} log "
+            f"file{'s' if len(skipped) > 1 else ''} skipped (unreadable or malformed); "
+            f"their rows are in no figure:<ul>{items}</ul></div>")
 
 
 def _period_banners(report: dict[str, Any]) -> str:
@@ -257,11 +271,25 @@ def _srm(report: dict[str, Any]) -> str:
     rows = [[_esc(arm), _count(o), _num(e, ",.1f"), _pct(os_), _pct(es)]
             for arm, o, e, os_, es in zip(arms, observed, expected, obs_share, exp_share,
                                           strict=True)]
+    splits = list(srm.get("splits") or [])
+    per_split = ""
+    if len(splits) > 1:  # the weights were ramped: each split against its own weights
+        per_split = "<h3>Per split (units by the weights at their exposure)</h3>" + _table(
+            ["weights (bp)", "source", "first exposure", "observed", "expected", "p", ""],
+            [[_esc("/".join(_num(w, "g") for w in s.get("weights") or [])),
+              _esc(s.get("source")), _esc(s.get("first_exposure")),
+              _esc(" / ".join(_count(o) for o in s.get("observed") or [])),
+              _esc(" / ".join(_num(e, ",.1f") for e in s.get("expected") or [])),
+              _esc(_num(s.get("p_value"), ".3g")), "mismatch" if s.get("flag") else ""]
+             for s in splits])
     return (f"<section id='srm'><h2>Sample ratio (SRM)</h2>{banner}"
             + _table(["arm", "observed units", "expected units", "observed share",
                       "expected share"], rows)
-            + f"<p>χ² = {html.escape(_num(srm.get('statistic')))}, p = {html.escape(p)} "
-            "(flagged below 0.001)</p></section>")
+            + f"<p>χ² = {html.escape(_num(srm.get('statistic')))}"
+            + (f" on {srm['df']} df" if srm.get("df") else "")
+            + f", p = {html.escape(p)} (flagged below 0.001, or a split below 0.001 / the "
+            f"number of splits; weights {_esc(srm.get('weights_source') or 'configured')})</p>"
+            + per_split + "</section>")
 
 
 def _sequential_text(seq: Any) -> str:
@@ -278,13 +306,24 @@ def _sequential_text(seq: Any) -> str:
                 f"{'crossed' if seq.get('crossed') else 'not crossed'}")
         if seq.get("note"):
             text += f" ({seq['note']})"
-        return text
+        return text + _across_arms(seq)
     if method == "msprt":
+        arms = seq.get("treatment_arms")
+        adjusted = (f" ({_num(seq.get('adjusted_p_value'), '.3g')} adjusted across arms)"
+                    if isinstance(arms, int) and arms > 1 else "")
         return (f"mSPRT: always-valid p {_num(seq.get('always_valid_p_value'), '.3g')}"
-                f"{_ci(seq.get('ci_low'), seq.get('ci_high'))}, "
+                f"{adjusted}{_ci(seq.get('ci_low'), seq.get('ci_high'))}, "
                 f"{'rejected' if seq.get('rejected') else 'not rejected'} "
-                f"({_text(seq.get('looks'))} looks)")
+                f"({_text(seq.get('looks'))} looks)" + _across_arms(seq))
     return _text(method)
+
+
+def _across_arms(seq: dict[str, Any]) -> str:
+    """How a sequential method was corrected across treatment arms, if it was."""
+    arms = seq.get("treatment_arms")
+    if not isinstance(arms, int) or arms < 2:
+        return ""
+    return f"; at alpha {_num(seq.get('alpha'), '.3g')} per arm, {arms} treatment arms"
 
 
 def _with_ci(value: str, ci: str) -> str:
@@ -322,23 +361,38 @@ def _metrics(report: dict[str, Any]) -> str:
                 f"{_esc(m.get('type'))})</span>")
         if m.get("error"):
             name += f"<br><span class='note'>{_esc(m.get('error'))}</span>"
+        cuped = m.get("cuped")
+        if cuped:
+            # Means, effect, CI and p of this row are the adjusted ones.
+            name += "<br><span class='note'>CUPED-adjusted</span>"
+            change = html.escape(cuped_text(cuped.get("method"),
+                                            _finite(cuped.get("variance_reduction"))))
+        else:
+            change = "not applied"
+        prob = _prob(bayes.get("prob_better"))
+        if bayes.get("basis") == "cuped_adjusted":
+            prob += "<br><span class='ci'>CUPED-adjusted</span>"
         rows.append([
             name, f"{_esc(m.get('arm'))}<br><span class='ci'>vs "
                   f"{_esc(m.get('control_arm'))}</span>",
             f"{_count(m.get('n_control'))}<br>{_count(m.get('n_treatment'))}",
             _num(m.get("mean_control")), _num(m.get("mean_treatment")),
             absolute, relative, _num(m.get("p_value"), ".3g"),
-            _num(m.get("adjusted_p_value"), ".3g"), _pct(m.get("cuped_variance_reduction")),
-            _prob(bayes.get("prob_better")), html.escape(_sequential_text(m.get("sequential"))),
+            _num(m.get("adjusted_p_value"), ".3g"), change,
+            prob, html.escape(_sequential_text(m.get("sequential"))),
         ])
     if not rows:
         return "<section id='metrics'><h2>Metrics</h2><p class='note'>no metrics</p></section>"
     return ("<section id='metrics'><h2>Metrics</h2>" + _table(
         ["metric", "arm", "n control / treatment", "mean control", "mean treatment",
          "absolute effect [CI]", "relative effect [CI]", "p", "adjusted p",
-         "CUPED variance reduction", "P(better)", "sequential"], rows, (0, 1, 11))
+         "CUPED", "P(better)", "sequential"], rows, (0, 1, 9, 11))
         + "<p class='note'>Intervals and p-values are fixed-horizon; the primary metric's "
-          "significance follows its pre-registered sequential method.</p></section>")
+          "significance follows its pre-registered sequential method. In a row marked "
+          "CUPED-adjusted the means, effects, intervals, p-values and P(better) are all "
+          "adjusted for the pre-period covariate (per-arm slopes; P(better) from a normal "
+          "posterior on the adjusted effect); the JSON keeps the unadjusted figures.</p>"
+          "</section>")
 
 
 def _guardrails(report: dict[str, Any]) -> str:
@@ -593,6 +647,54 @@ def _segments(report: dict[str, Any], primary: dict[str, dict[str, Any]]) -> str
     return "".join(parts) + "</section>"
 
 
+LOOK_FIGURES = (("effect", "abs_effect"), ("z", "z"), ("p", "p_value"),
+                ("always-valid p", "always_valid_p_value"), ("adjusted p", "adjusted_p_value"),
+                ("boundary", "boundary"))
+
+
+def _looks(report: dict[str, Any]) -> str:
+    """Looks stored when they were taken, each next to its reconstruction from
+    the logs as they stood then; a difference is shown in red."""
+    looks = [c for c in report.get("recorded_looks") or [] if isinstance(c, dict)]
+    head = "<section id='looks'><h2>Recorded and reconstructed looks</h2>"
+    if not looks:
+        return (head + "<p class='note'>No look was recorded (<code>rampart analyze "
+                "--record-look</code> stores one when it is taken).</p></section>")
+    rows = []
+    for comparison in looks:
+        then = comparison.get("recorded") or {}
+        now = comparison.get("reconstructed")
+        differences = [str(d) for d in comparison.get("differences") or []]
+        if not isinstance(now, dict):
+            status = f"<span class='unsure'>{_esc(comparison.get('note'))}</span>"
+        elif differences:
+            status = f"<span class='fail'>differs: {_esc(', '.join(differences))}</span>"
+        else:
+            status = "<span class='pass'>same figures</span>"
+        current = {a.get("arm"): a for a in (now or {}).get("arms") or [] if isinstance(a, dict)}
+        units_now = (now or {}).get("units")
+        for arm in then.get("arms") or []:
+            if not isinstance(arm, dict):
+                continue
+            other = current.get(arm.get("arm")) or {}
+            cells = [f"{_num(arm.get(key))}<br><span class='ci'>"
+                     f"{_num(other.get(key)) if now else NA}</span>"
+                     for _, key in LOOK_FIGURES]
+            rows.append([_esc(then.get("at")), _esc(then.get("recorded_at")),
+                         _esc(then.get("method")), _esc(arm.get("arm")),
+                         f"{_esc(then.get('units'))}<br><span class='ci'>"
+                         f"{_esc(units_now) if now else NA}</span>", *cells, status])
+    note = ("<p class='note'>Each cell: as recorded when the look was taken (top), and as "
+            "reconstructed now from the logs as they stood at the look's time (below). "
+            "Equal figures mean the logs then and now tell the same story; a difference "
+            "means the logs changed after the look (late or rewritten data) or the look was "
+            "taken under another plan.</p>")
+    return head + note + _table(
+        ["look at", "recorded at", "method", "arm", "units per arm",
+         *[label for label, _ in LOOK_FIGURES], "comparison"], rows,
+        (0, 1, 2, 3, 4, 11)) + "</section>"
+
+
 def _preregistration(report: dict[str, Any]) -> str:
     pre = report.get("preregistration")
     head = "<section id='preregistration'><h2>Pre-registration</h2>"
@@ -619,8 +721,8 @@ def render_html(analysis: ExperimentAnalysis | Mapping[str, Any]) -> str:
     primary = {str(m.get("arm")): m for m in report.get("metrics") or []
                if isinstance(m, dict) and m.get("role") == "primary"}
     sections = [_header(report), _periods(report), _srm(report), _metrics(report),
-                _guardrails(report), _plots(report, primary), _segments(report, primary),
-                _preregistration(report)]
+                _guardrails(report), _plots(report, primary), _looks(report),
+                _segments(report, primary), _preregistration(report)]
     title = html.escape(f"Rampart analysis: {_text(report.get('experiment_id'))}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(sections)}"

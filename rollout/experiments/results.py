@@ -81,28 +81,99 @@ class Effect(Frozen):
         return Effect(**Effect.fields_of(effect))
 
 
+BayesBasis = Literal["unadjusted", "cuped_adjusted"]
+
+
 class BayesSummary(Frozen):
     """The Bayesian posterior of the effect (a flat prior): P(treatment better),
-    expected losses and a credible interval of the absolute effect."""
+    expected losses and a credible interval of the absolute effect.
+
+    ``basis`` says which estimate the posterior is built on, always the same as
+    the metric's effect and p-value: ``"cuped_adjusted"`` when CUPED applied (a
+    normal posterior on the adjusted effect and its standard error),
+    ``"unadjusted"`` otherwise (Beta-Binomial for a 0/1 metric, normal means
+    for a mean metric).
+    """
 
     prob_better: Num = None
     expected_loss_treatment: Num = None
     expected_loss_control: Num = None
     ci_low: Num = None
     ci_high: Num = None
+    basis: BayesBasis = "unadjusted"
     error: str | None = None
 
     @classmethod
-    def of(cls, bayes: BayesResult) -> BayesSummary:
+    def of(cls, bayes: BayesResult, basis: BayesBasis = "unadjusted") -> BayesSummary:
         return cls(prob_better=bayes.prob_better,
                    expected_loss_treatment=bayes.expected_loss_treatment,
                    expected_loss_control=bayes.expected_loss_control,
-                   ci_low=bayes.ci_low, ci_high=bayes.ci_high, error=bayes.error)
+                   ci_low=bayes.ci_low, ci_high=bayes.ci_high, basis=basis,
+                   error=bayes.error)
+
+
+class CupedSummary(Frozen):
+    """Which covariate adjustment ran, and what it did.
+
+    ``method`` ``"lin_interacted"``: each arm its own slope on the pre-period
+    covariate centred on the two arms' pooled mean (Lin 2013), never less
+    precise than no adjustment. ``variance_reduction`` is signed:
+    ``1 − Var(adjusted effect)/Var(unadjusted effect)``, positive when the
+    adjustment narrowed the interval.
+    """
+
+    method: Literal["lin_interacted"] = "lin_interacted"
+    slope_control: Num = None
+    slope_treatment: Num = None
+    variance_reduction: Num = None
+
+    def describe(self) -> str:
+        """``CUPED (per-arm slopes): variance 37% lower than unadjusted``."""
+        return cuped_text(self.method, self.variance_reduction)
+
+
+_CUPED_LABELS = {"lin_interacted": "per-arm slopes"}
+
+
+def cuped_text(method: str | None, variance_reduction: float | None) -> str:
+    """A signed, labelled variance change: ``CUPED (per-arm slopes): variance 37%
+    lower than unadjusted``, ``... 6% higher ...``, or ``... about the same as
+    unadjusted``. Shared by the terminal summary and the HTML report, which reads
+    the JSON document (hence plain arguments)."""
+    label = f"CUPED ({_CUPED_LABELS.get(method or '', method or 'unknown method')})"
+    if variance_reduction is None or not math.isfinite(variance_reduction):
+        return f"{label}: variance change unknown"
+    change = round(abs(variance_reduction) * 100.0)
+    if change == 0:
+        return f"{label}: variance about the same as unadjusted"
+    direction = "lower" if variance_reduction > 0 else "higher"
+    return f"{label}: variance {change:.0f}% {direction} than unadjusted"
+
+
+class SrmSplit(Frozen):
+    """The units first exposed under one split (constant weights): their counts
+    per arm against that split's weights (basis points). ``source`` is
+    ``logged`` (the decision log recorded the split) or ``configured`` (it did
+    not: the config's current weights are assumed)."""
+
+    weights: tuple[float, ...]
+    source: Literal["logged", "configured"]
+    first_exposure: dt.datetime | None = None
+    observed: tuple[int, ...] = ()
+    expected: tuple[Num, ...] = ()
+    statistic: Num = None
+    p_value: Num = None
+    flag: bool = False  # this split alone is below 0.001 / number of splits
+    error: str | None = None
 
 
 class SrmCheck(Frozen):
-    """Sample ratio mismatch: units observed per arm against the configured split.
-    ``flag`` (p below 0.001) voids every effect of the analysis."""
+    """Sample ratio mismatch: units observed per arm against the split each was
+    assigned under. ``observed`` and ``expected`` are summed over ``splits``;
+    ``statistic`` is the sum of the splits' χ² statistics with ``df`` summed
+    degrees of freedom, ``p_value`` its tail. ``flag`` (combined p below 0.001,
+    or one split's p below 0.001 / number of splits) voids every effect of the
+    analysis. ``weights_source``: ``logged``, ``configured`` or ``mixed``."""
 
     p_value: Num = None
     statistic: Num = None
@@ -110,6 +181,9 @@ class SrmCheck(Frozen):
     expected: tuple[Num, ...] = ()
     flag: bool = False
     error: str | None = None
+    df: int | None = None
+    weights_source: Literal["logged", "configured", "mixed"] = "configured"
+    splits: tuple[SrmSplit, ...] = ()
 
 
 # --------------------------------------------------------------------------- sequential
@@ -131,10 +205,15 @@ class GroupSequentialLook(Frozen):
 
 
 class GroupSequentialSummary(Frozen):
-    """A Lan-DeMets group-sequential test over the looks reached so far."""
+    """A Lan-DeMets group-sequential test over the looks reached so far.
+
+    ``alpha`` is what this arm's boundaries spend: the plan's alpha over the
+    ``treatment_arms`` compared with the control (Bonferroni)."""
 
     method: Literal["group_sequential"] = "group_sequential"
     kind: str
+    alpha: Num = None
+    treatment_arms: int = 1
     looks: tuple[GroupSequentialLook, ...] = ()
     boundary: Num = None
     crossed: bool = False
@@ -146,12 +225,21 @@ class GroupSequentialSummary(Frozen):
 
 class MsprtSummary(Frozen):
     """The mixture sequential probability ratio test: an always-valid p-value and
-    confidence sequence over ``looks`` looks."""
+    confidence sequence over ``looks`` looks.
+
+    With several ``treatment_arms`` the always-valid p-values of the arms are
+    corrected together by the plan's correction at every look
+    (``adjusted_p_value``; ``rejected`` when it reaches the plan's alpha) and the
+    confidence sequence is at ``alpha`` = the plan's alpha over the arms."""
 
     method: Literal["msprt"] = "msprt"
     looks: int
     mixing_variance: Num = None
     always_valid_p_value: Num = None
+    adjusted_p_value: Num = None
+    alpha: Num = None
+    treatment_arms: int = 1
+    look_p_values: tuple[Num, ...] = ()  # the running always-valid p-value at each look
     ci_low: Num = None
     ci_high: Num = None
     rejected: bool = False
@@ -168,7 +256,12 @@ SequentialSummary = Annotated[NoSequential | GroupSequentialSummary | MsprtSumma
 
 class MetricResult(Effect):
     """One metric, one treatment arm against control. The effect fields are the
-    CUPED-adjusted estimate when CUPED applied; ``unadjusted`` is the plain one."""
+    CUPED-adjusted estimate when CUPED applied (``cuped`` is then set, and
+    ``bayes`` is on the same basis); ``unadjusted`` is the plain one.
+
+    ``adjusted_p_value`` is corrected within the metric's family of
+    ``family_size`` p-values: the primary metric across its treatment arms
+    only, the secondary metrics (every metric and arm) among themselves."""
 
     metric: str
     role: Literal["primary", "secondary"]
@@ -178,7 +271,9 @@ class MetricResult(Effect):
     n_control: int
     n_treatment: int
     adjusted_p_value: Num = None
+    family_size: int | None = None
     cuped_variance_reduction: Num = None
+    cuped: CupedSummary | None = None
     unadjusted: Effect
     bayes: BayesSummary | None = None
     sequential: SequentialSummary | None = None
@@ -242,6 +337,62 @@ class TimelinePoint(Frozen):
     arms: dict[str, TimelineArm]
 
 
+# --------------------------------------------------------------------------- looks
+
+
+class LookArm(Frozen):
+    """One treatment arm's primary metric at a look: the estimate, its z and
+    fixed-horizon p-value, and the pre-registered sequential method's figures
+    (the always-valid p-value, raw and corrected across arms; or the
+    group-sequential boundary of the latest planned look reached).
+    ``significant`` is the method's verdict at that time."""
+
+    arm: str
+    abs_effect: Num = None
+    std_error: Num = None
+    z: Num = None
+    p_value: Num = None
+    always_valid_p_value: Num = None
+    adjusted_p_value: Num = None
+    boundary: Num = None
+    significant: bool = False
+
+
+class SequentialLook(Frozen):
+    """The primary metric as the logs stood at ``at``: units exposed per arm by
+    then (config order) and each treatment arm's figures."""
+
+    at: dt.datetime
+    method: Literal["none", "group_sequential", "msprt"]
+    metric: str
+    units: tuple[int, ...]
+    arms: tuple[LookArm, ...]
+    period: int | None = None
+
+
+class RecordedLook(SequentialLook):
+    """A look as it was stored when it was taken (``rampart analyze --record-look``),
+    at ``recorded_at``, under the plan with fingerprint ``plan_sha256``."""
+
+    recorded_at: dt.datetime
+    plan_sha256: str | None = None
+
+
+class LookComparison(Frozen):
+    """A recorded look next to the same look reconstructed from the logs as they
+    stand now, limited to what had happened by the look's time.
+
+    ``differences`` names every figure that differs (empty: the logs then and
+    the logs now tell the same story). ``reconstructed`` is ``None``, with a
+    ``note``, when the look cannot be reconstructed in this analysis (another
+    period, a time after ``as_of``)."""
+
+    recorded: RecordedLook
+    reconstructed: SequentialLook | None = None
+    differences: tuple[str, ...] = ()
+    note: str | None = None
+
+
 # --------------------------------------------------------------------------- periods
 
 
@@ -301,13 +452,27 @@ class Preregistration(Frozen):
     start: dt.datetime
 
 
+LogName = Literal["decision log", "outcomes log"]
+
+
+class SkippedFile(Frozen):
+    """A file of a log left out of the analysis (``--skip-bad-files``): not
+    Parquet, undecodable, or missing or mistyping a column; ``reason`` says which."""
+
+    log: LogName
+    path: str
+    reason: str
+
+
 class ExperimentAnalysis(Frozen):
     """The whole analysis of one experiment over one period.
 
     ``period`` is the period analysed (exposures and outcomes of other periods
     are not pooled in) and ``periods`` every period of the experiment up to
     ``as_of``; ``warnings`` are the analysed period's. ``timeline`` is there when
-    the analysis was asked for one (the HTML report's plots).
+    the analysis was asked for one (the HTML report's plots). ``look`` is this
+    analysis as a sequential look (what ``--record-look`` stores) and
+    ``recorded_looks`` the looks stored earlier, each next to its reconstruction.
     """
 
     experiment_id: str
@@ -326,6 +491,10 @@ class ExperimentAnalysis(Frozen):
     periods: tuple[Period, ...] = ()
     warnings: tuple[PeriodWarning, ...] = ()
     preregistration: Preregistration | None = None
+    # Files of either log the analysis left out: their rows are not in any figure.
+    skipped_files: tuple[SkippedFile, ...] = ()
+    look: SequentialLook | None = None
+    recorded_looks: tuple[LookComparison, ...] = ()
 
     def primary(self) -> tuple[MetricResult, ...]:
         """The primary metric's results, one per treatment arm."""

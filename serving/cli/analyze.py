@@ -14,13 +14,24 @@ from serving.cli.common import DEFAULT_CONFIG, CliError, load_config_or_exit
 if TYPE_CHECKING:
     from rollout.experiments.results import ExperimentAnalysis
 
+# `rampart analyze` exit codes, so that a pipeline can gate on the decision.
+EXIT_ANALYSED, EXIT_BAD_INPUT, EXIT_GATED = 0, 2, 3
+FAIL_ON = ("rollback", "hold")
+# The decisions each --fail-on value fails on: "hold" fails anything but ship.
+GATED = {"rollback": ("rollback",), "hold": ("hold", "rollback")}
+ANALYZE_EXIT_CODES = (
+    "exit codes: 0 analysed (and not gated by --fail-on); 2 bad input or usage (a bad "
+    "flag or config, a missing, unreadable or malformed log, a changed plan), with one "
+    "'rampart: error:' line; 3 the decision matched --fail-on")
+
 
 def add_commands(sub: Any) -> None:
     """Register ``plan`` and ``analyze`` on the top-level sub-parser set."""
     plan = sub.add_parser(
         "plan", help="sample size per arm, MDE and duration before an experiment",
-        description="Sample size per arm for a two-arm test (normal approximation, "
-                    "two-sided), and the duration from daily traffic and allocation.")
+        description="Sample size per arm for treatment arms against one control (normal "
+                    "approximation, two-sided, each comparison at alpha/K for K treatment "
+                    "arms), and the duration from daily traffic and allocation.")
     plan.add_argument("--metric-type", choices=("proportion", "mean"), required=True)
     plan.add_argument("--baseline", type=float,
                       help="control rate (proportion) or mean (needed for a relative MDE)")
@@ -33,6 +44,9 @@ def add_commands(sub: Any) -> None:
     plan.add_argument("--daily-units", type=float, help="units a day eligible for the experiment")
     plan.add_argument("--allocation", type=float, default=1.0,
                       help="share of daily units entering the experiment (default 1)")
+    plan.add_argument("--arms", type=int, default=1, metavar="K",
+                      help="treatment arms, each against one control (default 1); each "
+                           "comparison is planned at alpha/K")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=cmd_plan)
 
@@ -59,6 +73,21 @@ def add_commands(sub: Any) -> None:
                               "one by one (default: the latest)")
     analyze.add_argument("--json", action="store_true", help="print one JSON object")
     analyze.add_argument("--html", type=Path, help="write an HTML report with plots here")
+    analyze.add_argument("--skip-bad-files", action="store_true",
+                         help="leave out log files that are not readable Parquet or lack or "
+                              "mistype a required column, and list them in the output (rows "
+                              "with missing or non-finite values are still an error)")
+    analyze.add_argument("--fail-on", choices=FAIL_ON,
+                         help="exit 3 when the decision is rollback (--fail-on rollback) or "
+                              "anything but ship (--fail-on hold); with --period all, the "
+                              "latest period's decision")
+    analyze.add_argument("--record-look", action="store_true",
+                         help="store this analysis as a sequential look (time, units per "
+                              "arm, the primary's estimate, z, always-valid p or boundary) "
+                              "in <preregistration dir>/<experiment>.looks.jsonl, once it "
+                              "succeeded; later analyses show recorded looks next to their "
+                              "reconstruction")
+    analyze.epilog = ANALYZE_EXIT_CODES
     analyze.set_defaults(func=cmd_analyze)
 
 
@@ -68,7 +97,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     try:
         result = plan(args.metric_type, args.baseline, args.mde, relative=args.relative,
                       alpha=args.alpha, power=args.power, std_dev=args.std_dev,
-                      daily_units=args.daily_units, allocation=args.allocation)
+                      daily_units=args.daily_units, allocation=args.allocation,
+                      treatment_arms=args.arms)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     body = result.to_dict()
@@ -78,7 +108,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     rel = f" ({body['mde_relative']:.2%} relative)" if body.get("mde_relative") else ""
     print(f"{args.metric_type} metric, MDE {body['mde_absolute']:.6g} absolute{rel}, "
           f"alpha {args.alpha:g}, power {args.power:g}")
-    print(f"units per arm: {body['n_per_arm']:,}  (total {body['total_units']:,})")
+    print(f"alpha: {body['alpha_rule']}")
+    print(f"units per arm: {body['n_per_arm']:,}  (total {body['total_units']:,} over "
+          f"{body['treatment_arms'] + 1} arms)")
     if body.get("days") is not None:
         print(f"duration: {body['days']} days at {args.daily_units:,.0f} units a day, "
               f"{args.allocation:.0%} allocated")
@@ -116,39 +148,44 @@ def parse_time(text: str) -> dt.datetime:
 def run_analysis(config: Any, experiment_id: str, *, decisions: Path | str | None = None,
                  outcomes: Path | str | None = None, as_of: dt.datetime | None = None,
                  exploratory_segments: tuple[str, ...] = (), timeline_points: int = 0,
-                 now: dt.datetime | None = None, period: int | Literal["latest"] = "latest"
-                 ) -> ExperimentAnalysis:
+                 now: dt.datetime | None = None, period: int | Literal["latest"] = "latest",
+                 skip_bad_files: bool = False) -> ExperimentAnalysis:
     """Check the pre-registration, read the logs and analyse one period of the
-    experiment (the latest by default); CliError on bad input."""
+    experiment (the latest by default), then record the pre-registration: a run
+    that fails records nothing. CliError on bad input; with ``skip_bad_files``
+    unreadable log files are left out and listed in ``skipped_files``."""
     return _run(config, experiment_id, decisions=decisions, outcomes=outcomes, as_of=as_of,
                 exploratory_segments=exploratory_segments, timeline_points=timeline_points,
-                now=now, which=period)[0]
+                now=now, which=period, skip_bad_files=skip_bad_files)[0]
 
 
 def run_all_periods(config: Any, experiment_id: str, *, decisions: Path | str | None = None,
                     outcomes: Path | str | None = None, as_of: dt.datetime | None = None,
                     exploratory_segments: tuple[str, ...] = (), timeline_points: int = 0,
-                    now: dt.datetime | None = None) -> list[ExperimentAnalysis]:
+                    now: dt.datetime | None = None, skip_bad_files: bool = False
+                    ) -> list[ExperimentAnalysis]:
     """:func:`run_analysis` of every period of the experiment, in time order."""
     return _run(config, experiment_id, decisions=decisions, outcomes=outcomes, as_of=as_of,
                 exploratory_segments=exploratory_segments, timeline_points=timeline_points,
-                now=now, which="all")
+                now=now, which="all", skip_bad_files=skip_bad_files)
 
 
 def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
          outcomes: Path | str | None, as_of: dt.datetime | None,
          exploratory_segments: tuple[str, ...], timeline_points: int,
-         now: dt.datetime | None, which: int | Literal["latest", "all"]
-         ) -> list[ExperimentAnalysis]:
+         now: dt.datetime | None, which: int | Literal["latest", "all"],
+         skip_bad_files: bool = False) -> list[ExperimentAnalysis]:
     from rollout.experiments.analysis import analyze
     from rollout.experiments.data import (
         AnalysisInputError,
         PlanChanged,
+        check_plan,
         load_all_periods,
         load_experiment,
         plan_metrics,
         register_plan,
     )
+    from rollout.experiments.looks import LooksFileError, read_looks
     from rollout.experiments.results import Preregistration
 
     experiments = {e.id: e for e in config.experiments}
@@ -161,19 +198,26 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
         raise CliError(f"experiment {experiment_id!r} has no analysis plan: add "
                        "experiments[].analysis (primary metric, alpha, MDE...) before it starts")
     now = now or dt.datetime.now(dt.UTC)
+    # Checked now, recorded only once the analysis has succeeded: a run that fails
+    # (no log, a bad file) must not pre-register a plan that is then fixed in place.
     try:
-        registration = register_plan(config.resolved_preregistration_dir(), experiment_id,
+        registration, _ = check_plan(config.resolved_preregistration_dir(), experiment_id,
                                      plan, now)
     except PlanChanged as exc:
+        raise CliError(str(exc)) from None
+    try:
+        recorded_looks = read_looks(config.resolved_preregistration_dir(), experiment_id)
+    except LooksFileError as exc:
         raise CliError(str(exc)) from None
     as_of = as_of or now
     segments = tuple(dict.fromkeys((*plan.segments, *exploratory_segments)))
     paths = (decisions or config.decision_log.path, outcomes or config.outcomes_log.path)
     try:
-        loaded = (load_all_periods(*paths, experiment, plan_metrics(plan), as_of, segments)
+        loaded = (load_all_periods(*paths, experiment, plan_metrics(plan), as_of, segments,
+                                   skip_bad_files=skip_bad_files)
                   if which == "all" else
                   [load_experiment(*paths, experiment, plan_metrics(plan), as_of, segments,
-                                   period=which)])
+                                   period=which, skip_bad_files=skip_bad_files)])
     except AnalysisInputError as exc:
         raise CliError(str(exc)) from None
     if loaded[-1].exposures.n_units == 0:
@@ -192,8 +236,13 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
         analysis = analyze(experiment_id, plan, data.exposures, data.outcomes, period_as_of,
                            exploratory_segments=exploratory_segments,
                            timeline_points=timeline_points, period=data.period,
-                           periods=data.periods)
-        analyses.append(analysis.model_copy(update={"preregistration": preregistration}))
+                           periods=data.periods, recorded_looks=recorded_looks)
+        analyses.append(analysis.model_copy(update={"preregistration": preregistration,
+                                                    "skipped_files": data.skipped_files}))
+    try:
+        register_plan(config.resolved_preregistration_dir(), experiment_id, plan, now)
+    except PlanChanged as exc:  # another run recorded a different plan meanwhile
+        raise CliError(str(exc)) from None
     return analyses
 
 
@@ -202,7 +251,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     as_of = parse_time(args.as_of) if args.as_of else None
     common: dict[str, Any] = {
         "decisions": args.decisions, "outcomes": args.outcomes, "as_of": as_of,
-        "exploratory_segments": tuple(args.segment), "timeline_points": 20 if args.html else 0}
+        "exploratory_segments": tuple(args.segment), "timeline_points": 20 if args.html else 0,
+        "skip_bad_files": args.skip_bad_files}
+    if args.period == "all" and args.record_look:
+        raise CliError("--record-look records the look of one period: leave out --period all")
     if args.period == "all":
         if args.html:
             raise CliError("--html renders one period: choose it with --period N "
@@ -215,8 +267,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                               "analyses": [a.to_json() for a in analyses]}))
         else:
             print("\n\n".join(summary_text(a) for a in analyses))
-        return 0
+        return gate(analyses[-1], args.fail_on)
     report = run_analysis(config, args.experiment, period=args.period, **common)
+    recorded = record_look(config, report) if args.record_look else None
     if args.html:
         from rollout.experiments.report import write_html
 
@@ -227,7 +280,33 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(summary_text(report))
         if args.html:
             print(f"report: {args.html}")
-    return 0
+        if recorded is not None:
+            print(f"look recorded: {recorded}")
+    return gate(report, args.fail_on)
+
+
+def record_look(config: Any, report: ExperimentAnalysis) -> Path:
+    """Store the analysis's sequential look (after it succeeded); the file it went to."""
+    from rollout.experiments.looks import LooksFileError, looks_path
+    from rollout.experiments.looks import record_look as append_look
+
+    assert report.look is not None  # every analysis is a look
+    directory = config.resolved_preregistration_dir()
+    sha = report.preregistration.sha256 if report.preregistration is not None else None
+    try:
+        append_look(directory, report.experiment_id, report.look,
+                    recorded_at=dt.datetime.now(dt.UTC), plan_sha256=sha)
+    except LooksFileError as exc:
+        raise CliError(str(exc)) from None
+    return looks_path(directory, report.experiment_id)
+
+
+def gate(report: ExperimentAnalysis, fail_on: str | None) -> int:
+    """The exit code of an analysis: :data:`EXIT_GATED` when its decision is one
+    ``--fail-on`` fails on, else :data:`EXIT_ANALYSED`."""
+    if fail_on is not None and report.decision.outcome in GATED[fail_on]:
+        return EXIT_GATED
+    return EXIT_ANALYSED
 
 
 def _when(moment: dt.datetime | None) -> str:
@@ -254,6 +333,10 @@ def periods_text(report: ExperimentAnalysis) -> list[str]:
         lines.append(f"served versions: {served}")
     for warning in report.warnings:
         lines.append(f"** WARNING: {warning.message} **")
+    if report.skipped_files:
+        lines.append(f"** WARNING: {len(report.skipped_files)} log files skipped "
+                     "(--skip-bad-files); their rows are in no figure: **")
+        lines += [f"  skipped {s.log} file {s.path}: {s.reason}" for s in report.skipped_files]
     return lines
 
 
@@ -268,26 +351,43 @@ def summary_text(report: ExperimentAnalysis) -> str:
     lines += periods_text(report)
     lines.append(f"SRM: observed {list(srm.observed)}, expected {list(srm.expected)}, "
                  f"p = {_fmt(srm.p_value)}" + ("  ** MISMATCH **" if srm.flag else ""))
+    if len(srm.splits) > 1:  # a ramp: each split against its own weights
+        from rollout.experiments.analysis import split_label
+
+        lines += [f"  split {split_label(s)}: observed {list(s.observed)}, expected "
+                  f"{list(s.expected)}, p = {_fmt(s.p_value)}"
+                  + ("  ** MISMATCH **" if s.flag else "") for s in srm.splits]
     for m in report.metrics:
-        reduction = m.cuped_variance_reduction
-        cuped = f", CUPED -{reduction:.0%} variance" if reduction else ""
         rel = f" ({m.rel_effect:+.2%})" if m.rel_effect is not None else ""
+        # Means, effect, CI and p are all on one basis; say which when CUPED moved it.
+        basis = "CUPED-adjusted " if m.cuped is not None else ""
         lines.append(
             f"{m.role:9} {m.metric:>12} {m.arm} vs {m.control_arm}: "
-            f"{_fmt(m.mean_control)} -> {_fmt(m.mean_treatment)}, "
+            f"{basis}{_fmt(m.mean_control)} -> {_fmt(m.mean_treatment)}, "
             f"effect {_fmt(m.abs_effect)}{rel} CI [{_fmt(m.ci_low)}, {_fmt(m.ci_high)}]"
-            f", p = {_fmt(m.p_value)} (adjusted {_fmt(m.adjusted_p_value)}){cuped}")
+            f", p = {_fmt(m.p_value)} (adjusted {_fmt(m.adjusted_p_value)})")
+        if m.cuped is not None:
+            plain = m.unadjusted
+            lines.append(f"{'':9} {m.cuped.describe()}; unadjusted effect "
+                         f"{_fmt(plain.abs_effect)} CI [{_fmt(plain.ci_low)}, "
+                         f"{_fmt(plain.ci_high)}], p = {_fmt(plain.p_value)}")
         sequential = m.sequential
         if isinstance(sequential, MsprtSummary):
-            lines.append(f"{'':9} always-valid p = {_fmt(sequential.always_valid_p_value)}, "
-                         f"confidence sequence [{_fmt(sequential.ci_low)}, "
-                         f"{_fmt(sequential.ci_high)}] over {sequential.looks} looks")
+            across = (f" ({_fmt(sequential.adjusted_p_value)} adjusted across "
+                      f"{sequential.treatment_arms} treatment arms)"
+                      if sequential.treatment_arms > 1 else "")
+            lines.append(f"{'':9} always-valid p = {_fmt(sequential.always_valid_p_value)}"
+                         f"{across}, confidence sequence [{_fmt(sequential.ci_low)}, "
+                         f"{_fmt(sequential.ci_high)}] at alpha {_fmt(sequential.alpha)} "
+                         f"over {sequential.looks} looks")
         elif isinstance(sequential, GroupSequentialSummary):
             lines.append(f"{'':9} {sequential.kind} boundary "
-                         f"{_fmt(sequential.boundary)} at look {len(sequential.looks)}: "
-                         f"{sequential.decision}")
+                         f"{_fmt(sequential.boundary)} at look {len(sequential.looks)} "
+                         f"(alpha {_fmt(sequential.alpha)}): {sequential.decision}")
         if m.bayes is not None:
-            lines.append(f"{'':9} P(better) = {_fmt(m.bayes.prob_better)}")
+            on = (" (CUPED-adjusted, normal approximation)"
+                  if m.bayes.basis == "cuped_adjusted" else "")
+            lines.append(f"{'':9} P(better) = {_fmt(m.bayes.prob_better)}{on}")
     for g in report.guardrails:
         lines.append(f"guardrail {g.metric:>12} {g.arm}: {g.verdict}")
     for seg in report.segments:
@@ -296,6 +396,7 @@ def summary_text(report: ExperimentAnalysis) -> str:
         lines.append(f"segments by {seg.attribute} ({seg.kind}), {seg.arm}: {cells}")
         if seg.warning:
             lines.append(f"  warning: {seg.warning}")
+    lines += looks_text(report)
     registration = report.preregistration
     if registration is not None and registration.registered_after_start:
         lines.append(f"note: the analysis plan was first recorded at "
@@ -306,6 +407,41 @@ def summary_text(report: ExperimentAnalysis) -> str:
                  + (f" {decision.arm}" if decision.arm else ""))
     lines += [f"  - {reason}" for reason in decision.reasons]
     return "\n".join(lines)
+
+
+# The figure a look's method decides by: (label, LookArm field).
+LOOK_FIGURE = {"msprt": ("always-valid p", "always_valid_p_value"),
+               "group_sequential": ("boundary", "boundary"),
+               "none": ("adjusted p", "adjusted_p_value")}
+
+
+def looks_text(report: ExperimentAnalysis) -> list[str]:
+    """Each recorded look next to its reconstruction: ``recorded | reconstructed``."""
+    if not report.recorded_looks:
+        return []
+    lines = [f"recorded looks ({len(report.recorded_looks)}), each as stored when taken | "
+             "as reconstructed now from the logs as they stood then:"]
+    for comparison in report.recorded_looks:
+        then, now = comparison.recorded, comparison.reconstructed
+        head = f"  look at {_when(then.at)} (recorded {_when(then.recorded_at)}): "
+        if now is None:
+            lines.append(head + f"not reconstructed: {comparison.note}")
+            continue
+        verdict = ("same figures" if not comparison.differences else
+                   "** DIFFERS: " + ", ".join(comparison.differences) + " **")
+        lines.append(head + f"units {list(then.units)} | {list(now.units)}; {verdict}")
+        reconstructed = {arm.arm: arm for arm in now.arms}
+        for arm in then.arms:
+            other = reconstructed.get(arm.arm)
+
+            def pair(name: str, arm: Any = arm, other: Any = other) -> str:
+                theirs = "n/a" if other is None else _fmt(getattr(other, name))
+                return f"{_fmt(getattr(arm, name))} | {theirs}"
+
+            label, name = LOOK_FIGURE[then.method]
+            lines.append(f"    {arm.arm}: effect {pair('abs_effect')}, z {pair('z')}, "
+                         f"{label} {pair(name)}")
+    return lines
 
 
 def _fmt(value: float | None) -> str:

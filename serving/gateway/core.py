@@ -492,7 +492,7 @@ class GatewayCore:
                     "primary",
                     now, row.features, None if prediction is None else prediction.score,
                     latency_s * 1000.0, status, error, row.context or None,
-                    prediction, row.unit_source,
+                    prediction, row.unit_source, decision.arm_weights,
                 )
             )
         if self.tracer is None:  # tracing is off in the config

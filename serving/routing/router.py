@@ -61,6 +61,16 @@ class CompiledExperiment:
     allocation: Allocation
     arm_models: tuple[ModelRef, ...]
     targeting: tuple[TargetingRule, ...]
+    # The split as the decision log records it (see :func:`format_arm_weights`),
+    # formatted once here so that logging it costs a reference per decision.
+    arm_weights: str = ""
+
+
+def format_arm_weights(arm_names: Sequence[str], weights_bp: Sequence[int]) -> str:
+    """The split in force as text: ``control:9000,treatment:1000`` (basis points,
+    config order). The decision log keeps it with every decision so that an
+    analysis knows the weights each unit was assigned under, across ramps."""
+    return ",".join(f"{name}:{int(w)}" for name, w in zip(arm_names, weights_bp, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +269,7 @@ class Decision:
     layer: str = DEFAULT_LAYER
     rollout_id: str | None = None
     rollout_arm: str | None = None
+    arm_weights: str | None = None  # the experiment's split in force (None: no experiment)
 
 
 VersionResolver = Callable[[str, str], str]
@@ -303,6 +314,8 @@ def build_routing_table(
             allocation=allocate([a.name for a in exp.arms], [a.weight_bp for a in exp.arms]),
             arm_models=tuple(ref(a.model, a.version) for a in exp.arms),
             targeting=exp.targeting,
+            arm_weights=format_arm_weights([a.name for a in exp.arms],
+                                           [a.weight_bp for a in exp.arms]),
         )
         for exp in config.experiments
     )
@@ -406,7 +419,8 @@ def _route_experiments(
         b = bucket_from_state(exp.salt_state, unit)
         arm = exp.allocation.arm_of(b)
         return Decision(unit, exp.unit_type, exp.id, exp.allocation.arm_names[arm], b,
-                        exp.arm_models[arm], EXPERIMENT_LAYER_PREFIX + exp.id)
+                        exp.arm_models[arm], EXPERIMENT_LAYER_PREFIX + exp.id,
+                        arm_weights=exp.arm_weights)
     return Decision(unit_id, "user_id", None, DEFAULT_ARM, None, table.default)
 
 
@@ -414,7 +428,7 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
     """Vectorized :func:`route` for units without context (offline replay).
 
     Returns columns ``bucket, experiment_id, arm, layer, model_name,
-    model_version`` as numpy arrays aligned with ``unit_ids``. Only
+    model_version, arm_weights`` as numpy arrays aligned with ``unit_ids``. Only
     experiments without targeting can take a unit that has no context,
     mirroring :func:`route`; rollouts then split their baselines' units.
     """
@@ -425,6 +439,7 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
     layer_col = np.full(n, DEFAULT_LAYER, dtype=object)
     name_col = np.full(n, table.default.name, dtype=object)
     version_col = np.full(n, table.default.version, dtype=object)
+    weights_col = np.full(n, None, dtype=object)
     for exp in table.experiments:
         if exp.targeting:
             continue
@@ -432,6 +447,7 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
         arms = exp.allocation.arms_of(buckets)
         bucket_col = buckets
         exp_col[:] = exp.id
+        weights_col[:] = exp.arm_weights
         layer_col[:] = EXPERIMENT_LAYER_PREFIX + exp.id
         arm_col = np.asarray(exp.allocation.arm_names, dtype=object)[arms]
         name_col = np.asarray([m.name for m in exp.arm_models], dtype=object)[arms]
@@ -451,4 +467,5 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
         "layer": layer_col,
         "model_name": name_col,
         "model_version": version_col,
+        "arm_weights": weights_col,
     }

@@ -15,7 +15,7 @@ The data (generated first, timed separately, in neither figure):
   yet. 0.2% of repeat decisions are in the other arm (a ramp moved the unit: counted in
   the arm of its first decision). On top, not counted in ``--decisions``: shadow rows
   for 5% of the decisions (``role=shadow``) and 3% decisions outside any experiment.
-- outcome events in the real :data:`OUTCOME_SCHEMA` (``date=YYYY-MM-DD/part-0.parquet``)
+- outcome events in the real :data:`OUTCOME_LOG_SCHEMA` (``date=YYYY-MM-DD/part-0.parquet``)
   from :func:`rollout.simulation.simulate_outcomes` (``converted`` and ``revenue`` with a
   pre-period, untagged), plus events each definition must drop or keep: revenue after
   the outcome window, conversions before the pre-period, events exactly on both window
@@ -30,11 +30,17 @@ Straightforward: ``pandas.read_parquet`` of both logs, filters, first exposure p
 a merge of the outcomes on ``unit_id``, window filters and per-unit sums in pandas, then
 ``scipy.stats.chisquare`` (SRM), statsmodels' ``proportions_ztest`` /
 ``confint_proportions_2indep`` (binary), ``ttest_ind`` / ``CompareMeans`` (mean, Welch)
-and CUPED by hand (pooled within-arm slope, tested with statsmodels' ``ztest`` / Welch
-``ttest_ind`` on the adjusted values).
+and CUPED with per-arm slopes (statsmodels' OLS of y on 1 + (x − x̄) in each arm, the
+documented variance, z or Welch–Satterthwaite t inference).
+
+Both logs carry ``unit_key`` for every row, as the gateway and ``rampart outcomes
+import`` write them, so Rampart reads integer keys instead of unit-id strings.
 
 Both are timed ``--repeat`` times, alternating; the figures are the medians (every
-timing is printed too). Every compared number must agree to 1e-9 relative.
+timing is printed too). Every compared number must agree to 1e-9 relative. Peak memory
+is the RSS high-water mark (``getrusage``'s ``ru_maxrss``) of a separate process that
+runs Rampart's analysis once on the same data, so that neither the generation nor the
+pandas version is counted in it.
 """
 
 from __future__ import annotations
@@ -53,8 +59,10 @@ import datetime as dt  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -104,11 +112,12 @@ def _timestamps(us: np.ndarray) -> pa.Array:
     return pa.array(us, type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
 
 
-def decision_rows(rng: np.random.Generator, unit_ids: pa.Array, unit: np.ndarray,
-                  arm: np.ndarray, at_us: np.ndarray, first_request: int, *,
+def decision_rows(rng: np.random.Generator, unit_ids: pa.Array, unit_keys: pa.Array,
+                  unit: np.ndarray, arm: np.ndarray, at_us: np.ndarray, first_request: int, *,
                   experiment: str | None, role: str, arm_names: tuple[str, ...],
                   versions: tuple[str, ...]) -> pa.Table:
-    """Decision rows in :data:`DECISION_SCHEMA`; ``arm`` indexes ``arm_names``/``versions``."""
+    """Decision rows in :data:`DECISION_SCHEMA`; ``arm`` indexes ``arm_names``/``versions``;
+    ``unit_keys`` are the keys of ``unit_ids``, as the gateway writes them."""
     from telemetry.decision_log import DECISION_SCHEMA
 
     n = int(unit.size)
@@ -119,6 +128,7 @@ def decision_rows(rng: np.random.Generator, unit_ids: pa.Array, unit: np.ndarray
     return pa.table({
         "request_id": fixed_width_ids("r", np.arange(first_request, first_request + n), 10),
         "unit_id": unit_ids.take(pa.array(unit)),
+        "unit_key": unit_keys.take(pa.array(unit)),
         "unit_type": pa.repeat(pa.scalar("user_id"), n),
         "experiment_id": pa.repeat(pa.scalar(experiment, type=pa.string()), n),
         "layer": pa.nulls(n, pa.string()),
@@ -139,6 +149,7 @@ def decision_rows(rng: np.random.Generator, unit_ids: pa.Array, unit: np.ndarray
         "inputs": pa.nulls(n, pa.string()),
         "output": pa.nulls(n, pa.string()),
         "unit_source": pa.nulls(n, pa.string()),
+        "arm_weights": pa.nulls(n, pa.string()),
     }, schema=DECISION_SCHEMA)
 
 
@@ -163,7 +174,8 @@ def write_by_day(table: pa.Table, root: Path, subdir: str = "") -> int:
 def generate(directory: Path, n_decisions: int, seed: int) -> dict[str, Any]:
     """Write ``decisions/`` and ``outcomes/`` under ``directory``; see the module docstring."""
     from serving.cli.demo.simulated_outcomes import TrueEffects, simulate_outcomes
-    from telemetry.outcomes_log import OUTCOME_SCHEMA
+    from telemetry.outcomes_log import OUTCOME_LOG_SCHEMA
+    from telemetry.unit_keys import unit_key_array, with_unit_keys
 
     rng = np.random.default_rng(seed)
     start_us = int(START.timestamp() * MICROS)
@@ -175,6 +187,7 @@ def generate(directory: Path, n_decisions: int, seed: int) -> dict[str, Any]:
     counts = counts[:n_units]
     counts[-1] -= int(ends[n_units - 1]) - n_decisions
     unit_ids = fixed_width_ids("u-", rng.permutation(n_units), 9)
+    unit_keys = unit_key_array(unit_ids)
     treated = rng.random(n_units) < 0.5
     first_at = start_us + DAY + rng.integers(0, 28 * DAY, n_units)
 
@@ -186,17 +199,19 @@ def generate(directory: Path, n_decisions: int, seed: int) -> dict[str, Any]:
     moved = ~first_row & (rng.random(n_decisions) < CROSSOVER_SHARE)
     arm[moved] = 1 - arm[moved]
 
-    tables = [decision_rows(rng, unit_ids, unit, arm, at, 0, experiment=EXPERIMENT,
+    tables = [decision_rows(rng, unit_ids, unit_keys, unit, arm, at, 0, experiment=EXPERIMENT,
                             role="primary", arm_names=ARMS, versions=("1", "2"))]
     shadow = np.flatnonzero(rng.random(n_decisions) < SHADOW_SHARE)
     tables.append(decision_rows(
-        rng, unit_ids, unit[shadow], np.zeros(shadow.size, dtype=np.int64), at[shadow] + 2_000,
+        rng, unit_ids, unit_keys, unit[shadow], np.zeros(shadow.size, dtype=np.int64),
+        at[shadow] + 2_000,
         n_decisions, experiment=EXPERIMENT, role="shadow", arm_names=("shadow",),
         versions=("3",)))
     n_outside = int(n_decisions * OUTSIDE_SHARE)
     outside_ids = fixed_width_ids("w-", np.arange(n_outside), 9)
     tables.append(decision_rows(
-        rng, outside_ids, np.arange(n_outside), np.zeros(n_outside, dtype=np.int64),
+        rng, outside_ids, unit_key_array(outside_ids), np.arange(n_outside),
+        np.zeros(n_outside, dtype=np.int64),
         start_us + DAY + rng.integers(0, 28 * DAY, n_outside),
         n_decisions + shadow.size, experiment=None, role="primary", arm_names=("default",),
         versions=("1",)))
@@ -243,7 +258,9 @@ def generate(directory: Path, n_decisions: int, seed: int) -> dict[str, Any]:
     events.clear()
     received = _timestamps(outcomes["timestamp"].cast(pa.int64()).to_numpy()
                            + rng.integers(0, 60 * MICROS, outcomes.num_rows))
-    outcomes = outcomes.append_column("received_at", received).cast(OUTCOME_SCHEMA)
+    # keyed as the gateway and the import key them
+    outcomes = with_unit_keys(outcomes.append_column("received_at", received)).cast(
+        OUTCOME_LOG_SCHEMA)
     write_by_day(outcomes, directory / "outcomes")
     return {"units": n_units, "decision_log_rows": log_rows, "outcome_rows": outcomes.num_rows}
 
@@ -297,6 +314,8 @@ def rampart_numbers(report: dict[str, Any]) -> dict[str, float]:
                         "std_error", "ci_low", "ci_high", "p_value"):
                 out[f"{name}.{prefix}{key}"] = body[key]
         out[f"{name}.cuped.variance_reduction"] = entry["cuped_variance_reduction"]
+        for key in ("slope_control", "slope_treatment"):
+            out[f"{name}.cuped.{key}"] = (entry.get("cuped") or {}).get(key)
     return out
 
 
@@ -308,7 +327,7 @@ def straightforward(directory: Path, alpha: float = 0.05) -> dict[str, float]:
     import pandas as pd
     from scipy import stats
     from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
-    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttest_ind, ztest
+    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttest_ind
 
     as_of = pd.Timestamp(AS_OF)
     metrics = ["converted", "revenue"]
@@ -330,11 +349,13 @@ def straightforward(directory: Path, alpha: float = 0.05) -> dict[str, float]:
     # outcomes of exposed units, in the window or in the pre-period
     outcomes = pd.read_parquet(directory / "outcomes",
                                columns=["unit_id", "metric", "value", "timestamp",
-                                        "experiment_id"])
+                                        "experiment_id", "received_at"])
+    # known at as_of: received by then (and not stamped after it)
     outcomes = outcomes[outcomes["metric"].isin(metrics)
                         & (outcomes["experiment_id"].isna()
                            | (outcomes["experiment_id"] == EXPERIMENT))
-                        & (outcomes["timestamp"] <= as_of)]
+                        & (outcomes["timestamp"] <= as_of)
+                        & (outcomes["received_at"] <= as_of)]
     events = outcomes.merge(exposures[["unit_id", "exposed_at"]], on="unit_id")
     del outcomes
     offset = events["timestamp"] - events["exposed_at"]
@@ -386,29 +407,39 @@ def straightforward(directory: Path, alpha: float = 0.05) -> dict[str, float]:
         out.update({f"{name}.p_value": float(p), f"{name}.ci_low": float(low),
                     f"{name}.ci_high": float(high), f"{name}.std_error": se})
 
-        # CUPED: θ is the slope of y on x pooled within arms (centered per arm)
-        dx = np.concatenate([xc - xc.mean(), xt - xt.mean()])
-        dy = np.concatenate([yc - yc.mean(), yt - yt.mean()])
-        theta = float(np.dot(dx, dy) / np.dot(dx, dx))
-        adjusted = y - theta * (x - x.mean())
-        ac, at_ = adjusted[control], adjusted[~control]
-        out.update(_means(f"{name}.cuped.", ac, at_))
-        adjusted_means = CompareMeans(DescrStatsW(at_), DescrStatsW(ac))
+        # CUPED with per-arm slopes (Lin 2013): each arm's OLS of y on 1 + (x - x̄),
+        # x̄ pooled; the intercepts are the adjusted means. Variance: each arm's
+        # residual variance (ddof 1) over n, plus the covariate mean's own noise
+        # (β_t - β_c)² · a_c·a_t/(a_c + a_t), a = var(x_arm)/n_arm.
+        import statsmodels.api as sm
+
+        centred = x - x.mean()
+        fits = [sm.OLS(y_arm, sm.add_constant(x_arm, has_constant="add")).fit()
+                for y_arm, x_arm in ((yc, centred[control]), (yt, centred[~control]))]
+        (adj_c, beta_c), (adj_t, beta_t) = (tuple(map(float, f.params)) for f in fits)
+        resid = [f.ssr / (f.nobs - 1) / f.nobs for f in fits]
+        a_c, a_t = xc.var(ddof=1) / xc.size, xt.var(ddof=1) / xt.size
+        spread = (beta_t - beta_c) ** 2 * a_c * a_t / (a_c + a_t)
+        var_adjusted = resid[0] + resid[1] + spread
+        effect = adj_t - adj_c
+        se = math.sqrt(var_adjusted)
         if binary:
-            _, p = ztest(at_, ac, usevar="unequal")
-            low, high = adjusted_means.zconfint_diff(alpha, usevar="unequal")
+            p = 2 * stats.norm.sf(abs(effect) / se)
+            half = stats.norm.ppf(1 - alpha / 2) * se
         else:
-            _, p, _ = ttest_ind(at_, ac, usevar="unequal")
-            low, high = adjusted_means.tconfint_diff(alpha, usevar="unequal")
-        var_adjusted = at_.var(ddof=1) / at_.size + ac.var(ddof=1) / ac.size
+            parts = ((resid[0], yc.size - 1), (resid[1], yt.size - 1), (spread, y.size - 2))
+            df = var_adjusted ** 2 / sum(v * v / d for v, d in parts if v > 0)
+            p = 2 * stats.t.sf(abs(effect) / se, df)
+            half = stats.t.ppf(1 - alpha / 2, df) * se
         var_plain = yt.var(ddof=1) / yt.size + yc.var(ddof=1) / yc.size
-        out.update({f"{name}.cuped.p_value": float(p), f"{name}.cuped.ci_low": float(low),
-                    f"{name}.cuped.ci_high": float(high),
-                    f"{name}.cuped.std_error": math.sqrt(var_adjusted),
+        out.update({f"{name}.cuped.mean_control": adj_c, f"{name}.cuped.mean_treatment": adj_t,
+                    f"{name}.cuped.abs_effect": effect,
+                    f"{name}.cuped.rel_effect": adj_t / adj_c - 1,
+                    f"{name}.cuped.p_value": float(p), f"{name}.cuped.ci_low": effect - half,
+                    f"{name}.cuped.ci_high": effect + half, f"{name}.cuped.std_error": se,
                     f"{name}.cuped.variance_reduction": 1.0 - var_adjusted / var_plain,
-                    f"{name}.cuped.theta": theta,
-                    f"{name}.pre_mean_control": float(xc.mean()),
-                    f"{name}.pre_mean_treatment": float(xt.mean())})
+                    f"{name}.cuped.slope_control": beta_c,
+                    f"{name}.cuped.slope_treatment": beta_t})
     return out
 
 
@@ -421,25 +452,10 @@ def _means(prefix: str, control: np.ndarray, treatment: np.ndarray) -> dict[str,
 # --------------------------------------------------------------------------- comparison
 
 
-def implied_theta(rampart: dict[str, float], plain: dict[str, float], name: str
-                  ) -> float | None:
-    """θ behind Rampart's adjusted effect, which the report does not carry:
-    (plain − adjusted effect) / (x̄_t − x̄_c); None when the pre-period means are equal."""
-    shift = plain[f"{name}.pre_mean_treatment"] - plain[f"{name}.pre_mean_control"]
-    if shift == 0:
-        return None
-    return (rampart[f"{name}.abs_effect"] - rampart[f"{name}.cuped.abs_effect"]) / shift
-
-
 def compare(rampart: dict[str, float], plain: dict[str, float]
             ) -> tuple[float, str, list[str], int]:
     """Largest relative difference over every number both sides have, its key, the
     numbers beyond the tolerance, and how many numbers were compared."""
-    rampart = dict(rampart)
-    for name in ("converted", "revenue"):
-        theta = implied_theta(rampart, plain, name)
-        if theta is not None:
-            rampart[f"{name}.cuped.theta"] = theta
     worst, worst_key, bad, compared = 0.0, "", [], 0
     for key, value in rampart.items():
         if key not in plain:
@@ -458,6 +474,28 @@ def compare(rampart: dict[str, float], plain: dict[str, float]
     return worst, worst_key, bad, compared
 
 
+# --------------------------------------------------------------------------- memory
+
+
+def rampart_peak_rss(directory: Path) -> int:
+    """Bytes: the RSS high-water mark of a fresh process that runs Rampart's analysis
+    once on the data in ``directory``."""
+    child = subprocess.run([sys.executable, os.path.abspath(__file__), "--rampart-once",
+                            str(directory)], capture_output=True, text=True, check=False)
+    if child.returncode != 0:
+        raise RuntimeError(f"the memory run failed: {child.stderr.strip()[-2000:]}")
+    return int(json.loads(child.stdout.strip().splitlines()[-1])["peak_rss_bytes"])
+
+
+def rampart_once(directory: Path) -> int:
+    """The child side of :func:`rampart_peak_rss`."""
+    run_rampart(rampart_config(directory), directory)
+    # ru_maxrss is in kilobytes on Linux
+    print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                      * 1024}))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -472,7 +510,10 @@ def main() -> int:
                              "generated with the same --decisions and --seed, else its "
                              "decisions/, outcomes/ and rampart/ are replaced")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rampart-once", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rampart_once is not None:
+        return rampart_once(args.rampart_once)
     if args.decisions < 1_000 or args.repeat < 1:
         parser.error("--decisions must be at least 1,000 and --repeat at least 1")
     print(json.dumps({"OPENBLAS_CORETYPE_set": "OPENBLAS_CORETYPE" in os.environ,
@@ -499,6 +540,8 @@ def main() -> int:
             print(json.dumps({"generated": str(directory), **meta}), flush=True)
         gc.collect()
 
+        peak_rss = rampart_peak_rss(directory)
+        print(json.dumps({"rampart_peak_rss_gb": round(peak_rss / 1e9, 3)}), flush=True)
         config = rampart_config(directory)
         rampart_times: list[float] = []
         plain_times: list[float] = []
@@ -531,7 +574,8 @@ def main() -> int:
                 "means": [m["unadjusted"]["mean_control"], m["unadjusted"]["mean_treatment"]],
                 "effect": m["unadjusted"]["abs_effect"], "p": m["unadjusted"]["p_value"],
                 "cuped_effect": m["abs_effect"], "cuped_p": m["p_value"],
-                "cuped_theta": plain[f"{m['metric']}.cuped.theta"],
+                "cuped_slopes": [plain[f"{m['metric']}.cuped.slope_control"],
+                                 plain[f"{m['metric']}.cuped.slope_treatment"]],
                 "cuped_variance_reduction": m["cuped_variance_reduction"]}
                 for m in report["metrics"]},
             "srm_p": report["srm"]["p_value"], "crossovers": report["crossovers"],
@@ -543,7 +587,9 @@ def main() -> int:
             "rampart_seconds": round(rampart_s, 3),
             "straightforward_seconds": round(plain_s, 3),
             "speedup": round(plain_s / rampart_s, 2),
-            "goal_under_10s": rampart_s < 10.0, "goal_5x": plain_s / rampart_s >= 5.0,
+            "rampart_peak_rss_gb": round(peak_rss / 1e9, 3),
+            "goal_under_3s": rampart_s <= 3.0, "goal_10x": plain_s / rampart_s >= 10.0,
+            "goal_peak_under_4gb": peak_rss < 4e9,
             "numbers_identical": not bad, "numbers_compared": compared,
             "max_rel_diff": worst, "max_rel_diff_at": worst_key,
             "timing": f"median of {args.repeat}",

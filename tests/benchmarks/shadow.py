@@ -47,7 +47,7 @@ def wrk(url: str, duration_s: int) -> dict[str, object]:
 
 def decisions_with(n: int, scorer: object, out: Path) -> None:
     """A decision log of ``n`` rows whose online predictions come from ``scorer``."""
-    from telemetry.decision_log import DECISION_SCHEMA
+    from telemetry.decision_log import conform
 
     rng = np.random.default_rng(0)
     names = [f"f{i}" for i in range(8)]
@@ -74,7 +74,8 @@ def decisions_with(n: int, scorer: object, out: Path) -> None:
         "unit_source": pa.nulls(n, pa.string()),
     }
     out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(cols, schema=DECISION_SCHEMA), out / "part-bench.parquet")
+    # conform: the columns left out here (keys, splits) are filled as the writer fills them
+    pq.write_table(conform(pa.table(cols)), out / "part-bench.parquet")
 
 
 def main() -> int:

@@ -52,25 +52,6 @@ effect. Per-unit variances: ``SampleMeanStatistic`` ddof 1,
   se coincide. gbstats then uses a t reference with a Welch df on the
   linearized variances, Rampart a normal one, so p-values are not compared and
   CIs are compared with the normal quantile.
-* ``cuped_effect``: gbstats' ``RegressionAdjustedStatistic`` takes
-  ``θ = Cov(y, x)/Var(x)`` over *both arms pooled as one sample* (total
-  covariance, centred at the grand means), adjusted means ``ȳ − θx̄`` and the
-  relative effect over the *unadjusted* control mean. Rampart takes θ from
-  the *within-arm* centred sums (the ``x`` coefficient of
-  ``y ~ 1 + T + x``) and adjusts around the pooled ``x̄``. The total sums
-  exceed the within-arm ones by the between-arm terms
-  ``Σ_a n_a(x̄_a − x̄)(ȳ_a − ȳ)`` and ``Σ_a n_a(x̄_a − x̄)²``, which vanish
-  exactly when the arms' pre-period means are equal; then θ, the adjusted
-  means, their per-arm variances ``s_y² − 2θs_xy + θ²s_x²``, the Welch df,
-  t, p-value, CI, relative effect and relative se all coincide, and that is
-  what is compared (to 1e-9). With unequal pre-period means the two θ differ
-  by the between-arm terms only (checked as an identity), both estimators are
-  consistent and unbiased to O(1/n); Rampart's is the OLS/ANCOVA one and
-  keeps the treatment effect out of θ. For 0/1 metrics gbstats'
-  ``ProportionStatistic`` path mixes conventions (variance ``p(1−p)`` with
-  ddof 0 but covariance with ddof 1, so its θ is ``N/(N−1)`` times the
-  regression slope); Rampart's ``binary=True`` uses ddof 1 throughout and is
-  compared through gbstats' ``SampleMeanStatistic`` with ``Σy² = Σy``.
 * ``srm_test`` ≡ ``check_srm`` (Pearson χ², ``k − 1`` df) when every weight is
   positive. With a zero weight gbstats drops that arm from the sum but keeps
   it in the df (and ignores units that reached it), Rampart drops it from the
@@ -92,6 +73,12 @@ effect. Per-unit variances: ``SampleMeanStatistic`` ddof 1,
 
 Not compared:
 
+* ``cuped_effect``: gbstats' ``RegressionAdjustedStatistic`` takes one
+  ``θ = Cov(y, x)/Var(x)`` over both arms pooled as one sample; Rampart gives
+  each arm its own slope on the covariate centred at the pooled mean (Lin
+  2013), which cannot cost precision whatever the split. The two coincide in
+  no useful case, so ``tests/integration/test_stats_oracles.py`` checks CUPED
+  against per-arm statsmodels OLS fits instead.
 * Beta-binomial (``beta_binomial``): gbstats 0.8.0 has no conjugate Beta
   model; its Bayesian engine approximates every metric by a normal on the
   (relative or absolute) lift with a Gaussian prior on the *relative* lift.

@@ -21,7 +21,7 @@ from serving.gateway.core import GatewayCore, build_app
 from serving.kernel.config import format_validation_error
 from telemetry.outcome_events import MAX_OUTCOME_EVENTS, OutcomeBatch, OutcomeEvent
 from telemetry.outcomes_log import (
-    OUTCOME_SCHEMA,
+    OUTCOME_LOG_SCHEMA,
     OutcomeRecord,
     OutcomesInputError,
     OutcomesLogWriter,
@@ -161,7 +161,7 @@ def test_writer_flushes_on_size_time_and_close_and_reads_back(tmp_path: Path) ->
     writer.close()
     writer.close()  # idempotent
     table = read_outcomes(tmp_path)
-    assert table.schema == OUTCOME_SCHEMA
+    assert table.schema == OUTCOME_LOG_SCHEMA
     rows = {r["unit_id"]: r for r in table.to_pylist()}
     assert sorted(rows) == sorted(f"u{i}" for i in range(26))
     assert rows["u3"]["value"] == 3.0 and rows["u3"]["experiment_id"] == "exp-a"
@@ -190,7 +190,7 @@ def test_files_are_dated_by_the_day_received(tmp_path: Path) -> None:
 
 def test_nothing_there_reads_as_an_empty_table(tmp_path: Path) -> None:
     assert read_outcomes(tmp_path).num_rows == 0
-    assert read_outcomes(tmp_path / "absent").schema == OUTCOME_SCHEMA
+    assert read_outcomes(tmp_path / "absent").schema == OUTCOME_LOG_SCHEMA
     writer = OutcomesLogWriter(tmp_path / "log", "w", flush_interval_s=3600)
     writer.append_many([_record(1)])
     writer.close()

@@ -371,60 +371,58 @@ def cuped_samples(seed: int, n_c: int, n_t: int, effect: float, binary: bool = F
 
 
 @pytest.mark.parametrize(("seed", "n_c", "n_t"), [(0, 200, 200), (1, 150, 420), (2, 35, 18)])
-def test_cuped_equals_ancova_regression(seed: int, n_c: int, n_t: int) -> None:
+def test_cuped_equals_interacted_regression(seed: int, n_c: int, n_t: int) -> None:
     y_c, x_c, y_t, x_t = cuped_samples(seed, n_c, n_t, effect=0.8)
     result = cuped_effect(pair_summary(y_c, x_c), pair_summary(y_t, x_t))
-    assert result.estimate.error is None
+    assert result.estimate.error is None and result.method == "lin_interacted"
 
     y = np.concatenate([y_c, y_t])
     x = np.concatenate([x_c, x_t])
     treated = np.concatenate([np.zeros(n_c), np.ones(n_t)])
-    design = np.column_stack([np.ones_like(y), treated, x - x.mean()])
-    fit = OLS(y, design).fit()
-    # Pooled within-arm θ is the OLS covariate coefficient; the CUPED effect is
-    # the treatment coefficient; the intercept is the adjusted control mean.
-    assert result.theta == pytest.approx(fit.params[2], rel=REL)
+    centred = x - x.mean()
+    fit = OLS(y, np.column_stack([np.ones_like(y), treated, centred, treated * centred])).fit()
+    # Lin's regression: the treatment coefficient is the effect, the intercept the
+    # adjusted control mean, and each arm has its own slope on the centred covariate.
+    assert result.slope_control == pytest.approx(fit.params[2], rel=REL)
+    assert result.slope_treatment == pytest.approx(fit.params[2] + fit.params[3], rel=REL)
     assert result.estimate.abs_effect == pytest.approx(fit.params[1], rel=REL)
     assert result.estimate.mean_control == pytest.approx(fit.params[0], rel=REL)
     assert result.estimate.mean_treatment == pytest.approx(fit.params[0] + fit.params[1],
                                                            rel=REL)
 
 
-def test_cuped_inference_is_welch_on_adjusted_values() -> None:
+def test_cuped_variance_is_residuals_plus_the_covariate_mean_term() -> None:
     y_c, x_c, y_t, x_t = cuped_samples(5, 180, 240, effect=0.5)
+    y_t = y_t + 0.6 * (x_t - 6.0)  # a steeper slope in treatment
     result = cuped_effect(pair_summary(y_c, x_c), pair_summary(y_t, x_t), alpha=0.1)
-    theta = result.theta
-    x_bar = np.concatenate([x_c, x_t]).mean()
-    adj_c, adj_t = y_c - theta * (x_c - x_bar), y_t - theta * (x_t - x_bar)
-    est = result.estimate
-    t, p, _ = ttest_ind(adj_t, adj_c, usevar="unequal")
-    low, high = CompareMeans(DescrStatsW(adj_t), DescrStatsW(adj_c)).tconfint_diff(
-        alpha=0.1, usevar="unequal")
-    assert est.statistic == pytest.approx(t, rel=REL)
-    assert est.p_value == pytest.approx(p, rel=REL)
-    assert (est.ci_low, est.ci_high) == pytest.approx((low, high), rel=REL)
-    # Per-arm adjusted variance is the sample variance of y − θx.
-    var_adj = np.var(y_c - theta * x_c, ddof=1) / 180 + np.var(y_t - theta * x_t, ddof=1) / 240
+    beta_c, beta_t = result.slope_control, result.slope_treatment
+    assert beta_c == pytest.approx(np.polyfit(x_c, y_c, 1)[0], rel=REL)
+    assert beta_t == pytest.approx(np.polyfit(x_t, y_t, 1)[0], rel=REL)
+    # Residual variance of each arm's mean (ddof 1), and the covariate mean's noise.
+    resid = np.var(y_c - beta_c * x_c, ddof=1) / 180 + np.var(y_t - beta_t * x_t, ddof=1) / 240
+    a_c, a_t = np.var(x_c, ddof=1) / 180, np.var(x_t, ddof=1) / 240
+    variance = resid + (beta_t - beta_c) ** 2 * a_c * a_t / (a_c + a_t)
     var_raw = np.var(y_c, ddof=1) / 180 + np.var(y_t, ddof=1) / 240
-    assert est.std_error == pytest.approx(math.sqrt(var_adj), rel=REL)
-    assert result.variance_reduction == pytest.approx(1 - var_adj / var_raw, rel=REL)
+    est = result.estimate
+    assert est.std_error == pytest.approx(math.sqrt(variance), rel=REL)
+    assert est.statistic == pytest.approx(est.abs_effect / math.sqrt(variance), rel=REL)
+    assert result.variance_reduction == pytest.approx(1 - variance / var_raw, rel=REL)
     assert result.variance_reduction > 0.3
+    assert (result.var_mean_control + result.var_mean_treatment - 2 * result.covariance
+            == pytest.approx(variance, rel=REL))
 
 
 def test_cuped_binary_uses_z_test() -> None:
     y_c, x_c, y_t, x_t = cuped_samples(6, 3000, 3000, effect=0.01, binary=True)
     result = cuped_effect(pair_summary(y_c, x_c), pair_summary(y_t, x_t), binary=True)
-    theta = result.theta
-    x_bar = np.concatenate([x_c, x_t]).mean()
-    adj_c, adj_t = y_c - theta * (x_c - x_bar), y_t - theta * (x_t - x_bar)
-    compare = CompareMeans(DescrStatsW(adj_t), DescrStatsW(adj_c))
-    z, p = compare.ztest_ind(usevar="unequal")
-    low, high = compare.zconfint_diff(usevar="unequal")
     est = result.estimate
     assert est.error is None
+    z = est.abs_effect / est.std_error
     assert est.statistic == pytest.approx(z, rel=REL)
-    assert est.p_value == pytest.approx(p, rel=REL)
-    assert (est.ci_low, est.ci_high) == pytest.approx((low, high), rel=REL)
+    assert est.p_value == pytest.approx(2 * scipy.stats.norm.sf(abs(z)), rel=REL)
+    half = scipy.stats.norm.ppf(0.975) * est.std_error
+    assert (est.ci_low, est.ci_high) == pytest.approx(
+        (est.abs_effect - half, est.abs_effect + half), rel=REL)
     not_binary = cuped_effect(pair_summary(y_c * 2, x_c), pair_summary(y_t, x_t), binary=True)
     assert not_binary.estimate.error == "not_binary"
 
@@ -433,7 +431,7 @@ def test_cuped_constant_covariate_is_plain_welch() -> None:
     rng = np.random.default_rng(11)
     y_c, y_t = rng.normal(1, 1, 50), rng.normal(1.2, 1.5, 70)
     result = cuped_effect(pair_summary(y_c, np.full(50, 0.3)), pair_summary(y_t, np.full(70, 0.3)))
-    assert result.theta == 0.0
+    assert result.slope_control == 0.0 and result.slope_treatment == 0.0
     assert result.variance_reduction == 0.0
     assert result.estimate.error is None
     plain = welch_ttest(mean_summary(y_c), mean_summary(y_t))
@@ -446,7 +444,7 @@ def test_cuped_degenerate_inputs() -> None:
     ok = pair_summary(y_t, x_t)
     empty = cuped_effect(PairSummary(0, 0, 0, 0, 0, 0), ok)
     assert_failed(empty.estimate, "empty_arm")
-    assert math.isnan(empty.theta) and math.isnan(empty.variance_reduction)
+    assert math.isnan(empty.slope_control) and math.isnan(empty.variance_reduction)
     assert_failed(cuped_effect(pair_summary(y_c[:1], x_c[:1]), ok).estimate, "too_few_units")
     assert_failed(cuped_effect(ok, ok, alpha=-1).estimate, "invalid_alpha")
     # y constant: nothing to test, whatever x does.
@@ -455,7 +453,8 @@ def test_cuped_degenerate_inputs() -> None:
     # y exactly linear in x: the adjustment removes all variance.
     linear = cuped_effect(pair_summary(2 * x_c + 1, x_c), pair_summary(2 * x_t + 1, x_t))
     assert_failed(linear.estimate, "zero_variance")
-    assert linear.theta == pytest.approx(2.0, rel=REL)
+    assert linear.slope_control == pytest.approx(2.0, rel=REL)
+    assert linear.slope_treatment == pytest.approx(2.0, rel=REL)
     assert linear.variance_reduction == pytest.approx(1.0, rel=REL)
 
 

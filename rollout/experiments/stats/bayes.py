@@ -403,10 +403,36 @@ def normal_means(
             return _failed("empty_arm")
         if arm.n < 2:
             return _failed("too_few_units")
-    m_c, m_t = control.mean, treatment.mean
-    v_c = control.variance / control.n
-    v_t = treatment.variance / treatment.n
-    var_d = v_c + v_t
+    return normal_estimates(control.mean, treatment.mean, control.variance / control.n,
+                            treatment.variance / treatment.n, credible=credible)
+
+
+def normal_estimates(
+    mean_control: float,
+    mean_treatment: float,
+    var_mean_control: float,
+    var_mean_treatment: float,
+    covariance: float = 0.0,
+    credible: float = 0.95,
+) -> BayesResult:
+    """Normal-model comparison of two estimated means under a flat prior.
+
+    The same closed forms as :func:`normal_means`, for any pair of
+    approximately normal mean estimates with their variances and covariance:
+    the posterior of ``D = μ_t − μ_c`` is ``N(d, σ²)`` with ``d = m_t − m_c``
+    and ``σ² = V_c + V_t − 2·Cov``. It puts P(better) on the same basis as a
+    frequentist estimate that is not a plain difference of arm means (CUPED's
+    adjusted means share the pooled covariate mean, hence the covariance);
+    Fieller's relative interval takes the covariance into account.
+
+    Errors: ``"zero_variance"`` (``σ² ≤ 0``), ``"non_finite"`` (an input is
+    not finite). Raises ``ValueError`` for ``credible`` outside (0, 1).
+    """
+    _check_credible(credible)
+    m_c, m_t, v_c, v_t = mean_control, mean_treatment, var_mean_control, var_mean_treatment
+    if not all(math.isfinite(v) for v in (m_c, m_t, v_c, v_t, covariance)):
+        return _failed("non_finite")
+    var_d = v_c + v_t - 2.0 * covariance
     if not var_d > 0.0:
         return _failed("zero_variance")
     sigma = math.sqrt(var_d)
@@ -417,7 +443,7 @@ def normal_means(
     loss_treatment = sigma * density - d * float(special.ndtr(-ratio))
     loss_control = sigma * density + d * prob_better
     z = float(special.ndtri(1.0 - (1.0 - credible) / 2.0))
-    rel_low, rel_high = _fieller(m_c, v_c, m_t, v_t, z)
+    rel_low, rel_high = _fieller(m_c, v_c, m_t, v_t, z, covariance)
     return BayesResult(
         prob_better=prob_better,
         # Both losses are non-negative by definition; the closed forms can round
@@ -431,21 +457,29 @@ def normal_means(
     )
 
 
-def _fieller(m_c: float, v_c: float, m_t: float, v_t: float, z: float) -> tuple[float, float]:
-    """Equal-tailed bounds of ``μ_t/μ_c − 1`` for independent normal posteriors.
+def _fieller(m_c: float, v_c: float, m_t: float, v_t: float, z: float,
+             cov: float = 0.0) -> tuple[float, float]:
+    """Equal-tailed bounds of ``μ_t/μ_c − 1`` for normal posteriors with covariance ``cov``.
 
-    The ratio bound ``r`` at level ``±z`` solves ``(r·m_c − m_t)² = z²(v_t + r²v_c)``:
-    ``A r² − 2 m_c m_t r + (m_t² − z² v_t) = 0`` with ``A = m_c² − z² v_c``. For
-    ``A > 0`` both roots are real (the discriminant is ``z²(m_t² v_c + A v_t) ≥ 0``)
-    and they are the lower and upper bounds. A negative control mean is
-    handled by flipping both signs, which leaves the ratio unchanged.
+    The ratio bound ``r`` at level ``±z`` solves
+    ``(r·m_c − m_t)² = z²(v_t + r²v_c − 2r·cov)``:
+    ``A r² − 2(m_c m_t − z² cov) r + (m_t² − z² v_t) = 0`` with ``A = m_c² − z² v_c``.
+    For ``A > 0`` both roots are real (the discriminant over ``z²`` is
+    ``m_t² v_c + A v_t − 2 m_c m_t cov + z² cov²``, at least
+    ``(v_c v_t − cov²)·A/v_c ≥ 0``) and
+    they are the lower and upper bounds. A negative control mean is handled by
+    flipping both signs, which leaves the ratio and the covariance unchanged.
     """
     if m_c < 0.0:
         m_c, m_t = -m_c, -m_t
     a = m_c * m_c - z * z * v_c
     if not a > 0.0:
         return -math.inf, math.inf
-    root = z * math.sqrt(m_t * m_t * v_c + a * v_t)
-    low = (m_c * m_t - root) / a
-    high = (m_c * m_t + root) / a
+    # With cov = 0 the extra terms are exact zeros, so independent arms get
+    # the same digits as the plain formula.
+    root = z * math.sqrt(max(m_t * m_t * v_c + a * v_t - 2.0 * m_c * m_t * cov
+                             + z * z * cov * cov, 0.0))
+    center = m_c * m_t - z * z * cov
+    low = (center - root) / a
+    high = (center + root) / a
     return low - 1.0, high - 1.0

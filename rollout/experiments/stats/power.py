@@ -55,8 +55,12 @@ class PowerPlan:
     (``mde_relative`` is None for a mean metric without a non-zero baseline).
     ``effect_size`` is the standardized effect (Cohen's h or d).
     ``n_per_arm_exact`` is the unrounded solution, ``n_per_arm`` its ceiling,
-    ``total_units`` covers both arms, and ``days`` is None without
-    ``daily_units``.
+    ``total_units`` covers every arm (``treatment_arms`` treatments and one
+    control), and ``days`` is None without ``daily_units``.
+
+    ``alpha`` is the family-wise level; ``comparison_alpha`` the level each
+    treatment-versus-control comparison is sized at (``alpha/treatment_arms``)
+    and ``alpha_rule`` says why, in words.
     """
 
     metric_type: MetricType
@@ -75,6 +79,9 @@ class PowerPlan:
     n_per_arm: int
     total_units: int
     days: int | None
+    treatment_arms: int
+    comparison_alpha: float
+    alpha_rule: str
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as a flat dict of JSON-serializable values."""
@@ -241,20 +248,27 @@ def plan(
     std_dev: float | None = None,
     daily_units: float | None = None,
     allocation: float = 1.0,
+    treatment_arms: int = 1,
 ) -> PowerPlan:
-    """A two-arm, equal-split power plan for one metric.
+    """An equal-split power plan for one metric: ``treatment_arms`` treatments,
+    each compared with one control.
 
     ``"proportion"``: ``baseline`` is the control rate in (0, 1) and sizes
     come from :func:`sample_size_proportion_exact`. ``"mean"``: ``std_dev``
     is required, ``baseline`` is the control mean (required only when
     ``relative`` is true) and sizes come from :func:`sample_size_mean_exact`.
-    ``days`` uses :func:`duration_days` with two arms when ``daily_units`` is
-    given.
+
+    With several treatment arms the analysis corrects the primary metric
+    across arms, so each comparison is sized at :func:`comparison_alpha`
+    (``alpha/treatment_arms``); every arm, the control included, gets
+    ``n_per_arm`` units. ``days`` uses :func:`duration_days` over all
+    ``treatment_arms + 1`` arms when ``daily_units`` is given.
 
     Returns a :class:`PowerPlan`; raises ``ValueError`` on invalid input.
     """
     _check_level(alpha, power)
     _check_allocation(allocation)
+    per_comparison = comparison_alpha(alpha, treatment_arms)
     if metric_type == "proportion":
         if baseline is None:
             raise ValueError("baseline is required for a proportion metric")
@@ -272,9 +286,11 @@ def plan(
     else:
         raise ValueError(f"metric_type must be 'proportion' or 'mean', got {metric_type!r}")
 
-    exact = _nobs1(effect, alpha, power, 1.0)
+    exact = _nobs1(effect, per_comparison, power, 1.0)
     n = _ceil(exact)
-    days = duration_days(n, daily_units, allocation) if daily_units is not None else None
+    arms = treatment_arms + 1
+    days = (duration_days(n, daily_units, allocation, arms=arms)
+            if daily_units is not None else None)
     return PowerPlan(
         metric_type=metric_type,
         baseline=baseline,
@@ -290,9 +306,40 @@ def plan(
         effect_size=effect,
         n_per_arm_exact=exact,
         n_per_arm=n,
-        total_units=2 * n,
+        total_units=arms * n,
         days=days,
+        treatment_arms=treatment_arms,
+        comparison_alpha=per_comparison,
+        alpha_rule=alpha_rule(alpha, treatment_arms),
     )
+
+
+def comparison_alpha(alpha: float, treatment_arms: int) -> float:
+    """The level each treatment-versus-control comparison is planned at.
+
+    ``alpha/treatment_arms``: Bonferroni, which is also the first (strictest)
+    step of Holm. The analysis corrects the primary metric across treatment
+    arms by the pre-registered correction; Holm's later steps and
+    Benjamini-Hochberg are never stricter than this, so a sample size that
+    gives the power at ``alpha/treatment_arms`` gives at least that power
+    whichever of them the plan names.
+    """
+    if isinstance(treatment_arms, bool) or not isinstance(treatment_arms, int) or (
+            treatment_arms < 1):
+        raise ValueError(f"arms (treatment arms) must be a whole number >= 1, "
+                         f"got {treatment_arms!r}")
+    return alpha / treatment_arms
+
+
+def alpha_rule(alpha: float, treatment_arms: int) -> str:
+    """Why the comparison level is what it is, for ``rampart plan``'s output."""
+    if treatment_arms == 1:
+        return (f"{alpha:g} per comparison: one treatment arm against the control, so the "
+                "primary metric is tested alone at alpha")
+    return (f"{alpha / treatment_arms:.4g} per comparison = alpha {alpha:g} / "
+            f"{treatment_arms} treatment arms (Bonferroni, the first step of Holm): the "
+            "primary metric is corrected across treatment arms, and a plan sized for the "
+            "strictest step holds for every step")
 
 
 # --- the power equation -----------------------------------------------------

@@ -114,3 +114,87 @@ def _failed(
     error: str, observed: tuple[int, ...], expected: tuple[float, ...] = ()
 ) -> SrmResult:
     return SrmResult(math.nan, math.nan, observed, expected, False, error)
+
+
+@dataclass(frozen=True, slots=True)
+class CombinedSrmResult:
+    """Sample-ratio test over several constant-weight splits (a ramped experiment).
+
+    ``splits`` holds each split's own :class:`SrmResult` (units first exposed
+    under it against its weights). ``statistic`` is the sum of their statistics
+    and ``df`` of their degrees of freedom; ``p_value`` the χ² tail there.
+    ``observed``/``expected`` are summed over the splits. ``flag`` is set when
+    the combined p-value is below ``threshold`` or one split's p-value is below
+    ``threshold / len(splits)`` (``flagged_splits`` names those splits, by
+    index). ``error`` is set when no split could be tested.
+    """
+
+    statistic: float
+    p_value: float
+    df: int
+    observed: tuple[int, ...]
+    expected: tuple[float, ...]
+    flag: bool
+    splits: tuple[SrmResult, ...]
+    flagged_splits: tuple[int, ...] = ()
+    error: str | None = None
+
+
+def combined_srm_test(
+    observed: Sequence[Sequence[int]], weights: Sequence[Sequence[float]],
+    threshold: float = 0.001,
+) -> CombinedSrmResult:
+    """Chi-square test of each split's counts against its own weights, combined.
+
+    Units first exposed under different weights are independent multinomial
+    samples with different probabilities, so pooling their counts against one
+    split (the current one) is wrong for any ramped experiment. Each split gets
+    :func:`srm_test`; the statistics add up, and so do their degrees of freedom
+    (``Σ (k_i − 1)`` over the arms each split can fill): the sum of independent
+    χ² variables is χ² with the summed df. Summing statistics, rather than
+    counts, means an excess in one split cannot be cancelled by a deficit in
+    another.
+
+    A large imbalance confined to one short split is diluted among the other
+    splits' degrees of freedom, so a split is also flagged on its own when its
+    p-value is below ``threshold / len(splits)`` (Bonferroni across splits).
+    With one split both rules are the same test. Splits without units are left
+    out; a split whose test fails for another reason (``invalid_weights``...)
+    makes the whole result that error.
+    """
+    if len(observed) != len(weights):
+        return _combined_failed("length_mismatch", (), ())
+    results = tuple(srm_test(o, w, threshold) for o, w in zip(observed, weights, strict=True))
+    tested = [(i, r) for i, r in enumerate(results) if r.error != "no_units"]
+    arms = max((len(r.observed) for r in results), default=0)
+    observed_sum = tuple(sum(r.observed[a] for r in results if len(r.observed) > a)
+                         for a in range(arms))
+    if not tested:
+        return _combined_failed("no_units", observed_sum, (), results)
+    expected_sum = tuple(
+        float(sum(r.expected[a] for _, r in tested if len(r.expected) > a))
+        for a in range(arms)) if all(r.expected for _, r in tested) else ()
+    broken = next((r.error for _, r in tested if r.error not in (None, "too_few_arms")), None)
+    if broken is not None:
+        return _combined_failed(broken, observed_sum, (), results)
+    live = [(i, r) for i, r in tested if r.error is None]
+    if not live:
+        return _combined_failed("too_few_arms", observed_sum, expected_sum, results)
+    df = sum(_df(r) for _, r in live)
+    statistic = float(sum(r.statistic for _, r in live))
+    p_value = 0.0 if math.isinf(statistic) else float(special.chdtrc(df, statistic))
+    per_split = threshold / len(tested)
+    flagged = tuple(i for i, r in live if r.p_value < per_split)
+    return CombinedSrmResult(statistic, p_value, df, observed_sum, expected_sum,
+                             p_value < threshold or bool(flagged), results, flagged)
+
+
+def _df(result: SrmResult) -> int:
+    """Degrees of freedom of one split's test: the arms it expects units in, less one."""
+    return sum(1 for e in result.expected if e > 0) - 1
+
+
+def _combined_failed(error: str, observed: tuple[int, ...], expected: tuple[float, ...],
+                     splits: tuple[SrmResult, ...] = ()) -> CombinedSrmResult:
+    return CombinedSrmResult(math.nan, math.nan, 0, observed, expected, False, splits, (),
+                             error)
