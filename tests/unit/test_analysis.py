@@ -39,9 +39,11 @@ ANALYSIS: dict[str, Any] = {
 }
 
 
-def _config(tmp: Path, analysis: dict[str, Any] | None = None, weights: tuple[int, int] = (
-        5000, 5000)) -> Any:
-    return parse_config({
+def experiment_document(tmp: Path, analysis: dict[str, Any] | None = None,
+                        weights: tuple[int, int] = (5000, 5000)) -> dict[str, Any]:
+    """A config document with one experiment ``exp`` (control on clf/1, treatment
+    on clf/2) and both logs under ``tmp``."""
+    return {
         "data_dir": str(tmp),
         "models": [{"name": "clf", "versions": ["1", "2"]}],
         "default": {"model": "clf", "version": "1"},
@@ -52,7 +54,12 @@ def _config(tmp: Path, analysis: dict[str, Any] | None = None, weights: tuple[in
             "analysis": analysis or ANALYSIS}],
         "decision_log": {"path": str(tmp / "decisions")},
         "outcomes_log": {"path": str(tmp / "outcomes")},
-    })
+    }
+
+
+def _config(tmp: Path, analysis: dict[str, Any] | None = None, weights: tuple[int, int] = (
+        5000, 5000)) -> Any:
+    return parse_config(experiment_document(tmp, analysis, weights))
 
 
 def write_experiment(tmp: Path, units: int = 20_000, effects: TrueEffects | None = None,

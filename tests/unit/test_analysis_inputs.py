@@ -19,6 +19,7 @@ from serving.kernel.analysis_plan import AnalysisPlan
 from serving.kernel.config import parse_config
 from telemetry.decision_log import DECISION_SCHEMA, batch_table
 from telemetry.outcomes_log import OUTCOME_SCHEMA
+from tests.unit.test_analysis import experiment_document
 
 START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 AS_OF = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
@@ -37,18 +38,7 @@ def config(tmp: Path, plan: dict[str, Any] | None = None) -> Any:
 
 
 def config_document(tmp: Path, plan: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "data_dir": str(tmp),
-        "models": [{"name": "clf", "versions": ["1", "2"]}],
-        "default": {"model": "clf", "version": "1"},
-        "experiments": [{
-            "id": "exp", "salt": "s1", "arms": [
-                {"name": "control", "model": "clf", "version": "1", "weight_bp": 5000},
-                {"name": "treatment", "model": "clf", "version": "2", "weight_bp": 5000}],
-            "analysis": plan or PLAN}],
-        "decision_log": {"path": str(tmp / "decisions")},
-        "outcomes_log": {"path": str(tmp / "outcomes")},
-    }
+    return experiment_document(tmp, plan or PLAN)
 
 
 def _ts(seconds: np.ndarray) -> pa.Array:

@@ -36,6 +36,7 @@ from serving.kernel.config import parse_config
 from serving.routing.assignment import buckets_vectorized
 from telemetry.decision_log import batch_table
 from telemetry.outcomes_log import OUTCOME_SCHEMA
+from tests.unit.test_analysis import experiment_document
 
 START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 CHANGE = START + dt.timedelta(days=2)
@@ -49,18 +50,7 @@ PLAN: dict[str, Any] = {
 
 
 def _config(tmp: Path) -> Any:
-    return parse_config({
-        "data_dir": str(tmp),
-        "models": [{"name": "clf", "versions": ["1", "2"]}],
-        "default": {"model": "clf", "version": "1"},
-        "experiments": [{
-            "id": "exp", "salt": "s1", "arms": [
-                {"name": "control", "model": "clf", "version": "1", "weight_bp": 5000},
-                {"name": "treatment", "model": "clf", "version": "2", "weight_bp": 5000}],
-            "analysis": PLAN}],
-        "decision_log": {"path": str(tmp / "decisions")},
-        "outcomes_log": {"path": str(tmp / "outcomes")},
-    })
+    return parse_config(experiment_document(tmp, PLAN))
 
 
 def _us(moment: dt.datetime) -> int:

@@ -32,6 +32,7 @@ from telemetry.metrics import RequestMetrics
 from telemetry.outcomes_log import OUTCOME_SCHEMA
 from telemetry.spill_journal import SpillJournal
 from tests.unit.fakes import FEATURES, InMemoryRegistry
+from tests.unit.test_analysis import experiment_document
 
 START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 AS_OF = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
@@ -41,23 +42,13 @@ DAY = 86_400.0
 GOOD_FEATURES = {name: 0.1 * i for i, name in enumerate(FEATURES)}
 
 
+SRM_PLAN = {"start": "2026-11-01T00:00:00Z", "primary": {"name": "converted", "type": "binary"},
+            "alpha": 0.05, "mde": 0.1, "baseline": 0.1}
+
+
 def _config(tmp: Path, treatment_bp: int = 5000) -> RampartConfig:
-    return parse_config({
-        "data_dir": str(tmp),
-        "models": [{"name": "clf", "versions": ["1", "2"]}],
-        "default": {"model": "clf", "version": "1"},
-        "experiments": [{
-            "id": "exp", "salt": "s1", "arms": [
-                {"name": "control", "model": "clf", "version": "1",
-                 "weight_bp": 10_000 - treatment_bp},
-                {"name": "treatment", "model": "clf", "version": "2",
-                 "weight_bp": treatment_bp}],
-            "analysis": {"start": "2026-11-01T00:00:00Z",
-                         "primary": {"name": "converted", "type": "binary"},
-                         "alpha": 0.05, "mde": 0.1, "baseline": 0.1}}],
-        "decision_log": {"path": str(tmp / "decisions")},
-        "outcomes_log": {"path": str(tmp / "outcomes")},
-    })
+    return parse_config(experiment_document(tmp, SRM_PLAN, (10_000 - treatment_bp,
+                                                            treatment_bp)))
 
 
 def _decisions(ids: list[str], arms: np.ndarray, at: np.ndarray,
