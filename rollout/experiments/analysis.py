@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -387,23 +387,31 @@ def sequential_summary(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposure
     keep the family-wise error at alpha; the mSPRT's rejection is then decided
     across arms by :func:`msprt_across_arms`.
     """
+    return sequential_of(
+        plan, exposures, as_of_us, final, treatment_arms,
+        lambda t: estimate_at(spec, plan, exposures, outcomes, t, treatment_arm))
+
+
+def sequential_of(plan: AnalysisPlan, exposures: Exposures, as_of_us: int,
+                  final: MetricEstimate, treatment_arms: int,
+                  estimate_then: Callable[[int], MetricEstimate]) -> SequentialSummary:
+    """The sequential method over the looks before ``as_of_us``: their times from
+    ``exposures`` (all units, or :func:`exposure_sketch` of the earliest ones),
+    each look's estimate from ``estimate_then(time)``, ``final`` at ``as_of_us``."""
     method = plan.sequential.method
     if method == "none":
         return NoSequential()
     level = plan.alpha / max(1, treatment_arms)
     if method == "group_sequential":
-        max_units = plan.sequential.max_units_per_arm
-        assert max_units is not None
         fractions = plan.sequential.fractions()
-        targets = [max(2, math.ceil(f * max_units)) for f in fractions]
+        targets = _look_targets(plan)
         looks = [(f, t) for f, t in zip(fractions, look_times(exposures, targets, as_of_us),
                                         strict=True) if t is not None]
         if not looks:
             return GroupSequentialSummary(
                 kind=plan.sequential.kind, alpha=level, treatment_arms=treatment_arms,
                 note=f"first look at {targets[0]} units per arm not reached")
-        z = [estimate_at(spec, plan, exposures, outcomes, t, treatment_arm).estimate.statistic
-             for _, t in looks]
+        z = [estimate_then(t).estimate.statistic for _, t in looks]
         result = group_sequential_test(z, [f for f, _ in looks], level, plan.sequential.kind)
         return GroupSequentialSummary(
             kind=plan.sequential.kind, alpha=level, treatment_arms=treatment_arms,
@@ -416,7 +424,7 @@ def sequential_summary(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposure
     if mde_abs is None:  # relative MDE without a baseline: scale by the observed control
         mde_abs = plan.mde * abs(final.unadjusted.mean_control)
     tau2 = mixing_variance_from_mde(mde_abs) if mde_abs > 0 else 1.0
-    points = [estimate_at(spec, plan, exposures, outcomes, t, treatment_arm).estimate
+    points = [estimate_then(t).estimate
               for t in timeline_times(exposures, as_of_us, plan.sequential.looks)]
     points.append(final.estimate)
     always_valid = msprt([p.abs_effect for p in points], [p.std_error ** 2 for p in points],
@@ -643,40 +651,33 @@ def srm_check(exposures: Exposures) -> SrmCheck:
     exposed under (:func:`~rollout.experiments.stats.srm.combined_srm_test`):
     one χ² per split, summed. Units without a logged split are tested against
     the configured weights."""
+    return srm_from_counts(exposures.arms, exposures.weights, split_counts(exposures))
+
+
+def split_counts(exposures: Exposures) -> dict[SplitKey, tuple[tuple[int, ...], int]]:
+    """Units per arm under each split (its weights; None: the configured ones,
+    for units without a logged split) and the split's earliest exposure."""
     n_arms = len(exposures.arms)
     split = exposures.split
     if split is None or split.size == 0:
         split = np.full(exposures.n_units, -1, dtype=np.int64)
-    # One counting pass: (split + 1) * arms + arm, -1 (configured) first.
+    # One counting pass over (split + 1) * arms + arm; -1 (configured) first.
     n_splits = len(exposures.splits) + 1
     counts = np.bincount((split + 1) * n_arms + exposures.arm,
                          minlength=n_splits * n_arms).reshape(n_splits, n_arms)
-    present = [c for c in range(n_splits) if counts[c].sum() > 0]
-    if not present:  # nobody exposed: the configured split, and the test says no_units
-        present = [0]
-    # Splits in the order units first met them (a ramp reads in its own order).
-    firsts = {c: int(exposures.exposed_at[split == c - 1].min()) if counts[c].sum() else -1
-              for c in present}
-    present.sort(key=lambda c: (firsts[c], c))
-    weights = [exposures.weights if c == 0 else exposures.splits[c - 1] for c in present]
-    srm = combined_srm_test([[int(v) for v in counts[c]] for c in present], weights)
-    sources: list[Literal["logged", "configured"]] = [
-        "configured" if c == 0 else "logged" for c in present]
-    splits = tuple(
-        SrmSplit(weights=tuple(w), source=source,
-                 first_exposure=None if firsts[c] < 0 else _time(firsts[c]),
-                 observed=r.observed, expected=tuple(_rounded(e, 4) for e in r.expected),
-                 statistic=r.statistic, p_value=r.p_value, flag=i in srm.flagged_splits,
-                 error=r.error)
-        for i, (c, w, source, r) in enumerate(zip(present, weights, sources, srm.splits,
-                                                  strict=True)))
-    used = {s.source for s in splits if s.observed and sum(s.observed)}
-    weights_source: Literal["logged", "configured", "mixed"] = (
-        "mixed" if len(used) > 1 else "logged" if used == {"logged"} else "configured")
-    return SrmCheck(p_value=srm.p_value, statistic=srm.statistic, observed=srm.observed,
-                    expected=tuple(_rounded(e, 4) for e in srm.expected), flag=srm.flag,
-                    error=srm.error, df=srm.df if srm.error is None else None,
-                    weights_source=weights_source, splits=splits)
+    out: dict[SplitKey, tuple[tuple[int, ...], int]] = {}
+    for c in range(n_splits):
+        if not counts[c].sum():
+            continue
+        key = None if c == 0 else tuple(exposures.splits[c - 1])
+        first = int(exposures.exposed_at[split == c - 1].min())
+        if key in out:  # two labels of the same weights: one split
+            old, old_first = out[key]
+            out[key] = (tuple(a + int(b) for a, b in zip(old, counts[c], strict=True)),
+                        min(first, old_first))
+        else:
+            out[key] = (tuple(int(v) for v in counts[c]), first)
+    return out
 
 
 def _rounded(value: float, digits: int) -> float | None:
@@ -689,38 +690,51 @@ def _adjusted(p_values: Sequence[float | None], correction: AdjustMethod) -> lis
     return [float(p) for p in adjust_p_values(raw, correction)]
 
 
-def metric_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
-                   as_of_us: int, periods: OutcomePeriods
-                   ) -> tuple[tuple[MetricResult, ...], dict[int, MetricEstimate]]:
-    """Every metric (primary, then secondary) against control for each treatment arm;
-    and the primary's estimates by arm.
+ArmSummaries = Sequence[PairSummary]  # per arm, the control first
+
+
+def metric_results(plan: AnalysisPlan, arms: tuple[str, ...],
+                   summaries_of: Callable[[str, MetricSpec], ArmSummaries],
+                   sequential_for: Callable[[int, MetricEstimate], SequentialSummary]
+                   ) -> tuple[tuple[MetricResult, ...], tuple[GuardrailResult, ...],
+                              dict[int, MetricEstimate]]:
+    """Every metric (primary, secondary, guardrails) against control for each
+    treatment arm, from each metric's per-arm sums (``summaries_of(key, spec)``,
+    keys of :func:`metric_specs`), with the primary's sequential method
+    (``sequential_for(arm, estimate)``); and the primary's estimates by arm.
 
     Multiple testing by design: the primary metric is tested alone at alpha,
     corrected only across the treatment arms (by the plan's correction), so the
     power ``rampart plan`` promised is the power the analysis has; the
     secondary metrics are corrected as one family (every secondary metric and
     arm). The primary's sequential method corrects across arms too
-    (:func:`sequential_summary`, :func:`msprt_across_arms`).
+    (:func:`sequential_summary`, :func:`msprt_across_arms`). Guardrails are
+    judged by :func:`guardrail_verdict`, uncorrected.
     """
-    n_arms = len(exposures.arms)
-    specs: list[tuple[Literal["primary", "secondary"], MetricSpec]] = [
-        ("primary", plan.primary), *(("secondary", m) for m in plan.secondary)]
+    n_arms = len(arms)
     pending: list[dict[str, Any]] = []
+    guardrails: list[GuardrailResult] = []
     primary: dict[int, MetricEstimate] = {}
-    for role, spec in specs:
-        values = unit_values(spec, plan, exposures, outcomes, as_of_us, periods)
-        summaries = arm_summaries(exposures.arm, values, n_arms)
+    for key, role, spec in metric_specs(plan):
+        summaries = summaries_of(key, spec)
         for arm in range(1, n_arms):
             result = estimate(spec, plan, summaries[0], summaries[arm])
+            if role == "guardrail":
+                assert isinstance(spec, GuardrailSpec)
+                verdict, reason = guardrail_verdict(spec, result.estimate)
+                guardrails.append(GuardrailResult(
+                    **Effect.fields_of(result.estimate), metric=spec.label, arm=arms[arm],
+                    harm=spec.harm, tolerance=spec.tolerance, relative=spec.relative,
+                    verdict=verdict, reason=reason))
+                continue
             sequential: SequentialSummary | None = None
             if role == "primary":
                 primary[arm] = result
-                sequential = sequential_summary(spec, plan, exposures, outcomes, as_of_us,
-                                                arm, result, treatment_arms=n_arms - 1)
+                sequential = sequential_for(arm, result)
             pending.append({
                 **Effect.fields_of(result.estimate),
                 "metric": spec.label, "role": role, "type": spec.type,
-                "arm": exposures.arms[arm], "control_arm": exposures.arms[0],
+                "arm": arms[arm], "control_arm": arms[0],
                 "n_control": summaries[0].n, "n_treatment": summaries[arm].n,
                 "cuped_variance_reduction": result.cuped_variance_reduction,
                 "cuped": result.cuped_summary(),
@@ -734,7 +748,7 @@ def metric_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRo
         adjusted = _adjusted([e["p_value"] for e in family], plan.correction)
         for entry, p in zip(family, adjusted, strict=True):
             entry.update(adjusted_p_value=p, family_size=len(family))
-    return tuple(MetricResult(**entry) for entry in pending), primary
+    return tuple(MetricResult(**entry) for entry in pending), tuple(guardrails), primary
 
 
 def _sequential_across_arms(plan: AnalysisPlan, entries: Sequence[dict[str, Any]]) -> None:
@@ -744,24 +758,6 @@ def _sequential_across_arms(plan: AnalysisPlan, entries: Sequence[dict[str, Any]
     joint = msprt_across_arms([s for _, s in found], plan.alpha, plan.correction)
     for (entry, _), summary in zip(found, joint, strict=True):
         entry["sequential"] = summary
-
-
-def guardrail_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
-                      as_of_us: int, periods: OutcomePeriods) -> tuple[GuardrailResult, ...]:
-    """Each guardrail for each treatment arm, judged by :func:`guardrail_verdict`."""
-    n_arms = len(exposures.arms)
-    out = []
-    for spec in plan.guardrails:
-        values = unit_values(spec, plan, exposures, outcomes, as_of_us, periods)
-        summaries = arm_summaries(exposures.arm, values, n_arms)
-        for arm in range(1, n_arms):
-            effect = estimate(spec, plan, summaries[0], summaries[arm]).estimate
-            verdict, reason = guardrail_verdict(spec, effect)
-            out.append(GuardrailResult(
-                **Effect.fields_of(effect), metric=spec.label, arm=exposures.arms[arm],
-                harm=spec.harm, tolerance=spec.tolerance, relative=spec.relative,
-                verdict=verdict, reason=reason))
-    return tuple(out)
 
 
 def analyze(
@@ -788,8 +784,18 @@ def analyze(
     as_of_us = int(as_of.timestamp() * MICROS)
     srm = srm_check(exposures)
     windows = outcome_periods(plan, exposures, outcomes, as_of_us)
-    metrics, primary = metric_results(plan, exposures, outcomes, as_of_us, windows)
-    guardrails = guardrail_results(plan, exposures, outcomes, as_of_us, windows)
+    n_arms = len(exposures.arms)
+
+    def summaries_of(_: str, spec: MetricSpec) -> ArmSummaries:
+        values = unit_values(spec, plan, exposures, outcomes, as_of_us, windows)
+        return arm_summaries(exposures.arm, values, n_arms)
+
+    def sequential_for(arm: int, result: MetricEstimate) -> SequentialSummary:
+        return sequential_summary(plan.primary, plan, exposures, outcomes, as_of_us, arm,
+                                  result, treatment_arms=n_arms - 1)
+
+    metrics, guardrails, primary = metric_results(plan, exposures.arms, summaries_of,
+                                                  sequential_for)
     warnings = () if period is None else period.warnings
     return ExperimentAnalysis(
         experiment_id=experiment_id, as_of=as_of.astimezone(dt.UTC), arms=exposures.arms,
@@ -975,3 +981,216 @@ def _lift(entry: MetricResult) -> str:
         text += f", CI [{entry.ci_low:.4g}, {entry.ci_high:.4g}]"
     p = entry.adjusted_p_value
     return text + (f", adjusted p = {p:.3g}" if p is not None else "")
+
+
+# --------------------------------------------------------------------------- sufficient statistics
+#
+# An analysis split across machines: each part of the units (every decision and
+# outcome event of a unit in the same part) gives :func:`partial_stats`, the parts
+# are added (:func:`combine_stats`), and :func:`analyze_stats` runs the same
+# estimates, corrections and decision on the sums as :func:`analyze` runs on the
+# units. Only sums leave a part, plus each arm's earliest exposure times when the
+# sequential looks depend on them.
+
+SplitKey = tuple[float, ...] | None  # a logged split's weights; None: none logged
+
+
+def metric_specs(plan: AnalysisPlan
+                 ) -> list[tuple[str, Literal["primary", "secondary", "guardrail"], MetricSpec]]:
+    """Every metric of the plan with a key naming its place: ``primary``,
+    ``secondary:i``, ``guardrail:i`` (one name may be several metrics)."""
+    out: list[tuple[str, Literal["primary", "secondary", "guardrail"], MetricSpec]] = [
+        ("primary", "primary", plan.primary)]
+    out += [(f"secondary:{i}", "secondary", m) for i, m in enumerate(plan.secondary)]
+    out += [(f"guardrail:{i}", "guardrail", g) for i, g in enumerate(plan.guardrails)]
+    return out
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    """What a set of units contributes to an analysis, as sums that add up.
+
+    ``units`` per arm (exposed by ``as_of``); ``srm`` per split in force at
+    exposure (its weights, None where none was logged): units per arm and the
+    earliest exposure; ``summaries`` per (metric key of :func:`metric_specs`,
+    time) the per-arm :class:`PairSummary` as known then, over the units exposed
+    by then; ``earliest`` per arm its earliest exposure times, sorted (as many as
+    the sequential looks need: ``kept``, or all of the arm's when fewer).
+    """
+
+    units: tuple[int, ...]
+    crossovers: int
+    srm: Mapping[SplitKey, tuple[tuple[int, ...], int]]
+    summaries: Mapping[tuple[str, int], tuple[PairSummary, ...]]
+    earliest: tuple[NDArray[np.int64], ...] = ()
+    kept: int = 0
+
+
+def earliest_exposures(exposures: Exposures, k: int) -> tuple[NDArray[np.int64], ...]:
+    """Per arm its ``k`` earliest exposure times, sorted: the k-th earliest of all
+    parts is among the parts' k earliest, so look times need no more."""
+    out = []
+    for a in range(len(exposures.arms)):
+        times = exposures.exposed_at[exposures.arm == a]
+        if times.size > k:
+            times = np.partition(times, k - 1)[:k]
+        out.append(np.sort(times))
+    return tuple(out)
+
+
+def partial_stats(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
+                  as_of_us: int, times: Sequence[int] = (), earliest: int = 0) -> UnitStats:
+    """The sums of one part of the units: every metric at ``as_of_us`` and the
+    primary at each of ``times`` (units exposed by then, outcomes known by then,
+    as :func:`estimate_at` takes them), SRM counts, and each arm's ``earliest``
+    exposure times."""
+    n_arms = len(exposures.arms)
+    windows = outcome_periods(plan, exposures, outcomes, as_of_us)
+    summaries: dict[tuple[str, int], tuple[PairSummary, ...]] = {}
+    for key, _, spec in metric_specs(plan):
+        values = unit_values(spec, plan, exposures, outcomes, as_of_us, windows)
+        summaries[key, as_of_us] = tuple(arm_summaries(exposures.arm, values, n_arms))
+    for t in times:
+        values = unit_values(plan.primary, plan, exposures, outcomes, t)
+        summaries["primary", t] = tuple(arm_summaries(exposures.arm, values, n_arms,
+                                                      exposures.exposed_at <= t))
+    return UnitStats(
+        units=tuple(int(c) for c in np.bincount(exposures.arm, minlength=n_arms)),
+        crossovers=exposures.crossovers, srm=split_counts(exposures), summaries=summaries,
+        earliest=earliest_exposures(exposures, earliest) if earliest > 0 else (),
+        kept=earliest)
+
+
+def add_summaries(a: PairSummary, b: PairSummary) -> PairSummary:
+    return PairSummary(a.n + b.n, a.sum_y + b.sum_y, a.sum_yy + b.sum_yy, a.sum_x + b.sum_x,
+                       a.sum_xx + b.sum_xx, a.sum_xy + b.sum_xy)
+
+
+def combine_stats(parts: Sequence[UnitStats], n_arms: int) -> UnitStats:
+    """The sums of disjoint sets of units added: those of their union."""
+    srm: dict[SplitKey, tuple[tuple[int, ...], int]] = {}
+    summaries: dict[tuple[str, int], tuple[PairSummary, ...]] = {}
+    units = [0] * n_arms
+    earliest: list[list[NDArray[np.int64]]] = [[] for _ in range(n_arms)]
+    for part in parts:
+        units = [u + v for u, v in zip(units, part.units, strict=True)]
+        for key, (counts, first) in part.srm.items():
+            if key in srm:
+                old, old_first = srm[key]
+                counts = tuple(u + v for u, v in zip(old, counts, strict=True))
+                first = min(first, old_first)
+            srm[key] = (counts, first)
+        for where, arms in part.summaries.items():
+            old_arms = summaries.get(where)
+            summaries[where] = arms if old_arms is None else tuple(
+                add_summaries(u, v) for u, v in zip(old_arms, arms, strict=True))
+        for a, times in enumerate(part.earliest):
+            earliest[a].append(times)
+    k = max((p.kept for p in parts), default=0)
+    merged = tuple(np.sort(np.concatenate(ts))[:k] if ts else np.zeros(0, dtype=np.int64)
+                   for ts in earliest) if k else ()
+    return UnitStats(tuple(units), sum(p.crossovers for p in parts), srm, summaries, merged, k)
+
+
+def earliest_needed(plan: AnalysisPlan) -> int:
+    """How many earliest exposure times per arm the looks need: the group-sequential
+    look sizes, else one (the first exposure, where the mSPRT's looks start)."""
+    if plan.sequential.method == "group_sequential":
+        return max(_look_targets(plan))
+    return 1
+
+
+def _look_targets(plan: AnalysisPlan) -> list[int]:
+    """Units per arm at each group-sequential look, as :func:`sequential_summary` sets them."""
+    max_units = plan.sequential.max_units_per_arm
+    assert max_units is not None
+    return [max(2, math.ceil(f * max_units)) for f in plan.sequential.fractions()]
+
+
+def exposure_sketch(arms: tuple[str, ...], weights: tuple[float, ...],
+                    earliest: Sequence[NDArray[np.int64]]) -> Exposures:
+    """Exposures holding only each arm's earliest exposure times: all that
+    :func:`look_times` and :func:`timeline_times` read of the units."""
+    parts = [np.asarray(t, dtype=np.int64) for t in earliest]
+    arm = (np.concatenate([np.full(t.size, a, dtype=np.int64) for a, t in enumerate(parts)])
+           if parts else np.zeros(0, dtype=np.int64))
+    at = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return Exposures(arms, weights, arm, at)
+
+
+def sequential_times(plan: AnalysisPlan, sketch: Exposures, as_of_us: int) -> list[int]:
+    """The times before ``as_of_us`` at which the primary's sequential method looks
+    (``sketch`` from :func:`exposure_sketch`, with :func:`earliest_needed` times)."""
+    if plan.sequential.method == "group_sequential":
+        return [t for t in look_times(sketch, _look_targets(plan), as_of_us) if t is not None]
+    if plan.sequential.method == "msprt":
+        return timeline_times(sketch, as_of_us, plan.sequential.looks)
+    return []
+
+
+def srm_from_counts(arms: tuple[str, ...], weights: tuple[float, ...],
+                    counts: Mapping[SplitKey, tuple[tuple[int, ...], int]]) -> SrmCheck:
+    """:func:`srm_check` from units counted per split and arm (``counts`` as in
+    :class:`UnitStats`): the same test, splits in the order units first met them."""
+    present: list[SplitKey] = sorted(
+        (k for k, (c, _) in counts.items() if any(c)),
+        key=lambda k: (counts[k][1], k is not None, k or ()))
+    if not present:  # nobody exposed: the configured split, and the test says no_units
+        present = [None]
+    rows = [counts[k][0] if k in counts else (0,) * len(arms) for k in present]
+    split_weights_ = [weights if k is None else k for k in present]
+    srm = combined_srm_test([list(r) for r in rows], split_weights_)
+    splits = tuple(
+        SrmSplit(weights=tuple(w), source="configured" if k is None else "logged",
+                 first_exposure=_time(counts[k][1]) if k in counts and any(counts[k][0])
+                 else None,
+                 observed=r.observed, expected=tuple(_rounded(e, 4) for e in r.expected),
+                 statistic=r.statistic, p_value=r.p_value, flag=i in srm.flagged_splits,
+                 error=r.error)
+        for i, (k, w, r) in enumerate(zip(present, split_weights_, srm.splits, strict=True)))
+    used = {s.source for s in splits if s.observed and sum(s.observed)}
+    weights_source: Literal["logged", "configured", "mixed"] = (
+        "mixed" if len(used) > 1 else "logged" if used == {"logged"} else "configured")
+    return SrmCheck(p_value=srm.p_value, statistic=srm.statistic, observed=srm.observed,
+                    expected=tuple(_rounded(e, 4) for e in srm.expected), flag=srm.flag,
+                    error=srm.error, df=srm.df if srm.error is None else None,
+                    weights_source=weights_source, splits=splits)
+
+
+def analyze_stats(experiment_id: str, plan: AnalysisPlan, arms: tuple[str, ...],
+                  weights: tuple[float, ...], stats: UnitStats, as_of: dt.datetime, *,
+                  period: Period | None = None, periods: Sequence[Period] = ()
+                  ) -> ExperimentAnalysis:
+    """:func:`analyze` from the sums of every unit (:func:`combine_stats` of
+    :func:`partial_stats` at the same ``as_of`` and :func:`sequential_times`):
+    SRM, metrics, guardrails, the sequential method, corrections, the look and
+    the decision, computed as :func:`analyze` computes them. Segments, the
+    timeline and recorded looks need the units and are not part of it."""
+    as_of_us = int(as_of.timestamp() * MICROS)
+    n_arms = len(arms)
+    sketch = exposure_sketch(arms, weights, stats.earliest)
+    srm = srm_from_counts(arms, weights, stats.srm)
+
+    def sequential_for(arm: int, result: MetricEstimate) -> SequentialSummary:
+        def estimate_then(t: int) -> MetricEstimate:
+            then = stats.summaries["primary", t]
+            return estimate(plan.primary, plan, then[0], then[arm])
+
+        return sequential_of(plan, sketch, as_of_us, result, n_arms - 1, estimate_then)
+
+    metrics, guardrails, primary = metric_results(
+        plan, arms, lambda key, _: stats.summaries[key, as_of_us], sequential_for)
+    warnings = () if period is None else period.warnings
+    # The look counts units exposed by as_of: every unit summed here.
+    none = np.zeros(0, dtype=np.int64)
+    look = sequential_look(plan, Exposures(arms, weights, none, none), as_of, primary,
+                           {arms.index(m.arm): m.sequential
+                            for m in metrics if m.role == "primary"}, period)
+    return ExperimentAnalysis(
+        experiment_id=experiment_id, as_of=as_of.astimezone(dt.UTC), arms=arms,
+        units=sum(stats.units), crossovers=stats.crossovers, srm=srm,
+        correction=plan.correction, metrics=metrics, guardrails=guardrails,
+        segments=(), decision=decide(plan, srm, metrics, guardrails, warnings,
+                                     period=period, n_periods=len(periods)),
+        period=period, periods=tuple(periods), warnings=warnings,
+        look=look.model_copy(update={"units": stats.units}))

@@ -87,6 +87,14 @@ def add_commands(sub: Any) -> None:
                               "in <preregistration dir>/<experiment>.looks.jsonl, once it "
                               "succeeded; later analyses show recorded looks next to their "
                               "reconstruction")
+    analyze.add_argument("--engine", choices=("local", "ray"), default="local",
+                         help="local: this process reads the logs (default); ray: a Ray Data "
+                              "job over the logs adds up per-unit sums, for logs larger than "
+                              "one machine (no segments, --html, --record-look, recorded "
+                              "looks, --skip-bad-files, or served-version periods)")
+    analyze.add_argument("--ray-address", metavar="ADDRESS",
+                         help="with --engine ray: the Ray cluster to join (auto: the one on "
+                              "this machine); default: start a local Ray for the run")
     analyze.epilog = ANALYZE_EXIT_CODES
     analyze.set_defaults(func=cmd_analyze)
 
@@ -149,14 +157,16 @@ def run_analysis(config: Any, experiment_id: str, *, decisions: Path | str | Non
                  outcomes: Path | str | None = None, as_of: dt.datetime | None = None,
                  exploratory_segments: tuple[str, ...] = (), timeline_points: int = 0,
                  now: dt.datetime | None = None, period: int | Literal["latest"] = "latest",
-                 skip_bad_files: bool = False) -> ExperimentAnalysis:
+                 skip_bad_files: bool = False, engine: Literal["local", "ray"] = "local",
+                 ray_address: str | None = None) -> ExperimentAnalysis:
     """Check the pre-registration, read the logs and analyse one period of the
     experiment (the latest by default), then record the pre-registration: a run
     that fails records nothing. CliError on bad input; with ``skip_bad_files``
     unreadable log files are left out and listed in ``skipped_files``."""
     return _run(config, experiment_id, decisions=decisions, outcomes=outcomes, as_of=as_of,
                 exploratory_segments=exploratory_segments, timeline_points=timeline_points,
-                now=now, which=period, skip_bad_files=skip_bad_files)[0]
+                now=now, which=period, skip_bad_files=skip_bad_files, engine=engine,
+                ray_address=ray_address)[0]
 
 
 def run_all_periods(config: Any, experiment_id: str, *, decisions: Path | str | None = None,
@@ -174,7 +184,8 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
          outcomes: Path | str | None, as_of: dt.datetime | None,
          exploratory_segments: tuple[str, ...], timeline_points: int,
          now: dt.datetime | None, which: int | Literal["latest", "all"],
-         skip_bad_files: bool = False) -> list[ExperimentAnalysis]:
+         skip_bad_files: bool = False, engine: Literal["local", "ray"] = "local",
+         ray_address: str | None = None) -> list[ExperimentAnalysis]:
     from rollout.experiments.analysis import analyze
     from rollout.experiments.data import (
         AnalysisInputError,
@@ -212,6 +223,16 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
     as_of = as_of or now
     segments = tuple(dict.fromkeys((*plan.segments, *exploratory_segments)))
     paths = (decisions or config.decision_log.path, outcomes or config.outcomes_log.path)
+    if engine == "ray":
+        return [_run_on_ray(experiment, paths, as_of, segments, timeline_points, which,
+                            skip_bad_files, bool(recorded_looks), ray_address,
+                            preregistration=Preregistration(
+                                registered_at=registration["registered_at"],
+                                registered_after_start=registration["registered_after_start"],
+                                sha256=registration["sha256"], start=plan.start),
+                            register=lambda: register_plan(
+                                config.resolved_preregistration_dir(), experiment_id, plan,
+                                now))]
     try:
         loaded = (load_all_periods(*paths, experiment, plan_metrics(plan), as_of, segments,
                                    skip_bad_files=skip_bad_files)
@@ -246,6 +267,41 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
     return analyses
 
 
+def _run_on_ray(experiment: Any, paths: tuple[Any, Any], as_of: dt.datetime,
+                segments: tuple[str, ...], timeline_points: int,
+                which: int | Literal["latest", "all"], skip_bad_files: bool,
+                recorded_looks: bool, address: str | None, *, preregistration: Any,
+                register: Any) -> ExperimentAnalysis:
+    """The analysis as a Ray Data job (:mod:`rollout.experiments.ray_engine`); what
+    it cannot compute from sums is refused rather than left out."""
+    from rollout.experiments.data import AnalysisInputError, PlanChanged
+    from rollout.experiments.ray_engine import analyze_on_ray, ray_connection
+
+    refused = [what for what, asked in (
+        ("segments (they need each unit's attributes)", bool(segments)),
+        ("--html (its timeline needs the units)", timeline_points > 0),
+        ("--period all or a period number (one served-version period only)",
+         which not in ("latest", 1)),
+        ("--skip-bad-files", skip_bad_files),
+        ("recorded looks (their reconstruction needs the units); use --engine local",
+         recorded_looks)) if asked]
+    if refused:
+        raise CliError("--engine ray does not support " + "; ".join(refused))
+    try:
+        with ray_connection(address):
+            report = analyze_on_ray(experiment, *paths, as_of)
+    except AnalysisInputError as exc:
+        raise CliError(str(exc)) from None
+    if report.units == 0:
+        raise CliError(f"no unit of experiment {experiment.id!r} was exposed by "
+                       f"{as_of.isoformat()} in the decision log")
+    try:
+        register()
+    except PlanChanged as exc:
+        raise CliError(str(exc)) from None
+    return report.model_copy(update={"preregistration": preregistration})
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     as_of = parse_time(args.as_of) if args.as_of else None
@@ -253,6 +309,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         "decisions": args.decisions, "outcomes": args.outcomes, "as_of": as_of,
         "exploratory_segments": tuple(args.segment), "timeline_points": 20 if args.html else 0,
         "skip_bad_files": args.skip_bad_files}
+    if args.engine == "ray":
+        if args.record_look:
+            raise CliError("--engine ray does not support --record-look: record looks with "
+                           "--engine local")
+        if args.period == "all":
+            raise CliError("--engine ray does not support --period all (one served-version "
+                           "period only)")
+        common.update(engine="ray", ray_address=args.ray_address)
+    elif args.ray_address is not None:
+        raise CliError("--ray-address is for --engine ray")
     if args.period == "all" and args.record_look:
         raise CliError("--record-look records the look of one period: leave out --period all")
     if args.period == "all":
