@@ -6,9 +6,9 @@ unit id that both logs carry; computed from ``unit_id`` for files written before
 the column), so every decision and outcome event of a unit lands in the same
 part. Each part runs the local engine's pure code on its own units (first
 exposures with arm and split, outcome windows by received time as of ``as_of``)
-and returns only sums (:func:`rollout.experiments.analysis.partial_stats`); the
+and returns only sums (:func:`rollout.experiments.sums.partial_stats`); the
 driver adds them and runs the local engine's estimates, corrections and decision
-(:func:`rollout.experiments.analysis.analyze_stats`), so the report is the same
+(:func:`rollout.experiments.sums.analyze_stats`), so the report is the same
 type with the same numbers (to the last bits of sums added in another order).
 
 Passes over the data, after each file is read and filtered by one task:
@@ -42,14 +42,7 @@ from rollout.experiments.analysis import (
     MICROS,
     Exposures,
     OutcomeRows,
-    UnitStats,
-    analyze_stats,
-    combine_stats,
-    earliest_needed,
-    exposure_sketch,
     first_exposures,
-    partial_stats,
-    sequential_times,
     split_weights,
 )
 from rollout.experiments.data import (
@@ -68,6 +61,15 @@ from rollout.experiments.data import (
 )
 from rollout.experiments.periods import from_micros, same_version_warnings
 from rollout.experiments.results import ExperimentAnalysis, Period
+from rollout.experiments.sums import (
+    UnitStats,
+    analyze_stats,
+    combine_stats,
+    earliest_needed,
+    exposure_sketch,
+    partial_stats,
+    sequential_times,
+)
 from serving.kernel.analysis_plan import AnalysisPlan
 from serving.kernel.config import ExperimentSpec
 from serving.kernel.errors import LogStorageUnavailable

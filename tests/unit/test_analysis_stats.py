@@ -15,16 +15,18 @@ from rollout.experiments.analysis import (
     Exposures,
     OutcomeRows,
     analyze,
+    srm_check,
+    srm_from_counts,
+)
+from rollout.experiments.data import load_experiment, plan_metrics
+from rollout.experiments.sums import (
     analyze_stats,
     combine_stats,
     earliest_needed,
     exposure_sketch,
     partial_stats,
     sequential_times,
-    srm_check,
-    srm_from_counts,
 )
-from rollout.experiments.data import load_experiment, plan_metrics
 from serving.kernel.analysis_plan import AnalysisPlan
 from tests.unit.test_analysis import ANALYSIS, AS_OF, _config, write_experiment
 

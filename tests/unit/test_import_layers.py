@@ -54,6 +54,7 @@ PURE_CORES = (
     "rollout.experiments.stats",
     "rollout.experiments.analysis",
     "rollout.experiments.periods",
+    "rollout.experiments.sums",
     "rollout.experiments.results",
     "telemetry.parity",
     "telemetry.verdict",
