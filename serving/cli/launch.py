@@ -164,6 +164,23 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
                               ) from None
 
 
+def _join(address: str, attempts: int = 3) -> None:
+    """``ray.init`` on the cluster at ``address``. Through Ray Client the head's
+    proxy starts a server for each client, and on a busy head that start can
+    fail ("Starting Ray client server failed"); that is tried again after a
+    pause, up to ``attempts`` times. Any other failure is raised at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            return
+        except ConnectionError as exc:
+            if attempt == attempts or "client server failed" not in str(exc):
+                raise
+            log.warning("Ray Client could not start a server on %s (attempt %d of %d); "
+                        "trying again", address, attempt, attempts)
+            time.sleep(2.0 * attempt)
+
+
 def connect_ray(address: str | None, server: ServerConfig | None = None
                 ) -> tuple[bool, bool, Path | None]:
     """Connect this process to Ray: the one already connected, the cluster at
@@ -178,7 +195,7 @@ def connect_ray(address: str | None, server: ServerConfig | None = None
     haproxy_dir = None
     if address:
         check_reachable(address)
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        _join(address)
     else:
         haproxy_dir = set_ingress_env(server)
         ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
