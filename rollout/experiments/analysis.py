@@ -271,15 +271,14 @@ def arm_summaries(
     if units is not None:
         arm, y, x = arm[units], y[units], x[units]
 
-    # Units grouped by arm, then each arm's sums over a contiguous slice: numpy's
-    # pairwise summation keeps millions of terms accurate to ~1e-16 relative, where
-    # a running sum (bincount with weights) drifts to ~1e-13.
-    order = np.argsort(arm, kind="stable")
-    bounds = np.concatenate(([0], np.cumsum(np.bincount(arm, minlength=n_arms))))
-    y, x = y[order], x[order]
+    # Each arm's units in their own order, then its sums over that contiguous
+    # copy: numpy's pairwise summation keeps millions of terms accurate to
+    # ~1e-16 relative, where a running sum (bincount with weights) drifts to
+    # ~1e-13. One comparison per arm costs less than sorting the units by arm.
     out = []
     for a in range(n_arms):
-        ya, xa = y[bounds[a]:bounds[a + 1]], x[bounds[a]:bounds[a + 1]]
+        mine = arm == a
+        ya, xa = y[mine], x[mine]
         out.append(PairSummary(int(ya.size), float(ya.sum()), float(np.dot(ya, ya)),
                                float(xa.sum()), float(np.dot(xa, xa)), float(np.dot(xa, ya))))
     return out
@@ -387,9 +386,27 @@ def sequential_summary(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposure
     keep the family-wise error at alpha; the mSPRT's rejection is then decided
     across arms by :func:`msprt_across_arms`.
     """
+    looked_at = countable_rows(spec, plan, exposures, outcomes, as_of_us)
     return sequential_of(
         plan, exposures, as_of_us, final, treatment_arms,
-        lambda t: estimate_at(spec, plan, exposures, outcomes, t, treatment_arm))
+        lambda t: estimate_at(spec, plan, exposures, looked_at, t, treatment_arm))
+
+
+def countable_rows(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
+                   outcomes: OutcomeRows, as_of_us: int) -> OutcomeRows:
+    """The outcome rows that can count for ``spec`` at some time up to ``as_of_us``.
+
+    A row known at an earlier look is known at ``as_of_us``, and whether it is
+    in a unit's window or pre-period does not depend on the look, so every look
+    before ``as_of_us`` gives the same values from these rows as from all: each
+    look then reads the metric's rows alone."""
+    names = [outcomes.metrics.index(n) for n in (spec.name, spec.denominator)
+             if n is not None and n in outcomes.metrics]
+    windows = outcome_periods(plan, exposures, outcomes, as_of_us)
+    keep = (windows.in_window | windows.in_pre) & np.isin(outcomes.metric, names)
+    return OutcomeRows(outcomes.metrics, outcomes.unit[keep], outcomes.metric[keep],
+                       outcomes.value[keep], outcomes.at[keep],
+                       None if outcomes.received is None else outcomes.received[keep])
 
 
 def sequential_of(plan: AnalysisPlan, exposures: Exposures, as_of_us: int,

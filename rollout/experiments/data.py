@@ -802,19 +802,13 @@ def _load_logs(decisions: LogPlace, outcomes: LogPlace, experiment: ExperimentSp
                               skip_bad_files, True)
         decided_log = _read_decisions(decisions, experiment, as_of, segments, skip_bad_files,
                                       True)
-        # The decisions are coded, and keyed units indexed, while the outcomes
-        # are still being read; an error waits for the outcomes log's own, which
-        # comes first as before.
-        keyed: _UnitKeys | None = None
+        # The decisions are coded while the outcomes are still being read; an
+        # error waits for the outcomes log's own, which comes first as before.
         try:
             coded: DecisionRows | AnalysisInputError = decision_rows(decided_log.table,
                                                                      experiment)
         except AnalysisInputError as exc:
             coded = exc
-        if (isinstance(coded, DecisionRows) and not segments
-                and _unit_column(coded.table) == UNIT_KEY
-                and len(find_periods(coded, experiment)) <= 1):
-            keyed = _unit_keys(coded)
         happened_log = pending.result()
     if isinstance(coded, AnalysisInputError):
         raise coded
@@ -825,7 +819,7 @@ def _load_logs(decisions: LogPlace, outcomes: LogPlace, experiment: ExperimentSp
         if _unit_column(decided_log.table) == UNIT_KEY:
             decided_log = _read_decisions(decisions, experiment, as_of, segments,
                                           skip_bad_files)
-            rows, keyed = decision_rows(decided_log.table, experiment), None
+            rows = decision_rows(decided_log.table, experiment)
         else:
             happened_log = _read_outcomes(outcomes, metrics, experiment.id, as_of,
                                           skip_bad_files)
@@ -835,7 +829,7 @@ def _load_logs(decisions: LogPlace, outcomes: LogPlace, experiment: ExperimentSp
     periods = find_periods(rows, experiment)
     chosen = _choose(periods, which, experiment.id)
     if len(periods) <= 1:
-        data = _one_period(rows, happened, experiment, metrics, segments, keyed)
+        data = _one_period(rows, happened, experiment, metrics, segments)
         period = periods[0].model_copy(update={"units": data.exposures.n_units}) if periods \
             else None
         return [ExperimentData(data.exposures, data.outcomes, data.units, period,
@@ -895,8 +889,7 @@ class _Loaded:
 
 
 def _one_period(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSpec,
-                metrics: tuple[str, ...], segments: tuple[str, ...],
-                keyed: _UnitKeys | None = None) -> _Loaded:
+                metrics: tuple[str, ...], segments: tuple[str, ...]) -> _Loaded:
     """Exposures and outcomes of an experiment with one period (see
     :func:`load_experiment` for the two paths)."""
     # One int64 per row: time since the first decision, then arm, then split
@@ -916,7 +909,7 @@ def _one_period(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSp
     if split_bits:
         packed |= rows.split + 1
     if name == UNIT_KEY:
-        return _one_period_by_key(rows, happened, experiment, metrics, packed, base, keyed)
+        return _one_period_by_key(rows, happened, experiment, metrics, packed, base)
     first = pa.table({name: rows.table[name], "first": pa.array(packed),
                       "arm": pa.array(rows.arm)}).group_by(name).aggregate(
         [("first", "min"), ("arm", "min_max")])
@@ -933,47 +926,25 @@ def _one_period(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSp
 
 
 def _one_period_by_key(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSpec,
-                       metrics: tuple[str, ...], packed: np.ndarray, base: int,
-                       keyed: _UnitKeys | None = None) -> _Loaded:
+                       metrics: tuple[str, ...], packed: np.ndarray, base: int) -> _Loaded:
     """:func:`_one_period`'s aggregation when both logs were read by ``unit_key``.
 
     Arrow's hash aggregation costs about as much on int64 keys as on short id
-    strings; what integer keys make cheap is the dictionary pass that gives each
-    unit a dense code (no string hashing, no string copies). The per-unit
-    minimum is a numpy reduction over the codes, a crossover a row whose arm is
-    not its unit's first, and outcome rows find their unit in a
-    :class:`_KeyIndex` of the units' keys. The exposures are those of the string
-    path, unit for unit; only the order of units differs. ``keyed``, when
-    given, is :func:`_unit_keys` of ``rows``.
+    strings, and a hash table of millions of units misses the cache at every
+    row; :func:`match_units` groups the decision rows and matches the outcome
+    rows in cache-sized partitions of the key space, on both cores. The
+    exposures are those of the string path, unit for unit; only the order of
+    units differs.
     """
-    keyed = keyed or _unit_keys(rows)
-    codes, units = keyed.codes, keyed.units
-    first_packed = np.full(len(units), np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first_packed, codes, packed)
-    exposures = _packed_exposures(rows, experiment, first_packed, base, 0)
-    # a unit seen in more than one arm has a row outside its first arm
-    moved = exposures.arm[codes] != rows.arm
-    crossovers = int(np.count_nonzero(np.bincount(codes[moved], minlength=len(units))))
-    exposures = replace(exposures, crossovers=crossovers)
-    unit = (keyed.index.find(_int64s(happened[UNIT_KEY])) if keyed.index is not None
-            else _codes(pc.index_in(happened[UNIT_KEY], value_set=units)))
-    return _Loaded(exposures, _outcome_rows(happened, unit, metrics), units)
+    # Imported here: numba takes a few tenths of a second to import, and
+    # `rampart serve` imports this module only to register analysis plans.
+    from rollout.experiments.unit_groups import match_units
 
-
-@dataclass(frozen=True)
-class _UnitKeys:
-    """Decisions read by ``unit_key``, by unit: each row's dense unit code, the
-    distinct keys in code order, and their :class:`_KeyIndex` (None: outcome rows
-    are matched by ``index_in``)."""
-
-    codes: np.ndarray
-    units: pa.Array
-    index: _KeyIndex | None
-
-
-def _unit_keys(rows: DecisionRows) -> _UnitKeys:
-    codes, units = encode(rows.table[UNIT_KEY])
-    return _UnitKeys(codes, units, _KeyIndex.of(np.asarray(units.to_numpy(), dtype=np.int64)))
+    match = match_units(_int64s(rows.table[UNIT_KEY]), packed, rows.arm,
+                        _int64s(happened[UNIT_KEY]))
+    exposures = _packed_exposures(rows, experiment, match.first, base, match.crossovers)
+    return _Loaded(exposures, _outcome_rows(happened, match.outcome_codes, metrics),
+                   pa.array(match.keys, type=pa.int64()))
 
 
 def _int64s(column: pa.ChunkedArray) -> np.ndarray:
@@ -981,83 +952,6 @@ def _int64s(column: pa.ChunkedArray) -> np.ndarray:
     one concatenation)."""
     parts = [np.asarray(c.to_numpy(), dtype=np.int64) for c in column.chunks if len(c)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-# A free slot of a _KeyIndex. A log whose units include this very key (one
-# 64-bit value in 2**64) is matched by Arrow's index_in instead.
-_FREE = np.iinfo(np.int64).min
-# 2**64 / golden ratio, odd: multiplying by it permutes the 64-bit keys, and its
-# high bits spread even clustered keys over the slots (Fibonacci hashing).
-_SPREAD = np.uint64(0x9E3779B97F4A7C15)
-
-
-@dataclass(frozen=True)
-class _KeyIndex:
-    """Distinct int64 keys in an open-addressing hash table (linear probing),
-    built and probed with whole-array numpy passes.
-
-    Arrow's ``index_in`` hashes and probes one row at a time; here the first
-    probe of every row is one gather, and only the rows whose home slot holds
-    another key go round again: at 4 M units and 9.5 M outcome rows, building
-    and probing took 0.8 s of CPU against 1.07 s for ``index_in``. Every round
-    moves all keys not yet placed (or found) one slot on together, so all rows
-    of a key probe the same slots and a key is found where it was placed; the
-    table is at most half full, so each round leaves a small share of the
-    previous one.
-    """
-
-    slot_keys: np.ndarray  # per slot: the key there, _FREE when empty
-    slot_codes: np.ndarray  # per slot: that key's position among the distinct keys, -1 when empty
-    bits: int
-
-    @classmethod
-    def of(cls, distinct: np.ndarray) -> _KeyIndex | None:
-        """The index of ``distinct`` (no key twice), each found as its position;
-        None when a key equals the free-slot marker."""
-        if distinct.size and bool((distinct == _FREE).any()):
-            return None
-        bits = max(4, (2 * distinct.size - 1).bit_length())
-        mask = (1 << bits) - 1
-        slot_keys = np.full(1 << bits, _FREE, dtype=np.int64)
-        at = _home(distinct, bits)
-        slot_keys[at] = distinct  # one of the keys sharing a home slot takes it
-        pending = np.flatnonzero(slot_keys[at] != distinct)
-        slots = (at[pending] + 1) & mask
-        while pending.size:
-            keys = distinct[pending]
-            free = slot_keys[slots] == _FREE
-            slot_keys[slots[free]] = keys[free]
-            placed = slot_keys[slots] == keys
-            at[pending[placed]] = slots[placed]
-            pending, slots = pending[~placed], (slots[~placed] + 1) & mask
-        slot_codes = np.full(1 << bits, -1, dtype=np.int64)
-        slot_codes[at] = np.arange(distinct.size, dtype=np.int64)
-        return cls(slot_keys, slot_codes, bits)
-
-    def find(self, keys: np.ndarray) -> np.ndarray:
-        """Each key's position among the distinct keys, -1 where it is not one."""
-        mask = (1 << self.bits) - 1
-        slots = _home(keys, self.bits)
-        held = self.slot_keys[slots]
-        found: np.ndarray = self.slot_codes[slots]
-        # probing stops at a free slot: the key would have been placed there
-        pending = np.flatnonzero(held != keys)
-        found[pending] = -1
-        pending = pending[held[pending] != _FREE]
-        slots = (slots[pending] + 1) & mask
-        while pending.size:
-            held = self.slot_keys[slots]
-            hit = held == keys[pending]
-            found[pending[hit]] = self.slot_codes[slots[hit]]
-            going = ~hit & (held != _FREE)
-            pending, slots = pending[going], (slots[going] + 1) & mask
-        return found
-
-
-def _home(keys: np.ndarray, bits: int) -> np.ndarray:
-    """Each key's first slot among ``2**bits``: the high bits of key × _SPREAD."""
-    spread = np.asarray(keys, dtype=np.int64).view(np.uint64) * _SPREAD
-    return np.asarray(spread >> np.uint64(64 - bits), dtype=np.int64)
 
 
 def _packed_exposures(rows: DecisionRows, experiment: ExperimentSpec, first_packed: np.ndarray,

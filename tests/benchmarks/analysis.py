@@ -24,14 +24,25 @@ The data (generated first, timed separately, in neither figure):
   events of units never exposed.
 
 Rampart: :func:`serving.cli.analyze.run_analysis` with primary ``converted`` (binary),
-secondary ``revenue`` (mean), CUPED on, sequential ``none``, no segments, no timeline.
+secondary ``revenue`` (mean), CUPED on, sequential ``msprt`` on the primary (the mixture
+SPRT at :data:`SEQUENTIAL_LOOKS` = 5 times evenly spaced between the first exposure and
+``as_of``, and at ``as_of``: six looks, each on the CUPED estimate as the logs stood then;
+τ² = MDE², the relative MDE times the baseline), no segments, no timeline. Its
+pre-registration is recorded in a scratch directory made for the run, so that data kept
+from a run under another plan can be reused.
 
 Straightforward: ``pandas.read_parquet`` of both logs, filters, first exposure per unit,
 a merge of the outcomes on ``unit_id``, window filters and per-unit sums in pandas, then
 ``scipy.stats.chisquare`` (SRM), statsmodels' ``proportions_ztest`` /
 ``confint_proportions_2indep`` (binary), ``ttest_ind`` / ``CompareMeans`` (mean, Welch)
 and CUPED with per-arm slopes (statsmodels' OLS of y on 1 + (x − x̄) in each arm, the
-documented variance, z or Welch–Satterthwaite t inference).
+documented variance, z or Welch–Satterthwaite t inference). The mSPRT of the primary:
+each earlier look's units (exposed by then) and conversions (known by then: happened and
+received) from one pandas groupby of when each unit's first conversion of each period
+became known, the same CUPED estimate at every look, then the mixture likelihood ratio
+Λ = √(V/(V+τ²)) · exp(τ²θ̂²/(2V(V+τ²))) in numpy, the always-valid p-value as the running
+minimum of min(1, 1/Λ) and the confidence sequence θ̂ ± √(V(V+τ²)/τ² · (ln((V+τ²)/V) −
+2 ln α)) intersected over the looks.
 
 Both logs carry ``unit_key`` for every row, as the gateway and ``rampart outcomes
 import`` write them, so Rampart reads integer keys instead of unit-id strings.
@@ -88,6 +99,12 @@ TOLERANCE = 1e-9
 # Small planted effects, so that the p-values are ordinary numbers (not 0) at 10M decisions.
 CONVERSION_LIFT = 0.001
 REVENUE_LIFT = 0.01
+# The plan: alpha, a relative MDE on the expected control conversion rate, and the mSPRT's
+# looks before as_of (as_of itself is one more).
+ALPHA = 0.05
+MDE_RELATIVE = 0.05
+BASELINE = 0.1
+SEQUENTIAL_LOOKS = 5
 
 
 # --------------------------------------------------------------------------- data
@@ -268,11 +285,13 @@ def generate(directory: Path, n_decisions: int, seed: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- Rampart
 
 
-def rampart_config(directory: Path) -> Any:
+def rampart_config(directory: Path, state: Path) -> Any:
+    """The config of the data in ``directory``; Rampart's own files (the
+    pre-registration) go under ``state``."""
     from serving.kernel.config import parse_config
 
     return parse_config({
-        "data_dir": str(directory / "rampart"),
+        "data_dir": str(state),
         "models": [{"name": "clf", "versions": ["1", "2"]}],
         "default": {"model": "clf", "version": "1"},
         "experiments": [{
@@ -283,8 +302,8 @@ def rampart_config(directory: Path) -> Any:
                 "start": START.isoformat(),
                 "primary": {"name": "converted", "type": "binary"},
                 "secondary": [{"name": "revenue", "type": "mean"}],
-                "alpha": 0.05, "mde": 0.05, "baseline": 0.1,
-                "cuped": True, "sequential": {"method": "none"},
+                "alpha": ALPHA, "mde": MDE_RELATIVE, "baseline": BASELINE, "cuped": True,
+                "sequential": {"method": "msprt", "looks": SEQUENTIAL_LOOKS},
                 "outcome_window_s": WINDOW_S, "pre_period_s": PRE_PERIOD_S,
             }}],
         "decision_log": {"path": str(directory / "decisions")},
@@ -296,7 +315,7 @@ def run_rampart(config: Any, directory: Path) -> Any:
     """The typed analysis (its JSON document is made outside the timing)."""
     from serving.cli.analyze import run_analysis
 
-    # the pre-registration is kept under the config's data_dir, inside ``directory``
+    # the pre-registration is kept under the config's data_dir
     return run_analysis(config, EXPERIMENT, decisions=directory / "decisions",
                         outcomes=directory / "outcomes", as_of=AS_OF, now=AS_OF)
 
@@ -316,15 +335,25 @@ def rampart_numbers(report: dict[str, Any]) -> dict[str, float]:
         out[f"{name}.cuped.variance_reduction"] = entry["cuped_variance_reduction"]
         for key in ("slope_control", "slope_treatment"):
             out[f"{name}.cuped.{key}"] = (entry.get("cuped") or {}).get(key)
+        sequential = entry.get("sequential") or {}
+        if sequential.get("method") == "msprt":
+            for key in ("looks", "mixing_variance", "always_valid_p_value",
+                        "adjusted_p_value", "ci_low", "ci_high"):
+                out[f"{name}.sequential.{key}"] = sequential[key]
+            for k, p in enumerate(sequential["look_p_values"], 1):
+                out[f"{name}.sequential.look_p_value.{k}"] = p
+            out[f"{name}.sequential.first_rejection_look"] = float(
+                sequential["first_rejection_look"] or 0)
     return out
 
 
 # --------------------------------------------------------------------------- straightforward
 
 
-def straightforward(directory: Path, alpha: float = 0.05) -> dict[str, float]:
+def straightforward(directory: Path, alpha: float = ALPHA) -> dict[str, float]:
     """The same analysis as an analyst would write it with pandas and statsmodels."""
     import pandas as pd
+    import statsmodels.api as sm
     from scipy import stats
     from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
     from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttest_ind
@@ -367,10 +396,16 @@ def straightforward(directory: Path, alpha: float = 0.05) -> dict[str, float]:
     events = events[events["period"] != ""]
     events["positive"] = (events["value"] > 0).astype(np.float64)
     sums = events.groupby(["unit_id", "metric", "period"])[["value", "positive"]].sum()
-    del events
+    # for the sequential looks at the primary: when each unit's first conversion of each
+    # period became known (it had happened and had been received)
+    conversions = events[(events["metric"] == "converted") & (events["value"] > 0)]
+    first_known = (np.maximum(conversions["timestamp"], conversions["received_at"])
+                   .groupby([conversions["unit_id"], conversions["period"]]).min()
+                   .unstack("period").reindex(columns=["x", "y"]).add_prefix("known."))
+    del events, conversions
     wide = sums.unstack(["metric", "period"], fill_value=0.0)
     wide.columns = [".".join(c) for c in wide.columns]
-    units = exposures.set_index("unit_id").join(wide).fillna(0.0)
+    units = exposures.set_index("unit_id").join(wide).fillna(0.0).join(first_known)
 
     out: dict[str, float] = {}
     counts = units["arm_index"].value_counts().reindex(range(len(ARMS)), fill_value=0)
@@ -384,13 +419,31 @@ def straightforward(directory: Path, alpha: float = 0.05) -> dict[str, float]:
             return np.zeros(len(units))
         return np.asarray(units[key].to_numpy(dtype=np.float64))
 
+    # CUPED with per-arm slopes (Lin 2013): each arm's OLS of y on 1 + (x - x̄),
+    # x̄ pooled; the intercepts are the adjusted means. Variance: each arm's
+    # residual variance (ddof 1) over n, plus the covariate mean's own noise
+    # (β_t - β_c)² · a_c·a_t/(a_c + a_t), a = var(x_arm)/n_arm.
+    def cuped(y: np.ndarray, x: np.ndarray, control: np.ndarray
+              ) -> tuple[float, float, float, float, list[float], float]:
+        centred = x - x.mean()
+        fits = [sm.OLS(y_arm, sm.add_constant(x_arm, has_constant="add")).fit()
+                for y_arm, x_arm in ((y[control], centred[control]),
+                                     (y[~control], centred[~control]))]
+        (adj_c, beta_c), (adj_t, beta_t) = (tuple(map(float, f.params)) for f in fits)
+        resid = [f.ssr / (f.nobs - 1) / f.nobs for f in fits]
+        xc, xt = x[control], x[~control]
+        a_c, a_t = xc.var(ddof=1) / xc.size, xt.var(ddof=1) / xt.size
+        spread = (beta_t - beta_c) ** 2 * a_c * a_t / (a_c + a_t)
+        return adj_c, adj_t, beta_c, beta_t, resid, spread
+
+    final: dict[str, tuple[float, float]] = {}  # CUPED effect and variance at as_of
     for name, binary in (("converted", True), ("revenue", False)):
         if binary:  # converted: any event with a positive value in the period
             y = (column(f"positive.{name}.y") > 0).astype(np.float64)
             x = (column(f"positive.{name}.x") > 0).astype(np.float64)
         else:       # revenue: the sum of the values in the period
             y, x = column(f"value.{name}.y"), column(f"value.{name}.x")
-        yc, yt, xc, xt = y[control], y[~control], x[control], x[~control]
+        yc, yt = y[control], y[~control]
         out[f"{name}.n_control"], out[f"{name}.n_treatment"] = float(yc.size), float(yt.size)
         out.update(_means(f"{name}.", yc, yt))
         if binary:
@@ -407,21 +460,10 @@ def straightforward(directory: Path, alpha: float = 0.05) -> dict[str, float]:
         out.update({f"{name}.p_value": float(p), f"{name}.ci_low": float(low),
                     f"{name}.ci_high": float(high), f"{name}.std_error": se})
 
-        # CUPED with per-arm slopes (Lin 2013): each arm's OLS of y on 1 + (x - x̄),
-        # x̄ pooled; the intercepts are the adjusted means. Variance: each arm's
-        # residual variance (ddof 1) over n, plus the covariate mean's own noise
-        # (β_t - β_c)² · a_c·a_t/(a_c + a_t), a = var(x_arm)/n_arm.
-        import statsmodels.api as sm
-
-        centred = x - x.mean()
-        fits = [sm.OLS(y_arm, sm.add_constant(x_arm, has_constant="add")).fit()
-                for y_arm, x_arm in ((yc, centred[control]), (yt, centred[~control]))]
-        (adj_c, beta_c), (adj_t, beta_t) = (tuple(map(float, f.params)) for f in fits)
-        resid = [f.ssr / (f.nobs - 1) / f.nobs for f in fits]
-        a_c, a_t = xc.var(ddof=1) / xc.size, xt.var(ddof=1) / xt.size
-        spread = (beta_t - beta_c) ** 2 * a_c * a_t / (a_c + a_t)
+        adj_c, adj_t, beta_c, beta_t, resid, spread = cuped(y, x, control)
         var_adjusted = resid[0] + resid[1] + spread
         effect = adj_t - adj_c
+        final[name] = (effect, var_adjusted)
         se = math.sqrt(var_adjusted)
         if binary:
             p = 2 * stats.norm.sf(abs(effect) / se)
@@ -440,6 +482,50 @@ def straightforward(directory: Path, alpha: float = 0.05) -> dict[str, float]:
                     f"{name}.cuped.variance_reduction": 1.0 - var_adjusted / var_plain,
                     f"{name}.cuped.slope_control": beta_c,
                     f"{name}.cuped.slope_treatment": beta_t})
+
+    # mSPRT of the primary (converted). Looks: SEQUENTIAL_LOOKS times evenly spaced from
+    # the first exposure to as_of (exclusive, whole microseconds), then as_of. At each,
+    # the units exposed by then and what was known of their conversions then.
+    start_us, as_of_us = units["exposed_at"].min().value // 1000, as_of.value // 1000
+    looks = [pd.Timestamp(start_us + (as_of_us - start_us) * (k + 1) // (SEQUENTIAL_LOOKS + 1),
+                          unit="us", tz="UTC") for k in range(SEQUENTIAL_LOOKS)]
+    rows = []
+    for at in looks:
+        seen = units[units["exposed_at"] <= at]
+        y = (seen["known.y"] <= at).to_numpy(dtype=np.float64)
+        x = (seen["known.x"] <= at).to_numpy(dtype=np.float64)
+        control_then = seen["arm_index"].to_numpy() == 0
+        if x.any():
+            adj_c, adj_t, _, _, resid, spread = cuped(y, x, control_then)
+            rows.append((adj_t - adj_c, resid[0] + resid[1] + spread))
+        else:  # no pre-period conversion known yet: the plain difference
+            yc, yt = y[control_then], y[~control_then]
+            rows.append((yt.mean() - yc.mean(), yt.mean() * (1 - yt.mean()) / yt.size
+                         + yc.mean() * (1 - yc.mean()) / yc.size))
+    rows.append(final["converted"])
+    seq = pd.DataFrame(rows, columns=["effect", "variance"])
+    theta, v = seq["effect"], seq["variance"]
+    # mixing prior N(0, τ²), τ = the MDE in absolute units;
+    # Λ = √(V/(V+τ²)) · exp(τ²θ̂²/(2V(V+τ²))), written as 1/Λ
+    tau2 = (MDE_RELATIVE * abs(BASELINE)) ** 2
+    inverse_lr = np.sqrt((v + tau2) / v) * np.exp(-tau2 * theta ** 2 / (2 * v * (v + tau2)))
+    seq["p"] = inverse_lr.clip(upper=1.0).cummin()
+    half_width = np.sqrt(v * (v + tau2) / tau2 * (np.log((v + tau2) / v) - 2 * math.log(alpha)))
+    seq["cs_low"] = (theta - half_width).cummax()
+    seq["cs_high"] = (theta + half_width).cummin()
+    rejected = seq.index[seq["p"] <= alpha]
+    last = seq.iloc[-1]
+    out.update({"converted.sequential.looks": float(len(seq)),
+                "converted.sequential.mixing_variance": tau2,
+                "converted.sequential.always_valid_p_value": float(last["p"]),
+                # one treatment arm: nothing to correct across arms
+                "converted.sequential.adjusted_p_value": float(last["p"]),
+                "converted.sequential.ci_low": float(last["cs_low"]),
+                "converted.sequential.ci_high": float(last["cs_high"]),
+                "converted.sequential.first_rejection_look":
+                    float(rejected[0] + 1) if len(rejected) else 0.0})
+    out.update({f"converted.sequential.look_p_value.{k}": float(p)
+                for k, p in enumerate(seq["p"], 1)})
     return out
 
 
@@ -477,19 +563,20 @@ def compare(rampart: dict[str, float], plain: dict[str, float]
 # --------------------------------------------------------------------------- memory
 
 
-def rampart_peak_rss(directory: Path) -> int:
+def rampart_peak_rss(directory: Path, state: Path) -> int:
     """Bytes: the RSS high-water mark of a fresh process that runs Rampart's analysis
-    once on the data in ``directory``."""
+    once on the data in ``directory`` (its own files under ``state``)."""
     child = subprocess.run([sys.executable, os.path.abspath(__file__), "--rampart-once",
-                            str(directory)], capture_output=True, text=True, check=False)
+                            str(directory), "--state", str(state)],
+                           capture_output=True, text=True, check=False)
     if child.returncode != 0:
         raise RuntimeError(f"the memory run failed: {child.stderr.strip()[-2000:]}")
     return int(json.loads(child.stdout.strip().splitlines()[-1])["peak_rss_bytes"])
 
 
-def rampart_once(directory: Path) -> int:
+def rampart_once(directory: Path, state: Path) -> int:
     """The child side of :func:`rampart_peak_rss`."""
-    run_rampart(rampart_config(directory), directory)
+    run_rampart(rampart_config(directory, state), directory)
     # ru_maxrss is in kilobytes on Linux
     print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                       * 1024}))
@@ -511,9 +598,10 @@ def main() -> int:
                              "decisions/, outcomes/ and rampart/ are replaced")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rampart-once", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rampart_once is not None:
-        return rampart_once(args.rampart_once)
+        return rampart_once(args.rampart_once, args.state)
     if args.decisions < 1_000 or args.repeat < 1:
         parser.error("--decisions must be at least 1,000 and --repeat at least 1")
     print(json.dumps({"OPENBLAS_CORETYPE_set": "OPENBLAS_CORETYPE" in os.environ,
@@ -522,6 +610,9 @@ def main() -> int:
 
     tmp = None if args.keep else tempfile.mkdtemp(prefix="rampart-analysis-")
     directory = args.keep or Path(str(tmp))
+    # Rampart's pre-registration of this run's plan: kept data may have been analysed
+    # under another plan, which Rampart would refuse as a changed plan
+    state = Path(tempfile.mkdtemp(prefix="rampart-analysis-state-"))
     try:
         meta_path = directory / "benchmark.json"
         wanted = {"decisions": args.decisions, "seed": args.seed}
@@ -540,9 +631,9 @@ def main() -> int:
             print(json.dumps({"generated": str(directory), **meta}), flush=True)
         gc.collect()
 
-        peak_rss = rampart_peak_rss(directory)
+        peak_rss = rampart_peak_rss(directory, state)
         print(json.dumps({"rampart_peak_rss_gb": round(peak_rss / 1e9, 3)}), flush=True)
-        config = rampart_config(directory)
+        config = rampart_config(directory, state)
         rampart_times: list[float] = []
         plain_times: list[float] = []
         report: dict[str, Any] = {}
@@ -579,7 +670,14 @@ def main() -> int:
                 "cuped_variance_reduction": m["cuped_variance_reduction"]}
                 for m in report["metrics"]},
             "srm_p": report["srm"]["p_value"], "crossovers": report["crossovers"],
-            "sequential": report["metrics"][0]["sequential"]["method"],
+            "sequential": {m["metric"]: {
+                "method": m["sequential"]["method"], "looks": m["sequential"]["looks"],
+                "mixing_variance": m["sequential"]["mixing_variance"],
+                "always_valid_p": m["sequential"]["always_valid_p_value"],
+                "look_p": m["sequential"]["look_p_values"],
+                "cs": [m["sequential"]["ci_low"], m["sequential"]["ci_high"]],
+                "rejected": m["sequential"]["rejected"]}
+                for m in report["metrics"] if (m["sequential"] or {}).get("method") == "msprt"},
         }), flush=True)
         print(json.dumps({
             "rows": args.decisions, "decision_log_rows": meta["decision_log_rows"],
@@ -596,6 +694,7 @@ def main() -> int:
         }), flush=True)
         return 0 if not bad else 1
     finally:
+        shutil.rmtree(state, ignore_errors=True)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
