@@ -268,9 +268,6 @@ def arm_summaries(
 ) -> list[PairSummary]:
     """One :class:`PairSummary` per arm over the selected units (all by default)."""
     y, x = values.y, values.x
-    if units is not None:
-        arm, y, x = arm[units], y[units], x[units]
-
     # Each arm's units in their own order, then its sums over that contiguous
     # copy: numpy's pairwise summation keeps millions of terms accurate to
     # ~1e-16 relative, where a running sum (bincount with weights) drifts to
@@ -278,6 +275,8 @@ def arm_summaries(
     out = []
     for a in range(n_arms):
         mine = arm == a
+        if units is not None:
+            mine &= units
         ya, xa = y[mine], x[mine]
         out.append(PairSummary(int(ya.size), float(ya.sum()), float(np.dot(ya, ya)),
                                float(xa.sum()), float(np.dot(xa, xa)), float(np.dot(xa, ya))))

@@ -60,13 +60,25 @@ from telemetry.outcomes_log import OUTCOME_LOG_SCHEMA
 from telemetry.storage import LogLocation, LogStorageError, one_line, storage_errors
 
 # Low-cardinality columns read as Arrow dictionaries: Parquet's dictionary pages
-# become integer indices directly, without materializing a string per row.
+# become integer indices directly, without materializing a string per row. The
+# decisions' experiment_id too: its filter then compares each dictionary entry
+# once. Not a column the filters test for null: Arrow 25's scan drops every row
+# of a row group whose dictionary-read column is all null from both
+# ``is_null()`` and ``is_valid()``, which would lose rows silently.
 DICTIONARY_COLUMNS = ("arm", "model_name", "model_version", "arm_weights")
-_DECISIONS_AS_READ = pa.schema([
-    f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in DICTIONARY_COLUMNS else f
-    for f in DECISION_SCHEMA])
-_DECISIONS_FORMAT = pads.ParquetFileFormat(
-    read_options=pads.ParquetReadOptions(dictionary_columns=list(DICTIONARY_COLUMNS)))
+_DECISION_DICTIONARIES = (*DICTIONARY_COLUMNS, "experiment_id")
+_OUTCOME_DICTIONARIES: tuple[str, ...] = ()
+
+
+def _as_read(schema: pa.Schema, dictionaries: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([f.with_type(pa.dictionary(pa.int32(), pa.string()))
+                      if f.name in dictionaries else f for f in schema])
+
+
+def _format(dictionaries: tuple[str, ...]) -> pads.ParquetFileFormat:
+    return pads.ParquetFileFormat(
+        read_options=pads.ParquetReadOptions(dictionary_columns=list(dictionaries)))
+
 
 PeriodChoice = int | Literal["latest"]
 # The unit id as a 64-bit integer, written next to it by the gateway and the
@@ -118,10 +130,12 @@ class LogSpec:
     filtered: tuple[str, ...] = ("experiment_id",)  # read by the filters only
 
 
-DECISION_LOG = LogSpec("decision log", DECISION_SCHEMA, _DECISIONS_AS_READ, _DECISIONS_FORMAT,
-                       DECISION_REQUIRED, DECISION_NOT_NULL)
-OUTCOMES_LOG = LogSpec("outcomes log", OUTCOME_LOG_SCHEMA, OUTCOME_LOG_SCHEMA,
-                       pads.ParquetFileFormat(), OUTCOME_REQUIRED, OUTCOME_NOT_NULL,
+DECISION_LOG = LogSpec("decision log", DECISION_SCHEMA,
+                       _as_read(DECISION_SCHEMA, _DECISION_DICTIONARIES),
+                       _format(_DECISION_DICTIONARIES), DECISION_REQUIRED, DECISION_NOT_NULL)
+OUTCOMES_LOG = LogSpec("outcomes log", OUTCOME_LOG_SCHEMA,
+                       _as_read(OUTCOME_LOG_SCHEMA, _OUTCOME_DICTIONARIES),
+                       _format(_OUTCOME_DICTIONARIES), OUTCOME_REQUIRED, OUTCOME_NOT_NULL,
                        OUTCOME_FINITE)
 
 
@@ -671,9 +685,10 @@ def _outcome_rows(table: pa.Table, unit: np.ndarray, metrics: tuple[str, ...]) -
     every unit-id string once more)."""
     exposed = unit >= 0
     keep = None if exposed.all() else exposed
-    metric = pc.fill_null(pc.index_in(table["metric"], value_set=pa.array(list(metrics))), -1)
+    metric = _codes(pc.index_in(table["metric"], value_set=pa.array(list(metrics))))
     return OutcomeRows(metrics, unit if keep is None else unit[keep],
-                       _kept(metric, keep, np.int64), _kept(table["value"], keep, np.float64),
+                       metric if keep is None else metric[keep],
+                       _kept(table["value"], keep, np.float64),
                        _kept(table["timestamp"], keep, np.int64),
                        _kept(table["received_at"], keep, np.int64))
 

@@ -188,6 +188,25 @@ def test_a_null_arm_or_role_of_the_experiment_is_refused(tmp_path: Path, column:
     assert "row 9" in message and column in message
 
 
+@pytest.mark.parametrize(("log", "column"), [("decisions", "role"), ("outcomes", "metric"),
+                                             ("outcomes", "experiment_id")])
+def test_a_file_whose_filtered_column_is_all_null_is_read_not_dropped(
+        tmp_path: Path, log: str, column: str) -> None:
+    # A column the filters test for null, null in every row of a file: the rows
+    # are refused (role, metric) or kept (an untagged event), never lost by the
+    # scan (a dictionary-read column that is all null would be).
+    write_logs(tmp_path)
+    table = decisions_table() if log == "decisions" else outcomes_table()
+    table = table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
+    table = with_column(table, column, pa.nulls(table.num_rows, pa.string()))
+    pq.write_table(table, tmp_path / log / "part-1.parquet")
+    if column == "experiment_id":
+        assert load(tmp_path).outcomes.unit.size == 2 * outcomes_table().num_rows
+    else:
+        message = refused(tmp_path)
+        assert "part-1.parquet" in message and "row 0" in message and column in message
+
+
 @pytest.mark.parametrize("column", ["unit_id", "metric", "timestamp", "received_at"])
 def test_a_null_required_outcome_field_is_refused(tmp_path: Path, column: str) -> None:
     outcomes = outcomes_table()
