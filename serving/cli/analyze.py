@@ -96,7 +96,8 @@ def add_commands(sub: Any) -> None:
                          help="with --engine ray: the Ray cluster to join (auto: the one on "
                               "this machine); default: start a local Ray for the run")
     analyze.epilog = ANALYZE_EXIT_CODES
-    analyze.set_defaults(func=cmd_analyze)
+    # a batch command: as the whole process, it keeps freed memory (batch_memory)
+    analyze.set_defaults(func=cmd_analyze, batch_memory=True)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -590,6 +590,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Process-wide settings follow the process's own command line only: a caller
+    # that passes argv (a test, a program embedding the CLI) keeps its process as is.
+    if argv is None and getattr(args, "batch_memory", False):
+        from serving.cli.batch_memory import keep_freed_memory
+
+        keep_freed_memory()
     try:
         code: int = args.func(args)
     except CliError as exc:
