@@ -374,8 +374,8 @@ def estimate_at(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
 
 def sequential_summary(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
                        outcomes: OutcomeRows, as_of_us: int, treatment_arm: int,
-                       final: MetricEstimate, *, treatment_arms: int = 1
-                       ) -> SequentialSummary:
+                       final: MetricEstimate, *, treatment_arms: int = 1,
+                       periods: OutcomePeriods | None = None) -> SequentialSummary:
     """The primary metric's pre-registered sequential analysis of one treatment arm.
 
     Looks are reconstructed from the logs as they stood at each look's time:
@@ -383,16 +383,18 @@ def sequential_summary(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposure
     arms compared with the control, the boundaries and the confidence sequence
     are at ``alpha / treatment_arms`` (Bonferroni), so that the arms together
     keep the family-wise error at alpha; the mSPRT's rejection is then decided
-    across arms by :func:`msprt_across_arms`.
+    across arms by :func:`msprt_across_arms`. ``periods``, when given, is
+    :func:`outcome_periods` at ``as_of_us``.
     """
-    looked_at = countable_rows(spec, plan, exposures, outcomes, as_of_us)
+    looked_at = countable_rows(spec, plan, exposures, outcomes, as_of_us, periods)
     return sequential_of(
         plan, exposures, as_of_us, final, treatment_arms,
         lambda t: estimate_at(spec, plan, exposures, looked_at, t, treatment_arm))
 
 
 def countable_rows(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
-                   outcomes: OutcomeRows, as_of_us: int) -> OutcomeRows:
+                   outcomes: OutcomeRows, as_of_us: int,
+                   periods: OutcomePeriods | None = None) -> OutcomeRows:
     """The outcome rows that can count for ``spec`` at some time up to ``as_of_us``.
 
     A row known at an earlier look is known at ``as_of_us``, and whether it is
@@ -401,7 +403,7 @@ def countable_rows(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
     look then reads the metric's rows alone."""
     names = [outcomes.metrics.index(n) for n in (spec.name, spec.denominator)
              if n is not None and n in outcomes.metrics]
-    windows = outcome_periods(plan, exposures, outcomes, as_of_us)
+    windows = periods or outcome_periods(plan, exposures, outcomes, as_of_us)
     keep = (windows.in_window | windows.in_pre) & np.isin(outcomes.metric, names)
     return OutcomeRows(outcomes.metrics, outcomes.unit[keep], outcomes.metric[keep],
                        outcomes.value[keep], outcomes.at[keep],
@@ -811,7 +813,7 @@ def analyze(
 
     def sequential_for(arm: int, result: MetricEstimate) -> SequentialSummary:
         return sequential_summary(plan.primary, plan, exposures, outcomes, as_of_us, arm,
-                                  result, treatment_arms=n_arms - 1)
+                                  result, treatment_arms=n_arms - 1, periods=windows)
 
     metrics, guardrails, primary = metric_results(plan, exposures.arms, summaries_of,
                                                   sequential_for)

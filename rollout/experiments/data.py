@@ -68,6 +68,9 @@ from telemetry.storage import LogLocation, LogStorageError, one_line, storage_er
 DICTIONARY_COLUMNS = ("arm", "model_name", "model_version", "arm_weights")
 _DECISION_DICTIONARIES = (*DICTIONARY_COLUMNS, "experiment_id")
 _OUTCOME_DICTIONARIES: tuple[str, ...] = ()
+# Read as dictionaries only when the footers show no null in them at all (the
+# common case; a null there is an error the plain read then names).
+_OUTCOME_DICTIONARIES_WITHOUT_NULLS = ("metric",)
 
 
 def _as_read(schema: pa.Schema, dictionaries: tuple[str, ...]) -> pa.Schema:
@@ -128,6 +131,8 @@ class LogSpec:
     not_null: tuple[str, ...]
     finite: tuple[str, ...] = ()
     filtered: tuple[str, ...] = ("experiment_id",)  # read by the filters only
+    # columns read as dictionaries when no file's footer counts a null in them
+    dictionaries_without_nulls: tuple[str, ...] = ()
 
 
 DECISION_LOG = LogSpec("decision log", DECISION_SCHEMA,
@@ -136,7 +141,31 @@ DECISION_LOG = LogSpec("decision log", DECISION_SCHEMA,
 OUTCOMES_LOG = LogSpec("outcomes log", OUTCOME_LOG_SCHEMA,
                        _as_read(OUTCOME_LOG_SCHEMA, _OUTCOME_DICTIONARIES),
                        _format(_OUTCOME_DICTIONARIES), OUTCOME_REQUIRED, OUTCOME_NOT_NULL,
-                       OUTCOME_FINITE)
+                       OUTCOME_FINITE,
+                       dictionaries_without_nulls=_OUTCOME_DICTIONARIES_WITHOUT_NULLS)
+
+
+def _with_dictionaries(spec: LogSpec) -> LogSpec:
+    """``spec`` reading its ``dictionaries_without_nulls`` as dictionaries too."""
+    columns = (*spec.format.read_options.dictionary_columns,
+               *spec.dictionaries_without_nulls)
+    return replace(spec, as_read=_as_read(spec.as_read, tuple(columns)),
+                   format=_format(tuple(columns)), dictionaries_without_nulls=())
+
+
+def _no_nulls(fragment: pads.ParquetFileFragment, column: str) -> bool:
+    """Whether a file's footer counts no null in ``column`` in any row group
+    (a file without the column, or without statistics, is not known to)."""
+    metadata = fragment.metadata
+    index = next((j for j in range(metadata.num_columns)
+                  if metadata.schema.column(j).path == column), None)
+    if index is None:
+        return False
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(index).statistics
+        if stats is None or not stats.has_null_count or stats.null_count:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -264,7 +293,20 @@ def _read(path: LogPlace, spec: LogSpec, columns: list[str], filter: pc.Expressi
                         f"no {spec.noun} files (*.parquet) under {location}")
             else:
                 files = [location.path]
-            fragments, skipped = _open_all(location, files, spec, checked, skip_bad_files)
+            if spec.dictionaries_without_nulls:
+                # Opened to be read as dictionaries (the format decides how a
+                # fragment is decoded), opened again as plain strings when a
+                # footer counts a null: Arrow 25's scan loses the rows of a
+                # row group whose dictionary-read column is all null.
+                plain, spec = spec, _with_dictionaries(spec)
+                fragments, skipped = _open_all(location, files, spec, checked, skip_bad_files)
+                if not all(_no_nulls(f, column) for f in fragments
+                           for column in plain.dictionaries_without_nulls):
+                    spec = plain
+                    fragments, skipped = _open_all(location, files, spec, checked,
+                                                   skip_bad_files)
+            else:
+                fragments, skipped = _open_all(location, files, spec, checked, skip_bad_files)
             if prefer_keys and fragments and all(_keyed(f) for f in fragments):
                 columns = [UNIT_KEY if name == "unit_id" else name for name in columns]
                 spec = replace(spec, not_null=tuple(UNIT_KEY if name == "unit_id" else name
@@ -295,16 +337,8 @@ def _keyed(fragment: pads.ParquetFileFragment) -> bool:
     is int64 and each row group's statistics count no null (a file written before
     the key existed, or without statistics, is not keyed)."""
     index = fragment.physical_schema.get_field_index(UNIT_KEY)
-    if index < 0 or not pa.types.is_int64(fragment.physical_schema.field(index).type):
-        return False
-    metadata = fragment.metadata
-    column = next(j for j in range(metadata.num_columns)
-                  if metadata.schema.column(j).path == UNIT_KEY)
-    for group in range(metadata.num_row_groups):
-        stats = metadata.row_group(group).column(column).statistics
-        if stats is None or not stats.has_null_count or stats.null_count:
-            return False
-    return True
+    return (index >= 0 and pa.types.is_int64(fragment.physical_schema.field(index).type)
+            and _no_nulls(fragment, UNIT_KEY))
 
 
 def _open_all(location: LogLocation, files: list[str], spec: LogSpec, checked: list[str],
@@ -423,7 +457,10 @@ def _locate(location: LogLocation, fragments: list[pads.ParquetFileFragment], sp
 
 
 def _micros(column: pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(column.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+    """A timestamp column without nulls as its int64 ticks: each chunk viewed in
+    place, one concatenation (a cast would copy every chunk first)."""
+    return _int64s(pa.chunked_array([c.view(pa.int64()) for c in column.chunks],
+                                    type=pa.int64()))
 
 
 def _as_of_scalar(as_of: dt.datetime) -> pa.Scalar:
@@ -679,18 +716,36 @@ def _read_outcomes(outcomes: LogPlace, metrics: tuple[str, ...], experiment_id: 
         prefer_keys)
 
 
-def _outcome_rows(table: pa.Table, unit: np.ndarray, metrics: tuple[str, ...]) -> OutcomeRows:
+def _outcome_rows(table: pa.Table, unit: np.ndarray, metrics: tuple[str, ...],
+                  metric: np.ndarray | None = None) -> OutcomeRows:
     """Numeric columns of outcome rows; ``unit`` is -1 for units never exposed, and
     those rows are dropped from the arrays (not from the table: that would copy
-    every unit-id string once more)."""
+    every unit-id string once more). ``metric``, when given, is
+    :func:`_metric_codes` of the table."""
     exposed = unit >= 0
     keep = None if exposed.all() else exposed
-    metric = _codes(pc.index_in(table["metric"], value_set=pa.array(list(metrics))))
+    if metric is None:
+        metric = _metric_codes(table, metrics)
     return OutcomeRows(metrics, unit if keep is None else unit[keep],
                        metric if keep is None else metric[keep],
                        _kept(table["value"], keep, np.float64),
                        _kept(table["timestamp"], keep, np.int64),
                        _kept(table["received_at"], keep, np.int64))
+
+
+def _metric_codes(table: pa.Table, metrics: tuple[str, ...]) -> np.ndarray:
+    """Each outcome row's metric as its index in ``metrics``, -1 for another (or
+    none). A dictionary-read column is looked up by its dictionary's entries."""
+    column = table["metric"]
+    if not pa.types.is_dictionary(column.type):
+        return _codes(pc.index_in(column, value_set=pa.array(list(metrics))))
+    codes, labels = dictionary_codes(column)
+    # index -1 (a null row) picks the appended -1; one byte a row is enough for
+    # a plan's metrics, and a quarter of the memory traffic of int32
+    lookup = [metrics.index(v) if v in metrics else -1 for v in labels] + [-1]
+    found: np.ndarray = np.asarray(lookup, dtype=np.int8 if len(metrics) < 127 else np.int64
+                                   )[codes]
+    return found
 
 
 def _kept(column: pa.ChunkedArray, keep: np.ndarray | None, dtype: type[Any]) -> np.ndarray:
@@ -813,8 +868,8 @@ def _load_logs(decisions: LogPlace, outcomes: LogPlace, experiment: ExperimentSp
                which: PeriodChoice | Literal["all"], skip_bad_files: bool = False
                ) -> list[ExperimentData]:
     with ThreadPoolExecutor(max_workers=1) as pool:  # leaving waits for the outcomes side
-        pending = pool.submit(_read_outcomes, outcomes, metrics, experiment.id, as_of,
-                              skip_bad_files, True)
+        pending = pool.submit(_read_happened, outcomes, metrics, experiment.id, as_of,
+                              skip_bad_files)
         decided_log = _read_decisions(decisions, experiment, as_of, segments, skip_bad_files,
                                       True)
         # The decisions are coded while the outcomes are still being read; an
@@ -824,7 +879,8 @@ def _load_logs(decisions: LogPlace, outcomes: LogPlace, experiment: ExperimentSp
                                                                      experiment)
         except AnalysisInputError as exc:
             coded = exc
-        happened_log = pending.result()
+        read = pending.result()
+    happened_log = read.log
     if isinstance(coded, AnalysisInputError):
         raise coded
     rows = coded
@@ -844,7 +900,8 @@ def _load_logs(decisions: LogPlace, outcomes: LogPlace, experiment: ExperimentSp
     periods = find_periods(rows, experiment)
     chosen = _choose(periods, which, experiment.id)
     if len(periods) <= 1:
-        data = _one_period(rows, happened, experiment, metrics, segments)
+        data = _one_period(rows, happened, experiment, metrics, segments,
+                           read if happened is read.log.table else None)
         period = periods[0].model_copy(update={"units": data.exposures.n_units}) if periods \
             else None
         return [ExperimentData(data.exposures, data.outcomes, data.units, period,
@@ -904,9 +961,11 @@ class _Loaded:
 
 
 def _one_period(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSpec,
-                metrics: tuple[str, ...], segments: tuple[str, ...]) -> _Loaded:
+                metrics: tuple[str, ...], segments: tuple[str, ...],
+                read: _Happened | None = None) -> _Loaded:
     """Exposures and outcomes of an experiment with one period (see
-    :func:`load_experiment` for the two paths)."""
+    :func:`load_experiment` for the two paths); ``read``, when given, is
+    ``happened`` as :func:`_read_happened` read it."""
     # One int64 per row: time since the first decision, then arm, then split
     # (+1, so "none logged" is 0); its minimum per unit is the exposure, exactly.
     # The split takes the bits it needs; a log too long to leave the time enough
@@ -924,7 +983,7 @@ def _one_period(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSp
     if split_bits:
         packed |= rows.split + 1
     if name == UNIT_KEY:
-        return _one_period_by_key(rows, happened, experiment, metrics, packed, base)
+        return _one_period_by_key(rows, happened, experiment, metrics, packed, base, read)
     first = pa.table({name: rows.table[name], "first": pa.array(packed),
                       "arm": pa.array(rows.arm)}).group_by(name).aggregate(
         [("first", "min"), ("arm", "min_max")])
@@ -941,7 +1000,8 @@ def _one_period(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSp
 
 
 def _one_period_by_key(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSpec,
-                       metrics: tuple[str, ...], packed: np.ndarray, base: int) -> _Loaded:
+                       metrics: tuple[str, ...], packed: np.ndarray, base: int,
+                       read: _Happened | None = None) -> _Loaded:
     """:func:`_one_period`'s aggregation when both logs were read by ``unit_key``.
 
     Arrow's hash aggregation costs about as much on int64 keys as on short id
@@ -955,11 +1015,32 @@ def _one_period_by_key(rows: DecisionRows, happened: pa.Table, experiment: Exper
     # `rampart serve` imports this module only to register analysis plans.
     from rollout.experiments.unit_groups import match_units
 
-    match = match_units(_int64s(rows.table[UNIT_KEY]), packed, rows.arm,
-                        _int64s(happened[UNIT_KEY]))
+    keys = read.keys if read is not None and read.keys is not None else _int64s(
+        happened[UNIT_KEY])
+    match = match_units(_int64s(rows.table[UNIT_KEY]), packed, rows.arm, keys)
     exposures = _packed_exposures(rows, experiment, match.first, base, match.crossovers)
-    return _Loaded(exposures, _outcome_rows(happened, match.outcome_codes, metrics),
+    return _Loaded(exposures, _outcome_rows(happened, match.outcome_codes, metrics,
+                                            None if read is None else read.metric),
                    pa.array(match.keys, type=pa.int64()))
+
+
+@dataclass(frozen=True)
+class _Happened:
+    """The outcomes log as read, and what the keyed path needs of it, computed in
+    the reading thread while the decisions are coded: its keys and metric codes
+    (None when it was read by id)."""
+
+    log: LogTable
+    keys: np.ndarray | None
+    metric: np.ndarray | None
+
+
+def _read_happened(outcomes: LogPlace, metrics: tuple[str, ...], experiment_id: str,
+                   as_of: dt.datetime, skip_bad_files: bool) -> _Happened:
+    log = _read_outcomes(outcomes, metrics, experiment_id, as_of, skip_bad_files, True)
+    if _unit_column(log.table) != UNIT_KEY:
+        return _Happened(log, None, None)
+    return _Happened(log, _int64s(log.table[UNIT_KEY]), _metric_codes(log.table, metrics))
 
 
 def _int64s(column: pa.ChunkedArray) -> np.ndarray:

@@ -15,7 +15,9 @@ The keys are hashes already (BLAKE2b of the unit id), but they are multiplied
 by an odd constant before their bits are used, so that keys written by
 something else (say, small consecutive integers) still spread.
 
-Pure computation: numpy and numba only, no I/O.
+Computation only (numpy and numba); numba caches the compiled kernels in this
+package's ``__pycache__`` (or its user cache directory), so a process after the
+first loads them instead of compiling.
 """
 
 from __future__ import annotations
