@@ -29,7 +29,7 @@ import yaml
 
 from serving.cli.demo.models import DEMO_MODEL_NAME, seed_demo_models
 from serving.cli.demo.scenarios import AdminClient, BackgroundTraffic
-from tests.object_store import ObjectStore
+from tests.object_store import ObjectStore, applied
 from tests.ports import free_port
 from tests.ray_cluster import RAMPART, LocalRayCluster
 
@@ -371,3 +371,43 @@ def test_serve_deploy_serve_run_and_ray_client_deploy_the_same_gateway(
     finally:
         stop_gateway(cluster)
     assert not _ok(f"{url}/healthz")
+
+
+def test_analyze_engine_ray_on_two_nodes_reads_s3_logs_and_gives_the_local_numbers(
+    cluster: LocalRayCluster, s3_server: ObjectStore, tmp_path: Path,
+) -> None:
+    # `rampart analyze --engine ray` joins the cluster as a driver; its file tasks
+    # read the logs from S3 on the cluster's nodes (their environment reaches S3,
+    # as a pod's would). The local engine reads the same objects in one process.
+    import pyarrow.fs as pafs
+
+    from telemetry.storage import LogLocation
+    from tests.unit.test_analysis import AS_OF, experiment_document, write_experiment
+    from tests.unit.test_analysis_stats import PLANS, assert_same_numbers
+
+    write_experiment(tmp_path, units=6_000)
+    bucket = s3_server.bucket("analysis")
+    env = cluster.client_env()
+    document = experiment_document(tmp_path, PLANS["cuped_msprt"])
+    for log in ("decisions", "outcomes"):
+        uri = f"s3://{bucket}/{log}"
+        with applied(s3_server.env):
+            location = LogLocation.resolve(uri)
+            pafs.copy_files(str(tmp_path / log), location.path,
+                            source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=location.fs)
+        document["decision_log" if log == "decisions" else "outcomes_log"]["path"] = uri
+    config = tmp_path / "rampart.yaml"
+    config.write_text(yaml.safe_dump(document))
+    common = [str(RAMPART), "analyze", "--config", str(config), "--experiment", "exp",
+              "--as-of", AS_OF.isoformat(), "--json"]
+    local = subprocess.run(common, env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+    assert local.returncode == 0, local.stderr
+    distributed = subprocess.run([*common, "--engine", "ray", "--ray-address", cluster.address],
+                                 env=env, cwd=tmp_path, capture_output=True, text=True,
+                                 timeout=300)
+    assert distributed.returncode == 0, distributed.stderr
+    body = json.loads(local.stdout)
+    assert body["units"] > 5_000 and body["metrics"][0]["sequential"]["looks"]
+    assert_same_numbers(json.loads(distributed.stdout), body)
