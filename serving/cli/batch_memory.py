@@ -12,6 +12,12 @@ trimming off, freed blocks are reused from the heap. The command's peak memory i
 heap holds what the mappings held at their peak); it is simply not returned
 until the process ends, which for a one-shot command is moments later.
 
+Arrow allocates through its own pool, mimalloc by default, which hands freed
+pages back to the kernel within milliseconds; the same command switches Arrow
+to its jemalloc pool with dirty pages never purged (or, without jemalloc, to
+the system allocator, which the glibc settings above then govern). Measured
+on the 10 M-row benchmark: 2.5 s a warm run against 2.8-3.3 s with mimalloc.
+
 Process-wide by nature, so only a command that is the whole process (the CLI)
 calls :func:`keep_freed_memory`, never a library function or a server.
 """
@@ -31,6 +37,24 @@ _NEVER_TRIM = 2**31 - 1
 
 
 def keep_freed_memory() -> bool:
+    """Keep freed memory in the process: Arrow's pool (:func:`_keep_arrow_pages`)
+    and glibc's heap (:func:`_keep_heap`). False where glibc refused."""
+    _keep_arrow_pages()
+    return _keep_heap()
+
+
+def _keep_arrow_pages() -> None:
+    import pyarrow as pa
+
+    try:
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(-1)  # -1: dirty pages are never purged
+    except NotImplementedError:  # a pyarrow built without jemalloc
+        pool = pa.system_memory_pool()
+    pa.set_memory_pool(pool)
+
+
+def _keep_heap() -> bool:
     """Raise glibc's mmap threshold above any array's size and stop trimming
     the heap; False where that was refused (or the C library has no mallopt)."""
     name = ctypes.util.find_library("c")

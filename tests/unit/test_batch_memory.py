@@ -18,6 +18,9 @@ from serving.cli.batch_memory import keep_freed_memory
 
 if sys.argv[1] == "kept":
     assert keep_freed_memory()
+    import pyarrow as pa
+
+    assert pa.default_memory_pool().backend_name in ("jemalloc", "system")
 size = 100_000_000 // 8
 np.ones(size).sum()  # made and freed
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
