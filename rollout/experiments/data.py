@@ -261,6 +261,26 @@ def _shown(location: LogLocation, path: str) -> str:
     return location.uri + path[len(location.path):]
 
 
+def checked_columns(spec: LogSpec, columns: list[str]) -> list[str]:
+    """The columns a log's files are checked for when ``columns`` are read."""
+    return list(dict.fromkeys([*columns, *spec.required, *spec.not_null, *spec.filtered]))
+
+
+def log_files(location: LogLocation, spec: LogSpec) -> list[str]:
+    """Every visible Parquet file of a log (the path itself when it names a
+    file); an :class:`AnalysisInputError` when there is none. Storage errors are
+    the caller's to wrap (:func:`telemetry.storage.storage_errors`)."""
+    info = location.info()
+    if info.type == FileType.NotFound:
+        raise AnalysisInputError(f"no {spec.noun} at {location}")
+    if info.type != FileType.Directory:
+        return [location.path]
+    files = location.visible_parquet_files()
+    if not files:
+        raise AnalysisInputError(f"no {spec.noun} files (*.parquet) under {location}")
+    return files
+
+
 def _read(path: LogPlace, spec: LogSpec, columns: list[str], filter: pc.Expression,
           skip_bad_files: bool = False, prefer_keys: bool = False) -> LogTable:
     """The rows of one log (a local path or a URI such as ``s3://bucket/prefix``)
@@ -280,19 +300,10 @@ def _read(path: LogPlace, spec: LogSpec, columns: list[str], filter: pc.Expressi
     a :class:`LogStorageUnavailable`.
     """
     location = LogLocation.resolve(path)
-    checked = list(dict.fromkeys([*columns, *spec.required, *spec.not_null, *spec.filtered]))
+    checked = checked_columns(spec, columns)
     try:
         with storage_errors(f"cannot read the {spec.noun} at {location}"):
-            info = location.info()
-            if info.type == FileType.NotFound:
-                raise AnalysisInputError(f"no {spec.noun} at {location}")
-            if info.type == FileType.Directory:
-                files = location.visible_parquet_files()
-                if not files:
-                    raise AnalysisInputError(
-                        f"no {spec.noun} files (*.parquet) under {location}")
-            else:
-                files = [location.path]
+            files = log_files(location, spec)
             if spec.dictionaries_without_nulls:
                 # Opened to be read as dictionaries (the format decides how a
                 # fragment is decoded), opened again as plain strings when a

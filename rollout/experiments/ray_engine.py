@@ -36,7 +36,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyarrow.fs import FileType
 
 from rollout.experiments.analysis import (
     MICROS,
@@ -57,6 +56,8 @@ from rollout.experiments.data import (
     _open_all,
     _or_null,
     _shown,
+    checked_columns,
+    log_files,
     plan_metrics,
 )
 from rollout.experiments.periods import from_micros, same_version_warnings
@@ -115,19 +116,10 @@ def _log_files(place: LogPlace, spec: LogSpec, kind: int, columns: list[str]) ->
     """Every file of a log, its footer read and checked against the log's schema
     on the driver (footers only), as the local engine checks them."""
     location = LogLocation.resolve(place)
-    checked = list(dict.fromkeys([*columns, *spec.required, *spec.not_null, *spec.filtered]))
     try:
         with storage_errors(f"cannot read the {spec.noun} at {location}"):
-            info = location.info()
-            if info.type == FileType.NotFound:
-                raise AnalysisInputError(f"no {spec.noun} at {location}")
-            if info.type == FileType.Directory:
-                files = location.visible_parquet_files()
-                if not files:
-                    raise AnalysisInputError(f"no {spec.noun} files (*.parquet) under {location}")
-            else:
-                files = [location.path]
-            fragments, _ = _open_all(location, files, spec, checked, False)
+            fragments, _ = _open_all(location, log_files(location, spec), spec,
+                                     checked_columns(spec, columns), False)
     except LogStorageError as exc:
         raise LogStorageUnavailable(str(exc)) from None
     return [FileTask(kind, str(place), f.path, _keyed(f)) for f in fragments]
