@@ -1,26 +1,12 @@
-"""Free TCP ports for the servers tests start, so that runs can go side by side."""
+"""Free TCP ports for the servers tests start, so that runs can go side by side:
+chosen as a gateway chooses its own (serving/gateway/ports.py), outside the
+kernel's ephemeral range, so no process binding port 0 takes one meanwhile."""
 
 from __future__ import annotations
 
-import socket
-from contextlib import ExitStack
+from serving.gateway.ports import free_ports
 
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports nothing listens on now: the kernel's picks for
-    binds to port 0, all held open until every one is chosen.
-
-    Ask right before starting the servers that take them: another process
-    could take one in between, but the kernel picks among some 28,000 ports,
-    so two runs side by side rarely meet.
-    """
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
+__all__ = ["free_port", "free_ports"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

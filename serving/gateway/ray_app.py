@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from pydantic import BaseModel, ConfigDict
 
+from serving.gateway.ports import free_ports
 from serving.kernel.commands import Command, CommandResult
 from serving.kernel.config import RampartConfig, ServerConfig
 from serving.kernel.errors import ControlPlaneUnavailable, RampartError
@@ -155,20 +156,6 @@ def haproxy_guard_env(server: ServerConfig) -> dict[str, str]:
         haproxy_guard.READ_TIMEOUT_ENV: str(server.request_read_timeout_s),
         haproxy_guard.PER_SOURCE_ENV: str(server.max_connections_per_source),
     }
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports nothing listens on now (all held until chosen)."""
-    import socket
-    from contextlib import ExitStack
-
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket())
-            sock.bind((host, 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
 
 
 HAPROXY_OWNER_FILE = "owner.pid"

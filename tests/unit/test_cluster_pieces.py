@@ -29,6 +29,7 @@ from rollout.scrape_targets import SCRAPE_JOB, ScrapeTargets
 from serving.app import BuildArgs
 from serving.cli.main import main
 from serving.documents import load_config
+from serving.gateway.ports import ephemeral_floor, free_ports
 from serving.gateway.ray_app import INGRESS_ENV, deployment_options, haproxy_env
 from serving.kernel.config import (
     AutoscalingConfig,
@@ -618,3 +619,19 @@ def test_stale_haproxy_directories_are_removed_and_live_ones_kept(tmp_path: Path
     other.mkdir()
     assert sorted(remove_stale_haproxy_dirs(tmp_path)) == sorted([stale, orphan])
     assert live.exists() and other.exists() and not stale.exists() and not orphan.exists()
+
+
+def test_a_gateways_own_ports_are_never_ones_the_kernel_hands_out() -> None:
+    # Ray binds dozens of sockets to port 0 right after a gateway chooses its
+    # HAProxy and fallback ports: chosen below the kernel's ephemeral range,
+    # none of them can be handed to one of those.
+    import socket
+
+    floor = ephemeral_floor()
+    assert floor is not None  # Linux: /proc/sys/net/ipv4/ip_local_port_range
+    ports = free_ports(8)
+    assert len(set(ports)) == 8
+    assert all(20_000 <= port < floor for port in ports), (ports, floor)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
