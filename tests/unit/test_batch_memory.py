@@ -30,7 +30,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults(policy: str) -> int:
-    # 4 KB pages: a fresh 100 MB array is about 24,000 faults
+    # 4 KB pages in both runs: a fresh 100 MB array is about 24,000 faults
     env = {**os.environ, "NUMPY_MADVISE_HUGEPAGE": "0", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", CHILD, policy], env=env, cwd=ROOT,
                           capture_output=True, text=True, check=True)
@@ -41,3 +41,26 @@ def test_a_freed_array_is_reused_without_faulting_its_pages_in_again() -> None:
     default, kept = _faults("default"), _faults("kept")
     assert default > 20_000  # glibc unmapped the first array and mapped the second anew
     assert kept < 1_000  # the second array reused the first one's pages
+
+
+HUGE_PAGES = """
+import sys
+from numpy._core import multiarray
+from serving.cli.batch_memory import keep_freed_memory
+
+if sys.argv[1] == "kept":
+    keep_freed_memory()
+print(multiarray._set_madvise_hugepage(False))  # the setting it replaces
+"""
+
+
+def test_numpy_arrays_are_asked_on_ordinary_pages() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    env["PYTHONPATH"] = str(ROOT)
+
+    def huge_pages_asked(policy: str) -> str:
+        return subprocess.run([sys.executable, "-c", HUGE_PAGES, policy], env=env, cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert huge_pages_asked("default") == "True"
+    assert huge_pages_asked("kept") == "False"
