@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from rollout.experiments.kernels import NUMPY_KERNELS, AnalysisKernels
 from rollout.experiments.results import (
     BayesSummary,
     CupedSummary,
@@ -152,7 +153,7 @@ class OutcomeRows:
 
     metrics: tuple[str, ...]
     unit: NDArray[np.int64]
-    metric: NDArray[np.int64]
+    metric: NDArray[np.integer[Any]]  # int8 when the plan has few metrics
     value: NDArray[np.float64]
     at: NDArray[np.int64]  # microseconds since the epoch
     received: NDArray[np.int64] | None = None  # microseconds since the epoch
@@ -232,12 +233,15 @@ def unit_values(
     outcomes: OutcomeRows,
     as_of_us: int,
     periods: OutcomePeriods | None = None,
+    kernels: AnalysisKernels = NUMPY_KERNELS,
 ) -> UnitValues:
     """The metric per unit as known at ``as_of_us``.
 
     In-experiment events fall in ``[exposure, exposure + outcome_window]``;
     pre-period events in ``[exposure - pre_period, exposure)``. ``periods``, when
-    given, must be :func:`outcome_periods` of the same plan, data and time.
+    given, must be :func:`outcome_periods` of the same plan, data and time. A
+    binary metric is 1 for a unit with any event of positive value (a later
+    negative one, a refund, does not undo a conversion).
     """
     if periods is None:
         periods = outcome_periods(plan, exposures, outcomes, as_of_us)
@@ -246,15 +250,9 @@ def unit_values(
     def per_unit(name: str, rows: NDArray[np.bool_]) -> NDArray[np.float64]:
         if name not in outcomes.metrics:
             return np.zeros(exposures.n_units)
-        selected = rows & (outcomes.metric == outcomes.metrics.index(name))
-        if spec.type == "binary":
-            # any event with a positive value: a later negative one (a refund) does
-            # not undo a conversion
-            selected &= outcomes.value > 0
-            hits = np.bincount(outcomes.unit[selected], minlength=exposures.n_units)
-            return (hits > 0).astype(np.float64)
-        return np.bincount(outcomes.unit[selected], weights=outcomes.value[selected],
-                           minlength=exposures.n_units).astype(np.float64, copy=False)
+        return kernels.unit_totals(outcomes.unit, outcomes.metric, outcomes.value, rows,
+                                   outcomes.metrics.index(name), spec.type == "binary",
+                                   exposures.n_units)
 
     if spec.type == "ratio":
         assert spec.denominator is not None
@@ -264,23 +262,10 @@ def unit_values(
 
 def arm_summaries(
     arm: NDArray[np.int64], values: UnitValues, n_arms: int,
-    units: NDArray[np.bool_] | None = None,
+    units: NDArray[np.bool_] | None = None, kernels: AnalysisKernels = NUMPY_KERNELS,
 ) -> list[PairSummary]:
     """One :class:`PairSummary` per arm over the selected units (all by default)."""
-    y, x = values.y, values.x
-    # Each arm's units in their own order, then its sums over that contiguous
-    # copy: numpy's pairwise summation keeps millions of terms accurate to
-    # ~1e-16 relative, where a running sum (bincount with weights) drifts to
-    # ~1e-13. One comparison per arm costs less than sorting the units by arm.
-    out = []
-    for a in range(n_arms):
-        mine = arm == a
-        if units is not None:
-            mine &= units
-        ya, xa = y[mine], x[mine]
-        out.append(PairSummary(int(ya.size), float(ya.sum()), float(np.dot(ya, ya)),
-                               float(xa.sum()), float(np.dot(xa, xa)), float(np.dot(xa, ya))))
-    return out
+    return kernels.arm_moments(arm, values.y, values.x, n_arms, units)
 
 
 # --------------------------------------------------------------------------- estimates
@@ -361,11 +346,12 @@ def look_times(exposures: Exposures, targets_per_arm: Sequence[int], as_of_us: i
 
 
 def estimate_at(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
-                outcomes: OutcomeRows, at_us: int, treatment_arm: int) -> MetricEstimate:
+                outcomes: OutcomeRows, at_us: int, treatment_arm: int,
+                kernels: AnalysisKernels = NUMPY_KERNELS) -> MetricEstimate:
     """The estimate as it stood at ``at_us``: units exposed by then, outcomes known by then."""
-    values = unit_values(spec, plan, exposures, outcomes, at_us)
+    values = unit_values(spec, plan, exposures, outcomes, at_us, kernels=kernels)
     summaries = arm_summaries(exposures.arm, values, len(exposures.arms),
-                              exposures.exposed_at <= at_us)
+                              exposures.exposed_at <= at_us, kernels)
     return estimate(spec, plan, summaries[0], summaries[treatment_arm])
 
 
@@ -375,7 +361,8 @@ def estimate_at(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
 def sequential_summary(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
                        outcomes: OutcomeRows, as_of_us: int, treatment_arm: int,
                        final: MetricEstimate, *, treatment_arms: int = 1,
-                       periods: OutcomePeriods | None = None) -> SequentialSummary:
+                       periods: OutcomePeriods | None = None,
+                       kernels: AnalysisKernels = NUMPY_KERNELS) -> SequentialSummary:
     """The primary metric's pre-registered sequential analysis of one treatment arm.
 
     Looks are reconstructed from the logs as they stood at each look's time:
@@ -389,7 +376,7 @@ def sequential_summary(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposure
     looked_at = countable_rows(spec, plan, exposures, outcomes, as_of_us, periods)
     return sequential_of(
         plan, exposures, as_of_us, final, treatment_arms,
-        lambda t: estimate_at(spec, plan, exposures, looked_at, t, treatment_arm))
+        lambda t: estimate_at(spec, plan, exposures, looked_at, t, treatment_arm, kernels))
 
 
 def countable_rows(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
@@ -532,16 +519,18 @@ def sequential_look(plan: AnalysisPlan, exposures: Exposures, at: dt.datetime,
 
 
 def look_at(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
-            at: dt.datetime, period: Period | None = None) -> SequentialLook:
+            at: dt.datetime, period: Period | None = None,
+            kernels: AnalysisKernels = NUMPY_KERNELS) -> SequentialLook:
     """The look at ``at`` reconstructed from the logs: units exposed by then,
     outcomes known by then, and the sequential method run as of then."""
     at_us = int(at.timestamp() * MICROS)
     n_arms = len(exposures.arms)
-    estimates = {a: estimate_at(plan.primary, plan, exposures, outcomes, at_us, a)
+    estimates = {a: estimate_at(plan.primary, plan, exposures, outcomes, at_us, a, kernels)
                  for a in range(1, n_arms)}
     entries = [{"sequential": sequential_summary(plan.primary, plan, exposures, outcomes,
                                                  at_us, a, estimates[a],
-                                                 treatment_arms=n_arms - 1)}
+                                                 treatment_arms=n_arms - 1,
+                                                 kernels=kernels)}
                for a in range(1, n_arms)]
     _sequential_across_arms(plan, entries)
     by_arm = {a: e["sequential"] for a, e in zip(range(1, n_arms), entries, strict=True)}
@@ -580,7 +569,8 @@ def look_differences(recorded: SequentialLook, reconstructed: SequentialLook) ->
 
 def compare_looks(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
                   as_of_us: int, recorded: Sequence[RecordedLook],
-                  period: Period | None = None) -> tuple[LookComparison, ...]:
+                  period: Period | None = None,
+                  kernels: AnalysisKernels = NUMPY_KERNELS) -> tuple[LookComparison, ...]:
     """Each recorded look next to its reconstruction, in time order. A look of
     another period, or after ``as_of``, is listed without one (and says why)."""
     out = []
@@ -594,7 +584,7 @@ def compare_looks(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRow
         if note is not None:
             out.append(LookComparison(recorded=look, note=note))
             continue
-        now = look_at(plan, exposures, outcomes, look.at, period)
+        now = look_at(plan, exposures, outcomes, look.at, period, kernels)
         out.append(LookComparison(recorded=look, reconstructed=now,
                                   differences=look_differences(look, now)))
     return tuple(out)
@@ -611,7 +601,8 @@ def timeline_times(exposures: Exposures, as_of_us: int, points: int) -> list[int
 
 
 def timeline(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
-             outcomes: OutcomeRows, as_of_us: int, points: int) -> tuple[TimelinePoint, ...]:
+             outcomes: OutcomeRows, as_of_us: int, points: int,
+             kernels: AnalysisKernels = NUMPY_KERNELS) -> tuple[TimelinePoint, ...]:
     """Cumulative lift with its interval and the sample ratio over time, for the plots:
     ``points`` times before ``as_of`` and ``as_of`` itself."""
     series = []
@@ -620,7 +611,7 @@ def timeline(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
                              minlength=len(exposures.arms))
         arms = {}
         for arm in range(1, len(exposures.arms)):
-            effect = estimate_at(spec, plan, exposures, outcomes, t, arm).estimate
+            effect = estimate_at(spec, plan, exposures, outcomes, t, arm, kernels).estimate
             arms[exposures.arms[arm]] = TimelineArm(
                 abs_effect=effect.abs_effect, ci_low=effect.ci_low, ci_high=effect.ci_high,
                 rel_effect=effect.rel_effect, z=effect.statistic)
@@ -793,6 +784,7 @@ def analyze(
     period: Period | None = None,
     periods: Sequence[Period] = (),
     recorded_looks: Sequence[RecordedLook] = (),
+    kernels: AnalysisKernels = NUMPY_KERNELS,
 ) -> ExperimentAnalysis:
     """The whole analysis of one experiment (of one ``period`` of it, when given).
 
@@ -801,6 +793,7 @@ def analyze(
     plots). A period whose arms serve the same versions holds the decision.
     The analysis is also one sequential look (``look``), and each of
     ``recorded_looks`` is set next to its reconstruction from these logs.
+    ``kernels`` do the passes over every row and unit (:mod:`rollout.experiments.kernels`).
     """
     as_of_us = int(as_of.timestamp() * MICROS)
     srm = srm_check(exposures)
@@ -808,12 +801,13 @@ def analyze(
     n_arms = len(exposures.arms)
 
     def summaries_of(_: str, spec: MetricSpec) -> ArmSummaries:
-        values = unit_values(spec, plan, exposures, outcomes, as_of_us, windows)
-        return arm_summaries(exposures.arm, values, n_arms)
+        values = unit_values(spec, plan, exposures, outcomes, as_of_us, windows, kernels)
+        return arm_summaries(exposures.arm, values, n_arms, kernels=kernels)
 
     def sequential_for(arm: int, result: MetricEstimate) -> SequentialSummary:
         return sequential_summary(plan.primary, plan, exposures, outcomes, as_of_us, arm,
-                                  result, treatment_arms=n_arms - 1, periods=windows)
+                                  result, treatment_arms=n_arms - 1, periods=windows,
+                                  kernels=kernels)
 
     metrics, guardrails, primary = metric_results(plan, exposures.arms, summaries_of,
                                                   sequential_for)
@@ -823,24 +817,24 @@ def analyze(
         units=exposures.n_units, crossovers=exposures.crossovers, srm=srm,
         correction=plan.correction, metrics=metrics, guardrails=guardrails,
         segments=segment_results(plan, exposures, outcomes, as_of_us, primary,
-                                 exploratory_segments, periods=windows),
+                                 exploratory_segments, periods=windows, kernels=kernels),
         decision=decide(plan, srm, metrics, guardrails, warnings,
                         period=period, n_periods=len(periods)),
-        timeline=(timeline(plan.primary, plan, exposures, outcomes, as_of_us, timeline_points)
-                  if timeline_points > 0 else None),
+        timeline=(timeline(plan.primary, plan, exposures, outcomes, as_of_us, timeline_points,
+                           kernels) if timeline_points > 0 else None),
         period=period, periods=tuple(periods), warnings=warnings,
         look=sequential_look(plan, exposures, as_of, primary,
                              {exposures.arms.index(m.arm): m.sequential
                               for m in metrics if m.role == "primary"}, period),
         recorded_looks=compare_looks(plan, exposures, outcomes, as_of_us, recorded_looks,
-                                     period),
+                                     period, kernels),
     )
 
 
 def segment_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
                     as_of_us: int, pooled: dict[int, MetricEstimate],
-                    exploratory: Sequence[str], *, periods: OutcomePeriods | None = None
-                    ) -> tuple[SegmentResult, ...]:
+                    exploratory: Sequence[str], *, periods: OutcomePeriods | None = None,
+                    kernels: AnalysisKernels = NUMPY_KERNELS) -> tuple[SegmentResult, ...]:
     """The primary metric per segment value of each attribute, corrected across
     the attribute's segments; pre-registered attributes are confirmatory, and a
     pooled effect whose sign disagrees with every segment's is flagged (Simpson)."""
@@ -852,13 +846,13 @@ def segment_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeR
     attributes = [(a, kind) for a, kind in attributes if a in exposures.segments]
     if not attributes:
         return ()
-    values = unit_values(plan.primary, plan, exposures, outcomes, as_of_us, periods)
+    values = unit_values(plan.primary, plan, exposures, outcomes, as_of_us, periods, kernels)
     for attribute, kind in attributes:
         codes, labels = exposures.segments[attribute]
         for arm in range(1, n_arms):
             cells: list[tuple[str, PairSummary, PairSummary, EffectEstimate]] = []
             for code, label in enumerate(labels):
-                summaries = arm_summaries(exposures.arm, values, n_arms, codes == code)
+                summaries = arm_summaries(exposures.arm, values, n_arms, codes == code, kernels)
                 effect = estimate(plan.primary, plan, summaries[0], summaries[arm]).estimate
                 cells.append((label, summaries[0], summaries[arm], effect))
             adjusted = _adjusted([c[3].p_value for c in cells], plan.correction)

@@ -26,6 +26,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -171,10 +172,13 @@ def _no_nulls(fragment: pads.ParquetFileFragment, column: str) -> bool:
 @dataclass(frozen=True)
 class LogTable:
     """The rows read from one log, and the files left out of it
-    (``skip_bad_files``)."""
+    (``skip_bad_files``). ``filtered`` False: the rows are every row of the
+    files the filter's statistics did not rule out, and the caller applies the
+    filter (see :func:`_read`'s ``defer_filter``)."""
 
     table: pa.Table
     skipped: tuple[SkippedFile, ...] = ()
+    filtered: bool = True
 
 
 class _BadFile(Exception):
@@ -282,7 +286,8 @@ def log_files(location: LogLocation, spec: LogSpec) -> list[str]:
 
 
 def _read(path: LogPlace, spec: LogSpec, columns: list[str], filter: pc.Expression,
-          skip_bad_files: bool = False, prefer_keys: bool = False) -> LogTable:
+          skip_bad_files: bool = False, prefer_keys: bool = False,
+          defer_filter: bool = False) -> LogTable:
     """The rows of one log (a local path or a URI such as ``s3://bucket/prefix``)
     that ``filter`` keeps, pushed down into the Parquet scan, checked against the
     log's declared schema.
@@ -298,6 +303,14 @@ def _read(path: LogPlace, spec: LogSpec, columns: list[str], filter: pc.Expressi
     over the whole table at once; only when one fails are the files read again
     one by one to name the first bad row. A log whose storage cannot be read is
     a :class:`LogStorageUnavailable`.
+
+    With ``defer_filter``, when the log is read by key and every file's footer
+    counts no null in any non-null column, the filter only rules out row groups
+    by their statistics: the rows come back unfiltered (with the ``filtered``
+    columns), not checked for finiteness, and the caller applies the filter
+    (``LogTable.filtered`` is False). Arrow's filter evaluates the expression
+    batch by batch and copies every kept row of every column; a caller that
+    copies the rows it keeps anyway saves that pass.
     """
     location = LogLocation.resolve(path)
     checked = checked_columns(spec, columns)
@@ -318,10 +331,26 @@ def _read(path: LogPlace, spec: LogSpec, columns: list[str], filter: pc.Expressi
                                                    skip_bad_files)
             else:
                 fragments, skipped = _open_all(location, files, spec, checked, skip_bad_files)
+            deferred = False
             if prefer_keys and fragments and all(_keyed(f) for f in fragments):
                 columns = [UNIT_KEY if name == "unit_id" else name for name in columns]
                 spec = replace(spec, not_null=tuple(UNIT_KEY if name == "unit_id" else name
                                                     for name in spec.not_null))
+                deferred = defer_filter and all(_no_nulls(f, column) for f in fragments
+                                                for column in spec.not_null)
+            if deferred:
+                fragments = [part for f in fragments
+                             if (part := f.subset(filter=filter)).row_groups]
+                table, unreadable = _scan(
+                    location, fragments, spec,
+                    {name: pc.field(name) for name in dict.fromkeys(
+                        [*columns, *spec.filtered])}, None, skip_bad_files)
+                skipped += unreadable
+                if skipped and len(skipped) == len(files):
+                    raise AnalysisInputError(
+                        f"every file of the {spec.noun} at {location} was skipped; the "
+                        f"first: {skipped[0].path}: {skipped[0].reason}")
+                return LogTable(table, tuple(skipped), filtered=False)
             projection = {name: pc.field(name) for name in columns}
             projection.update({f"{_NULL_FLAG}{name}": pc.field(name).is_null()
                                for name in spec.not_null if name not in columns})
@@ -383,7 +412,7 @@ def _dataset(location: LogLocation, fragments: list[pads.ParquetFileFragment],
 
 
 def _scan(location: LogLocation, fragments: list[pads.ParquetFileFragment], spec: LogSpec,
-          projection: dict[str, pc.Expression], filter: pc.Expression,
+          projection: dict[str, pc.Expression], filter: pc.Expression | None,
           skip_bad_files: bool) -> tuple[pa.Table, list[SkippedFile]]:
     """The filtered rows of the files. A file whose data pages cannot be decoded
     (its footer was fine) is found by scanning the files one by one: named, or
@@ -460,7 +489,7 @@ def _locate(location: LogLocation, fragments: list[pads.ParquetFileFragment], sp
         value = hits[column][0].as_py()
         what = (f"{column} is {value} (not a finite number)" if finite and value is not None
                 else f"{column} is null")
-        scope = ("in an event of the analysed metrics" if spec is OUTCOMES_LOG
+        scope = ("in an event of the analysed metrics" if spec.noun == OUTCOMES_LOG.noun
                  else "in a primary decision of the experiment")
         return (f"{spec.noun} file {_shown(location, fragment.path)}: row {row} (row group "
                 f"{group}): {what} {scope}")
@@ -710,12 +739,14 @@ def load_exposures(
 
 def _read_outcomes(outcomes: LogPlace, metrics: tuple[str, ...], experiment_id: str,
                    as_of: dt.datetime, skip_bad_files: bool = False,
-                   prefer_keys: bool = False) -> LogTable:
+                   prefer_keys: bool = False, defer_filter: bool = False) -> LogTable:
     """Outcome events for ``metrics`` known by ``as_of``: received by then (and not
     stamped after it).
 
     An event tagged with another experiment's id is not this experiment's; an
     untagged event belongs to every experiment its unit is in.
+    (:func:`_outcome_filter` is the same filter over rows read with
+    ``defer_filter``.)
     """
     as_of_us = _as_of_scalar(as_of)
     return _read(
@@ -724,7 +755,7 @@ def _read_outcomes(outcomes: LogPlace, metrics: tuple[str, ...], experiment_id: 
         & (pc.field("experiment_id").is_null() | (pc.field("experiment_id") == experiment_id))
         & _or_null("timestamp", pc.field("timestamp") <= as_of_us)
         & _or_null("received_at", pc.field("received_at") <= as_of_us), skip_bad_files,
-        prefer_keys)
+        prefer_keys, defer_filter)
 
 
 def _outcome_rows(table: pa.Table, unit: np.ndarray, metrics: tuple[str, ...],
@@ -905,14 +936,14 @@ def _load_logs(decisions: LogPlace, outcomes: LogPlace, experiment: ExperimentSp
         else:
             happened_log = _read_outcomes(outcomes, metrics, experiment.id, as_of,
                                           skip_bad_files)
-    decided, happened = decided_log.table, happened_log.table
+            read = _Happened(happened_log)
+    decided = decided_log.table
     unit_column = _unit_column(decided)
     skipped = decided_log.skipped + happened_log.skipped
     periods = find_periods(rows, experiment)
     chosen = _choose(periods, which, experiment.id)
     if len(periods) <= 1:
-        data = _one_period(rows, happened, experiment, metrics, segments,
-                           read if happened is read.log.table else None)
+        data = _one_period(rows, read, experiment, metrics, segments)
         period = periods[0].model_copy(update={"units": data.exposures.n_units}) if periods \
             else None
         return [ExperimentData(data.exposures, data.outcomes, data.units, period,
@@ -923,6 +954,7 @@ def _load_logs(decisions: LogPlace, outcomes: LogPlace, experiment: ExperimentSp
     periods = tuple(p.model_copy(update={"units": int(pc.count_distinct(
         rows.table[unit_column].filter(pa.array(mask))).as_py())})
                     for p, mask in zip(periods, in_period, strict=True))
+    happened = read.table
     entered = pa.table({unit_column: rows.table[unit_column], "at": pa.array(rows.at)}
                        ).group_by(unit_column).aggregate([("at", "min")])
     out = []
@@ -971,12 +1003,10 @@ class _Loaded:
     units: pa.Array
 
 
-def _one_period(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSpec,
-                metrics: tuple[str, ...], segments: tuple[str, ...],
-                read: _Happened | None = None) -> _Loaded:
+def _one_period(rows: DecisionRows, happened: _Happened, experiment: ExperimentSpec,
+                metrics: tuple[str, ...], segments: tuple[str, ...]) -> _Loaded:
     """Exposures and outcomes of an experiment with one period (see
-    :func:`load_experiment` for the two paths); ``read``, when given, is
-    ``happened`` as :func:`_read_happened` read it."""
+    :func:`load_experiment` for the two paths)."""
     # One int64 per row: time since the first decision, then arm, then split
     # (+1, so "none logged" is 0); its minimum per unit is the exposure, exactly.
     # The split takes the bits it needs; a log too long to leave the time enough
@@ -988,13 +1018,13 @@ def _one_period(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSp
     if segments or rows.arm.size == 0 or (int(rows.at.max()) - base) >> (63 - low_bits):
         codes, dictionary = encode(rows.table[name])
         exposures = _exposures(rows, codes, len(dictionary), experiment, segments)
-        unit = _codes(pc.index_in(happened[name], value_set=dictionary))
-        return _Loaded(exposures, _outcome_rows(happened, unit, metrics), dictionary)
+        unit = _codes(pc.index_in(happened.table[name], value_set=dictionary))
+        return _Loaded(exposures, _outcome_rows(happened.table, unit, metrics), dictionary)
     packed = ((rows.at - base) << low_bits) | (rows.arm << split_bits)
     if split_bits:
         packed |= rows.split + 1
     if name == UNIT_KEY:
-        return _one_period_by_key(rows, happened, experiment, metrics, packed, base, read)
+        return _one_period_by_key(rows, happened, experiment, metrics, packed, base)
     first = pa.table({name: rows.table[name], "first": pa.array(packed),
                       "arm": pa.array(rows.arm)}).group_by(name).aggregate(
         [("first", "min"), ("arm", "min_max")])
@@ -1005,14 +1035,13 @@ def _one_period(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSp
     exposures = _packed_exposures(rows, experiment, first_packed, base, crossovers)
     units = first[name]
     keyed = pa.table({name: units, "unit": pa.array(np.arange(len(units)))})
-    joined = happened.join(keyed, keys=name, join_type="inner")
+    joined = happened.table.join(keyed, keys=name, join_type="inner")
     unit = np.asarray(joined["unit"].to_numpy(), dtype=np.int64)
     return _Loaded(exposures, _outcome_rows(joined, unit, metrics), units.combine_chunks())
 
 
-def _one_period_by_key(rows: DecisionRows, happened: pa.Table, experiment: ExperimentSpec,
-                       metrics: tuple[str, ...], packed: np.ndarray, base: int,
-                       read: _Happened | None = None) -> _Loaded:
+def _one_period_by_key(rows: DecisionRows, happened: _Happened, experiment: ExperimentSpec,
+                       metrics: tuple[str, ...], packed: np.ndarray, base: int) -> _Loaded:
     """:func:`_one_period`'s aggregation when both logs were read by ``unit_key``.
 
     Arrow's hash aggregation costs about as much on int64 keys as on short id
@@ -1020,18 +1049,21 @@ def _one_period_by_key(rows: DecisionRows, happened: pa.Table, experiment: Exper
     row; :func:`match_units` groups the decision rows and matches the outcome
     rows in cache-sized partitions of the key space, on both cores. The
     exposures are those of the string path, unit for unit; only the order of
-    units differs.
+    units differs. Outcome rows read unfiltered are matched as they are; the
+    ones the filter drops lose their unit, which drops them with the unexposed.
     """
     # Imported here: numba takes a few tenths of a second to import, and
     # `rampart serve` imports this module only to register analysis plans.
     from rollout.experiments.unit_groups import match_units
 
-    keys = read.keys if read is not None and read.keys is not None else _int64s(
-        happened[UNIT_KEY])
+    table = happened.log.table
+    keys = happened.keys if happened.keys is not None else _int64s(table[UNIT_KEY])
     match = match_units(_int64s(rows.table[UNIT_KEY]), packed, rows.arm, keys)
     exposures = _packed_exposures(rows, experiment, match.first, base, match.crossovers)
-    return _Loaded(exposures, _outcome_rows(happened, match.outcome_codes, metrics,
-                                            None if read is None else read.metric),
+    unit = match.outcome_codes
+    if happened.keep is not None:
+        np.copyto(unit, -1, where=~happened.keep)
+    return _Loaded(exposures, _outcome_rows(table, unit, metrics, happened.metric),
                    pa.array(match.keys, type=pa.int64()))
 
 
@@ -1039,19 +1071,79 @@ def _one_period_by_key(rows: DecisionRows, happened: pa.Table, experiment: Exper
 class _Happened:
     """The outcomes log as read, and what the keyed path needs of it, computed in
     the reading thread while the decisions are coded: its keys and metric codes
-    (None when it was read by id)."""
+    (None when it was read by id), row for row with ``log.table``. ``keep``
+    marks the rows the outcomes filter keeps when ``log.table`` was read
+    unfiltered (None: every row is kept)."""
 
     log: LogTable
-    keys: np.ndarray | None
-    metric: np.ndarray | None
+    keys: np.ndarray | None = None
+    metric: np.ndarray | None = None
+    keep: np.ndarray | None = None
+
+    @cached_property
+    def table(self) -> pa.Table:
+        """The rows the outcomes filter keeps."""
+        if self.keep is None:
+            return self.log.table
+        return self.log.table.filter(pa.array(self.keep))
 
 
 def _read_happened(outcomes: LogPlace, metrics: tuple[str, ...], experiment_id: str,
                    as_of: dt.datetime, skip_bad_files: bool) -> _Happened:
+    log = _read_outcomes(outcomes, metrics, experiment_id, as_of, skip_bad_files, True, True)
+    if _unit_column(log.table) != UNIT_KEY:
+        return _Happened(log)
+    metric = _metric_codes(log.table, metrics)
+    if log.filtered:
+        return _Happened(log, _int64s(log.table[UNIT_KEY]), metric)
+    keep = _outcome_filter(log.table, metric, experiment_id, as_of)
+    if not _finite_where(log.table["value"], keep):
+        # a kept event's value is not finite: the filtered read names its row
+        return _read_happened_filtered(outcomes, metrics, experiment_id, as_of,
+                                       skip_bad_files)
+    return _Happened(log, _int64s(log.table[UNIT_KEY]), metric, keep)
+
+
+def _read_happened_filtered(outcomes: LogPlace, metrics: tuple[str, ...], experiment_id: str,
+                            as_of: dt.datetime, skip_bad_files: bool) -> _Happened:
     log = _read_outcomes(outcomes, metrics, experiment_id, as_of, skip_bad_files, True)
     if _unit_column(log.table) != UNIT_KEY:
-        return _Happened(log, None, None)
+        return _Happened(log)
     return _Happened(log, _int64s(log.table[UNIT_KEY]), _metric_codes(log.table, metrics))
+
+
+def _outcome_filter(table: pa.Table, metric: np.ndarray, experiment_id: str,
+                    as_of: dt.datetime) -> np.ndarray:
+    """:func:`_read_outcomes`'s filter over rows read unfiltered, whose footers
+    count no null in the non-null columns: an event of the plan's metrics
+    (``metric``, its :func:`_metric_codes`), untagged or tagged with this
+    experiment, stamped and received by ``as_of``. Chunk by chunk, in place."""
+    keep = metric >= 0
+    limit = int(_as_of_scalar(as_of).cast(pa.int64()).as_py())
+    start = 0
+    tagged = table["experiment_id"]
+    for index, chunk in enumerate(table["timestamp"].chunks):
+        end = start + len(chunk)
+        part = keep[start:end]
+        part &= chunk.view(pa.int64()).to_numpy() <= limit
+        part &= table["received_at"].chunk(index).view(pa.int64()).to_numpy() <= limit
+        start = end
+    if tagged.null_count < len(tagged):
+        # untagged (null): every experiment's; tagged: this one's only
+        ours = pc.fill_null(pc.equal(tagged, experiment_id), True)
+        keep &= np.asarray(ours.to_numpy(zero_copy_only=False), dtype=bool)
+    return keep
+
+
+def _finite_where(column: pa.ChunkedArray, keep: np.ndarray) -> bool:
+    """Whether every value ``keep`` marks is finite (the column has no nulls)."""
+    start = 0
+    for chunk in column.chunks:
+        finite = np.isfinite(chunk.to_numpy())
+        if not finite.all() and (keep[start:start + len(chunk)] & ~finite).any():
+            return False
+        start += len(chunk)
+    return True
 
 
 def _int64s(column: pa.ChunkedArray) -> np.ndarray:

@@ -188,6 +188,7 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
          skip_bad_files: bool = False, engine: Literal["local", "ray"] = "local",
          ray_address: str | None = None) -> list[ExperimentAnalysis]:
     from rollout.experiments.analysis import analyze
+    from rollout.experiments.compiled_kernels import CompiledKernels
     from rollout.experiments.data import (
         AnalysisInputError,
         PlanChanged,
@@ -258,7 +259,8 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
         analysis = analyze(experiment_id, plan, data.exposures, data.outcomes, period_as_of,
                            exploratory_segments=exploratory_segments,
                            timeline_points=timeline_points, period=data.period,
-                           periods=data.periods, recorded_looks=recorded_looks)
+                           periods=data.periods, recorded_looks=recorded_looks,
+                           kernels=CompiledKernels())
         analyses.append(analysis.model_copy(update={"preregistration": preregistration,
                                                     "skipped_files": data.skipped_files}))
     try:

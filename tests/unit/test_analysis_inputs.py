@@ -14,11 +14,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from rollout.experiments.analysis import MICROS, Exposures, OutcomeRows, outcome_periods
-from rollout.experiments.data import AnalysisInputError, ExperimentData, load_experiment
+from rollout.experiments.data import (
+    UNIT_KEY,
+    AnalysisInputError,
+    ExperimentData,
+    _read_happened,
+    _read_happened_filtered,
+    load_experiment,
+)
 from serving.kernel.analysis_plan import AnalysisPlan
 from serving.kernel.config import parse_config
 from telemetry.decision_log import DECISION_SCHEMA, batch_table
 from telemetry.outcomes_log import OUTCOME_SCHEMA
+from telemetry.unit_keys import unit_key, with_unit_keys
 from tests.unit.test_analysis import experiment_document
 
 START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -222,6 +230,87 @@ def test_the_row_is_named_in_the_right_file_and_row_group(tmp_path: Path) -> Non
     pq.write_table(bad, tmp_path / "outcomes" / "part-1.parquet", row_group_size=100)
     message = refused(tmp_path)
     assert "part-1.parquet" in message and "row 250" in message and "row group 2" in message
+
+
+# ------------------------------------------------------- keyed logs, read unfiltered
+
+
+def _keyed_outcomes_with_strays() -> tuple[pa.Table, int]:
+    """Keyed outcome events with rows the filter drops, each holding a value that
+    would be refused in a kept row: another experiment's event (NaN), a metric
+    the plan does not read (inf), one received after the as-of time (NaN) and
+    one stamped after it (-inf). Returned with the number of strays."""
+    good = outcomes_table()
+    late = (AS_OF.timestamp() + 3600.0) * np.ones(1)
+    early = np.array([first_seen()[4] + 60.0])
+    strays = pa.table({
+        "unit_id": pa.array(["user-1", "user-2", "user-3", "user-4"]),
+        "metric": pa.array(["revenue", "sessions", "revenue", "converted"]),
+        "value": pa.array([float("nan"), float("inf"), float("nan"), float("-inf")]),
+        "timestamp": pa.concat_arrays([_ts(early), _ts(early), _ts(early), _ts(late)]),
+        "experiment_id": pa.array(["other", None, None, None], pa.string()),
+        "received_at": pa.concat_arrays([_ts(early + 1), _ts(early + 1), _ts(late),
+                                         _ts(late)]),
+    }).cast(OUTCOME_SCHEMA)
+    return with_unit_keys(pa.concat_tables([good, strays])), strays.num_rows
+
+
+def _sorted_events(data: ExperimentData) -> list[tuple[Any, ...]]:
+    units = data.units.to_pylist()
+    rows = data.outcomes
+    return sorted(zip([units[u] for u in rows.unit.tolist()], rows.metric.tolist(),
+                      rows.value.tolist(), rows.at.tolist(),
+                      (rows.received if rows.received is not None else rows.at).tolist(),
+                      strict=True))
+
+
+def test_keyed_outcomes_read_unfiltered_keep_exactly_the_rows_the_filter_keeps(
+        tmp_path: Path) -> None:
+    outcomes, strays = _keyed_outcomes_with_strays()
+    # two row groups, the strays in the second: pruning by statistics and the
+    # filter in numpy both see them
+    (tmp_path / "outcomes").mkdir(parents=True)
+    write_logs(tmp_path, with_unit_keys(decisions_table()))
+    pq.write_table(outcomes, tmp_path / "outcomes" / "part-0.parquet",
+                   row_group_size=outcomes.num_rows - strays)
+    read = _read_happened(tmp_path / "outcomes", METRICS, "exp", AS_OF, False)
+    assert read.keep is not None and read.log.table.num_rows == outcomes.num_rows
+    filtered = _read_happened_filtered(tmp_path / "outcomes", METRICS, "exp", AS_OF, False)
+    assert filtered.keep is None
+    columns = [UNIT_KEY, "value", "timestamp", "received_at"]
+    order = [(name, "ascending") for name in columns]
+    assert read.table.select(columns).sort_by(order).equals(
+        filtered.log.table.select(columns).sort_by(order))
+    keyed = load(tmp_path)
+    assert keyed.units.type == pa.int64()  # read by key
+    assert keyed.outcomes.unit.size == outcomes.num_rows - strays
+    # the same events as the log without keys gives, read by id and filtered by Arrow
+    plain = tmp_path / "plain"
+    write_logs(plain, decisions_table(), outcomes.drop_columns([UNIT_KEY]))
+    by_id = load(plain)
+    key_of = {unit_key(u): u for u in by_id.units.to_pylist()}
+    assert sorted((key_of[e[0]], *e[1:]) for e in _sorted_events(keyed)) == _sorted_events(
+        by_id)
+
+
+def test_a_non_finite_value_in_a_kept_keyed_event_is_refused_with_file_and_row(
+        tmp_path: Path) -> None:
+    outcomes, _ = _keyed_outcomes_with_strays()
+    write_logs(tmp_path, with_unit_keys(decisions_table()),
+               with_value(outcomes, "value", 37, float("nan")))
+    message = refused(tmp_path)
+    assert "part-0.parquet" in message and "row 37" in message and "finite" in message
+
+
+def test_a_keyed_log_whose_footer_counts_a_null_is_filtered_by_arrow(tmp_path: Path) -> None:
+    outcomes, _ = _keyed_outcomes_with_strays()
+    nullable = pa.schema([f.with_nullable(True) for f in outcomes.schema])
+    write_logs(tmp_path, with_unit_keys(decisions_table()),
+               with_value(outcomes.cast(nullable), "timestamp", 3, None))
+    with pytest.raises(AnalysisInputError, match=r"row 3 .*timestamp is null in an event"):
+        _read_happened(tmp_path / "outcomes", METRICS, "exp", AS_OF, False)
+    message = refused(tmp_path)
+    assert "row 3" in message and "timestamp is null in an event" in message
 
 
 # --------------------------------------------------------------------------- bad files

@@ -53,6 +53,7 @@ PURE_CORES = (
     "rollout.core",
     "rollout.experiments.stats",
     "rollout.experiments.analysis",
+    "rollout.experiments.kernels",
     "rollout.experiments.periods",
     "rollout.experiments.sums",
     "rollout.experiments.results",
