@@ -118,3 +118,20 @@ class CompiledKernels:
             else np.ascontiguousarray(units, dtype=np.bool_), units is None, int(n_arms))
         return [PairSummary(int(row[0]), float(row[1]), float(row[2]), float(row[3]),
                             float(row[4]), float(row[5])) for row in sums]
+
+
+def load_compiled() -> CompiledKernels:
+    """The kernels with their compiled code loaded (from numba's cache, else
+    compiled): each is called once on a few values, for every signature the
+    analysis uses. The first call of any compiled function in a process also
+    starts numba itself, a few tenths of a second that a caller can spend
+    while it waits on something else."""
+    kernels = CompiledKernels()
+    unit = np.arange(4, dtype=np.int64)
+    value = np.ones(4)
+    rows = np.ones(4, dtype=np.bool_)
+    for metric in (np.zeros(4, dtype=np.int8), np.zeros(4, dtype=np.int64)):
+        kernels.unit_totals(unit, metric, value, rows, 0, True, 4)
+    kernels.arm_moments(unit % 2, value, value, 2, rows)
+    kernels.arm_moments(unit % 2, value, value, 2)
+    return kernels

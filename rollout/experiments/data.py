@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from pyarrow.fs import FileType
 
-from rollout.experiments.analysis import (
+from rollout.experiments.exposures import (
     ARM_BITS,
     MICROS,
     MISSING_SEGMENT,

@@ -121,6 +121,14 @@ def match_units(keys: np.ndarray, packed: np.ndarray, arm: np.ndarray,
         crossovers=int(np.count_nonzero(unit_mixed[positions])), outcome_codes=found)
 
 
+def load_compiled() -> None:
+    """Load the compiled code of :func:`match_units` (from numba's cache, else
+    compile it) by matching a few keys: the first call in a process pays for
+    it, and a caller may do so while it waits on something else."""
+    keys = np.arange(4, dtype=np.int64)
+    match_units(keys, keys, keys % 2, keys)
+
+
 def _on_threads(jobs: list[Callable[[], _T]]) -> list[_T]:
     """Each job's result; the jobs run side by side (the kernels release the GIL)."""
     if len(jobs) < 2:

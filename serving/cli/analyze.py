@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -187,8 +188,6 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
          now: dt.datetime | None, which: int | Literal["latest", "all"],
          skip_bad_files: bool = False, engine: Literal["local", "ray"] = "local",
          ray_address: str | None = None) -> list[ExperimentAnalysis]:
-    from rollout.experiments.analysis import analyze
-    from rollout.experiments.compiled_kernels import CompiledKernels
     from rollout.experiments.data import (
         AnalysisInputError,
         PlanChanged,
@@ -235,14 +234,26 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
                             register=lambda: register_plan(
                                 config.resolved_preregistration_dir(), experiment_id, plan,
                                 now))]
-    try:
-        loaded = (load_all_periods(*paths, experiment, plan_metrics(plan), as_of, segments,
-                                   skip_bad_files=skip_bad_files)
-                  if which == "all" else
-                  [load_experiment(*paths, experiment, plan_metrics(plan), as_of, segments,
-                                   period=which, skip_bad_files=skip_bad_files)])
-    except AnalysisInputError as exc:
-        raise CliError(str(exc)) from None
+    # The logs are read on a worker thread (Arrow releases the GIL) while this
+    # one imports the statistics (scipy) and loads the compiled code: in a
+    # fresh process that is most of a second the reading hides.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        reading = pool.submit(
+            lambda: load_all_periods(*paths, experiment, plan_metrics(plan), as_of, segments,
+                                     skip_bad_files=skip_bad_files)
+            if which == "all" else
+            [load_experiment(*paths, experiment, plan_metrics(plan), as_of, segments,
+                             period=which, skip_bad_files=skip_bad_files)])
+        from rollout.experiments.analysis import analyze
+        from rollout.experiments.compiled_kernels import load_compiled
+        from rollout.experiments.unit_groups import load_compiled as load_grouping
+
+        kernels = load_compiled()
+        load_grouping()
+        try:
+            loaded = reading.result()
+        except AnalysisInputError as exc:
+            raise CliError(str(exc)) from None
     if loaded[-1].exposures.n_units == 0:
         raise CliError(f"no unit of experiment {experiment_id!r} was exposed by "
                        f"{as_of.isoformat()} in the decision log")
@@ -260,7 +271,7 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
                            exploratory_segments=exploratory_segments,
                            timeline_points=timeline_points, period=data.period,
                            periods=data.periods, recorded_looks=recorded_looks,
-                           kernels=CompiledKernels())
+                           kernels=kernels)
         analyses.append(analysis.model_copy(update={"preregistration": preregistration,
                                                     "skipped_files": data.skipped_files}))
     try:

@@ -25,14 +25,26 @@ spent seconds in compaction: a fresh 10 M-row analysis took 7.1 s with huge
 pages and 4.8 s without, a warm one 2.8 against 2.7 s. The command asks for
 ordinary pages.
 
+Ending is part of the same policy (:func:`end_process`): once the command has
+written everything, the interpreter's teardown would free its objects one by
+one, finalize every module (numba's compiler among them) and join Arrow's
+threads, 0.3-0.4 s after a 10 M-row analysis for nothing the kernel does not
+do anyway when the process ends.
+
 Process-wide by nature, so only a command that is the whole process (the CLI)
-calls :func:`keep_freed_memory`, never a library function or a server.
+calls :func:`keep_freed_memory` and :func:`end_process`, never a library
+function or a server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import logging
+import os
+import sys
+from typing import NoReturn
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -88,3 +100,16 @@ def _keep_heap() -> bool:
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
         mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
+
+
+def end_process(code: int) -> NoReturn:
+    """End the process with ``code`` once the logs and the standard streams are
+    flushed, without the interpreter's teardown. Files the command wrote are
+    closed by then (they are written whole, in ``with`` blocks); nothing else
+    is left to run."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        # a closed pipe or stream: nothing left to save
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)

@@ -592,10 +592,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Process-wide settings follow the process's own command line only: a caller
     # that passes argv (a test, a program embedding the CLI) keeps its process as is.
-    if argv is None and getattr(args, "batch_memory", False):
-        from serving.cli.batch_memory import keep_freed_memory
+    batch = argv is None and getattr(args, "batch_memory", False)
+    if batch:
+        from serving.cli.batch_memory import end_process, keep_freed_memory
 
         keep_freed_memory()
+        end_process(_run_command(args))
+    return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """The command's exit code; its one-line error on stderr when it failed."""
     try:
         code: int = args.func(args)
     except CliError as exc:

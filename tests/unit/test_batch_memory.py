@@ -64,3 +64,33 @@ def test_numpy_arrays_are_asked_on_ordinary_pages() -> None:
 
     assert huge_pages_asked("default") == "True"
     assert huge_pages_asked("kept") == "False"
+
+
+def _analyze(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``rampart analyze`` as its own process: the process's own command line, so
+    the batch policy (and its quick ending) applies."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "serving.cli.main", "analyze", "--config",
+                           str(tmp / "rampart.yaml"), "--experiment", "exp", *args],
+                          env=env, cwd=tmp, capture_output=True, text=True, timeout=300)
+
+
+def test_the_command_ends_without_teardown_but_with_its_output_and_exit_code(
+        tmp_path: Path) -> None:
+    import json
+
+    import yaml
+
+    from tests.unit.test_analysis import AS_OF, experiment_document, write_experiment
+
+    write_experiment(tmp_path, units=3_000)
+    (tmp_path / "rampart.yaml").write_text(yaml.safe_dump(experiment_document(tmp_path)))
+    as_of = ("--as-of", AS_OF.isoformat())
+    done = _analyze(tmp_path, *as_of, "--json", "--fail-on", "hold")
+    report = json.loads(done.stdout)  # the whole document reached the pipe
+    assert report["units"] == 3_000 and "Traceback" not in done.stderr
+    # "hold" fails anything but ship (exit 3); the code survives the quick ending
+    assert done.returncode == (0 if report["decision"]["outcome"] == "ship" else 3)
+    bad = _analyze(tmp_path, "--as-of", "not-a-time")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("rampart: error:") and bad.stderr.count("\n") == 1

@@ -54,6 +54,7 @@ PURE_CORES = (
     "rollout.experiments.stats",
     "rollout.experiments.analysis",
     "rollout.experiments.kernels",
+    "rollout.experiments.exposures",
     "rollout.experiments.periods",
     "rollout.experiments.sums",
     "rollout.experiments.results",
