@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from serving.cli.common import DEFAULT_CONFIG, CliError, load_config_or_exit
 
 if TYPE_CHECKING:
+    from rollout.experiments.kernels import AnalysisKernels
     from rollout.experiments.results import ExperimentAnalysis
 
 # `rampart analyze` exit codes, so that a pipeline can gate on the decision.
@@ -234,26 +235,24 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
                             register=lambda: register_plan(
                                 config.resolved_preregistration_dir(), experiment_id, plan,
                                 now))]
-    # The logs are read on a worker thread (Arrow releases the GIL) while this
-    # one imports the statistics (scipy) and loads the compiled code: in a
-    # fresh process that is most of a second the reading hides.
+    # The statistics (scipy) are imported and the compiled code loaded on a
+    # worker thread while this one reads the logs (Arrow releases the GIL): in
+    # a fresh process that is most of a second the reading hides. The reading
+    # stays on this thread: glibc serves another thread's arrays of more than
+    # 64 MB from fresh mappings, faulted in anew on every run.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        reading = pool.submit(
-            lambda: load_all_periods(*paths, experiment, plan_metrics(plan), as_of, segments,
-                                     skip_bad_files=skip_bad_files)
-            if which == "all" else
-            [load_experiment(*paths, experiment, plan_metrics(plan), as_of, segments,
-                             period=which, skip_bad_files=skip_bad_files)])
-        from rollout.experiments.analysis import analyze
-        from rollout.experiments.compiled_kernels import load_compiled
-        from rollout.experiments.unit_groups import load_compiled as load_grouping
-
-        kernels = load_compiled()
-        load_grouping()
+        compiled = pool.submit(_statistics_and_compiled_code)
         try:
-            loaded = reading.result()
+            loaded = (load_all_periods(*paths, experiment, plan_metrics(plan), as_of,
+                                       segments, skip_bad_files=skip_bad_files)
+                      if which == "all" else
+                      [load_experiment(*paths, experiment, plan_metrics(plan), as_of, segments,
+                                       period=which, skip_bad_files=skip_bad_files)])
         except AnalysisInputError as exc:
             raise CliError(str(exc)) from None
+        kernels = compiled.result()
+    from rollout.experiments.analysis import analyze
+
     if loaded[-1].exposures.n_units == 0:
         raise CliError(f"no unit of experiment {experiment_id!r} was exposed by "
                        f"{as_of.isoformat()} in the decision log")
@@ -279,6 +278,17 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
     except PlanChanged as exc:  # another run recorded a different plan meanwhile
         raise CliError(str(exc)) from None
     return analyses
+
+
+def _statistics_and_compiled_code() -> AnalysisKernels:
+    """Import the analysis and load its compiled kernels and grouping code (see
+    :func:`_run`); the kernels."""
+    import rollout.experiments.analysis  # noqa: F401  (imported for its cost)
+    from rollout.experiments.compiled_kernels import load_compiled
+    from rollout.experiments.unit_groups import load_compiled as load_grouping
+
+    load_grouping()
+    return load_compiled()
 
 
 def _run_on_ray(experiment: Any, paths: tuple[Any, Any], as_of: dt.datetime,
