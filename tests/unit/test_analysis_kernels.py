@@ -56,12 +56,11 @@ Sums = list[tuple[float, float]]  # (exact sum, sum of the terms' magnitudes)
 
 def _exact(arm: np.ndarray, y: np.ndarray, x: np.ndarray, n_arms: int,
            units: np.ndarray | None) -> list[tuple[int, Sums]]:
+    chosen = np.ones(arm.size, dtype=bool) if units is None else units
     out = []
     for a in range(n_arms):
-        mine = arm == a
-        if units is not None:
-            mine &= units
-        ya, xa = y[mine], x[mine]
+        index = np.flatnonzero(chosen & (arm == a))
+        ya, xa = y[index], x[index]
         terms = (ya, ya * ya, xa, xa * xa, xa * ya)
         out.append((int(ya.size), [(math.fsum(t.tolist()), math.fsum(np.abs(t).tolist()))
                                    for t in terms]))
