@@ -36,6 +36,9 @@ from serving.kernel.ids import (
     check_salt,
 )
 from serving.kernel.ids import Frozen as _Frozen
+from serving.kernel.targeting import MAX_RULES, Targeting
+from serving.kernel.targeting import TAGS as TARGETING_TAGS
+from serving.kernel.targeting import TargetingRule as TargetingRule
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -75,32 +78,6 @@ class ModelTarget(_Frozen):
     version: str = Field(pattern=VERSION_PATTERN)
 
 
-class TargetingRule(_Frozen):
-    """Eligibility on request context, checked before bucketing.
-
-    ``{"attribute": "country", "op": "in", "values": ["US", "CA"]}``. A unit
-    whose context lacks the attribute is not eligible.
-    """
-
-    attribute: str = Field(min_length=1, max_length=64)
-    op: Literal["in", "not_in", "eq", "ne", "gt", "gte", "lt", "lte"]
-    values: tuple[str | float | bool, ...] = ()
-    value: str | float | bool | None = None
-
-    @model_validator(mode="after")
-    def _operands(self) -> TargetingRule:
-        if self.op in ("in", "not_in"):
-            if not self.values:
-                raise ValueError(f"op {self.op!r} needs a non-empty 'values' list")
-        elif self.value is None:
-            raise ValueError(f"op {self.op!r} needs a 'value'")
-        if self.op in ("gt", "gte", "lt", "lte") and (
-            isinstance(self.value, bool) or not isinstance(self.value, int | float)
-        ):
-            raise ValueError(f"op {self.op!r} needs a numeric 'value'")
-        return self
-
-
 class ArmSpec(ModelTarget):
     """One arm of an experiment: a name, a weight in basis points, a model version."""
 
@@ -119,8 +96,17 @@ class ExperimentSpec(_Frozen):
     salt: str
     unit: UnitType = "user_id"
     arms: tuple[ArmSpec, ...] = Field(min_length=2, max_length=16)
-    targeting: tuple[TargetingRule, ...] = ()
+    # every node must hold (see serving/kernel/targeting.py for the rules)
+    targeting: tuple[Targeting, ...] = ()
     analysis: AnalysisPlan | None = None
+
+    @field_validator("targeting")
+    @classmethod
+    def _bounded_targeting(cls, targeting: tuple[Targeting, ...]) -> tuple[Targeting, ...]:
+        leaves = sum(node.leaves() for node in targeting)
+        if leaves > MAX_RULES:
+            raise ValueError(f"{leaves} targeting rules; the limit is {MAX_RULES}")
+        return targeting
 
     @field_validator("salt")
     @classmethod
@@ -436,7 +422,7 @@ def format_validation_error(error: ValidationError) -> str:
     """One line per problem, with the path to the offending field."""
     lines = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(root)"
+        where = ".".join(str(p) for p in item["loc"] if p not in TARGETING_TAGS) or "(root)"
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"  {where}: {message}")
     return "\n".join(lines)

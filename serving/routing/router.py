@@ -26,6 +26,7 @@ import pyarrow as pa
 from serving.kernel.config import FeatureTransform, RampartConfig, TargetingRule
 from serving.kernel.errors import ValidationFailed
 from serving.kernel.ids import ContextValue
+from serving.kernel.targeting import Targeting, describe_targeting, targeting_matches
 from serving.routing.assignment import (
     HASH_VERSION,
     Allocation,
@@ -60,7 +61,7 @@ class CompiledExperiment:
     unit_type: str
     allocation: Allocation
     arm_models: tuple[ModelRef, ...]
-    targeting: tuple[TargetingRule, ...]
+    targeting: tuple[Targeting, ...]
     # The split as the decision log records it (see :func:`format_arm_weights`),
     # formatted once here so that logging it costs a reference per decision.
     arm_weights: str = ""
@@ -210,7 +211,7 @@ class RoutingTable:
                     "id": e.id,
                     "salt": e.salt,
                     "unit": e.unit_type,
-                    "targeting": [r.model_dump(exclude_none=True) for r in e.targeting],
+                    "targeting": describe_targeting(e.targeting),
                     "arms": [
                         {
                             "name": name,
@@ -347,30 +348,9 @@ def build_routing_table(
 
 
 def rule_matches(rule: TargetingRule, context: Mapping[str, ContextValue]) -> bool:
-    """Whether ``context`` satisfies one targeting rule (absent attribute: no)."""
-    if rule.attribute not in context:
-        return False
-    actual = context[rule.attribute]
-    op = rule.op
-    if op == "in":
-        return actual in rule.values
-    if op == "not_in":
-        return actual not in rule.values
-    if op == "eq":
-        return actual == rule.value
-    if op == "ne":
-        return actual != rule.value
-    if isinstance(actual, bool) or not isinstance(actual, int | float):
-        return False
-    threshold = rule.value
-    assert isinstance(threshold, int | float)
-    if op == "gt":
-        return actual > threshold
-    if op == "gte":
-        return actual >= threshold
-    if op == "lt":
-        return actual < threshold
-    return actual <= threshold
+    """Whether ``context`` satisfies one targeting rule (absent attribute: only
+    ``absent`` holds)."""
+    return rule.matches(context)
 
 
 def unit_for(unit_type: str, unit_id: str, context: Mapping[str, Any]) -> str:
@@ -413,7 +393,7 @@ def _route_experiments(
     table: RoutingTable, unit_id: str, ctx: Mapping[str, ContextValue]
 ) -> Decision:
     for exp in table.experiments:
-        if exp.targeting and not all(rule_matches(r, ctx) for r in exp.targeting):
+        if exp.targeting and not targeting_matches(exp.targeting, ctx):
             continue
         unit = unit_for(exp.unit_type, unit_id, ctx)
         b = bucket_from_state(exp.salt_state, unit)
@@ -429,8 +409,9 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
 
     Returns columns ``bucket, experiment_id, arm, layer, model_name,
     model_version, arm_weights`` as numpy arrays aligned with ``unit_ids``. Only
-    experiments without targeting can take a unit that has no context,
-    mirroring :func:`route`; rollouts then split their baselines' units.
+    experiments whose targeting an empty context satisfies (none, or rules such
+    as ``absent``) can take a unit that has no context, mirroring :func:`route`;
+    rollouts then split their baselines' units.
     """
     n = len(unit_ids)
     bucket_col: npt.NDArray[np.int64] = np.full(n, -1, dtype=np.int64)
@@ -441,7 +422,7 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
     version_col = np.full(n, table.default.version, dtype=object)
     weights_col = np.full(n, None, dtype=object)
     for exp in table.experiments:
-        if exp.targeting:
+        if exp.targeting and not targeting_matches(exp.targeting, {}):
             continue
         buckets = buckets_vectorized(exp.salt, unit_ids)
         arms = exp.allocation.arms_of(buckets)

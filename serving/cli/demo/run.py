@@ -21,6 +21,7 @@ from rich.table import Table
 
 from serving.cli.demo.scenarios import ScenarioResult, run_scenario
 from serving.cli.demo.traffic import Population, drive_traffic, summarize
+from serving.kernel.targeting import targeting_text
 
 
 def run_demo(
@@ -123,13 +124,12 @@ def seed_versions(config: Any) -> dict[str, str]:
 
 
 def _serving_phase(console: Console, gateway: Any, requests: int, concurrency: int) -> int:
-    for exp in gateway.table.describe()["experiments"]:
+    table = gateway.table
+    for compiled, exp in zip(table.experiments, table.describe()["experiments"], strict=True):
         split = ", ".join(
             f"{a['name']}={a['weight_bp'] / 100:g}% (v{a['model_version']})" for a in exp["arms"]
         )
-        who = " and ".join(
-            f"{r['attribute']} {r['op']} {r['value'] if 'value' in r else list(r['values'])}"
-            for r in exp["targeting"]) or "everyone else"
+        who = targeting_text(compiled.targeting) or "everyone else"
         console.print(f"Experiment [bold]{exp['id']}[/] by {exp['unit']} ({who}): {split}")
     population = Population(size=2_000)
     with Progress(
