@@ -98,6 +98,10 @@ class ExperimentSpec(_Frozen):
     arms: tuple[ArmSpec, ...] = Field(min_length=2, max_length=16)
     # every node must hold (see serving/kernel/targeting.py for the rules)
     targeting: tuple[Targeting, ...] = ()
+    # Basis points of the eligible units the experiment takes before its arms
+    # split them (by a bucket of their own, so raising it only adds units); the
+    # others are not in it, as if ineligible.
+    coverage_bp: int = Field(default=BUCKETS, ge=0, le=BUCKETS)
     analysis: AnalysisPlan | None = None
 
     @field_validator("targeting")

@@ -28,6 +28,7 @@ from serving.kernel.errors import ValidationFailed
 from serving.kernel.ids import ContextValue
 from serving.kernel.targeting import Targeting, describe_targeting, targeting_matches
 from serving.routing.assignment import (
+    BUCKETS,
     HASH_VERSION,
     Allocation,
     allocate,
@@ -65,6 +66,22 @@ class CompiledExperiment:
     # The split as the decision log records it (see :func:`format_arm_weights`),
     # formatted once here so that logging it costs a reference per decision.
     arm_weights: str = ""
+    coverage_bp: int = BUCKETS
+    coverage_state: int = 0  # salt_state(coverage_salt(salt))
+
+    def covers(self, unit: str) -> bool:
+        """Whether the experiment takes an eligible unit: its coverage bucket
+        (under :func:`coverage_salt`, independent of the arm bucket) is below
+        ``coverage_bp``, so raising coverage only adds units and leaves every
+        covered unit's arm as it was."""
+        return self.coverage_bp >= BUCKETS or bucket_from_state(self.coverage_state, unit) < (
+            self.coverage_bp)
+
+
+def coverage_salt(salt: str) -> str:
+    """The salt of an experiment's coverage buckets: derived from its own, so
+    that which units it covers and which arm they get are independent."""
+    return f"{salt}:coverage"
 
 
 def format_arm_weights(arm_names: Sequence[str], weights_bp: Sequence[int]) -> str:
@@ -212,6 +229,7 @@ class RoutingTable:
                     "salt": e.salt,
                     "unit": e.unit_type,
                     "targeting": describe_targeting(e.targeting),
+                    "coverage_bp": e.coverage_bp,
                     "arms": [
                         {
                             "name": name,
@@ -317,6 +335,8 @@ def build_routing_table(
             targeting=exp.targeting,
             arm_weights=format_arm_weights([a.name for a in exp.arms],
                                            [a.weight_bp for a in exp.arms]),
+            coverage_bp=exp.coverage_bp,
+            coverage_state=salt_state(coverage_salt(exp.salt)),
         )
         for exp in config.experiments
     )
@@ -396,6 +416,8 @@ def _route_experiments(
         if exp.targeting and not targeting_matches(exp.targeting, ctx):
             continue
         unit = unit_for(exp.unit_type, unit_id, ctx)
+        if not exp.covers(unit):
+            continue
         b = bucket_from_state(exp.salt_state, unit)
         arm = exp.allocation.arm_of(b)
         return Decision(unit, exp.unit_type, exp.id, exp.allocation.arm_names[arm], b,
@@ -411,6 +433,7 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
     model_version, arm_weights`` as numpy arrays aligned with ``unit_ids``. Only
     experiments whose targeting an empty context satisfies (none, or rules such
     as ``absent``) can take a unit that has no context, mirroring :func:`route`;
+    a unit an experiment's coverage leaves out goes on to the next, as there;
     rollouts then split their baselines' units.
     """
     n = len(unit_ids)
@@ -421,19 +444,25 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
     name_col = np.full(n, table.default.name, dtype=object)
     version_col = np.full(n, table.default.version, dtype=object)
     weights_col = np.full(n, None, dtype=object)
+    free = np.ones(n, dtype=bool)  # units no experiment has taken yet
     for exp in table.experiments:
         if exp.targeting and not targeting_matches(exp.targeting, {}):
             continue
+        taken = free.copy()
+        if exp.coverage_bp < BUCKETS:
+            taken &= buckets_vectorized(coverage_salt(exp.salt), unit_ids) < exp.coverage_bp
         buckets = buckets_vectorized(exp.salt, unit_ids)
-        arms = exp.allocation.arms_of(buckets)
-        bucket_col = buckets
-        exp_col[:] = exp.id
-        weights_col[:] = exp.arm_weights
-        layer_col[:] = EXPERIMENT_LAYER_PREFIX + exp.id
-        arm_col = np.asarray(exp.allocation.arm_names, dtype=object)[arms]
-        name_col = np.asarray([m.name for m in exp.arm_models], dtype=object)[arms]
-        version_col = np.asarray([m.version for m in exp.arm_models], dtype=object)[arms]
-        break
+        arms = exp.allocation.arms_of(buckets)[taken]
+        bucket_col[taken] = buckets[taken]
+        exp_col[taken] = exp.id
+        weights_col[taken] = exp.arm_weights
+        layer_col[taken] = EXPERIMENT_LAYER_PREFIX + exp.id
+        arm_col[taken] = np.asarray(exp.allocation.arm_names, dtype=object)[arms]
+        name_col[taken] = np.asarray([m.name for m in exp.arm_models], dtype=object)[arms]
+        version_col[taken] = np.asarray([m.version for m in exp.arm_models], dtype=object)[arms]
+        free &= ~taken
+        if not free.any():
+            break
     for split in table.rollouts:
         on_baseline = (name_col == split.baseline.name) & (version_col == split.baseline.version)
         if not on_baseline.any():
