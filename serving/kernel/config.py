@@ -8,6 +8,7 @@ files is the edge's job (``serving/documents.py``).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -102,6 +103,22 @@ class ExperimentSpec(_Frozen):
     # split them (by a bucket of their own, so raising it only adds units); the
     # others are not in it, as if ineligible.
     coverage_bp: int = Field(default=BUCKETS, ge=0, le=BUCKETS)
+    # The layer the experiment is in (none: it shares no buckets with others),
+    # and its range [start, stop) of the layer's buckets.
+    layer: str | None = Field(default=None, pattern=ID_PATTERN)
+    layer_buckets: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _layer_range(self) -> ExperimentSpec:
+        if (self.layer is None) != (self.layer_buckets is None):
+            raise ValueError(f"experiment {self.id!r}: 'layer' and 'layer_buckets' go "
+                             "together")
+        if self.layer_buckets is not None:
+            start, stop = self.layer_buckets
+            if not 0 <= start < stop <= BUCKETS:
+                raise ValueError(f"experiment {self.id!r}: layer_buckets [{start}, {stop}) "
+                                 f"must satisfy 0 <= start < stop <= {BUCKETS}")
+        return self
     analysis: AnalysisPlan | None = None
 
     @field_validator("targeting")
@@ -133,6 +150,24 @@ class ExperimentSpec(_Frozen):
                 f"they must sum to {BUCKETS} (100%)"
             )
         return arms
+
+
+class LayerSpec(_Frozen):
+    """A mutual-exclusion layer: its experiments own disjoint ranges of the
+    layer's own buckets (hashed under the layer's salt), so a unit can be in at
+    most one of them; buckets ``[0, holdout_bp)`` belong to none of them (the
+    layer's holdout, served the default route and logged with arm
+    ``holdout``)."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    salt: str
+    unit: UnitType = "user_id"
+    holdout_bp: int = Field(default=0, ge=0, le=BUCKETS)
+
+    @field_validator("salt")
+    @classmethod
+    def _salt(cls, salt: str) -> str:
+        return check_salt(salt)
 
 
 class ShadowSpec(ModelTarget):
@@ -360,6 +395,7 @@ class RampartConfig(_Frozen):
     models: tuple[ModelSpec, ...] = Field(min_length=1)
     default: ModelTarget
     experiments: tuple[ExperimentSpec, ...] = ()
+    layers: tuple[LayerSpec, ...] = ()
     shadows: tuple[ShadowSpec, ...] = ()
     shadow: ShadowConfig = ShadowConfig()
     feature_transforms: tuple[FeatureTransform, ...] = ()
@@ -390,7 +426,44 @@ class RampartConfig(_Frozen):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"duplicate experiment ids: {duplicates}")
+        self._check_layers()
         return self
+
+    def _check_layers(self) -> None:
+        """Each layered experiment names a layer that exists, hashes the layer's
+        unit type, and owns a range no other experiment of the layer and not
+        the holdout owns."""
+        layers = {layer.id: layer for layer in self.layers}
+        if len(layers) != len(self.layers):
+            raise ValueError(f"layers listed twice: {[layer.id for layer in self.layers]}")
+        owned: dict[str, list[tuple[int, int, str]]] = {}
+        for exp in self.experiments:
+            if exp.layer is None or exp.layer_buckets is None:
+                continue
+            layer = layers.get(exp.layer)
+            if layer is None:
+                raise ValueError(f"experiment {exp.id!r}: no layer {exp.layer!r}; layers are "
+                                 f"{sorted(layers)}")
+            if exp.unit != layer.unit:
+                raise ValueError(f"experiment {exp.id!r} is by {exp.unit} but its layer "
+                                 f"{layer.id!r} is by {layer.unit}")
+            start, stop = exp.layer_buckets
+            if start < layer.holdout_bp:
+                raise ValueError(f"experiment {exp.id!r}: layer_buckets [{start}, {stop}) "
+                                 f"overlap layer {layer.id!r}'s holdout [0, "
+                                 f"{layer.holdout_bp})")
+            owned.setdefault(layer.id, []).append((start, stop, exp.id))
+        for layer_id, ranges in owned.items():
+            ranges.sort()
+            for (_, stop, first), (start, _, second) in itertools.pairwise(ranges):
+                if start < stop:
+                    raise ValueError(f"layer {layer_id!r}: experiments {first!r} and "
+                                     f"{second!r} share buckets [{start}, {stop}); "
+                                     "experiments of a layer own disjoint ranges")
+
+    def layer(self, layer_id: str) -> LayerSpec:
+        """The layer named ``layer_id`` (validated to exist)."""
+        return next(layer for layer in self.layers if layer.id == layer_id)
 
     def logged_features(self) -> dict[str, tuple[str, ...]]:
         """The decision-log feature allowlist of each model that has one."""

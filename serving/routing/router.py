@@ -41,6 +41,8 @@ DEFAULT_ARM = "default"
 DEFAULT_LAYER = "default"
 EXPERIMENT_LAYER_PREFIX = "experiment:"
 ROLLOUT_LAYER_PREFIX = "rollout:"
+LAYER_PREFIX = "layer:"
+HOLDOUT_ARM = "holdout"
 BASELINE_ARM = "baseline"
 CANDIDATE_ARM = "candidate"
 
@@ -52,6 +54,22 @@ class ModelRef:
     name: str
     version: str
     alias: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledLayer:
+    """A mutual-exclusion layer: units hashed under its salt; buckets
+    ``[0, holdout_bp)`` are its holdout."""
+
+    id: str
+    salt: str
+    salt_state: int
+    unit_type: str
+    holdout_bp: int
+
+    @property
+    def name(self) -> str:
+        return f"{LAYER_PREFIX}{self.id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +86,8 @@ class CompiledExperiment:
     arm_weights: str = ""
     coverage_bp: int = BUCKETS
     coverage_state: int = 0  # salt_state(coverage_salt(salt))
+    layer: CompiledLayer | None = None
+    layer_buckets: tuple[int, int] = (0, BUCKETS)  # its range of the layer's buckets
 
     def covers(self, unit: str) -> bool:
         """Whether the experiment takes an eligible unit: its coverage bucket
@@ -143,6 +163,7 @@ class RoutingTable:
     shadows: tuple[CompiledShadow, ...] = ()
     feature_transforms: tuple[FeatureTransform, ...] = ()
     rollouts: tuple[RolloutSplit, ...] = ()
+    layers: tuple[CompiledLayer, ...] = ()
 
     def rollout_for(self, model_name: str) -> RolloutSplit | None:
         """The running rollout of ``model_name``, if any (at most one per model)."""
@@ -223,11 +244,20 @@ class RoutingTable:
                  "candidate_buckets": [[0, r.weight_bp]] if r.weight_bp else []}
                 for r in self.rollouts
             ],
+            "layers": [
+                {"id": layer.id, "unit": layer.unit_type, "salt": layer.salt,
+                 "holdout_bp": layer.holdout_bp,
+                 "holdout_buckets": [[0, layer.holdout_bp]] if layer.holdout_bp else [],
+                 "experiments": [e.id for e in self.experiments if e.layer == layer]}
+                for layer in self.layers
+            ],
             "experiments": [
                 {
                     "id": e.id,
                     "salt": e.salt,
                     "unit": e.unit_type,
+                    "layer": None if e.layer is None else e.layer.id,
+                    "layer_buckets": None if e.layer is None else list(e.layer_buckets),
                     "targeting": describe_targeting(e.targeting),
                     "coverage_bp": e.coverage_bp,
                     "arms": [
@@ -245,7 +275,8 @@ class RoutingTable:
         }
 
 
-SECRET_ROUTING_KEYS = frozenset({"salt", "buckets", "candidate_buckets"})
+SECRET_ROUTING_KEYS = frozenset({"salt", "buckets", "candidate_buckets", "layer_buckets",
+                                 "holdout_buckets"})
 
 
 def public_routing(description: dict[str, Any]) -> dict[str, Any]:
@@ -324,6 +355,8 @@ def build_routing_table(
         alias = None if version_or_alias == concrete else version_or_alias
         return ModelRef(model, concrete, alias)
 
+    layers = {layer.id: CompiledLayer(layer.id, layer.salt, salt_state(layer.salt), layer.unit,
+                                      layer.holdout_bp) for layer in config.layers}
     experiments = tuple(
         CompiledExperiment(
             id=exp.id,
@@ -337,6 +370,8 @@ def build_routing_table(
                                            [a.weight_bp for a in exp.arms]),
             coverage_bp=exp.coverage_bp,
             coverage_state=salt_state(coverage_salt(exp.salt)),
+            layer=None if exp.layer is None else layers[exp.layer],
+            layer_buckets=exp.layer_buckets or (0, BUCKETS),
         )
         for exp in config.experiments
     )
@@ -364,6 +399,7 @@ def build_routing_table(
         shadows=shadows,
         feature_transforms=config.feature_transforms,
         rollouts=splits,
+        layers=tuple(layers.values()),
     )
 
 
@@ -412,7 +448,21 @@ def route(
 def _route_experiments(
     table: RoutingTable, unit_id: str, ctx: Mapping[str, ContextValue]
 ) -> Decision:
+    layer_buckets: dict[str, int] = {}  # each layer hashes a unit once a request
     for exp in table.experiments:
+        layer = exp.layer
+        if layer is not None:
+            if layer.id not in layer_buckets:
+                layer_buckets[layer.id] = bucket_from_state(
+                    layer.salt_state, unit_for(layer.unit_type, unit_id, ctx))
+            in_layer = layer_buckets[layer.id]
+            if in_layer < layer.holdout_bp:
+                # held out of the layer: the default route, and no later experiment
+                return Decision(unit_for(layer.unit_type, unit_id, ctx), layer.unit_type, None,
+                                HOLDOUT_ARM, in_layer, table.default, layer.name)
+            start, stop = exp.layer_buckets
+            if not start <= in_layer < stop:
+                continue  # another experiment's range of the layer
         if exp.targeting and not targeting_matches(exp.targeting, ctx):
             continue
         unit = unit_for(exp.unit_type, unit_id, ctx)
@@ -421,9 +471,30 @@ def _route_experiments(
         b = bucket_from_state(exp.salt_state, unit)
         arm = exp.allocation.arm_of(b)
         return Decision(unit, exp.unit_type, exp.id, exp.allocation.arm_names[arm], b,
-                        exp.arm_models[arm], EXPERIMENT_LAYER_PREFIX + exp.id,
+                        exp.arm_models[arm],
+                        EXPERIMENT_LAYER_PREFIX + exp.id if layer is None else layer.name,
                         arm_weights=exp.arm_weights)
     return Decision(unit_id, "user_id", None, DEFAULT_ARM, None, table.default)
+
+
+def layer_slots(table: RoutingTable, unit_ids: Sequence[str] | pa.Array
+                ) -> dict[str, npt.NDArray[np.object_]]:
+    """Per layer, where each unit falls in it by its layer bucket alone: the id
+    of the experiment whose range holds the bucket, ``holdout``, or None (a
+    range no experiment owns). Eligibility, coverage and config order do not
+    enter: this is the layer's own allocation, the one that is independent of
+    every other layer's."""
+    out: dict[str, npt.NDArray[np.object_]] = {}
+    for layer in table.layers:
+        in_layer = buckets_vectorized(layer.salt, unit_ids)
+        slots = np.full(len(unit_ids), None, dtype=object)
+        slots[in_layer < layer.holdout_bp] = HOLDOUT_ARM
+        for exp in table.experiments:
+            if exp.layer == layer:
+                start, stop = exp.layer_buckets
+                slots[(in_layer >= start) & (in_layer < stop)] = exp.id
+        out[layer.id] = slots
+    return out
 
 
 def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[str, Any]:
@@ -445,10 +516,23 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
     version_col = np.full(n, table.default.version, dtype=object)
     weights_col = np.full(n, None, dtype=object)
     free = np.ones(n, dtype=bool)  # units no experiment has taken yet
+    layer_buckets: dict[str, npt.NDArray[np.int64]] = {}
     for exp in table.experiments:
+        taken = free.copy()
+        layer = exp.layer
+        if layer is not None:
+            if layer.id not in layer_buckets:
+                layer_buckets[layer.id] = buckets_vectorized(layer.salt, unit_ids)
+            in_layer = layer_buckets[layer.id]
+            held = free & (in_layer < layer.holdout_bp)
+            bucket_col[held] = in_layer[held]
+            arm_col[held] = HOLDOUT_ARM
+            layer_col[held] = layer.name
+            free &= ~held
+            start, stop = exp.layer_buckets
+            taken = free & (in_layer >= start) & (in_layer < stop)
         if exp.targeting and not targeting_matches(exp.targeting, {}):
             continue
-        taken = free.copy()
         if exp.coverage_bp < BUCKETS:
             taken &= buckets_vectorized(coverage_salt(exp.salt), unit_ids) < exp.coverage_bp
         buckets = buckets_vectorized(exp.salt, unit_ids)
@@ -456,7 +540,7 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
         bucket_col[taken] = buckets[taken]
         exp_col[taken] = exp.id
         weights_col[taken] = exp.arm_weights
-        layer_col[taken] = EXPERIMENT_LAYER_PREFIX + exp.id
+        layer_col[taken] = EXPERIMENT_LAYER_PREFIX + exp.id if layer is None else layer.name
         arm_col[taken] = np.asarray(exp.allocation.arm_names, dtype=object)[arms]
         name_col[taken] = np.asarray([m.name for m in exp.arm_models], dtype=object)[arms]
         version_col[taken] = np.asarray([m.version for m in exp.arm_models], dtype=object)[arms]

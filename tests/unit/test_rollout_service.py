@@ -349,7 +349,8 @@ def test_routing_salts_and_buckets_are_for_the_admin_only() -> None:
         full = client.get("/v1/routing", headers={"Authorization": "Bearer s3cret"}).json()
     assert public == wrong
     assert public["experiments"] and full["experiments"]
-    assert public.pop("redacted") == ["buckets", "candidate_buckets", "salt"]
+    assert public.pop("redacted") == ["buckets", "candidate_buckets", "holdout_buckets",
+                                      "layer_buckets", "salt"]
     text = json.dumps(public)
     assert '"salt"' not in text and '"buckets"' not in text
     # What an operator or a client may know stays: ids, weights and versions.
