@@ -16,7 +16,7 @@ split ends) changes only what reached B through that alias.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,12 @@ import pyarrow as pa
 from serving.kernel.config import FeatureTransform, RampartConfig, TargetingRule
 from serving.kernel.errors import ValidationFailed
 from serving.kernel.ids import ContextValue
-from serving.kernel.targeting import Targeting, describe_targeting, targeting_matches
+from serving.kernel.targeting import (
+    Predicate,
+    Targeting,
+    compile_targeting,
+    describe_targeting,
+)
 from serving.routing.assignment import (
     BUCKETS,
     HASH_VERSION,
@@ -88,6 +93,8 @@ class CompiledExperiment:
     coverage_state: int = 0  # salt_state(coverage_salt(salt))
     layer: CompiledLayer | None = None
     layer_buckets: tuple[int, int] = (0, BUCKETS)  # its range of the layer's buckets
+    # the targeting compiled into one function of the context
+    eligible: Predicate = field(default=compile_targeting(()), compare=False)
 
     def covers(self, unit: str) -> bool:
         """Whether the experiment takes an eligible unit: its coverage bucket
@@ -372,6 +379,7 @@ def build_routing_table(
             coverage_state=salt_state(coverage_salt(exp.salt)),
             layer=None if exp.layer is None else layers[exp.layer],
             layer_buckets=exp.layer_buckets or (0, BUCKETS),
+            eligible=compile_targeting(exp.targeting),
         )
         for exp in config.experiments
     )
@@ -463,7 +471,7 @@ def _route_experiments(
             start, stop = exp.layer_buckets
             if not start <= in_layer < stop:
                 continue  # another experiment's range of the layer
-        if exp.targeting and not targeting_matches(exp.targeting, ctx):
+        if exp.targeting and not exp.eligible(ctx):
             continue
         unit = unit_for(exp.unit_type, unit_id, ctx)
         if not exp.covers(unit):
@@ -531,7 +539,7 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
             free &= ~held
             start, stop = exp.layer_buckets
             taken = free & (in_layer >= start) & (in_layer < stop)
-        if exp.targeting and not targeting_matches(exp.targeting, {}):
+        if exp.targeting and not exp.eligible({}):
             continue
         if exp.coverage_bp < BUCKETS:
             taken &= buckets_vectorized(coverage_salt(exp.salt), unit_ids) < exp.coverage_bp

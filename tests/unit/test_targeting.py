@@ -4,6 +4,7 @@ the rule's path, and routing by composed rules."""
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from serving.kernel.targeting import (
     NotOf,
     Targeting,
     TargetingRule,
+    compile_targeting,
     describe_targeting,
     semver_key,
     targeting_matches,
@@ -79,7 +81,12 @@ def test_semantic_versions_sort_as_semver_org_says() -> None:
     ],
 )
 def test_each_operator(rule: dict[str, Any], context: dict[str, Any], expected: bool) -> None:
-    assert TargetingRule.model_validate(rule).matches(context) is expected
+    parsed = TargetingRule.model_validate(rule)
+    assert parsed.matches(context) is expected
+    # the routing table's compiled form answers the same, and so after a pickle
+    compiled = compile_targeting((parsed,))
+    assert compiled(context) is expected
+    assert pickle.loads(pickle.dumps(compiled))(context) is expected
 
 
 def test_nodes_compose() -> None:
@@ -121,6 +128,7 @@ _contexts = st.fixed_dictionaries({}, optional={
 def test_composition_obeys_boolean_algebra(a: Any, b: Any, context: dict[str, Any]) -> None:
     x, y = nodes([a, b])
     holds = {k: n.matches(context) for k, n in (("x", x), ("y", y))}
+    assert compile_targeting((x, y))(context) is (holds["x"] and holds["y"])
     assert nodes([{"not": {"not": a}}])[0].matches(context) is holds["x"]
     assert nodes([{"all": [a, b]}])[0].matches(context) is (holds["x"] and holds["y"])
     assert nodes([{"any": [a, b]}])[0].matches(context) is (holds["x"] or holds["y"])
@@ -194,8 +202,6 @@ def test_replay_without_context_takes_only_what_an_empty_context_satisfies() -> 
 
 
 def test_a_config_with_composed_targeting_survives_a_round_trip() -> None:
-    import pickle
-
     config = _config([{"not": {"any": [{"attribute": "a", "op": "present"}]}}])
     assert pickle.loads(pickle.dumps(config)) == config  # as replicas receive it
     for by_alias in (False, True):
