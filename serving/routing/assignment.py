@@ -70,6 +70,21 @@ def bucket_from_state(state: int, unit_id: str) -> int:
     return _fmix64(_fnv1a(state, unit_id.encode("utf-8"))) % BUCKETS
 
 
+def hash_from_state(state: int, unit_id: str) -> int:
+    """The 64-bit mixed hash of ``unit_id`` given a salt state: its residue mod
+    10,000 is :func:`bucket_from_state`, and :func:`second_bucket` reads a
+    second, independent bucket from its next digits."""
+    return _fmix64(_fnv1a(state, unit_id.encode("utf-8")))
+
+
+def second_bucket(mixed: int) -> int:
+    """A second bucket from one 64-bit hash, ``(mixed // 10000) % 10000``: for
+    a uniform 64-bit value it is independent of ``mixed % 10000`` (the two are
+    the low two base-10,000 digits), so one hash gives an experiment both its
+    arm bucket and its coverage bucket."""
+    return (mixed // BUCKETS) % BUCKETS
+
+
 def bucket(salt: str, unit_id: str) -> int:
     """Bucket in ``[0, 10000)`` of ``unit_id`` under ``salt`` (hash version 1).
 
@@ -80,7 +95,19 @@ def bucket(salt: str, unit_id: str) -> int:
 
 
 def buckets_vectorized(salt: str, unit_ids: Sequence[str] | pa.Array) -> npt.NDArray[np.int64]:
-    """Buckets of many units at once; agrees with :func:`bucket` on every unit.
+    """Buckets of many units at once; agrees with :func:`bucket` on every unit."""
+    return (hashes_vectorized(salt, unit_ids) % np.uint64(BUCKETS)).astype(np.int64)
+
+
+def second_buckets_vectorized(salt: str, unit_ids: Sequence[str] | pa.Array
+                              ) -> npt.NDArray[np.int64]:
+    """:func:`second_bucket` of many units at once."""
+    mixed = hashes_vectorized(salt, unit_ids)
+    return ((mixed // np.uint64(BUCKETS)) % np.uint64(BUCKETS)).astype(np.int64)
+
+
+def hashes_vectorized(salt: str, unit_ids: Sequence[str] | pa.Array) -> npt.NDArray[np.uint64]:
+    """:func:`hash_from_state` of many units at once (uint64, in input order).
 
     Works column by column over the UTF-8 bytes of all units, with units sorted
     by length so each column is a contiguous prefix: about ``max_len`` numpy
@@ -92,7 +119,7 @@ def buckets_vectorized(salt: str, unit_ids: Sequence[str] | pa.Array) -> npt.NDA
     array = array.cast(pa.large_binary())
     n = len(array)
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.uint64)
     if array.null_count:
         raise ValueError("unit ids must not be null")
     _, offsets_buffer, data_buffer = array.buffers()
@@ -123,8 +150,8 @@ def buckets_vectorized(salt: str, unit_ids: Sequence[str] | pa.Array) -> npt.NDA
         mixed ^= mixed >> np.uint64(33)
         mixed *= np.uint64(_FMIX_C2)
         mixed ^= mixed >> np.uint64(33)
-    result = np.empty(n, dtype=np.int64)
-    result[order] = (mixed % np.uint64(BUCKETS)).astype(np.int64)
+    result = np.empty(n, dtype=np.uint64)
+    result[order] = mixed
     return result
 
 

@@ -15,7 +15,8 @@ split ends) changes only what reached B through that alias.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,7 +40,10 @@ from serving.routing.assignment import (
     allocate,
     bucket_from_state,
     buckets_vectorized,
+    hash_from_state,
+    hashes_vectorized,
     salt_state,
+    second_bucket,
 )
 
 DEFAULT_ARM = "default"
@@ -90,25 +94,18 @@ class CompiledExperiment:
     # formatted once here so that logging it costs a reference per decision.
     arm_weights: str = ""
     coverage_bp: int = BUCKETS
-    coverage_state: int = 0  # salt_state(coverage_salt(salt))
     layer: CompiledLayer | None = None
     layer_buckets: tuple[int, int] = (0, BUCKETS)  # its range of the layer's buckets
     # the targeting compiled into one function of the context
     eligible: Predicate = field(default=compile_targeting(()), compare=False)
 
-    def covers(self, unit: str) -> bool:
-        """Whether the experiment takes an eligible unit: its coverage bucket
-        (under :func:`coverage_salt`, independent of the arm bucket) is below
-        ``coverage_bp``, so raising coverage only adds units and leaves every
-        covered unit's arm as it was."""
-        return self.coverage_bp >= BUCKETS or bucket_from_state(self.coverage_state, unit) < (
-            self.coverage_bp)
-
-
-def coverage_salt(salt: str) -> str:
-    """The salt of an experiment's coverage buckets: derived from its own, so
-    that which units it covers and which arm they get are independent."""
-    return f"{salt}:coverage"
+    def covers(self, mixed: int) -> bool:
+        """Whether the experiment takes an eligible unit whose hash under the
+        experiment's salt is ``mixed``: its coverage bucket
+        (:func:`~serving.routing.assignment.second_bucket`, independent of the
+        arm bucket ``mixed % 10000``) is below ``coverage_bp``. So raising
+        coverage only adds units and leaves every covered unit's arm as it was."""
+        return self.coverage_bp >= BUCKETS or second_bucket(mixed) < self.coverage_bp
 
 
 def format_arm_weights(arm_names: Sequence[str], weights_bp: Sequence[int]) -> str:
@@ -156,6 +153,48 @@ class RolloutSplit:
 
 
 @dataclass(frozen=True, slots=True)
+class LayerStep:
+    """A layer as routing tries it, at the place of its first experiment in the
+    config: its experiments by their ranges (sorted by start), so that a
+    unit's layer bucket finds its one candidate by bisection."""
+
+    layer: CompiledLayer
+    starts: tuple[int, ...]
+    stops: tuple[int, ...]
+    experiments: tuple[CompiledExperiment, ...]
+
+    def candidate(self, in_layer: int) -> CompiledExperiment | None:
+        """The experiment whose range holds ``in_layer``, if any."""
+        index = bisect_right(self.starts, in_layer) - 1
+        if index < 0 or in_layer >= self.stops[index]:
+            return None
+        return self.experiments[index]
+
+
+RouteStep = CompiledExperiment | LayerStep
+
+
+def route_steps(experiments: Sequence[CompiledExperiment]) -> tuple[RouteStep, ...]:
+    """The experiments in config order, each layer's gathered into one step at
+    the place of its first experiment."""
+    steps: list[RouteStep] = []
+    seen: set[str] = set()
+    for exp in experiments:
+        layer = exp.layer
+        if layer is None:
+            steps.append(exp)
+            continue
+        if layer.id in seen:
+            continue
+        seen.add(layer.id)
+        members = sorted((e for e in experiments if e.layer == layer),
+                         key=lambda e: e.layer_buckets[0])
+        steps.append(LayerStep(layer, tuple(e.layer_buckets[0] for e in members),
+                               tuple(e.layer_buckets[1] for e in members), tuple(members)))
+    return tuple(steps)
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingTable:
     """Everything a replica needs to route, frozen, with a version number.
 
@@ -171,6 +210,10 @@ class RoutingTable:
     feature_transforms: tuple[FeatureTransform, ...] = ()
     rollouts: tuple[RolloutSplit, ...] = ()
     layers: tuple[CompiledLayer, ...] = ()
+    steps: tuple[RouteStep, ...] = field(init=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", route_steps(self.experiments))
 
     def rollout_for(self, model_name: str) -> RolloutSplit | None:
         """The running rollout of ``model_name``, if any (at most one per model)."""
@@ -376,7 +419,6 @@ def build_routing_table(
             arm_weights=format_arm_weights([a.name for a in exp.arms],
                                            [a.weight_bp for a in exp.arms]),
             coverage_bp=exp.coverage_bp,
-            coverage_state=salt_state(coverage_salt(exp.salt)),
             layer=None if exp.layer is None else layers[exp.layer],
             layer_buckets=exp.layer_buckets or (0, BUCKETS),
             eligible=compile_targeting(exp.targeting),
@@ -456,33 +498,57 @@ def route(
 def _route_experiments(
     table: RoutingTable, unit_id: str, ctx: Mapping[str, ContextValue]
 ) -> Decision:
-    layer_buckets: dict[str, int] = {}  # each layer hashes a unit once a request
-    for exp in table.experiments:
-        layer = exp.layer
-        if layer is not None:
-            if layer.id not in layer_buckets:
-                layer_buckets[layer.id] = bucket_from_state(
-                    layer.salt_state, unit_for(layer.unit_type, unit_id, ctx))
-            in_layer = layer_buckets[layer.id]
+    for step in table.steps:
+        if isinstance(step, LayerStep):
+            layer = step.layer
+            in_layer = bucket_from_state(layer.salt_state,
+                                         unit_for(layer.unit_type, unit_id, ctx))
             if in_layer < layer.holdout_bp:
                 # held out of the layer: the default route, and no later experiment
                 return Decision(unit_for(layer.unit_type, unit_id, ctx), layer.unit_type, None,
                                 HOLDOUT_ARM, in_layer, table.default, layer.name)
-            start, stop = exp.layer_buckets
-            if not start <= in_layer < stop:
-                continue  # another experiment's range of the layer
+            candidate = step.candidate(in_layer)
+            if candidate is None:
+                continue  # a range of the layer no experiment owns
+            exp = candidate
+        else:
+            exp, layer = step, None
         if exp.targeting and not exp.eligible(ctx):
             continue
         unit = unit_for(exp.unit_type, unit_id, ctx)
-        if not exp.covers(unit):
+        mixed = hash_from_state(exp.salt_state, unit)
+        if not exp.covers(mixed):
             continue
-        b = bucket_from_state(exp.salt_state, unit)
+        b = mixed % BUCKETS
         arm = exp.allocation.arm_of(b)
         return Decision(unit, exp.unit_type, exp.id, exp.allocation.arm_names[arm], b,
                         exp.arm_models[arm],
                         EXPERIMENT_LAYER_PREFIX + exp.id if layer is None else layer.name,
                         arm_weights=exp.arm_weights)
     return Decision(unit_id, "user_id", None, DEFAULT_ARM, None, table.default)
+
+
+def _candidates(table: RoutingTable, unit_ids: Sequence[str] | pa.Array,
+                free: npt.NDArray[np.bool_], bucket_col: npt.NDArray[np.int64],
+                arm_col: npt.NDArray[np.object_], layer_col: npt.NDArray[np.object_]
+                ) -> Iterator[tuple[CompiledExperiment, npt.NDArray[np.bool_]]]:
+    """:func:`route_many`'s walk of the steps: each experiment with the free
+    units it may take (a layer's experiment, the units its range holds). A
+    layer's holdout is marked in the columns and taken from ``free`` on the way."""
+    for step in table.steps:
+        if not isinstance(step, LayerStep):
+            yield step, free.copy()
+            continue
+        layer = step.layer
+        in_layer = buckets_vectorized(layer.salt, unit_ids)
+        held = free & (in_layer < layer.holdout_bp)
+        bucket_col[held] = in_layer[held]
+        arm_col[held] = HOLDOUT_ARM
+        layer_col[held] = layer.name
+        free &= ~held
+        for exp in step.experiments:
+            start, stop = exp.layer_buckets
+            yield exp, free & (in_layer >= start) & (in_layer < stop)
 
 
 def layer_slots(table: RoutingTable, unit_ids: Sequence[str] | pa.Array
@@ -524,26 +590,15 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
     version_col = np.full(n, table.default.version, dtype=object)
     weights_col = np.full(n, None, dtype=object)
     free = np.ones(n, dtype=bool)  # units no experiment has taken yet
-    layer_buckets: dict[str, npt.NDArray[np.int64]] = {}
-    for exp in table.experiments:
-        taken = free.copy()
+    for exp, taken in _candidates(table, unit_ids, free, bucket_col, arm_col, layer_col):
         layer = exp.layer
-        if layer is not None:
-            if layer.id not in layer_buckets:
-                layer_buckets[layer.id] = buckets_vectorized(layer.salt, unit_ids)
-            in_layer = layer_buckets[layer.id]
-            held = free & (in_layer < layer.holdout_bp)
-            bucket_col[held] = in_layer[held]
-            arm_col[held] = HOLDOUT_ARM
-            layer_col[held] = layer.name
-            free &= ~held
-            start, stop = exp.layer_buckets
-            taken = free & (in_layer >= start) & (in_layer < stop)
         if exp.targeting and not exp.eligible({}):
             continue
+        mixed = hashes_vectorized(exp.salt, unit_ids)
         if exp.coverage_bp < BUCKETS:
-            taken &= buckets_vectorized(coverage_salt(exp.salt), unit_ids) < exp.coverage_bp
-        buckets = buckets_vectorized(exp.salt, unit_ids)
+            taken &= ((mixed // np.uint64(BUCKETS)) % np.uint64(BUCKETS)).astype(
+                np.int64) < exp.coverage_bp
+        buckets = (mixed % np.uint64(BUCKETS)).astype(np.int64)
         arms = exp.allocation.arms_of(buckets)[taken]
         bucket_col[taken] = buckets[taken]
         exp_col[taken] = exp.id

@@ -80,3 +80,29 @@ def test_a_bad_coverage_is_refused_with_its_path(value: Any) -> None:
     data["experiments"][0]["coverage_bp"] = value
     with pytest.raises(ConfigError, match=r"experiments\.0\.coverage_bp"):
         parse_config(data)
+
+
+def test_the_coverage_bucket_is_independent_of_the_arm_bucket() -> None:
+    from scipy import stats
+
+    from serving.routing.assignment import (
+        bucket_from_state,
+        buckets_vectorized,
+        hash_from_state,
+        salt_state,
+        second_bucket,
+        second_buckets_vectorized,
+    )
+
+    units = [f"u{i}" for i in range(200_000)]
+    arm = buckets_vectorized("salt-a", units)
+    coverage = second_buckets_vectorized("salt-a", units)
+    state = salt_state("salt-a")
+    for i in range(0, len(units), 997):  # the scalar path agrees
+        mixed = hash_from_state(state, units[i])
+        assert (mixed % 10_000, second_bucket(mixed)) == (arm[i], coverage[i])
+        assert bucket_from_state(state, units[i]) == arm[i]
+    counts = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(counts, (arm // 1000, coverage // 1000), 1)
+    assert stats.chi2_contingency(counts).pvalue > 0.001
+    assert abs(np.mean(coverage < 2500) - 0.25) < 0.005

@@ -152,3 +152,17 @@ def test_a_bad_layer_is_refused_with_its_reason(change: Any, message: str) -> No
     with pytest.raises(ConfigError) as caught:
         parse_config(data)
     assert message in str(caught.value), str(caught.value)
+
+
+def test_a_layer_is_tried_where_its_first_experiment_is_in_the_config() -> None:
+    data = document(holdout_bp=0, ranges=((0, 5000), (5000, 10_000)))
+    a, b = data["experiments"][:2]
+    free = data["experiments"][-1]
+    data["experiments"] = [a, free, b]  # b comes after the unlayered one
+    routing = table(data)
+    columns = route_many(routing, UNITS[:4000])
+    # every unit is the layer's (exp-a or exp-b): the layer is tried at exp-a's
+    # place, before "free", whichever of its experiments the unit falls in
+    assert set(columns["experiment_id"]) == {"exp-a", "exp-b"}
+    assert [route(routing, u).experiment_id for u in UNITS[:400]] == list(
+        columns["experiment_id"][:400])
