@@ -30,19 +30,24 @@ ARMS = [{"name": "control", "model": "clf", "version": "champion", "weight_bp": 
         {"name": "treatment", "model": "clf", "version": "challenger", "weight_bp": 5000}]
 
 
+def arms() -> list[dict[str, Any]]:
+    return [dict(arm) for arm in ARMS]
+
+
 def document(holdout_bp: int = 1000, ranges: tuple[tuple[int, int], ...] = (
         (1000, 4000), (4000, 10_000))) -> dict[str, Any]:
     """Layer ``checkout`` (holdout ``[0, holdout_bp)``) with experiments ``a``,
     ``b``... on ``ranges``; layer ``search`` with ``s1`` on ``[0, 5000)`` and
     ``s2`` on ``[5000, 10000)``; and ``free``, outside any layer."""
-    experiments = [{"id": f"exp-{chr(97 + i)}", "salt": f"exp-{i}", "arms": ARMS,
+    experiments = [{"id": f"exp-{chr(97 + i)}", "salt": f"exp-{i}", "arms": arms(),
                     "layer": "checkout", "layer_buckets": list(r)}
                    for i, r in enumerate(ranges)]
     experiments += [
-        {"id": "s1", "salt": "s1", "arms": ARMS, "layer": "search", "layer_buckets": [0, 5000]},
-        {"id": "s2", "salt": "s2", "arms": ARMS, "layer": "search",
+        {"id": "s1", "salt": "s1", "arms": arms(), "layer": "search",
+         "layer_buckets": [0, 5000]},
+        {"id": "s2", "salt": "s2", "arms": arms(), "layer": "search",
          "layer_buckets": [5000, 10_000]},
-        {"id": "free", "salt": "free", "arms": ARMS}]
+        {"id": "free", "salt": "free", "arms": arms()}]
     return {
         "models": [{"name": "clf", "versions": ["champion", "challenger"]}],
         "default": {"model": "clf", "version": "champion"},
@@ -166,3 +171,47 @@ def test_a_layer_is_tried_where_its_first_experiment_is_in_the_config() -> None:
     assert set(columns["experiment_id"]) == {"exp-a", "exp-b"}
     assert [route(routing, u).experiment_id for u in UNITS[:400]] == list(
         columns["experiment_id"][:400])
+
+
+def test_the_gateway_logs_each_decision_with_its_layer_and_holdouts_as_such(
+        tmp_path: Any) -> None:
+    from fastapi.testclient import TestClient
+    from prometheus_client import CollectorRegistry
+
+    from serving.gateway.core import GatewayCore, build_app
+    from telemetry.decision_log import DecisionLogWriter, read_decisions
+    from telemetry.metrics import RequestMetrics
+    from telemetry.tracing import build_tracer_provider
+    from tests.unit.fakes import FEATURES
+
+    data = document()
+    data["models"][0]["versions"] = ["1", "2"]
+    for exp in data["experiments"]:
+        for arm, version in zip(exp["arms"], ("1", "2"), strict=True):
+            arm["version"] = version
+    data["default"]["version"] = "1"
+    registry = InMemoryRegistry()
+    routing = build_routing_table(parse_config(data), registry.resolve)
+    scorers = {(r.name, r.version): registry.load(r.name, r.version)
+               for r in routing.model_refs()}
+    writer = DecisionLogWriter(tmp_path / "decisions", "test", batch_rows=1000,
+                               flush_interval_s=3600)
+    core = GatewayCore(routing, scorers, RequestMetrics(CollectorRegistry()),
+                       build_tracer_provider().get_tracer("t"), writer)
+    features = {name: 0.1 for name in FEATURES}
+    with TestClient(build_app(core)) as client:
+        answers = [client.post("/v1/predict", json={"unit_id": u, "features": features}).json()
+                   for u in UNITS[:300]]
+    writer.flush()
+    core.close()
+    rows = {r["request_id"]: r for r in read_decisions(tmp_path / "decisions").to_pylist()}
+    assert len(rows) == 300
+    held = 0
+    for unit, answer in zip(UNITS[:300], answers, strict=True):
+        row = rows[answer["request_id"]]
+        expected = route(routing, unit)
+        assert (row["experiment_id"], row["arm"], row["layer"]) == (
+            expected.experiment_id, expected.arm, expected.layer)
+        assert row["layer"] == "layer:checkout"
+        held += row["arm"] == HOLDOUT_ARM
+    assert 10 < held < 60  # about 10% of 300
