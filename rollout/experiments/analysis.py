@@ -12,7 +12,8 @@ The shape follows Kohavi, Tang and Xu's trustworthy-experiment checklist:
    pre-period values, a Bayesian posterior, and the pre-registered sequential
    method for the primary metric. p-values are corrected across metrics and arms.
 4. Segments per pre-registered attribute, corrected across segments, with a
-   Simpson's-paradox warning.
+   Simpson's-paradox warning; the primary metric post-stratified by the
+   plan's strata, reported next to CUPED.
 5. A ship / hold / rollback decision that lists every reason, computed from
    the typed results of :mod:`rollout.experiments.results`.
 
@@ -70,6 +71,8 @@ from rollout.experiments.results import (
     SequentialSummary,
     SrmCheck,
     SrmSplit,
+    StratifiedSummary,
+    StratumCell,
     TimelineArm,
     TimelinePoint,
 )
@@ -88,6 +91,7 @@ from rollout.experiments.stats.sequential import (
     msprt,
 )
 from rollout.experiments.stats.srm import combined_srm_test
+from rollout.experiments.stats.stratified import Stratum, post_stratified_effect
 from rollout.experiments.stats.summary import EffectEstimate, PairSummary
 from serving.kernel.analysis_plan import AnalysisPlan, GuardrailSpec, MetricSpec
 from telemetry.verdict import Verdict
@@ -718,6 +722,12 @@ def analyze(
 
     metrics, guardrails, primary = metric_results(plan, exposures.arms, summaries_of,
                                                   sequential_for)
+    stratified = stratified_results(plan, exposures, outcomes, as_of_us, periods=windows,
+                                    kernels=kernels)
+    if stratified:  # reported beside the primary's estimate; the decision never reads it
+        metrics = tuple(
+            m.model_copy(update={"stratified": stratified[exposures.arms.index(m.arm)]})
+            if m.role == "primary" else m for m in metrics)
     warnings = () if period is None else period.warnings
     return ExperimentAnalysis(
         experiment_id=experiment_id, as_of=as_of.astimezone(dt.UTC), arms=exposures.arms,
@@ -736,6 +746,57 @@ def analyze(
         recorded_looks=compare_looks(plan, exposures, outcomes, as_of_us, recorded_looks,
                                      period, kernels),
     )
+
+
+def stratum_codes(exposures: Exposures, attributes: Sequence[str]
+                  ) -> tuple[NDArray[np.int64], tuple[str, ...]]:
+    """Each unit's stratum (an index into the labels) and the labels: the
+    crossed values of ``attributes`` (``ios / US``), only those some unit has.
+    Every attribute must be in ``exposures.segments``; a unit without it is in
+    its ``(missing)`` value, as for segments."""
+    codes = np.zeros(exposures.n_units, dtype=np.int64)
+    labels: list[tuple[str, ...]] = [()]
+    for attribute in attributes:
+        values, names = exposures.segments[attribute]
+        size = len(names)
+        # Renumbered after every attribute, so the crossed code stays below
+        # units × values and cannot overflow whatever the attributes' cardinality.
+        present, inverse = np.unique(codes * size + values, return_inverse=True)
+        codes = inverse.reshape(-1).astype(np.int64, copy=False)
+        labels = [(*labels[c // size], names[c % size]) for c in present.tolist()]
+    return codes, tuple(" / ".join(label) for label in labels)
+
+
+def stratified_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
+                       as_of_us: int, *, periods: OutcomePeriods | None = None,
+                       kernels: AnalysisKernels = NUMPY_KERNELS
+                       ) -> dict[int, StratifiedSummary]:
+    """The primary metric post-stratified by the plan's strata, by treatment arm
+    index (empty without strata). The sums of every (stratum, arm) cell come
+    from one pass of the kernels, the cell standing in for the arm."""
+    if not plan.strata:
+        return {}
+    n_arms = len(exposures.arms)
+    if any(a not in exposures.segments for a in plan.strata):
+        return {arm: StratifiedSummary(attributes=plan.strata, error="strata_not_loaded")
+                for arm in range(1, n_arms)}
+    codes, labels = stratum_codes(exposures, plan.strata)
+    values = unit_values(plan.primary, plan, exposures, outcomes, as_of_us, periods, kernels)
+    cells = kernels.arm_moments(codes * n_arms + exposures.arm, values.y, values.x,
+                                len(labels) * n_arms)
+    out = {}
+    for arm in range(1, n_arms):
+        result = post_stratified_effect(
+            [Stratum(label, cells[s * n_arms].y(), cells[s * n_arms + arm].y())
+             for s, label in enumerate(labels)], plan.alpha)
+        out[arm] = StratifiedSummary(
+            **Effect.fields_of(result.estimate), attributes=plan.strata,
+            strata=tuple(StratumCell(stratum=r.label, n_control=r.n_control,
+                                     n_treatment=r.n_treatment, weight=r.weight,
+                                     abs_effect=r.abs_effect) for r in result.strata),
+            collapsed=result.collapsed, unadjusted_std_error=result.unadjusted_std_error,
+            variance_reduction=result.variance_reduction)
+    return out
 
 
 def segment_results(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,

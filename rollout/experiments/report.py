@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rollout.experiments.results import ExperimentAnalysis, cuped_text
+from rollout.experiments.results import ExperimentAnalysis, cuped_text, stratified_text
 from telemetry.verdict import Verdict
 
 FIXED_HORIZON_Z = 1.96  # two-sided 5% reference line when no boundary applies
@@ -369,6 +369,14 @@ def _metrics(report: dict[str, Any]) -> str:
                                             _finite(cuped.get("variance_reduction"))))
         else:
             change = "not applied"
+        strata = m.get("stratified")
+        if strata:  # the post-stratified estimate sits beside CUPED's
+            change += "<br><span class='note'>" + html.escape(stratified_text(
+                strata.get("attributes") or (), len(strata.get("strata") or ()),
+                _finite(strata.get("abs_effect")), _finite(strata.get("ci_low")),
+                _finite(strata.get("ci_high")), _finite(strata.get("p_value")),
+                _finite(strata.get("variance_reduction")), len(strata.get("collapsed") or ()),
+                strata.get("error"))) + "</span>"
         prob = _prob(bayes.get("prob_better"))
         if bayes.get("basis") == "cuped_adjusted":
             prob += "<br><span class='ci'>CUPED-adjusted</span>"

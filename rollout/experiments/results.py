@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -141,6 +142,11 @@ def cuped_text(method: str | None, variance_reduction: float | None) -> str:
     unadjusted``. Shared by the terminal summary and the HTML report, which reads
     the JSON document (hence plain arguments)."""
     label = f"CUPED ({_CUPED_LABELS.get(method or '', method or 'unknown method')})"
+    return _variance_change(label, variance_reduction)
+
+
+def _variance_change(label: str, variance_reduction: float | None) -> str:
+    """``label: variance 37% lower than unadjusted`` (or higher, or about the same)."""
     if variance_reduction is None or not math.isfinite(variance_reduction):
         return f"{label}: variance change unknown"
     change = round(abs(variance_reduction) * 100.0)
@@ -148,6 +154,65 @@ def cuped_text(method: str | None, variance_reduction: float | None) -> str:
         return f"{label}: variance about the same as unadjusted"
     direction = "lower" if variance_reduction > 0 else "higher"
     return f"{label}: variance {change:.0f}% {direction} than unadjusted"
+
+
+class StratumCell(Frozen):
+    """One stratum of a post-stratified estimate: its units per arm, its weight
+    (share of the two arms' units) and its own effect. A stratum too small to
+    estimate alone is pooled into ``(small strata)``."""
+
+    stratum: str
+    n_control: int
+    n_treatment: int
+    weight: Num = None
+    abs_effect: Num = None
+
+
+class StratifiedSummary(Effect):
+    """The primary metric post-stratified by the plan's ``strata`` attributes
+    (Miratrix, Sekhon & Yu 2013), reported next to CUPED; it does not decide.
+
+    The effect fields are the post-stratified estimate ``Σ_s w_s(ȳ_t,s − ȳ_c,s)``
+    with a normal interval and p-value; its variance is conditional on the
+    stratum sizes. ``unadjusted_std_error`` is the plain difference's, and
+    ``variance_reduction`` is signed, ``1 − Var(post-stratified)/Var(unadjusted)``.
+    ``strata`` are the crossed attribute values the estimate used, ``collapsed``
+    the ones pooled into ``(small strata)`` because an arm had fewer than two
+    units there. ``error`` ``strata_not_loaded``: the units' attributes were
+    not read (an engine that keeps no per-unit attributes).
+    """
+
+    method: Literal["post_stratified"] = "post_stratified"
+    attributes: tuple[str, ...]
+    strata: tuple[StratumCell, ...] = ()
+    collapsed: tuple[str, ...] = ()
+    unadjusted_std_error: Num = None
+    variance_reduction: Num = None
+
+    def describe(self) -> str:
+        """``post-stratified by platform (2 strata): effect 0.012 CI [...], p = ...;
+        variance 12% lower than unadjusted``."""
+        return stratified_text(self.attributes, len(self.strata), self.abs_effect,
+                               self.ci_low, self.ci_high, self.p_value,
+                               self.variance_reduction, len(self.collapsed), self.error)
+
+
+def stratified_text(attributes: Sequence[str], strata: int, effect: float | None,
+                    ci_low: float | None, ci_high: float | None, p_value: float | None,
+                    variance_reduction: float | None, collapsed: int = 0,
+                    error: str | None = None) -> str:
+    """A post-stratified estimate in one line, for the terminal summary and the
+    HTML report (which reads the JSON document, hence plain arguments)."""
+    label = f"post-stratified by {', '.join(attributes)} ({strata} strata)"
+    if effect is None:
+        return f"{label}: no estimate ({error or 'unknown'})"
+    pooled = f", {collapsed} small strata pooled" if collapsed else ""
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4g}"
+
+    return (f"{_variance_change(label, variance_reduction)}{pooled}; effect {fmt(effect)} "
+            f"CI [{fmt(ci_low)}, {fmt(ci_high)}], p = {fmt(p_value)}")
 
 
 class SrmSplit(Frozen):
@@ -277,6 +342,9 @@ class MetricResult(Effect):
     unadjusted: Effect
     bayes: BayesSummary | None = None
     sequential: SequentialSummary | None = None
+    # The primary metric post-stratified, when the plan names strata; shown
+    # next to CUPED, never in place of the pre-registered test.
+    stratified: StratifiedSummary | None = None
 
     @property
     def name(self) -> str:

@@ -223,7 +223,8 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
     except LooksFileError as exc:
         raise CliError(str(exc)) from None
     as_of = as_of or now
-    segments = tuple(dict.fromkeys((*plan.segments, *exploratory_segments)))
+    # Strata are context attributes read as segments are, at each unit's first exposure.
+    segments = tuple(dict.fromkeys((*plan.segments, *plan.strata, *exploratory_segments)))
     paths = (decisions or config.decision_log.path, outcomes or config.outcomes_log.path)
     if engine == "ray":
         return [_run_on_ray(experiment, paths, as_of, segments, timeline_points, which,
@@ -302,7 +303,7 @@ def _run_on_ray(experiment: Any, paths: tuple[Any, Any], as_of: dt.datetime,
     from rollout.experiments.ray_engine import analyze_on_ray, ray_connection
 
     refused = [what for what, asked in (
-        ("segments (they need each unit's attributes)", bool(segments)),
+        ("segments or strata (they need each unit's attributes)", bool(segments)),
         ("--html (its timeline needs the units)", timeline_points > 0),
         ("--period all or a period number (one served-version period only)",
          which not in ("latest", 1)),
@@ -461,6 +462,8 @@ def summary_text(report: ExperimentAnalysis) -> str:
             lines.append(f"{'':9} {m.cuped.describe()}; unadjusted effect "
                          f"{_fmt(plain.abs_effect)} CI [{_fmt(plain.ci_low)}, "
                          f"{_fmt(plain.ci_high)}], p = {_fmt(plain.p_value)}")
+        if m.stratified is not None:  # beside CUPED: the decision is not made on it
+            lines.append(f"{'':9} {m.stratified.describe()}")
         sequential = m.sequential
         if isinstance(sequential, MsprtSummary):
             across = (f" ({_fmt(sequential.adjusted_p_value)} adjusted across "

@@ -1,21 +1,30 @@
 """Pre-registered experiment analysis plans (part of the config kernel).
 
 An experiment's ``analysis:`` block: metrics, error rates, sequential design,
-segments and windows, fixed before the experiment starts.
+segments, strata and windows, fixed before the experiment starts.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from serving.kernel.ids import ID_PATTERN
 from serving.kernel.ids import Frozen as _Frozen
 
 MetricType = Literal["binary", "mean", "ratio"]
+# Strata attributes are crossed: three already make tens of strata, and each
+# more one multiplies the strata too small to estimate.
+MAX_STRATA_ATTRIBUTES = 3
 
 
 class MetricSpec(_Frozen):
@@ -106,6 +115,10 @@ class AnalysisPlan(_Frozen):
                                    description="expected control mean (scales a relative MDE)")
     sequential: SequentialSpec = SequentialSpec()
     segments: tuple[str, ...] = ()
+    # Context attributes, read at each unit's first exposure as segments are,
+    # whose crossed values are the strata of a post-stratified estimate of the
+    # primary metric, reported next to CUPED (it does not decide).
+    strata: tuple[str, ...] = ()
     correction: Literal["bonferroni", "holm", "bh"] = "holm"
     outcome_window_s: float = Field(default=7 * 86_400.0, gt=0, allow_inf_nan=False)
     pre_period_s: float = Field(default=14 * 86_400.0, ge=0, allow_inf_nan=False)
@@ -118,11 +131,37 @@ class AnalysisPlan(_Frozen):
             raise ValueError("start needs a time zone, e.g. 2026-11-23T00:00:00Z")
         return start.astimezone(dt.UTC)
 
+    @field_validator("strata")
+    @classmethod
+    def _strata(cls, strata: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(strata)) != len(strata):
+            raise ValueError(f"strata must be distinct attributes, got {list(strata)}")
+        if len(strata) > MAX_STRATA_ATTRIBUTES:
+            raise ValueError(f"at most {MAX_STRATA_ATTRIBUTES} strata attributes (their values "
+                             f"are crossed, and every stratum needs units in both arms), "
+                             f"got {len(strata)}")
+        if any(not name for name in strata):
+            raise ValueError("a strata attribute needs a name")
+        return strata
+
+    @model_serializer(mode="wrap")
+    def _without_empty_strata(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A plan's dump is its pre-registration fingerprint: leaving out strata
+        # when there are none keeps the fingerprint of every plan recorded
+        # before the field existed, so those experiments are not refused as changed.
+        body: dict[str, Any] = handler(self)
+        if not self.strata:
+            body.pop("strata", None)
+        return body
+
     @model_validator(mode="after")
     def _plan(self) -> AnalysisPlan:
         names = [self.primary.label] + [m.label for m in self.secondary]
         if len(set(names)) != len(names):
             raise ValueError(f"primary and secondary metrics must be distinct, got {names}")
+        if self.strata and self.primary.type == "ratio":
+            raise ValueError("strata: post-stratification estimates a binary or mean primary "
+                             f"metric, not the ratio {self.primary.label!r}")
         if self.mde_relative and self.sequential.method == "msprt" and self.baseline is None:
             raise ValueError("a relative MDE with the msprt method needs baseline "
                              "(the expected control mean) to fix the mixing variance")

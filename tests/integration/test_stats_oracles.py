@@ -28,6 +28,9 @@ CUPED is checked against statsmodels instead: gbstats' regression-adjusted
 statistic has one slope for both arms, Rampart's has one per arm (Lin 2013),
 so each arm is fitted with ``OLS(y ~ 1 + (x − x̄))`` and the documented
 variance is rebuilt from the fits, to ``CUPED_REL`` (1e-10 relative).
+Post-stratification (gbstats has none) is checked the same way: the effect
+and variance are the treatment coefficient and HC2 variance of statsmodels'
+OLS on the treatment, centred stratum dummies and their interactions.
 
 The largest differences seen are written to ``.rampart/reports/stats_oracles.json``.
 """
@@ -59,6 +62,7 @@ from rollout.experiments.stats.cuped import cuped_effect
 from rollout.experiments.stats.frequentist import ratio_effect, two_proportion_ztest, welch_ttest
 from rollout.experiments.stats.sequential import msprt
 from rollout.experiments.stats.srm import combined_srm_test, srm_test
+from rollout.experiments.stats.stratified import Stratum, post_stratified_effect
 from rollout.experiments.stats.summary import EffectEstimate, MeanSummary, PairSummary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -769,6 +773,57 @@ def test_binary_cuped_matches_per_arm_regressions(name: str) -> None:
     """0/1 metric with ``binary=True``: z inference on the same adjusted figures."""
     reduction = _check_lin(f"cuped_binary/{name}", CASES.cuped_binary[name], binary=True)
     assert reduction > 0.0
+
+
+def _stratified_case(name: str) -> tuple[NDArray[np.float64], NDArray[np.bool_],
+                                         NDArray[np.int64]]:
+    """``(y, treated, stratum)``: strata whose means differ, unequal arms."""
+    rng = np.random.default_rng(20_261_106 + len(name))
+    if name == "mean_4_strata":
+        stratum = rng.choice(4, size=12_000, p=[0.4, 0.3, 0.2, 0.1])
+        treated = rng.random(stratum.size) < 0.3
+        y = (np.array([1.0, 6.0, -2.0, 12.0])[stratum]
+             + rng.gamma(2.0, 1.5, stratum.size) + 0.2 * treated)
+    else:  # "binary_3_strata": conversion rates far apart by platform
+        stratum = rng.choice(3, size=30_000, p=[0.6, 0.3, 0.1])
+        treated = rng.random(stratum.size) < 0.5
+        rate = np.array([0.05, 0.3, 0.6])[stratum] + 0.01 * treated
+        y = (rng.random(stratum.size) < rate).astype(np.float64)
+    return y, treated, stratum.astype(np.int64)
+
+
+@pytest.mark.parametrize("name", ["mean_4_strata", "binary_3_strata"])
+def test_post_stratification_matches_the_interacted_regression(name: str) -> None:
+    """The post-stratified effect is the treatment coefficient of statsmodels' OLS
+    of y on T, the centred stratum dummies and their interactions, and its
+    variance that fit's HC2 variance (Lin 2013), to ``CUPED_REL``."""
+    y, treated, stratum = _stratified_case(name)
+    strata = [Stratum(str(s), _mean(y[(stratum == s) & ~treated]),
+                      _mean(y[(stratum == s) & treated])) for s in range(stratum.max() + 1)]
+    ours = post_stratified_effect(strata, ALPHA)
+    est = ours.estimate
+    assert est.error is None and not ours.collapsed
+    dummies = np.eye(stratum.max() + 1)[stratum][:, 1:]
+    centred = dummies - dummies.mean(axis=0)
+    t = treated.astype(np.float64)
+    fit = OLS(y, np.column_stack([np.ones_like(t), t, centred, t[:, None] * centred])
+              ).fit(cov_type="HC2")
+    effect, se = float(fit.params[1]), float(fit.bse[1])
+    unadjusted = (np.var(y[treated], ddof=1) / treated.sum()
+                  + np.var(y[~treated], ddof=1) / (~treated).sum())
+    scale = float(np.abs(y).mean())
+    case = f"stratified/{name}"
+    for quantity, mine, theirs, floor in (
+        ("abs_effect", est.abs_effect, effect, ROUNDING * scale),
+        ("std_error", est.std_error, se, 0.0),
+        ("ci_low", est.ci_low, effect - _z(ALPHA) * se, ROUNDING * scale),
+        ("ci_high", est.ci_high, effect + _z(ALPHA) * se, ROUNDING * scale),
+        ("p_value", est.p_value, 2.0 * stats.norm.sf(abs(effect) / se), P_ABS_TOL),
+        ("unadjusted_std_error", ours.unadjusted_std_error, math.sqrt(unadjusted), 0.0),
+        ("variance_reduction", ours.variance_reduction, 1.0 - se * se / unadjusted, ROUNDING),
+    ):
+        agree(case, quantity, mine, theirs, rel=CUPED_REL, abs_tol=floor)
+    assert ours.variance_reduction > 0.05
 
 
 @pytest.mark.parametrize("name", sorted(MSPRT_CASES))
