@@ -18,6 +18,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -171,15 +172,27 @@ def frontend_stats(port: int) -> dict[str, str]:
     raise AssertionError("no http_frontend row in HAProxy's stats")
 
 
-def p99(client: httpx.Client, count: int) -> float:
+WINDOW = 100  # requests a window
+
+
+def p99(client: httpx.Client, count: int) -> tuple[float, float]:
+    """The typical p99 of ``count`` requests in a row: the median of the p99s of
+    their windows of :data:`WINDOW` requests. On two shared cores one stall of
+    the machine (a neighbour, a page-cache flush) delays the few requests in
+    flight and alone sets a plain p99 of a thousand requests; runs of the same
+    code gave quiet p99s from 3.8 to 7.1 ms. The median of the windows still
+    moves with any lasting slowdown, which is what slow clients would cause
+    (the soak test judges its minutes the same way). Returned with the plain
+    p99, which is printed."""
     latencies = []
     for _ in range(count):
         started = time.perf_counter()
         answer = client.post("/v1/predict", json=ROW)
         latencies.append(time.perf_counter() - started)
         assert answer.status_code == 200, answer.text
-    latencies.sort()
-    return latencies[int(0.99 * (count - 1))]
+    windows = [sorted(latencies[i:i + WINDOW]) for i in range(0, count - WINDOW + 1, WINDOW)]
+    plain = sorted(latencies)[int(0.99 * (count - 1))]
+    return statistics.median(w[int(0.99 * (len(w) - 1))] for w in windows), plain
 
 
 class HealthWatch(threading.Thread):
@@ -235,7 +248,7 @@ def test_slow_clients_leave_p99_within_twice_and_healthz_answering(
         watch.start()
         with httpx.Client(base_url=url, timeout=30) as client:
             p99(client, 100)  # warm up: connections, caches
-            quiet_p99 = p99(client, MEASURED)
+            quiet_p99, quiet_plain = p99(client, MEASURED)
 
             attack = subprocess.Popen(
                 [sys.executable, "-c", ATTACK, "127.0.0.1", url.rsplit(":", 1)[1],
@@ -248,7 +261,7 @@ def test_slow_clients_leave_p99_within_twice_and_healthz_answering(
                 assert time.monotonic() < ramp, frontend_stats(stats)["scur"]
                 time.sleep(0.2)
             held = int(frontend_stats(stats)["scur"])
-            attacked_p99 = p99(client, MEASURED)
+            attacked_p99, attacked_plain = p99(client, MEASURED)
         out, err = attack.communicate(timeout=ATTACK_S + 30)
         watch.stopping.set()
         watch.join()
@@ -264,8 +277,10 @@ def test_slow_clients_leave_p99_within_twice_and_healthz_answering(
         if serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
         output = serve.communicate(timeout=120)[0]
-    print(f"p99 quiet {quiet_p99 * 1000:.2f} ms, under attack {attacked_p99 * 1000:.2f} ms "
-          f"(ratio {attacked_p99 / quiet_p99:.2f}); HAProxy held {held} attack connections; "
+    print(f"p99 (median of {WINDOW}-request windows) quiet {quiet_p99 * 1000:.2f} ms, under "
+          f"attack {attacked_p99 * 1000:.2f} ms (ratio {attacked_p99 / quiet_p99:.2f}); plain "
+          f"p99 {quiet_plain * 1000:.2f} -> {attacked_plain * 1000:.2f} ms; HAProxy held "
+          f"{held} attack connections; "
           f"attack: {counts}; HAProxy: {int(after['dcon']) - int(before['dcon'])} refused at "
           f"accept, {int(after['ereq']) - int(before['ereq'])} request errors, "
           f"{int(after['hrsp_4xx']) - int(before['hrsp_4xx'])} 4xx; gateway read timeouts "
