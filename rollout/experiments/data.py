@@ -1089,27 +1089,21 @@ class _Happened:
 
 
 def _read_happened(outcomes: LogPlace, metrics: tuple[str, ...], experiment_id: str,
-                   as_of: dt.datetime, skip_bad_files: bool) -> _Happened:
-    log = _read_outcomes(outcomes, metrics, experiment_id, as_of, skip_bad_files, True, True)
+                   as_of: dt.datetime, skip_bad_files: bool,
+                   defer_filter: bool = True) -> _Happened:
+    log = _read_outcomes(outcomes, metrics, experiment_id, as_of, skip_bad_files, True,
+                         defer_filter)
     if _unit_column(log.table) != UNIT_KEY:
         return _Happened(log)
     metric = _metric_codes(log.table, metrics)
-    if log.filtered:
-        return _Happened(log, _int64s(log.table[UNIT_KEY]), metric)
-    keep = _outcome_filter(log.table, metric, experiment_id, as_of)
-    if not _finite_where(log.table["value"], keep):
-        # a kept event's value is not finite: the filtered read names its row
-        return _read_happened_filtered(outcomes, metrics, experiment_id, as_of,
-                                       skip_bad_files)
+    keep = None
+    if not log.filtered:
+        keep = _outcome_filter(log.table, metric, experiment_id, as_of)
+        if not _finite_where(log.table["value"], keep):
+            # a kept event's value is not finite: the filtered read names its row
+            return _read_happened(outcomes, metrics, experiment_id, as_of, skip_bad_files,
+                                  defer_filter=False)
     return _Happened(log, _int64s(log.table[UNIT_KEY]), metric, keep)
-
-
-def _read_happened_filtered(outcomes: LogPlace, metrics: tuple[str, ...], experiment_id: str,
-                            as_of: dt.datetime, skip_bad_files: bool) -> _Happened:
-    log = _read_outcomes(outcomes, metrics, experiment_id, as_of, skip_bad_files, True)
-    if _unit_column(log.table) != UNIT_KEY:
-        return _Happened(log)
-    return _Happened(log, _int64s(log.table[UNIT_KEY]), _metric_codes(log.table, metrics))
 
 
 def _outcome_filter(table: pa.Table, metric: np.ndarray, experiment_id: str,

@@ -138,36 +138,10 @@ class TargetingRule(Frozen):
         return semver_key(self.value) if isinstance(self.value, str) else None
 
     def matches(self, context: Mapping[str, Any]) -> bool:
-        op = self.op
-        if self.attribute not in context:
-            return op == "absent"
-        actual = context[self.attribute]
-        if op in ("present", "absent"):
-            return op == "present"
-        if op == "in":
-            return actual in self.values
-        if op == "not_in":
-            return actual not in self.values
-        if op == "eq":
-            return bool(actual == self.value)
-        if op == "ne":
-            return bool(actual != self.value)
-        if op == "matches":
-            # search, not full match: anchor with ^ and $ for a whole value
-            return isinstance(actual, str) and self._pattern.search(actual) is not None
-        if op.startswith("semver_"):
-            mine = semver_key(actual) if isinstance(actual, str) else None
-            theirs = self._version
-            if mine is None or theirs is None:
-                return False
-            sign = (mine > theirs) - (mine < theirs)
-            return sign in _ORDER[op.removeprefix("semver_")]
-        right = self.value
-        if (isinstance(actual, bool) or not isinstance(actual, int | float)
-                or isinstance(right, bool) or not isinstance(right, int | float)):
-            return False
-        # compared as they are: Python orders ints and floats exactly
-        return ((actual > right) - (actual < right)) in _ORDER[op]
+        # One evaluation of the rule, the one routing tables compile once
+        # (:class:`CompiledTargeting`); compiled here at each call, since this
+        # form serves checks and tests, never the request path.
+        return _compiled_rule(self)(context)
 
     def leaves(self) -> int:
         return 1
@@ -320,6 +294,7 @@ def _compiled_rule(rule: TargetingRule) -> Predicate:
         return lambda context: (actual := context.get(name, missing)) is not missing and bool(
             actual != value)
     if op == "matches":
+        # search, not full match: anchor with ^ and $ for a whole value
         search = rule._pattern.search
         return lambda context: isinstance(actual := context.get(name), str) and (
             search(actual) is not None)
@@ -342,6 +317,7 @@ def _compiled_rule(rule: TargetingRule) -> Predicate:
         actual = context.get(name)
         if isinstance(actual, bool) or not isinstance(actual, int | float) or threshold is None:
             return False
+        # compared as they are: Python orders ints and floats exactly
         return ((actual > threshold) - (actual < threshold)) in order
     return compare
 

@@ -501,12 +501,12 @@ def _route_experiments(
     for step in table.steps:
         if isinstance(step, LayerStep):
             layer = step.layer
-            in_layer = bucket_from_state(layer.salt_state,
-                                         unit_for(layer.unit_type, unit_id, ctx))
+            layer_unit = unit_for(layer.unit_type, unit_id, ctx)
+            in_layer = bucket_from_state(layer.salt_state, layer_unit)
             if in_layer < layer.holdout_bp:
                 # held out of the layer: the default route, and no later experiment
-                return Decision(unit_for(layer.unit_type, unit_id, ctx), layer.unit_type, None,
-                                HOLDOUT_ARM, in_layer, table.default, layer.name)
+                return Decision(layer_unit, layer.unit_type, None, HOLDOUT_ARM, in_layer,
+                                table.default, layer.name)
             candidate = step.candidate(in_layer)
             if candidate is None:
                 continue  # a range of the layer no experiment owns

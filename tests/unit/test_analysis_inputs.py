@@ -19,7 +19,6 @@ from rollout.experiments.data import (
     AnalysisInputError,
     ExperimentData,
     _read_happened,
-    _read_happened_filtered,
     load_experiment,
 )
 from serving.kernel.analysis_plan import AnalysisPlan
@@ -275,7 +274,8 @@ def test_keyed_outcomes_read_unfiltered_keep_exactly_the_rows_the_filter_keeps(
                    row_group_size=outcomes.num_rows - strays)
     read = _read_happened(tmp_path / "outcomes", METRICS, "exp", AS_OF, False)
     assert read.keep is not None and read.log.table.num_rows == outcomes.num_rows
-    filtered = _read_happened_filtered(tmp_path / "outcomes", METRICS, "exp", AS_OF, False)
+    filtered = _read_happened(tmp_path / "outcomes", METRICS, "exp", AS_OF, False,
+                              defer_filter=False)
     assert filtered.keep is None
     columns = [UNIT_KEY, "value", "timestamp", "received_at"]
     order = [(name, "ascending") for name in columns]
