@@ -33,8 +33,8 @@ so an all-float row costs no JSON. ``prediction`` is the answer's
 as JSON ``{"value", "label", "probabilities"}``, null when the score says it
 all. JSON is encoded in the journal thread (the flush thread without a
 journal), never when a row is appended.
-Files written before ``inputs``, ``output``, ``unit_source`` and
-``arm_weights`` existed read with those columns null, and a spill journal
+Files written before ``inputs``, ``output``, ``unit_source``,
+``arm_weights`` and ``forced`` existed read with those columns null, and a spill journal
 written before a column existed is replayed with it null (:func:`conform`).
 ``unit_key`` (the unit id as an int64, :mod:`telemetry.unit_keys`) is computed
 by the writer's thread for every row, replayed ones included; files written
@@ -104,6 +104,10 @@ DECISION_SCHEMA = pa.schema(
         # expects each unit's arm from when the weights were ramped. One value per
         # routing table, so Parquet's dictionary pages make it nearly free.
         pa.field("arm_weights", pa.string()),
+        # True when a forcing header chose the arm or version (QA traffic): such
+        # rows are real answers but no experiment's evidence, so analysis leaves
+        # them out. Null in files written before the column existed: not forced.
+        pa.field("forced", pa.bool_()),
     ]
 )
 
@@ -130,6 +134,7 @@ class DecisionRecord(NamedTuple):
     output: Prediction | None = None  # the whole answer
     unit_source: str | None = None
     arm_weights: str | None = None  # the experiment's split in force
+    forced: bool = False  # chosen by a forcing header, not by routing
 
 
 def records_to_table(records: list[DecisionRecord]) -> pa.Table:

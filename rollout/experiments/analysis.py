@@ -46,9 +46,11 @@ from rollout.experiments.exposures import Exposures as Exposures
 from rollout.experiments.exposures import OutcomeRows as OutcomeRows
 from rollout.experiments.exposures import first_exposures as first_exposures
 from rollout.experiments.exposures import split_weights as split_weights
+from rollout.experiments.factorial import factorial_summary
 from rollout.experiments.kernels import NUMPY_KERNELS, AnalysisKernels
 from rollout.experiments.results import (
     BayesSummary,
+    ClusteredSummary,
     CupedSummary,
     Decision,
     Effect,
@@ -82,7 +84,9 @@ from rollout.experiments.stats.bayes import (
     normal_estimates,
     normal_means,
 )
+from rollout.experiments.stats.cluster import cluster_robust_effect
 from rollout.experiments.stats.cuped import CupedResult, cuped_effect
+from rollout.experiments.stats.factorial import Factor
 from rollout.experiments.stats.frequentist import ratio_effect, two_proportion_ztest, welch_ttest
 from rollout.experiments.stats.multiple import AdjustMethod, adjust_p_values
 from rollout.experiments.stats.sequential import (
@@ -93,6 +97,8 @@ from rollout.experiments.stats.sequential import (
 from rollout.experiments.stats.srm import combined_srm_test
 from rollout.experiments.stats.stratified import Stratum, post_stratified_effect
 from rollout.experiments.stats.summary import EffectEstimate, PairSummary
+from rollout.experiments.stats.switchback import SwitchbackCells
+from rollout.experiments.switchback import switchback_metrics
 from serving.kernel.analysis_plan import AnalysisPlan, GuardrailSpec, MetricSpec
 from telemetry.verdict import Verdict
 
@@ -192,6 +198,7 @@ class MetricEstimate:
     cuped_variance_reduction: float | None
     bayes: BayesResult | None
     cuped: CupedResult | None = None
+    clustered: ClusteredSummary | None = None  # set when the estimate is cluster-robust
 
     def cuped_summary(self) -> CupedSummary | None:
         """Which adjustment ran, its per-arm slopes and its signed variance reduction."""
@@ -206,6 +213,7 @@ class MetricEstimate:
         if self.bayes is None:
             return None
         return BayesSummary.of(self.bayes,
+                               "cluster_robust" if self.clustered is not None else
                                "unadjusted" if self.cuped is None else "cuped_adjusted")
 
 
@@ -261,9 +269,69 @@ def estimate_at(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
                 kernels: AnalysisKernels = NUMPY_KERNELS) -> MetricEstimate:
     """The estimate as it stood at ``at_us``: units exposed by then, outcomes known by then."""
     values = unit_values(spec, plan, exposures, outcomes, at_us, kernels=kernels)
+    if exposures.clusters is not None:  # looks and timelines as the final test
+        return clustered_estimate(spec, plan, exposures, values, treatment_arm,
+                                  exposures.exposed_at <= at_us)
     summaries = arm_summaries(exposures.arm, values, len(exposures.arms),
                               exposures.exposed_at <= at_us, kernels)
     return estimate(spec, plan, summaries[0], summaries[treatment_arm])
+
+
+def clustered_estimate(spec: MetricSpec, plan: AnalysisPlan, exposures: Exposures,
+                       values: UnitValues, treatment_arm: int,
+                       units: NDArray[np.bool_] | None = None) -> MetricEstimate:
+    """Treatment against control in a cluster-randomized experiment: the
+    cluster-robust test (:func:`~rollout.experiments.stats.cluster.cluster_robust_effect`)
+    over the two arms' units (``units`` of them, all by default), with the
+    unit-level one beside it in ``clustered``.
+
+    CUPED is not applied: its per-unit regression would need cluster-robust
+    slopes of its own, and the clusters, not the units, limit the precision.
+    P(better) and the expected losses come from a normal posterior on the
+    cluster-robust effect, so that they never contradict its p-value."""
+    assert exposures.clusters is not None
+    pair = (exposures.arm == 0) | (exposures.arm == treatment_arm)
+    if units is not None:
+        pair &= units
+    result = cluster_robust_effect(
+        values.y[pair], exposures.arm[pair] == treatment_arm, exposures.clusters[pair],
+        plan.alpha, values.x[pair] if spec.type == "ratio" else None)
+    effect = result.estimate
+    summary = ClusteredSummary(
+        attribute=exposures.cluster_attribute or "cluster",
+        clusters_control=result.clusters_control,
+        clusters_treatment=result.clusters_treatment,
+        mean_cluster_size=result.mean_cluster_size, cluster_size_cv=result.cluster_size_cv,
+        icc=result.icc, design_effect=result.design_effect,
+        variance_ratio=result.variance_ratio, df=result.df,
+        naive_p_value=result.naive.p_value, naive_std_error=result.naive.std_error,
+        error=effect.error if effect.error != "zero_control_mean" else None)
+    bayes = None
+    if effect.error in (None, "zero_control_mean"):
+        bayes = normal_estimates(effect.mean_control, effect.mean_treatment,
+                                 result.var_mean_control, result.var_mean_treatment,
+                                 result.covariance)
+    return MetricEstimate(effect, effect, None, bayes, clustered=summary)
+
+
+def clustered_estimates(plan: AnalysisPlan, exposures: Exposures, outcomes: OutcomeRows,
+                        as_of_us: int, periods: OutcomePeriods | None = None,
+                        kernels: AnalysisKernels = NUMPY_KERNELS
+                        ) -> Callable[[str, MetricSpec, int], MetricEstimate] | None:
+    """:func:`metric_results`' ``estimate_for`` of a cluster-randomized
+    experiment (None for any other): each metric's :func:`clustered_estimate`,
+    its per-unit values computed once for all treatment arms."""
+    if exposures.clusters is None:
+        return None
+    values: dict[str, UnitValues] = {}
+
+    def estimate_for(key: str, spec: MetricSpec, arm: int) -> MetricEstimate:
+        if key not in values:
+            values[key] = unit_values(spec, plan, exposures, outcomes, as_of_us, periods,
+                                      kernels)
+        return clustered_estimate(spec, plan, exposures, values[key], arm)
+
+    return estimate_for
 
 
 # --------------------------------------------------------------------------- sequential
@@ -618,7 +686,8 @@ ArmSummaries = Sequence[PairSummary]  # per arm, the control first
 
 def metric_results(plan: AnalysisPlan, arms: tuple[str, ...],
                    summaries_of: Callable[[str, MetricSpec], ArmSummaries],
-                   sequential_for: Callable[[int, MetricEstimate], SequentialSummary]
+                   sequential_for: Callable[[int, MetricEstimate], SequentialSummary],
+                   *, estimate_for: Callable[[str, MetricSpec, int], MetricEstimate] | None = None
                    ) -> tuple[tuple[MetricResult, ...], tuple[GuardrailResult, ...],
                               dict[int, MetricEstimate]]:
     """Every metric (primary, secondary, guardrails) against control for each
@@ -632,7 +701,9 @@ def metric_results(plan: AnalysisPlan, arms: tuple[str, ...],
     secondary metrics are corrected as one family (every secondary metric and
     arm). The primary's sequential method corrects across arms too
     (:func:`sequential_summary`, :func:`msprt_across_arms`). Guardrails are
-    judged by :func:`guardrail_verdict`, uncorrected.
+    judged by :func:`guardrail_verdict`, uncorrected. ``estimate_for(key, spec,
+    arm)``, when given, replaces the estimate from the sums (a cluster-randomized
+    experiment's cluster-robust test); the counts still come from the sums.
     """
     n_arms = len(arms)
     pending: list[dict[str, Any]] = []
@@ -641,14 +712,15 @@ def metric_results(plan: AnalysisPlan, arms: tuple[str, ...],
     for key, role, spec in metric_specs(plan):
         summaries = summaries_of(key, spec)
         for arm in range(1, n_arms):
-            result = estimate(spec, plan, summaries[0], summaries[arm])
+            result = (estimate(spec, plan, summaries[0], summaries[arm]) if estimate_for is None
+                      else estimate_for(key, spec, arm))
             if role == "guardrail":
                 assert isinstance(spec, GuardrailSpec)
                 verdict, reason = guardrail_verdict(spec, result.estimate)
                 guardrails.append(GuardrailResult(
                     **Effect.fields_of(result.estimate), metric=spec.label, arm=arms[arm],
                     harm=spec.harm, tolerance=spec.tolerance, relative=spec.relative,
-                    verdict=verdict, reason=reason))
+                    verdict=verdict, reason=reason, clustered=result.clustered))
                 continue
             sequential: SequentialSummary | None = None
             if role == "primary":
@@ -664,6 +736,7 @@ def metric_results(plan: AnalysisPlan, arms: tuple[str, ...],
                 "unadjusted": Effect.of(result.unadjusted),
                 "bayes": result.bayes_summary(),
                 "sequential": sequential,
+                "clustered": result.clustered,
             })
     _sequential_across_arms(plan, [e for e in pending if e["role"] == "primary"])
     for role in ("primary", "secondary"):
@@ -696,6 +769,8 @@ def analyze(
     periods: Sequence[Period] = (),
     recorded_looks: Sequence[RecordedLook] = (),
     kernels: AnalysisKernels = NUMPY_KERNELS,
+    switchback: SwitchbackCells | None = None,
+    factors: Sequence[Factor] = (),
 ) -> ExperimentAnalysis:
     """The whole analysis of one experiment (of one ``period`` of it, when given).
 
@@ -705,6 +780,11 @@ def analyze(
     The analysis is also one sequential look (``look``), and each of
     ``recorded_looks`` is set next to its reconstruction from these logs.
     ``kernels`` do the passes over every row and unit (:mod:`rollout.experiments.kernels`).
+    ``switchback``, a switchback experiment's window cells, replaces the
+    primary metric's test by the window-level one
+    (:func:`~rollout.experiments.switchback.switchback_metrics`).
+    ``factors``, a factorial experiment's (its arms are their cells), add the
+    primary metric's main effects and interactions (``factorial``).
     """
     as_of_us = int(as_of.timestamp() * MICROS)
     srm = srm_check(exposures)
@@ -720,14 +800,23 @@ def analyze(
                                   result, treatment_arms=n_arms - 1, periods=windows,
                                   kernels=kernels)
 
-    metrics, guardrails, primary = metric_results(plan, exposures.arms, summaries_of,
-                                                  sequential_for)
+    metrics, guardrails, primary = metric_results(
+        plan, exposures.arms, summaries_of, sequential_for,
+        estimate_for=clustered_estimates(plan, exposures, outcomes, as_of_us, windows, kernels))
     stratified = stratified_results(plan, exposures, outcomes, as_of_us, periods=windows,
                                     kernels=kernels)
     if stratified:  # reported beside the primary's estimate; the decision never reads it
         metrics = tuple(
             m.model_copy(update={"stratified": stratified[exposures.arms.index(m.arm)]})
             if m.role == "primary" else m for m in metrics)
+    if switchback is not None:  # the windows are the units: their test decides
+        metrics = switchback_metrics(plan, exposures.arms, metrics, switchback, period)
+    # A factorial experiment's cells are its arms; its factors' effects are read
+    # from the same units, beside the per-cell results (they do not decide).
+    factorial = factorial_summary(
+        plan.primary, exposures.arms, exposures.arm,
+        unit_values(plan.primary, plan, exposures, outcomes, as_of_us, windows, kernels).y,
+        factors, plan.alpha) if factors else None
     warnings = () if period is None else period.warnings
     return ExperimentAnalysis(
         experiment_id=experiment_id, as_of=as_of.astimezone(dt.UTC), arms=exposures.arms,
@@ -745,6 +834,7 @@ def analyze(
                               for m in metrics if m.role == "primary"}, period),
         recorded_looks=compare_looks(plan, exposures, outcomes, as_of_us, recorded_looks,
                                      period, kernels),
+        factorial=factorial,
     )
 
 

@@ -138,7 +138,8 @@ class LogSpec:
 
 DECISION_LOG = LogSpec("decision log", DECISION_SCHEMA,
                        _as_read(DECISION_SCHEMA, _DECISION_DICTIONARIES),
-                       _format(_DECISION_DICTIONARIES), DECISION_REQUIRED, DECISION_NOT_NULL)
+                       _format(_DECISION_DICTIONARIES), DECISION_REQUIRED, DECISION_NOT_NULL,
+                       filtered=("experiment_id", "forced"))
 OUTCOMES_LOG = LogSpec("outcomes log", OUTCOME_LOG_SCHEMA,
                        _as_read(OUTCOME_LOG_SCHEMA, _OUTCOME_DICTIONARIES),
                        _format(_OUTCOME_DICTIONARIES), OUTCOME_REQUIRED, OUTCOME_NOT_NULL,
@@ -590,22 +591,52 @@ class DecisionRows:
 def _read_decisions(decisions: LogPlace, experiment: ExperimentSpec, as_of: dt.datetime,
                     segments: tuple[str, ...], skip_bad_files: bool = False,
                     prefer_keys: bool = False) -> LogTable:
-    columns = ["unit_id", "timestamp", *DICTIONARY_COLUMNS] + (["context"] if segments else [])
+    columns = ["unit_id", "timestamp", *DICTIONARY_COLUMNS] + (
+        ["context"] if segments or experiment.cluster else [])
     return _read(
         decisions, DECISION_LOG, columns,
         (pc.field("experiment_id") == experiment.id)
         & _or_null("role", pc.field("role") == "primary")
-        & _or_null("timestamp", pc.field("timestamp") <= _as_of_scalar(as_of)), skip_bad_files,
-        prefer_keys)
+        & _or_null("timestamp", pc.field("timestamp") <= _as_of_scalar(as_of))
+        & not_forced(), skip_bad_files, prefer_keys)
+
+
+def not_forced() -> pc.Expression:
+    """The decisions no forcing header chose: ``forced`` false, or null (files
+    written before the column, shadow rows). A forced arm was not randomized,
+    so its rows are QA traffic, no experiment's evidence: a unit whose only
+    decisions were forced is not exposed."""
+    return _or_null("forced", ~pc.field("forced"))
+
+
+# Arms the router logs under an experiment for units it does not expose to it: a
+# unit whose layer bucket is in the experiment's range but whose context fails
+# its targeting (``ineligible``, served the layer's default), and a layer's
+# holdout. The analysis counts only eligible exposed units, so these rows are no
+# exposures (and no arm the config lacks). The config refuses them as arm names.
+NOT_EXPOSED_ARMS = ("ineligible", "holdout")
+
+
+def exposed_only(table: pa.Table, arms: list[str]) -> pa.Table:
+    """``table``'s decisions without those in :data:`NOT_EXPOSED_ARMS`."""
+    marks = [name for name in NOT_EXPOSED_ARMS if name not in arms]
+    if not table.num_rows or not marks:
+        return table
+    unexposed = pc.is_in(table["arm"], value_set=pa.array(marks, type=pa.string()))
+    if not pc.any(unexposed).as_py():
+        return table
+    return table.filter(pc.invert(unexposed))
 
 
 def decision_rows(table: pa.Table, experiment: ExperimentSpec) -> DecisionRows:
     """Arm codes, times and served versions of decisions read by :func:`_read_decisions`.
 
     A decision in an arm the config does not name is an error: the log and the
-    config disagree.
+    config disagree. Decisions the router logs under the experiment without
+    exposing the unit to it (:data:`NOT_EXPOSED_ARMS`) are left out first.
     """
     arms = [a.name for a in experiment.arms]
+    table = exposed_only(table, arms)
     codes, labels = dictionary_codes(table["arm"])
     # index -1 (a null arm) picks the appended -1: unknown, like a name the config lacks
     lookup = np.array([arms.index(v) if v in arms else -1 for v in labels] + [-1],
@@ -685,6 +716,39 @@ def find_periods(rows: DecisionRows, experiment: ExperimentSpec) -> tuple[Period
     return split_periods(arms, spans)
 
 
+def segments_at_exposure(table: pa.Table, codes: np.ndarray, n_codes: int,
+                         first_rows: np.ndarray, segments: tuple[str, ...]
+                         ) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
+    """Each unit's value of every segment attribute in the ``context`` of its
+    first decision (``first_rows``), as codes into the attribute's labels; a
+    missing attribute is :data:`MISSING_SEGMENT`."""
+    segment_codes: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
+    for attribute in segments:
+        looked_up = pc.map_lookup(table["context"], attribute, "first")
+        filled = pc.fill_null(looked_up, MISSING_SEGMENT).combine_chunks().dictionary_encode()
+        per_row = np.asarray(filled.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        per_unit = np.zeros(n_codes, dtype=np.int64)
+        per_unit[codes[first_rows]] = per_row[first_rows]
+        labels = tuple(str(v) for v in filled.dictionary.to_pylist())
+        segment_codes[attribute] = (per_unit, labels)
+    return segment_codes
+
+
+def clusters_at_exposure(table: pa.Table, codes: np.ndarray, n_codes: int,
+                         first_rows: np.ndarray, attribute: str | None) -> np.ndarray | None:
+    """Each unit's cluster in a cluster-randomized experiment: a code for the
+    value of ``attribute`` in the context of its first decision, which is the
+    text routing hashed (None for an experiment without clusters). Routing
+    places no unit whose context lacks the attribute; a log that has such
+    units anyway gives them one cluster, :data:`MISSING_SEGMENT`, which can
+    only widen the interval."""
+    if attribute is None:
+        return None
+    if "context" not in table.column_names:
+        return np.zeros(n_codes, dtype=np.int64)
+    return segments_at_exposure(table, codes, n_codes, first_rows, (attribute,))[attribute][0]
+
+
 def _exposures(rows: DecisionRows, codes: np.ndarray, n_codes: int,
                experiment: ExperimentSpec, segments: tuple[str, ...]) -> Exposures:
     """Exposures indexed by unit code (``codes`` per decision row, ``n_codes`` of
@@ -693,17 +757,10 @@ def _exposures(rows: DecisionRows, codes: np.ndarray, n_codes: int,
     weights = tuple(float(a.weight_bp) for a in experiment.arms)
     if rows.arm.size == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return Exposures(arms, weights, empty, empty)
+        return Exposures(arms, weights, empty, empty, cluster_attribute=experiment.cluster,
+                         clusters=None if experiment.cluster is None else empty)
     arm, exposed_at, crossovers, first_rows = first_exposures(codes, n_codes, rows.arm, rows.at)
-    segment_codes: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
-    for attribute in segments:
-        looked_up = pc.map_lookup(rows.table["context"], attribute, "first")
-        filled = pc.fill_null(looked_up, MISSING_SEGMENT).combine_chunks().dictionary_encode()
-        per_row = np.asarray(filled.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        per_unit = np.zeros(n_codes, dtype=np.int64)
-        per_unit[codes[first_rows]] = per_row[first_rows]
-        labels = tuple(str(v) for v in filled.dictionary.to_pylist())
-        segment_codes[attribute] = (per_unit, labels)
+    segment_codes = segments_at_exposure(rows.table, codes, n_codes, first_rows, segments)
     # The split at exposure; among a unit's first rows (same time, same arm) the
     # smallest code, with none logged (-1) first, as the packed minimum of
     # _one_period picks it.
@@ -712,7 +769,9 @@ def _exposures(rows: DecisionRows, codes: np.ndarray, n_codes: int,
         split[:] = len(rows.splits)
         np.minimum.at(split, codes[first_rows], rows.split[first_rows])
     return Exposures(arms, weights, arm, exposed_at, crossovers, segment_codes,
-                     split=split, splits=rows.splits)
+                     split=split, splits=rows.splits, cluster_attribute=experiment.cluster,
+                     clusters=clusters_at_exposure(rows.table, codes, n_codes, first_rows,
+                                                   experiment.cluster))
 
 
 def load_exposures(
@@ -974,9 +1033,7 @@ def _load_logs(decisions: LogPlace, outcomes: LogPlace, experiment: ExperimentSp
 
 
 def _with_entry(exposures: Exposures, entered_at: np.ndarray) -> Exposures:
-    return Exposures(exposures.arms, exposures.weights, exposures.arm, exposures.exposed_at,
-                     exposures.crossovers, exposures.segments, entered_at, exposures.split,
-                     exposures.splits)
+    return replace(exposures, entered_at=entered_at)
 
 
 def _choose(periods: tuple[Period, ...], which: PeriodChoice | Literal["all"],
@@ -1015,7 +1072,9 @@ def _one_period(rows: DecisionRows, happened: _Happened, experiment: ExperimentS
     low_bits = ARM_BITS + split_bits
     base = int(rows.at.min()) if rows.arm.size else 0
     name = _unit_column(rows.table)
-    if segments or rows.arm.size == 0 or (int(rows.at.max()) - base) >> (63 - low_bits):
+    # Segments and clusters are read from each unit's first row: the row-level path.
+    if segments or experiment.cluster or rows.arm.size == 0 or (
+            int(rows.at.max()) - base) >> (63 - low_bits):
         codes, dictionary = encode(rows.table[name])
         exposures = _exposures(rows, codes, len(dictionary), experiment, segments)
         unit = _codes(pc.index_in(happened.table[name], value_set=dictionary))
@@ -1181,6 +1240,185 @@ def plan_metrics(plan: AnalysisPlan) -> tuple[str, ...]:
     return tuple(names)
 
 
+# --------------------------------------------------------------------------- layer holdouts
+
+# A layer's long-term comparison, as an experiment's two arms: the holdout is
+# the control, every unit one of the layer's experiments served is "shipped".
+HOLDOUT_GROUPS = ("holdout", "shipped")
+# Logged with the layer but served its default, as the holdout is, yet outside
+# it: neither group (the router's mark for a unit its experiment's targeting
+# refused).
+INELIGIBLE_ARM = "ineligible"
+ROLLOUT_LAYER_PREFIX = "rollout:"  # the decision log's layer of a rollout's split
+
+
+@dataclass(frozen=True)
+class LayerRoute:
+    """How the decision log names a layer's decisions. Routing logs them with
+    ``layer:<id>``, unless a running rollout of the version served then split
+    the unit: the row names ``rollout:<id>`` instead (the layer whose choice was
+    served), and is the layer's by its experiment (``experiments``: the
+    layer's) or, for a holdout row, by the layer's holdout holding its unit
+    (``salt``, ``holdout_bp``) while no holdout routed before (``earlier_holdouts``,
+    ``(salt, holdout_bp)`` pairs) does: a unit is held by the first holdout it
+    meets. ``attributable`` is False when an earlier holdout hashes another
+    unit type, whose id the row does not hold: such rows cannot be placed."""
+
+    id: str
+    salt: str
+    holdout_bp: int
+    experiments: tuple[str, ...]
+    earlier_holdouts: tuple[tuple[str, int], ...] = ()
+    attributable: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"layer:{self.id}"
+
+
+def layer_route(config: RampartConfig, layer_id: str) -> LayerRoute:
+    """The :class:`LayerRoute` of a layer of ``config``. Layers are routed where
+    their first experiment is in the config."""
+    order = list(dict.fromkeys(e.layer for e in config.experiments if e.layer is not None))
+    layers = {layer.id: layer for layer in config.layers}
+    layer = layers[layer_id]
+    earlier = [layers[i] for i in order[:order.index(layer_id)]] if layer_id in order else []
+    held_before = [e for e in earlier if e.holdout_bp > 0]
+    return LayerRoute(
+        layer.id, layer.salt, layer.holdout_bp,
+        tuple(e.id for e in config.experiments if e.layer == layer_id),
+        tuple((e.salt, e.holdout_bp) for e in held_before),
+        all(e.unit == layer.unit for e in held_before))
+
+
+@dataclass(frozen=True)
+class HoldoutData:
+    """A layer's holdout comparison, ready for
+    :func:`rollout.experiments.analysis.analyze`: ``data.exposures`` has the arms
+    :data:`HOLDOUT_GROUPS`, each unit in the group of its first decision in the
+    layer (intention to treat), with the outcome events that are untagged or
+    tagged with an experiment the layer's decisions name (``experiments``).
+
+    The holdout's sample-ratio test counts units over a time window, not by
+    first exposure, so the decisions are kept row by row: ``row_unit`` indexes
+    ``data.units``, ``row_group`` indexes :data:`HOLDOUT_GROUPS`,
+    ``row_experiment`` indexes ``experiments`` (-1: none, as for the holdout),
+    ``row_at`` is microseconds since the epoch."""
+
+    data: ExperimentData
+    experiments: tuple[str, ...]
+    row_unit: np.ndarray
+    row_group: np.ndarray
+    row_experiment: np.ndarray
+    row_at: np.ndarray
+    # holdout rows a rollout relabelled that the layer's holdout holds but that
+    # could not be placed (:attr:`LayerRoute.attributable`): left out
+    unplaced_rows: int = 0
+
+
+def _under_rollouts(table: pa.Table, layer: LayerRoute) -> tuple[pa.Table, int]:
+    """The rows read that are the layer's: those named ``layer:<id>``, and those
+    a rollout relabelled that :class:`LayerRoute` places in it; and how many
+    holdout rows could not be placed."""
+    named = np.asarray(pc.fill_null(pc.equal(table["layer"], layer.name), False
+                                    ).to_numpy(zero_copy_only=False), dtype=bool)
+    if named.all():
+        return table, 0
+    arm_codes, arm_labels = dictionary_codes(table["arm"])
+    held = np.asarray([v == HOLDOUT_GROUPS[0] for v in arm_labels] + [False])[arm_codes]
+    experiment_codes, experiment_labels = dictionary_codes(table["experiment_id"])
+    ours = np.asarray([v in layer.experiments for v in experiment_labels] + [False]
+                      )[experiment_codes]
+    keep = named | (~held & ours)
+    candidates = np.flatnonzero(~named & held & (experiment_codes < 0))
+    unplaced = 0
+    if candidates.size:
+        # imported here: only a log with relabelled holdout rows hashes units
+        from serving.routing.assignment import buckets_vectorized
+
+        ids = table["unit_id"].take(pa.array(candidates))
+        mine = buckets_vectorized(layer.salt, ids) < layer.holdout_bp
+        if not layer.attributable:
+            unplaced = int(np.count_nonzero(mine))
+        else:
+            for salt, holdout_bp in layer.earlier_holdouts:
+                mine &= buckets_vectorized(salt, ids) >= holdout_bp
+            keep[candidates[mine]] = True
+    return table.filter(pa.array(keep)), unplaced
+
+
+def load_holdout(
+    decisions: LogPlace,
+    outcomes: LogPlace,
+    layer: LayerRoute,
+    metrics: tuple[str, ...],
+    as_of: dt.datetime,
+    segments: tuple[str, ...] = (),
+    *,
+    skip_bad_files: bool = False,
+) -> HoldoutData:
+    """Every primary decision the layer took by ``as_of`` (its holdout and each of
+    its experiments, whatever the arm: the decision log's ``layer`` is
+    ``layer:<id>``, or a rollout's, see :class:`LayerRoute`), as the two groups
+    of :data:`HOLDOUT_GROUPS`, and their outcome events. Rows marked
+    :data:`INELIGIBLE_ARM` are left out. Read by unit id, checked as an
+    experiment's logs are (:func:`_read`)."""
+    columns = ["unit_id", "timestamp", "arm", "experiment_id", "layer"] + (
+        ["context"] if segments else [])
+    decided = _read(
+        decisions, DECISION_LOG, columns,
+        ((pc.field("layer") == layer.name)
+         | pc.starts_with(pc.field("layer"), ROLLOUT_LAYER_PREFIX))
+        & _or_null("role", pc.field("role") == "primary")
+        & _or_null("timestamp", pc.field("timestamp") <= _as_of_scalar(as_of))
+        & not_forced(), skip_bad_files)
+    table, unplaced = _under_rollouts(decided.table, layer)
+    if table.num_rows:
+        ineligible = pc.is_in(table["arm"], value_set=pa.array([INELIGIBLE_ARM]))
+        if pc.any(ineligible).as_py():
+            table = table.filter(pc.invert(ineligible))
+    arm_codes, arm_labels = dictionary_codes(table["arm"])
+    held = np.asarray([label == HOLDOUT_GROUPS[0] for label in arm_labels] + [False])
+    group = np.where(held[arm_codes], 0, 1).astype(np.int64)
+    experiment_codes, experiment_labels = dictionary_codes(table["experiment_id"])
+    # A dictionary read from Parquet holds its row groups' values, the rows the
+    # filter dropped included: only the codes the layer's rows use name experiments.
+    used = np.unique(experiment_codes[(experiment_codes >= 0) & (group == 1)])
+    named = [(int(i), label) for i in used if (label := experiment_labels[i]) is not None]
+    experiments = tuple(dict.fromkeys(label for _, label in named))
+    lookup = np.full(len(experiment_labels) + 1, -1, dtype=np.int64)  # last: a null (-1)
+    for i, label in named:
+        lookup[i] = experiments.index(label)
+    row_experiment = np.where(group == 0, -1, lookup[experiment_codes])
+    codes, dictionary = encode(table["unit_id"])
+    at = _micros(table["timestamp"]) if table.num_rows else np.zeros(0, dtype=np.int64)
+    weights = (1.0, 1.0)  # the layer's split is tested by its own rule, not by these
+    if table.num_rows:
+        arm, exposed_at, crossovers, first_rows = first_exposures(
+            codes, len(dictionary), group, at)
+        exposures = Exposures(HOLDOUT_GROUPS, weights, arm, exposed_at, crossovers,
+                              segments_at_exposure(table, codes, len(dictionary), first_rows,
+                                                   segments))
+    else:
+        empty = np.zeros(0, dtype=np.int64)
+        exposures = Exposures(HOLDOUT_GROUPS, weights, empty, empty)
+    as_of_us = _as_of_scalar(as_of)
+    # Untagged events are every experiment's; a tagged one is the layer's when
+    # it names an experiment the layer's decisions name.
+    ours = pc.field("experiment_id").is_null()
+    if experiments:
+        ours = ours | pc.field("experiment_id").isin(list(experiments))
+    happened = _read(
+        outcomes, OUTCOMES_LOG, ["unit_id", "metric", "value", "timestamp", "received_at"],
+        _or_null("metric", pc.field("metric").isin(list(metrics))) & ours
+        & _or_null("timestamp", pc.field("timestamp") <= as_of_us)
+        & _or_null("received_at", pc.field("received_at") <= as_of_us), skip_bad_files)
+    unit = _codes(pc.index_in(happened.table["unit_id"], value_set=dictionary))
+    data = ExperimentData(exposures, _outcome_rows(happened.table, unit, metrics), dictionary,
+                          None, (), decided.skipped + happened.skipped)
+    return HoldoutData(data, experiments, codes, group, row_experiment, at, unplaced)
+
+
 # --------------------------------------------------------------------------- pre-registration
 
 
@@ -1242,7 +1480,8 @@ def check_plan(directory: Path, experiment_id: str, plan: AnalysisPlan,
 
 
 def register_config_plans(config: RampartConfig, now: dt.datetime) -> list[str]:
-    """Record every experiment's analysis plan as the gateway starts serving it.
+    """Record every experiment's analysis plan, and every layer's holdout plan, as
+    the gateway starts serving them.
 
     Returns one message per plan that changed after its start (the gateway keeps
     serving; ``rampart analyze`` refuses such a plan).
@@ -1256,7 +1495,20 @@ def register_config_plans(config: RampartConfig, now: dt.datetime) -> list[str]:
                           experiment.analysis, now)
         except PlanChanged as exc:
             problems.append(str(exc))
+    for layer in config.layers:
+        if layer.holdout_analysis is None:
+            continue
+        try:
+            register_plan(holdout_plans_dir(config), layer.id, layer.holdout_analysis, now)
+        except PlanChanged as exc:
+            problems.append(f"layer {layer.id!r} holdout: {exc}")
     return problems
+
+
+def holdout_plans_dir(config: RampartConfig) -> Path:
+    """Where layers' holdout plans are pre-registered: apart from experiments'
+    plans, so that a layer and an experiment may share an id."""
+    return config.resolved_preregistration_dir() / "holdouts"
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -51,6 +51,10 @@ class Exposures:
     entered_at: NDArray[np.int64] | None = None
     split: NDArray[np.int64] | None = None
     splits: tuple[tuple[float, ...], ...] = ()
+    # A cluster-randomized experiment: the context attribute naming the
+    # clusters, and per unit its cluster's code (the value at its exposure).
+    cluster_attribute: str | None = None
+    clusters: NDArray[np.int64] | None = None
 
     @property
     def n_units(self) -> int:

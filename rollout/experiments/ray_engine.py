@@ -57,7 +57,9 @@ from rollout.experiments.data import (
     _or_null,
     _shown,
     checked_columns,
+    exposed_only,
     log_files,
+    not_forced,
     plan_metrics,
 )
 from rollout.experiments.periods import from_micros, same_version_warnings
@@ -137,7 +139,8 @@ def _read_file(task: FileTask, job: Job) -> pa.Table:
                    "arm_weights"]
         keep = ((pc.field("experiment_id") == job.experiment.id)
                 & _or_null("role", pc.field("role") == "primary")
-                & _or_null("timestamp", pc.field("timestamp") <= as_of))
+                & _or_null("timestamp", pc.field("timestamp") <= as_of)
+                & not_forced())
         required = [unit, "arm", "role", "timestamp"]
     else:
         columns = [unit, "metric", "value", "timestamp", "received_at"]
@@ -149,6 +152,8 @@ def _read_file(task: FileTask, job: Job) -> pa.Table:
         required = [unit, "metric", "value", "timestamp", "received_at"]
     fragment = spec.format.make_fragment(task.path, filesystem=location.fs)
     table = fragment.to_table(schema=spec.as_read, columns=columns, filter=keep)
+    if task.kind == DECISIONS:  # ineligible and holdout rows are no exposures
+        table = exposed_only(table, [a.name for a in job.experiment.arms])
     shown = _shown(location, task.path)
     for name in required:
         if table[name].null_count:

@@ -25,7 +25,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rollout.experiments.results import ExperimentAnalysis, cuped_text, stratified_text
+from rollout.experiments.results import (
+    ExperimentAnalysis,
+    clustered_text,
+    cuped_text,
+    factorial_text,
+    stratified_text,
+)
+from rollout.experiments.switchback_report import switchback_line
 from telemetry.verdict import Verdict
 
 FIXED_HORIZON_Z = 1.96  # two-sided 5% reference line when no boundary applies
@@ -352,6 +359,22 @@ def _prob(value: Any) -> str:
     return f"{number:.1%}"
 
 
+def _clustered_line(clustered: dict[str, Any]) -> str:
+    """A metric's clusters and design effect, from the JSON document."""
+
+    def count(name: str) -> int:
+        value = clustered.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    return clustered_text(
+        str(clustered.get("attribute") or "cluster"), count("clusters_control"),
+        count("clusters_treatment"), _finite(clustered.get("mean_cluster_size")),
+        _finite(clustered.get("cluster_size_cv")), _finite(clustered.get("icc")),
+        _finite(clustered.get("design_effect")), _finite(clustered.get("variance_ratio")),
+        _finite(clustered.get("naive_p_value")),
+        None if clustered.get("error") is None else str(clustered.get("error")))
+
+
 def _metrics(report: dict[str, Any]) -> str:
     rows = []
     for m in report.get("metrics") or []:
@@ -377,6 +400,16 @@ def _metrics(report: dict[str, Any]) -> str:
                 _finite(strata.get("ci_high")), _finite(strata.get("p_value")),
                 _finite(strata.get("variance_reduction")), len(strata.get("collapsed") or ()),
                 strata.get("error"))) + "</span>"
+        clustered = m.get("clustered")
+        if clustered:  # this row's effect, CI and p are by clusters
+            name += "<br><span class='note'>cluster-robust</span>"
+            change += "<br><span class='note'>" + html.escape(_clustered_line(clustered)) + (
+                "</span>")
+        switchback = m.get("switchback")
+        if switchback:  # this row's effect, CI and p are by time windows
+            name += "<br><span class='note'>by switchback windows</span>"
+            change += "<br><span class='note'>" + html.escape(
+                switchback_line(switchback)) + "</span>"
         prob = _prob(bayes.get("prob_better"))
         if bayes.get("basis") == "cuped_adjusted":
             prob += "<br><span class='ci'>CUPED-adjusted</span>"
@@ -420,6 +453,30 @@ def _guardrails(report: dict[str, Any]) -> str:
                     "relative effect [CI]", "verdict", "reason"], rows, (0, 1, 2, 5, 6))
             if rows else "<p class='note'>no guardrails</p>")
     return f"<section id='guardrails'><h2>Guardrails</h2>{body}</section>"
+
+
+def _factorial(report: dict[str, Any]) -> str:
+    """A factorial experiment's main effects and two-way interactions (beside
+    the per-cell metrics above, which compare each cell with the control cell)."""
+    table = report.get("factorial")
+    if not isinstance(table, dict):
+        return ""
+    effects = [e for e in table.get("effects") or [] if isinstance(e, dict)]
+    heading = factorial_text(str(table.get("metric")), table.get("factors") or {},
+                             str(table.get("covariance")), str(table.get("adjustment")),
+                             effects, table.get("error"))[0]
+    cells = table.get("cell_units") or {}
+    units = _table(["cell", "units"], [[_esc(c), _count(n)] for c, n in cells.items()],
+                   (0,)) if cells else ""
+    rows = [[_esc(e.get("kind")), html.escape(" × ".join(map(str, e.get("factors") or []))),
+             html.escape(" × ".join(map(str, e.get("levels") or []))),
+             _with_ci(_num(e.get("estimate")), _ci(e.get("ci_low"), e.get("ci_high"))),
+             _num(e.get("std_error")), _num(e.get("p_value")), _num(e.get("adjusted_p_value"))]
+            for e in effects]
+    body = _table(["effect", "factors", "levels", "estimate [CI]", "std. error", "p",
+                   "adjusted p"], rows, (0, 1, 2)) if rows else ""
+    return (f"<section id='factorial'><h2>Factorial effects</h2><p>{html.escape(heading)}</p>"
+            f"{body}{units}</section>")
 
 
 # --------------------------------------------------------------------------- plots
@@ -719,6 +776,26 @@ def _preregistration(report: dict[str, Any]) -> str:
     return head + banner + _table(["", "value"], rows, (0, 1)) + "</section>"
 
 
+def _holdout(report: dict[str, Any]) -> str:
+    """A layer's holdout comparison (``rampart analyze --holdout``): the layer, the
+    holdout's share, what shipped, and what the sample-ratio test counted."""
+    holdout = report.get("holdout")
+    if not isinstance(holdout, dict):
+        return ""
+    scope = holdout.get("srm_scope") or {}
+    rows = [["layer", _esc(holdout.get("layer_id"))],
+            ["holdout (control)", f"{_esc(holdout.get('holdout_bp'))} of 10000 buckets "
+                                  f"({html.escape(_pct(holdout.get('holdout_share')))})"],
+            ["shipped (treatment)", "every unit the layer's experiments served: "
+             + _esc(", ".join(str(e) for e in holdout.get("experiments") or []) or None)],
+            ["sample ratio", _esc(scope.get("reason"))]]
+    warning = holdout.get("warning")
+    banner = (f"<div class='banner warn' id='holdout-warning'>{_esc(warning)}</div>"
+              if warning else "")
+    return ("<section id='holdout'><h2>Holdout against shipped</h2>" + banner
+            + _table(["", "value"], rows, (0, 1)) + "</section>")
+
+
 # --------------------------------------------------------------------------- page
 
 
@@ -728,7 +805,8 @@ def render_html(analysis: ExperimentAnalysis | Mapping[str, Any]) -> str:
     report = analysis.to_json() if isinstance(analysis, ExperimentAnalysis) else dict(analysis)
     primary = {str(m.get("arm")): m for m in report.get("metrics") or []
                if isinstance(m, dict) and m.get("role") == "primary"}
-    sections = [_header(report), _periods(report), _srm(report), _metrics(report),
+    sections = [_header(report), _holdout(report), _periods(report), _srm(report),
+                _metrics(report), _factorial(report),
                 _guardrails(report), _plots(report, primary), _looks(report),
                 _segments(report, primary), _preregistration(report)]
     title = html.escape(f"Rampart analysis: {_text(report.get('experiment_id'))}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -82,7 +82,7 @@ class Effect(Frozen):
         return Effect(**Effect.fields_of(effect))
 
 
-BayesBasis = Literal["unadjusted", "cuped_adjusted"]
+BayesBasis = Literal["unadjusted", "cuped_adjusted", "cluster_robust"]
 
 
 class BayesSummary(Frozen):
@@ -93,7 +93,9 @@ class BayesSummary(Frozen):
     the metric's effect and p-value: ``"cuped_adjusted"`` when CUPED applied (a
     normal posterior on the adjusted effect and its standard error),
     ``"unadjusted"`` otherwise (Beta-Binomial for a 0/1 metric, normal means
-    for a mean metric).
+    for a mean metric); ``"cluster_robust"`` in a cluster-randomized
+    experiment (a normal posterior on the cluster-robust effect and its
+    standard error).
     """
 
     prob_better: Num = None
@@ -213,6 +215,128 @@ def stratified_text(attributes: Sequence[str], strata: int, effect: float | None
 
     return (f"{_variance_change(label, variance_reduction)}{pooled}; effect {fmt(effect)} "
             f"CI [{fmt(ci_low)}, {fmt(ci_high)}], p = {fmt(p_value)}")
+
+
+class ClusteredSummary(Frozen):
+    """How a cluster-randomized experiment's metric was tested: its effect
+    fields (on the metric itself) are cluster-robust, and this says by which
+    clusters and what ignoring them would have claimed.
+
+    ``attribute`` is the context attribute naming the clusters;
+    ``clusters_*`` the clusters with units in each arm; ``mean_cluster_size``
+    and ``cluster_size_cv`` their sizes; ``icc`` the intra-cluster
+    correlation (one-way ANOVA, clipped at 0) and ``design_effect``
+    ``1 + ((1 + CV²)·m̄ − 1)·ICC``; ``variance_ratio`` the cluster-robust
+    variance over the unit-level one; ``df`` the t test's degrees of freedom
+    (clusters − 1). ``naive_p_value`` and ``naive_std_error`` are the
+    unit-level test's, which treats correlated units as independent and is
+    shown only for comparison. ``error`` ``clusters_not_loaded``: the units'
+    clusters were not read.
+    """
+
+    attribute: str
+    clusters_control: int = 0
+    clusters_treatment: int = 0
+    mean_cluster_size: Num = None
+    cluster_size_cv: Num = None
+    icc: Num = None
+    design_effect: Num = None
+    variance_ratio: Num = None
+    df: Num = None
+    naive_p_value: Num = None
+    naive_std_error: Num = None
+    error: str | None = None
+
+    def describe(self) -> str:
+        """``clustered by team: 120 + 118 clusters (mean size 15, CV 0.74); ICC
+        0.1, design effect 3.1 (...); ignoring clusters p = 0.0012``."""
+        return clustered_text(self.attribute, self.clusters_control, self.clusters_treatment,
+                              self.mean_cluster_size, self.cluster_size_cv, self.icc,
+                              self.design_effect, self.variance_ratio, self.naive_p_value,
+                              self.error)
+
+
+def clustered_text(attribute: str, clusters_control: int, clusters_treatment: int,
+                   mean_size: float | None, size_cv: float | None, icc: float | None,
+                   design_effect: float | None, variance_ratio: float | None,
+                   naive_p_value: float | None, error: str | None = None) -> str:
+    """A cluster-robust test's clusters and design effect in one line, for the
+    terminal summary and the HTML report (which reads the JSON document)."""
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3g}"
+
+    label = (f"cluster-robust by {attribute} ({clusters_control} + {clusters_treatment} "
+             f"clusters, mean size {fmt(mean_size)}, size CV {fmt(size_cv)})")
+    if error is not None:
+        return f"{label}: no estimate ({error})"
+    return (f"{label}: ICC {fmt(icc)}, design effect {fmt(design_effect)} (observed variance "
+            f"ratio {fmt(variance_ratio)}); a unit-level test ignoring the clusters would "
+            f"say p = {fmt(naive_p_value)}")
+
+
+class SwitchbackSummary(Frozen):
+    """How a switchback experiment's primary metric was tested: its effect
+    fields are the window-level estimate (per-request means of the window
+    cells, region fixed effects, HC2 standard error, t interval), and this
+    says over which windows and what a per-unit test would have claimed.
+
+    ``window_s``, ``region`` and ``burn_in_s`` are the design;
+    ``windows_control``/``windows_treatment`` the cells (window × region) with
+    requests in each arm; ``burn_in_requests``/``burn_in_events`` the rows the
+    burn-in dropped after switches; ``mixed_cells`` cells left out because their
+    decisions were in two arms. ``regression_p_value`` is the t test's (also
+    the effect's ``p_value``), ``ri_p_value`` the randomization-inference one
+    over ``ri_draws`` within-region permutations of the cells' arms; the
+    decision needs both below alpha (corrected across treatment arms).
+    ``naive_p_value``/``naive_abs_effect`` are the per-unit test's, which takes
+    the requests of one window for independent evidence; shown only for
+    comparison."""
+
+    window_s: int
+    region: str | None = None
+    burn_in_s: int = 0
+    windows_control: int = 0
+    windows_treatment: int = 0
+    burn_in_requests: int = 0
+    burn_in_events: int = 0
+    mixed_cells: int = 0
+    df: int | None = None
+    regression_p_value: Num = None
+    ri_p_value: Num = None
+    ri_draws: int = 0
+    naive_p_value: Num = None
+    naive_abs_effect: Num = None
+    error: str | None = None
+
+    def describe(self) -> str:
+        """``switchback by 3600 s windows × city (48 + 47 windows, burn-in 600 s
+        dropped 1,204 requests): regression p = 0.012, randomization p = 0.015;
+        a per-unit test would say p = 1e-09``."""
+        return switchback_text(self.window_s, self.region, self.burn_in_s,
+                               self.windows_control, self.windows_treatment,
+                               self.burn_in_requests, self.regression_p_value,
+                               self.ri_p_value, self.naive_p_value, self.error)
+
+
+def switchback_text(window_s: int, region: str | None, burn_in_s: int, windows_control: int,
+                    windows_treatment: int, burn_in_requests: int,
+                    regression_p_value: float | None, ri_p_value: float | None,
+                    naive_p_value: float | None, error: str | None = None) -> str:
+    """A switchback test's windows and p-values in one line, for the terminal
+    summary and the HTML report (which reads the JSON document)."""
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3g}"
+
+    by = f"{window_s} s windows" + (f" × {region}" if region else "")
+    label = (f"switchback by {by} ({windows_control} + {windows_treatment} windows, "
+             f"burn-in {burn_in_s} s dropped {burn_in_requests:,} requests)")
+    if error is not None:
+        return f"{label}: no estimate ({error})"
+    return (f"{label}: regression p = {fmt(regression_p_value)}, randomization p = "
+            f"{fmt(ri_p_value)}; a per-unit test ignoring the windows would say p = "
+            f"{fmt(naive_p_value)}")
 
 
 class SrmSplit(Frozen):
@@ -345,6 +469,12 @@ class MetricResult(Effect):
     # The primary metric post-stratified, when the plan names strata; shown
     # next to CUPED, never in place of the pre-registered test.
     stratified: StratifiedSummary | None = None
+    # A cluster-randomized experiment: the effect fields are cluster-robust,
+    # and this holds the clusters, the design effect and the unit-level p.
+    clustered: ClusteredSummary | None = None
+    # A switchback experiment's primary metric: the effect fields are the
+    # window-level ones, and this holds the windows, the burn-in and both p-values.
+    switchback: SwitchbackSummary | None = None
 
     @property
     def name(self) -> str:
@@ -362,6 +492,7 @@ class GuardrailResult(Effect):
     relative: bool
     verdict: Verdict
     reason: str
+    clustered: ClusteredSummary | None = None  # as MetricResult's
 
 
 class SegmentCell(Effect):
@@ -532,6 +663,78 @@ class SkippedFile(Frozen):
     reason: str
 
 
+class FactorialEffectRow(Frozen):
+    """One main effect or two-way interaction of a factorial experiment's
+    primary metric (:mod:`rollout.experiments.stats.factorial`): ``factors``
+    and ``levels`` name it (one of each for a main effect, the level compared
+    with the factor's first; two for an interaction), ``adjusted_p_value`` is
+    corrected over every row of the table."""
+
+    kind: Literal["main", "interaction"]
+    factors: tuple[str, ...]
+    levels: tuple[str, ...]
+    estimate: Num = None
+    std_error: Num = None
+    ci_low: Num = None
+    ci_high: Num = None
+    p_value: Num = None
+    adjusted_p_value: Num = None
+
+    @property
+    def label(self) -> str:
+        """``color: green`` or ``ranker × color: new × green``."""
+        return " × ".join(self.factors) + ": " + " × ".join(self.levels)
+
+
+class FactorialSummary(Frozen):
+    """A factorial experiment's primary metric as main effects and two-way
+    interactions, each level against its factor's first and averaged over the
+    other factors' levels; it sits beside the per-cell results, which compare
+    each cell with the control cell. ``factors`` maps each factor to its
+    levels, ``cell_units`` the units of each cell (arms order). ``covariance``
+    ``hc2`` (heteroskedasticity-consistent, normal inference) or
+    ``classical``; ``adjustment`` the correction over the whole table.
+    ``error`` says why there are no rows (a cell under two units, a ratio
+    metric, cells missing from the log)."""
+
+    metric: str
+    factors: dict[str, tuple[str, ...]]
+    cell_units: dict[str, int] = Field(default_factory=dict)
+    effects: tuple[FactorialEffectRow, ...] = ()
+    covariance: str = "hc2"
+    adjustment: str = "holm"
+    alpha: float = 0.05
+    error: str | None = None
+
+    def text_lines(self) -> list[str]:
+        """The table for the terminal: a heading, then one line per effect."""
+        return factorial_text(self.metric, self.factors, self.covariance, self.adjustment,
+                              [row.model_dump() for row in self.effects], self.error)
+
+
+def factorial_text(metric: str, factors: Mapping[str, Sequence[str]], covariance: str,
+                   adjustment: str, effects: Sequence[dict[str, Any]],
+                   error: str | None) -> list[str]:
+    """A factorial table as lines, for the terminal summary and the HTML report
+    (which reads the JSON document, hence plain arguments)."""
+    shape = " x ".join(f"{name} ({len(levels)})" for name, levels in factors.items())
+    head = f"factorial {metric}: {shape}"
+    if error is not None:
+        return [f"{head}: no estimate ({error})"]
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4g}"
+
+    lines = [f"{head}; effects vs each factor's first level, {covariance.upper()} "
+             f"standard errors, p adjusted ({adjustment}) over {len(effects)} effects"]
+    for e in effects:
+        name = " × ".join(e["factors"]) + ": " + " × ".join(e["levels"])
+        lines.append(f"  {e['kind']:11} {name:<32} {fmt(e['estimate'])} CI "
+                     f"[{fmt(e['ci_low'])}, {fmt(e['ci_high'])}], p = {fmt(e['p_value'])} "
+                     f"(adjusted {fmt(e['adjusted_p_value'])})")
+    return lines
+
+
 class ExperimentAnalysis(Frozen):
     """The whole analysis of one experiment over one period.
 
@@ -563,6 +766,8 @@ class ExperimentAnalysis(Frozen):
     skipped_files: tuple[SkippedFile, ...] = ()
     look: SequentialLook | None = None
     recorded_looks: tuple[LookComparison, ...] = ()
+    # A factorial experiment's main effects and interactions (None: not factorial).
+    factorial: FactorialSummary | None = None
 
     def primary(self) -> tuple[MetricResult, ...]:
         """The primary metric's results, one per treatment arm."""

@@ -49,6 +49,11 @@ def add_commands(sub: Any) -> None:
     plan.add_argument("--arms", type=int, default=1, metavar="K",
                       help="treatment arms, each against one control (default 1); each "
                            "comparison is planned at alpha/K")
+    plan.add_argument("--cluster-size", type=float, metavar="M",
+                      help="cluster-randomized: mean units per cluster (with --icc)")
+    plan.add_argument("--icc", type=float, metavar="RHO",
+                      help="cluster-randomized: intra-cluster correlation of the metric, in "
+                           "[0, 1] (with --cluster-size)")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=cmd_plan)
 
@@ -58,7 +63,11 @@ def add_commands(sub: Any) -> None:
                     "pre-registered sequential test, Bayesian posteriors, corrected p-values, "
                     "segments, and a ship / hold / rollback decision with its reasons.")
     analyze.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    analyze.add_argument("--experiment", required=True, help="experiment id in the config")
+    analyzed = analyze.add_mutually_exclusive_group(required=True)
+    analyzed.add_argument("--experiment", help="experiment id in the config")
+    analyzed.add_argument("--holdout", metavar="LAYER",
+                          help="compare a layer's holdout (the control) with every unit its "
+                               "experiments served, by the layer's holdout_analysis plan")
     # Text, not Path: Path would fold the "//" of a URI such as s3://bucket/log.
     analyze.add_argument("--decisions",
                          help="decision log directory, file or URI such as s3://bucket/prefix "
@@ -113,8 +122,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     body = result.to_dict()
+    clustered = _cluster_plan(args, result)
+    if clustered is not None:
+        body["cluster"] = clustered.to_dict()
     if args.json:
         print(json.dumps(body))
+        return 0
+    if clustered is not None:
+        print("\n".join(_cluster_plan_lines(args, body)))
         return 0
     rel = f" ({body['mde_relative']:.2%} relative)" if body.get("mde_relative") else ""
     print(f"{args.metric_type} metric, MDE {body['mde_absolute']:.6g} absolute{rel}, "
@@ -126,6 +141,46 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"duration: {body['days']} days at {args.daily_units:,.0f} units a day, "
               f"{args.allocation:.0%} allocated")
     return 0
+
+
+def _cluster_plan(args: argparse.Namespace, result: Any) -> Any:
+    """The plan scaled to clusters when ``--cluster-size`` and ``--icc`` ask for it
+    (None without them); one without the other, or a bad value, is a CliError."""
+    from rollout.experiments.stats.power import cluster_plan
+
+    size, icc = getattr(args, "cluster_size", None), getattr(args, "icc", None)
+    if size is None and icc is None:
+        return None
+    if size is None or icc is None:
+        raise CliError("--cluster-size and --icc go together: a cluster-randomized plan "
+                       "needs the mean cluster size and the intra-cluster correlation")
+    try:
+        return cluster_plan(result, size, icc)
+    except ValueError as exc:
+        raise CliError(str(exc).replace("cluster_size", "--cluster-size").replace(
+            "icc must", "--icc must")) from None
+
+
+def _cluster_plan_lines(args: argparse.Namespace, body: dict[str, Any]) -> list[str]:
+    """``rampart plan``'s text for a cluster-randomized experiment."""
+    cluster = body["cluster"]
+    rel = f" ({body['mde_relative']:.2%} relative)" if body.get("mde_relative") else ""
+    lines = [f"{args.metric_type} metric, MDE {body['mde_absolute']:.6g} absolute{rel}, "
+             f"alpha {args.alpha:g}, power {args.power:g}, clusters of "
+             f"{cluster['cluster_size']:g} units with ICC {cluster['icc']:g}",
+             f"alpha: {body['alpha_rule']}",
+             f"design effect: {cluster['design_effect']:.4g} = 1 + "
+             f"({cluster['cluster_size']:g} - 1) x {cluster['icc']:g}",
+             f"units per arm: {cluster['units_per_arm']:,}  ({body['n_per_arm']:,} if units "
+             f"were randomized alone; total {cluster['total_units']:,} over "
+             f"{body['treatment_arms'] + 1} arms)",
+             f"clusters per arm: {cluster['clusters_per_arm']:,}  (total "
+             f"{cluster['total_clusters']:,}; for the t test on clusters - 1 degrees of "
+             "freedom)"]
+    if cluster.get("days") is not None:
+        lines.append(f"duration: {cluster['days']} days at {args.daily_units:,.0f} units a "
+                     f"day, {args.allocation:.0%} allocated")
+    return lines
 
 
 def period_choice(text: str) -> int | Literal["latest", "all"]:
@@ -200,6 +255,7 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
     )
     from rollout.experiments.looks import LooksFileError, read_looks
     from rollout.experiments.results import Preregistration
+    from rollout.experiments.switchback_data import switchback_cells_of
 
     experiments = {e.id: e for e in config.experiments}
     if experiment_id not in experiments:
@@ -249,6 +305,8 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
                       if which == "all" else
                       [load_experiment(*paths, experiment, plan_metrics(plan), as_of, segments,
                                        period=which, skip_bad_files=skip_bad_files)])
+            windows = switchback_cells_of(experiment, paths, plan.primary.name, as_of,
+                                          skip_bad_files)
         except AnalysisInputError as exc:
             raise CliError(str(exc)) from None
         kernels = compiled.result()
@@ -271,7 +329,8 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
                            exploratory_segments=exploratory_segments,
                            timeline_points=timeline_points, period=data.period,
                            periods=data.periods, recorded_looks=recorded_looks,
-                           kernels=kernels)
+                           kernels=kernels, switchback=windows,
+                           factors=_analysis_factors(experiment))
         analyses.append(analysis.model_copy(update={"preregistration": preregistration,
                                                     "skipped_files": data.skipped_files}))
     try:
@@ -279,6 +338,14 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
     except PlanChanged as exc:  # another run recorded a different plan meanwhile
         raise CliError(str(exc)) from None
     return analyses
+
+
+def _analysis_factors(experiment: Any) -> tuple[Any, ...]:
+    """A factorial experiment's factors as the analysis names them (empty for
+    any other experiment)."""
+    from rollout.experiments.factorial import analysis_factors
+
+    return analysis_factors(experiment.factors)
 
 
 def _statistics_and_compiled_code() -> AnalysisKernels:
@@ -304,6 +371,13 @@ def _run_on_ray(experiment: Any, paths: tuple[Any, Any], as_of: dt.datetime,
 
     refused = [what for what, asked in (
         ("segments or strata (they need each unit's attributes)", bool(segments)),
+        (f"cluster-randomized experiments (cluster {experiment.cluster!r}: the "
+         "cluster-robust test needs each unit's cluster); use --engine local",
+         getattr(experiment, "cluster", None) is not None),
+        ("switchback experiments (their test is over time windows, which it does not cut); "
+         "use --engine local", getattr(experiment, "switchback", None) is not None),
+        ("factorial experiments (their effects need each unit's value); use --engine local",
+         bool(getattr(experiment, "factors", ()))),
         ("--html (its timeline needs the units)", timeline_points > 0),
         ("--period all or a period number (one served-version period only)",
          which not in ("latest", 1)),
@@ -451,7 +525,8 @@ def summary_text(report: ExperimentAnalysis) -> str:
     for m in report.metrics:
         rel = f" ({m.rel_effect:+.2%})" if m.rel_effect is not None else ""
         # Means, effect, CI and p are all on one basis; say which when CUPED moved it.
-        basis = "CUPED-adjusted " if m.cuped is not None else ""
+        basis = ("CUPED-adjusted " if m.cuped is not None else
+                 "cluster-robust " if m.clustered is not None else "")
         lines.append(
             f"{m.role:9} {m.metric:>12} {m.arm} vs {m.control_arm}: "
             f"{basis}{_fmt(m.mean_control)} -> {_fmt(m.mean_treatment)}, "
@@ -464,6 +539,10 @@ def summary_text(report: ExperimentAnalysis) -> str:
                          f"{_fmt(plain.ci_high)}], p = {_fmt(plain.p_value)}")
         if m.stratified is not None:  # beside CUPED: the decision is not made on it
             lines.append(f"{'':9} {m.stratified.describe()}")
+        if m.clustered is not None:  # the test above is by clusters; what units alone say
+            lines.append(f"{'':9} {m.clustered.describe()}")
+        if m.switchback is not None:  # the test above is by windows; what units alone say
+            lines.append(f"{'':9} {m.switchback.describe()}")
         sequential = m.sequential
         if isinstance(sequential, MsprtSummary):
             across = (f" ({_fmt(sequential.adjusted_p_value)} adjusted across "
@@ -483,6 +562,8 @@ def summary_text(report: ExperimentAnalysis) -> str:
             lines.append(f"{'':9} P(better) = {_fmt(m.bayes.prob_better)}{on}")
     for g in report.guardrails:
         lines.append(f"guardrail {g.metric:>12} {g.arm}: {g.verdict}")
+    if report.factorial is not None:  # beside the per-cell results: it does not decide
+        lines += report.factorial.text_lines()
     for seg in report.segments:
         cells = ", ".join(f"{r.segment} {_fmt(r.abs_effect)} (adj. p "
                           f"{_fmt(r.adjusted_p_value)})" for r in seg.segments)

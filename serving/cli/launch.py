@@ -25,6 +25,7 @@ from typing import Any
 
 import ray
 
+from serving.gateway.forcing_key import forcing_signing_key
 from serving.gateway.ray_app import (
     ADMIN_TOKEN_ENV,
     APP_NAME,
@@ -139,6 +140,7 @@ def prepare_gateway(config: RampartConfig, num_replicas: int | None = None,
         admin_token=admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
         ingest_token=os.environ.get(INGEST_TOKEN_ENV) or None,
         trace_key=os.environ.get("RAMPART_TRACE_KEY") or secrets.token_hex(32),
+        force_signing_key=forcing_signing_key(config, os.environ),
         controller_name=CONTROLLER_NAME, controller_namespace=CONTROLLER_NAMESPACE,
         instance_id=secrets.token_hex(8),
     )
@@ -230,6 +232,7 @@ def start_gateway(
     """
     host = host or config.server.host
     port = port or config.server.port
+    forcing_signing_key(config, os.environ)  # a missing key refuses the start before Ray
     owns_ray, joined, haproxy_dir = connect_ray(address, config.server)
     try:
         parts = prepare_gateway(config, num_replicas, admin_token, chaos)

@@ -29,6 +29,7 @@ from serving.cli.common import (
     project_error,
     routing_table,
 )
+from serving.cli.config_check import guard_deploy, record_applied
 
 # --------------------------------------------------------------------------- commands
 
@@ -114,6 +115,7 @@ def cmd_serve_on_cluster(args: argparse.Namespace, config: Any, hint: str) -> in
         raise CliError(f"cannot join the Ray cluster at {args.address}: {exc}") from None
     print(f"rampart gateway serving on {gateway.url} on the Ray cluster at {args.address} "
           f"(routing version {gateway.table.version})", flush=True)
+    record_applied(config)
     if args.detach:
         gateway.disconnect()
         print("detached: the gateway and its rollout controller keep running on the cluster; "
@@ -148,6 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError("--detach needs --address (or RAY_ADDRESS): a local Ray ends with this "
                        "process; start a cluster with `ray start --head` and join it")
     config, hint = serve_config(args)
+    guard_deploy(config, args.allow_moves)  # before Ray starts: a refusal is quick
     if args.address:
         return cmd_serve_on_cluster(args, config, hint)
     from serving.cli.launch import start_gateway
@@ -172,6 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     gateway = start_gateway(config, host=host, port=port, num_replicas=args.replicas,
                             chaos=args.chaos)
+    record_applied(config)
     if args.model is not None:
         print(f"serving {args.model} (version {table.default.version})", flush=True)
     print(f"rampart gateway serving on {gateway.url} (routing version {gateway.table.version}); "
@@ -196,7 +200,9 @@ def cmd_assign(args: argparse.Namespace) -> int:
             raise CliError(f"--context is not valid JSON: {exc}") from None
         if not isinstance(context, dict):
             raise CliError("--context must be a JSON object")
-        decision = route(table, args.unit_id, context)
+        from serving.cli.request_time import request_time
+
+        decision = route(table, args.unit_id, context, now=request_time(args.at))
         print(json.dumps({
             "unit_id": decision.unit_id,
             "unit_type": decision.unit_type,
@@ -418,6 +424,16 @@ def cmd_outcomes_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    if args.holdout is not None:
+        from serving.cli.analyze_holdout import cmd_analyze_holdout
+
+        return cmd_analyze_holdout(args, load_config_or_exit(args.config))
+    from serving.cli.analyze import cmd_analyze as cmd_analyze_experiment
+
+    return cmd_analyze_experiment(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from serving.cli.demo.run import run_demo
 
@@ -475,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown", action="store_true",
                        help="with --address: remove the gateway and its rollout controller "
                             "from the cluster (as `rampart stop`)")
+    serve.add_argument("--allow-moves", action="store_true",
+                       help="deploy even if the config moves units of running experiments "
+                            "to other arms (see `rampart config check`)")
     serve.set_defaults(func=cmd_serve)
 
     stop = sub.add_parser("stop", help="remove the gateway and its controller from a cluster")
@@ -486,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     assign.add_argument("--unit-id", help="one unit id")
     assign.add_argument("--context", help="request context as a JSON object")
+    assign.add_argument("--at", help="route as of this time, ISO-8601 or epoch seconds "
+                        "(default now): a switchback experiment's window comes from it")
     assign.add_argument("--units-file", type=Path, help="a file of unit ids, one per line")
     assign.add_argument("--output", type=Path, help="Parquet file to write (with --units-file)")
     assign.set_defaults(func=cmd_assign)
@@ -572,14 +593,23 @@ def build_parser() -> argparse.ArgumentParser:
     from serving.cli.analyze import add_commands as add_analysis_commands
 
     add_analysis_commands(sub)
+    # ``--holdout`` analyses a layer's holdout (serving/cli/analyze_holdout.py,
+    # which builds on serving/cli/analyze.py, so the choice is made here)
+    sub.choices["analyze"].set_defaults(func=cmd_analyze)
+
+    from serving.cli.config_check import add_commands as add_config_commands
+
+    add_config_commands(sub)
 
     demo = sub.add_parser("demo", help="seed, serve, drive traffic, print per-version table")
     demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     demo.add_argument("--requests", type=int, default=4000)
     demo.add_argument("--concurrency", type=int, default=8)
     demo.add_argument("--port", type=int, help="port for the gateway (default from config)")
-    demo.add_argument("--scenario", choices=["healthy", "latency-fault", "error-fault"],
-                      help="run only this rollout scenario")
+    demo.add_argument("--scenario", choices=["healthy", "latency-fault", "error-fault",
+                                             "layers", "switchback", "factorial"],
+                      help="run only this rollout scenario, or one experiment design "
+                           "(layers, switchback, factorial) on its own")
     demo.add_argument("--json", action="store_true",
                       help="print the scenario's result as one JSON object on the last line")
     demo.set_defaults(func=cmd_demo)

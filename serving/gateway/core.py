@@ -91,7 +91,14 @@ from serving.kernel.errors import (
     ValidationFailed,
 )
 from serving.kernel.ids import MAX_BODY_BYTES
-from serving.routing.router import Decision, RoutingTable, public_routing, route
+from serving.routing.forcing import ForcingPolicy, parse_force, resolve_force
+from serving.routing.router import (
+    Decision,
+    RoutingTable,
+    decision_factors,
+    public_routing,
+    route,
+)
 from serving.routing.snapshot import RoutingSnapshot
 from telemetry.decision_log import DecisionLogWriter, DecisionRecord
 from telemetry.drift_monitor import DriftMonitor
@@ -183,6 +190,7 @@ class GatewayCore:
         pool: ModelPool | None = None,
         unit_policy: UnitPolicy | None = None,
         trace_key: bytes | None = None,
+        forcing: ForcingPolicy | None = None,
     ) -> None:
         self.drift_monitor = drift_monitor
         # Spans leave the gateway (to any OTLP collector): they carry a keyed
@@ -202,6 +210,8 @@ class GatewayCore:
         self.decision_log = decision_log
         self.pool = pool or ModelPool(threads=4, max_pending=4096)
         self.unit_policy = unit_policy or UnitPolicy()
+        # None: forcing is off and its header is not even read.
+        self.forcing = forcing
         self.answered_ids = RecentRequestIds()
 
     @property
@@ -267,8 +277,8 @@ class GatewayCore:
     async def serve(self, protocol: ProtocolModule, body: bytes, *,
                     header_request_id: str | None = None, header_unit: str | None = None,
                     query: Mapping[str, str] | None = None,
-                    model_name: str | None = None, content_type: str | None = None
-                    ) -> Outcome:
+                    model_name: str | None = None, content_type: str | None = None,
+                    header_force: str | None = None) -> Outcome:
         """Answer one scoring request of any protocol; never raises for bad input.
 
         The body is parsed into rows, every row is routed, checked against the
@@ -290,6 +300,8 @@ class GatewayCore:
             request = protocol.parse(
                 body, unit=self.unit_policy, header_unit=header_unit, query=query or {},
                 header_request_id=header_request_id, model_name=model_name, **extra)
+            forced = (None if header_force is None or self.forcing is None
+                      else self._forced(request, header_force))
             ids = (request.request_id, *(row.request_id for row in request.rows))
             if (again := self.answered_ids.first_seen(ids)) is not None:
                 raise DuplicateRequestId(
@@ -300,20 +312,27 @@ class GatewayCore:
             if error.request_id is None:
                 error.request_id = header_request_id
             return Outcome.of(protocol.format_error(error))
-        scored = await self.score(request, header_request_id, started)
+        scored = await self.score(request, header_request_id, started, forced)
         # Only an answer takes an id: a refused request may be corrected and sent again.
         if any(row.error is None for row in scored.rows):
             self.answered_ids.remember(ids)
         return Outcome.of(protocol.format(scored))
 
     async def score(self, request: ScoringRequest, header_request_id: str | None,
-                    started: float) -> ScoredRequest:
-        """Route, check, score and record every row of ``request``."""
+                    started: float, forced: Sequence[Decision] | None = None
+                    ) -> ScoredRequest:
+        """Route, check, score and record every row of ``request`` (``forced``:
+        each row's decision, chosen by a forcing header instead of routing)."""
         table = self._table  # one snapshot for the whole request
+        # One clock reading routes the request (a switchback experiment's window)
+        # and is logged as its decisions' timestamp, so the window is recomputable.
+        decided_at = time.time()
         first: Decision | None = None  # routed once, whichever path answers
         if len(request.rows) == 1 and not request.params:
-            first = route(table, request.rows[0].unit_id, request.rows[0].context)
-            inline = self._score_inline(request, table, first, header_request_id, started)
+            first = forced[0] if forced else route(
+                table, request.rows[0].unit_id, request.rows[0].context, now=decided_at)
+            inline = self._score_inline(request, table, first, header_request_id, started,
+                                        decided_at)
             if inline is not None:
                 return inline
         n = len(request.rows)
@@ -325,7 +344,8 @@ class GatewayCore:
         errors: list[RampartError | None] = [None] * n
         groups: dict[ModelKey, list[tuple[int, dict[str, Any]]]] = {}
         for i, row in enumerate(request.rows):
-            decision = first if first is not None else route(table, row.unit_id, row.context)
+            decision = forced[i] if forced else first if first is not None else route(
+                table, row.unit_id, row.context, now=decided_at)
             decisions.append(decision)
             key = (decision.model.name, decision.model.version)
             try:
@@ -381,16 +401,19 @@ class GatewayCore:
                 self.metrics.observe(REJECTED_LABELS, latency_s)
             else:
                 self._record(request_ids[i], row, decision, prediction, latency_s,
-                             "ok" if prediction is not None else "error", failures[i])
+                             "ok" if prediction is not None else "error", failures[i],
+                             decided_at)
             if prediction is not None:
                 self._after(table, request_ids[i], row, decision, prediction, model_rows[i])
             results.append(RowResult(
                 request_ids[i], decision.model.name, decision.model.version,
-                decision.experiment_id, decision.arm, prediction, error))
+                decision.experiment_id, decision.arm, prediction, error,
+                decision_factors(table, decision)))
         return ScoredRequest(request, tuple(results), batches)
 
     def _score_inline(self, request: ScoringRequest, table: RoutingTable, decision: Decision,
-                      header_request_id: str | None, started: float) -> ScoredRequest | None:
+                      header_request_id: str | None, started: float,
+                      decided_at: float) -> ScoredRequest | None:
         """One row routed to an inline version, answered without the batch
         bookkeeping (the fast path: microseconds count); None when the row
         needs more (another version, a refusal, a scorer that must be awaited)."""
@@ -407,16 +430,30 @@ class GatewayCore:
             return None
         request_id = row.request_id or self._fallback_id(request, header_request_id, 0)
         self._record(request_id, row, decision, prediction, time.perf_counter() - started,
-                     "ok", None)
+                     "ok", None, decided_at)
         self._after(table, request_id, row, decision, prediction, model_row)
         return ScoredRequest(request, (RowResult(
             request_id, decision.model.name, decision.model.version, decision.experiment_id,
-            decision.arm, prediction),))
+            decision.arm, prediction, factors=decision_factors(table, decision)),))
 
     @staticmethod
     def _fallback_id(request: ScoringRequest, header_request_id: str | None, row: int) -> str:
         base = request.request_id or header_request_id or uuid.uuid4().hex
         return f"{base}-{row}" if request.batch else base
+
+    def _forced(self, request: ScoringRequest, header_force: str) -> tuple[Decision, ...]:
+        """Each row's decision as the forcing header sets it. Every row's unit
+        must be allowed to force, else the whole request is refused
+        (ForceRefused, 403): served unforced, a tester could not tell."""
+        assert self.forcing is not None
+        try:
+            force = parse_force(header_force)
+            table, now = self._table, time.time()
+            return tuple(resolve_force(self.forcing, table, force, row.unit_id, row.context,
+                                       now) for row in request.rows)
+        except RampartError as refused:
+            refused.request_id = refused.request_id or request.request_id
+            raise
 
     def _refused(self, request: ScoringRequest, request_ids: list[str],
                  decisions: list[Decision], errors: list[RampartError | None],
@@ -470,6 +507,7 @@ class GatewayCore:
         latency_s: float,
         status: str,
         error: str | None,
+        decided_at: float,
     ) -> None:
         labels = (
             decision.model.name,
@@ -481,7 +519,7 @@ class GatewayCore:
             status,
         )
         self.metrics.observe(labels, latency_s)
-        now = time.time()
+        now = decided_at  # the time the request was routed by
         # A unit hashed on the request id is no unit of the experiment's kind.
         unit_type = "request_id" if row.unit_source == "request_id" else decision.unit_type
         if self.decision_log is not None:
@@ -493,6 +531,7 @@ class GatewayCore:
                     now, row.features, None if prediction is None else prediction.score,
                     latency_s * 1000.0, status, error, row.context or None,
                     prediction, row.unit_source, decision.arm_weights,
+                    forced=decision.forced,
                 )
             )
         if self.tracer is None:  # tracing is off in the config
@@ -509,6 +548,7 @@ class GatewayCore:
                 "rampart.experiment_id": decision.experiment_id or "",
                 "rampart.arm": decision.arm,
                 "rampart.layer": decision.layer,
+                "rampart.forced": decision.forced,
                 "rampart.model_name": decision.model.name,
                 "rampart.model_version": decision.model.version,
                 "rampart.status": status,
@@ -783,6 +823,9 @@ def build_app(
         outcome = await core.serve(
             protocol, body, header_request_id=header_id,
             header_unit=request.headers.get(core.unit_policy.header),
+            # Read only when forcing is on: off, the header means nothing.
+            header_force=(None if core.forcing is None
+                          else request.headers.get(core.forcing.header)),
             # Parsed only when there is a query string: most requests have none.
             query=request.query_params if request.scope.get("query_string") else NO_QUERY,
             model_name=model_name,
@@ -790,7 +833,11 @@ def build_app(
         return http(outcome)
 
     scoring_errors: dict[int | str, dict[str, Any]] = {
-        400: {"model": ErrorResponse, "description": "Body is not JSON, or names no unit"},
+        400: {"model": ErrorResponse,
+              "description": "Body is not JSON, names no unit, or a forcing header names "
+                             "no experiment, arm or routed version"},
+        403: {"model": ErrorResponse,
+              "description": "A forcing header for a unit neither allowlisted nor signed"},
         404: {"model": ErrorResponse, "description": "No such model (named paths)"},
         408: {"model": ErrorResponse,
               "description": "The body did not arrive within server.request_read_timeout_s"},

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from serving.gateway.core import GatewayCore
     from serving.gateway.pool import ModelPool
     from serving.gateway.protocols import UnitPolicy
+    from serving.routing.forcing import ForcingPolicy
     from telemetry.decision_log import FeaturePolicy
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ class ReplicaSettings(BaseModel):
     # The key of the unit-id hash spans carry: one per gateway, so every
     # replica hashes a unit alike (RAMPART_TRACE_KEY keeps it across restarts).
     trace_key: str | None = None
+    # The forcing header's signing key, read from the variable the config
+    # names when the gateway starts (None: signed values are not accepted).
+    force_signing_key: str | None = None
     # How long one routing long-poll stays parked before it is renewed.
     snapshot_timeout_s: float = 30.0
     # The controller actor's name, to find it again after Ray restarts it or
@@ -602,6 +606,7 @@ def build_core(settings: ReplicaSettings, snapshot: RoutingSnapshot,
                        shadow_runner=shadow_runner, drift_monitor=drift_monitor,
                        outcomes_log=outcomes_log, pool=model_pool(settings.config),
                        unit_policy=unit_policy(settings.config),
+                       forcing=forcing_policy(settings),
                        trace_key=settings.trace_key.encode() if settings.trace_key else None)
     core.metrics.set_rollouts(snapshot.rollouts)
     return core
@@ -626,6 +631,17 @@ def model_pool(config: RampartConfig) -> ModelPool:
     requests = config.requests
     return ModelPool(requests.worker_threads, requests.max_pending_rows,
                      requests.max_batch_rows)
+
+
+def forcing_policy(settings: ReplicaSettings) -> ForcingPolicy | None:
+    """Who may force an arm or a version by header; None when forcing is off."""
+    from serving.routing.forcing import ForcingPolicy
+
+    forcing = settings.config.requests.forced_assignment
+    if forcing is None:
+        return None
+    key = settings.force_signing_key
+    return ForcingPolicy.from_config(forcing, None if key is None else key.encode())
 
 
 def unit_policy(config: RampartConfig) -> UnitPolicy:

@@ -212,6 +212,8 @@ class PredictResponse(BaseModel):
     model_version: str
     experiment_id: str | None
     arm: str
+    # In a factorial experiment, each factor's level (the arm is their cell).
+    factors: dict[str, str] | None = None
     label: str | int | float | bool | None = None
     probabilities: dict[str, float] | None = None
 

@@ -24,9 +24,19 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from serving.kernel.analysis_plan import AnalysisPlan
+from serving.kernel.clusters import check_cluster_key
 from serving.kernel.errors import ConfigError
+from serving.kernel.factorial import (
+    MAX_FACTORS,
+    FactorSpec,
+    check_factors,
+    factorial_arms,
+    with_default_cell_model,
+)
+from serving.kernel.forcing import ForcedAssignmentConfig
 from serving.kernel.ids import (
     BUCKETS,
     ID_PATTERN,
@@ -37,6 +47,7 @@ from serving.kernel.ids import (
     check_salt,
 )
 from serving.kernel.ids import Frozen as _Frozen
+from serving.kernel.switchback import SwitchbackSpec, check_switchback_design
 from serving.kernel.targeting import MAX_RULES, Targeting
 from serving.kernel.targeting import TAGS as TARGETING_TAGS
 from serving.kernel.targeting import TargetingRule as TargetingRule
@@ -85,6 +96,22 @@ class ArmSpec(ModelTarget):
     name: str = Field(pattern=ID_PATTERN)
     weight_bp: int = Field(ge=0, le=BUCKETS)
 
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        # The router logs these for units a layer does not expose to an
+        # experiment, and the analysis leaves them out: an arm of that name
+        # could not be told apart from them.
+        if name in RESERVED_ARM_NAMES:
+            raise ValueError(f"arm name {name!r} is reserved (the decision log uses "
+                             f"{sorted(RESERVED_ARM_NAMES)} for units no arm serves)")
+        return name
+
+
+# Arms the router logs for units in a layer that no arm of an experiment serves
+# (serving/routing/router.py INELIGIBLE_ARM, HOLDOUT_ARM).
+RESERVED_ARM_NAMES = frozenset({"ineligible", "holdout"})
+
 
 class ExperimentSpec(_Frozen):
     """An experiment: who is eligible, how units are hashed, which arm serves what.
@@ -96,7 +123,14 @@ class ExperimentSpec(_Frozen):
     id: str = Field(pattern=ID_PATTERN)
     salt: str
     unit: UnitType = "user_id"
-    arms: tuple[ArmSpec, ...] = Field(min_length=2, max_length=16)
+    # A factorial experiment's factors (serving/kernel/factorial.py): its arms
+    # are then the cells of their cross product, generated here, not listed.
+    factors: tuple[FactorSpec, ...] = Field(default=(), max_length=MAX_FACTORS)
+    # What a factorial experiment's cells serve when no factor names model
+    # versions; the config's default route unless given.
+    cell_model: ModelTarget | None = None
+    arms: tuple[ArmSpec, ...] = Field(default=(), min_length=2, max_length=16,
+                                      validate_default=True)
     # every node must hold (see serving/kernel/targeting.py for the rules)
     targeting: tuple[Targeting, ...] = ()
     # Basis points of the eligible units the experiment takes before its arms
@@ -107,6 +141,38 @@ class ExperimentSpec(_Frozen):
     # and its range [start, stop) of the layer's buckets.
     layer: str | None = Field(default=None, pattern=ID_PATTERN)
     layer_buckets: tuple[int, int] | None = None
+    # Cluster randomization: the context attribute whose value is the unit's
+    # cluster (a team, a geo); the arm and coverage buckets hash it, so every
+    # unit of a cluster gets the same arm (serving/kernel/clusters.py).
+    cluster: str | None = None
+    # Switchback: the unit randomized is a time window, optionally crossed with
+    # a region (serving/kernel/switchback.py); None: the unit is the unit.
+    switchback: SwitchbackSpec | None = None
+
+    @field_validator("switchback")
+    @classmethod
+    def _switchback_design(cls, switchback: SwitchbackSpec | None, info: ValidationInfo
+                           ) -> SwitchbackSpec | None:
+        if switchback is not None:
+            check_switchback_design(info.data.get("id", "?"), info.data)
+        return switchback
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_key(cls, cluster: str | None) -> str | None:
+        return None if cluster is None else check_cluster_key(cluster)
+
+    @model_validator(mode="after")
+    def _cluster_outside_layers(self) -> ExperimentSpec:
+        # A layer allocates units by the unit's own bucket: the units of one
+        # cluster would fall in different experiments of the layer, and none
+        # of them would hold the whole cluster.
+        if self.cluster is not None and self.layer is not None:
+            raise ValueError(f"experiment {self.id!r}: a cluster-randomized experiment "
+                             f"(cluster {self.cluster!r}) cannot be in a layer (layer "
+                             f"{self.layer!r}): a layer splits a cluster's units between "
+                             "its experiments")
+        return self
 
     @model_validator(mode="after")
     def _layer_range(self) -> ExperimentSpec:
@@ -133,6 +199,48 @@ class ExperimentSpec(_Frozen):
     @classmethod
     def _salt(cls, salt: str) -> str:
         return check_salt(salt)
+
+    @field_validator("factors")
+    @classmethod
+    def _factors(cls, factors: tuple[FactorSpec, ...], info: ValidationInfo
+                 ) -> tuple[FactorSpec, ...]:
+        return check_factors(info.data.get("id", "?"), info.data.get("salt"), factors)
+
+    @field_validator("cell_model")
+    @classmethod
+    def _cell_model(cls, cell_model: ModelTarget | None, info: ValidationInfo
+                    ) -> ModelTarget | None:
+        factors = info.data.get("factors") or ()
+        if cell_model is not None and "factors" in info.data and not factors:
+            raise ValueError("'cell_model' is what a factorial experiment's cells serve; "
+                             "this experiment has no factors")
+        if cell_model is not None and any(f.serves_models for f in factors):
+            raise ValueError("a factor names the model versions the cells serve; "
+                             "'cell_model' is for factorial experiments without one")
+        return cell_model
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _factorial_cells(cls, arms: Any, info: ValidationInfo) -> Any:
+        # A factorial experiment's arms are its cells, generated from the
+        # (already validated) factors; any other experiment lists its own.
+        if "factors" not in info.data or (
+                "cell_model" not in info.data and info.data["factors"]):
+            if arms != ():
+                return arms
+            raise PydanticCustomError("factorial_cells", "no cells: the factors (or "
+                                      "cell_model) they are generated from are not valid")
+        factors = info.data["factors"]
+        if not factors:
+            if arms == ():
+                raise PydanticCustomError("missing", "Field required")
+            return arms
+        if arms != ():
+            raise ValueError(f"experiment {info.data.get('id', '?')!r} has factors: its arms "
+                             "are the cells of the factors' cross product, not listed")
+        cell_model = info.data["cell_model"]
+        return factorial_arms(info.data.get("id", "?"), factors, None if cell_model is None
+                              else (cell_model.model, cell_model.version))
 
     # A field validator (not a model one) so that a bad salt and bad weights
     # are both reported in the same error.
@@ -163,11 +271,22 @@ class LayerSpec(_Frozen):
     salt: str
     unit: UnitType = "user_id"
     holdout_bp: int = Field(default=0, ge=0, le=BUCKETS)
+    # The pre-registered long-term comparison of every unit the layer's
+    # experiments served ("shipped") against the holdout, the control
+    # (``rampart analyze --holdout <layer>``).
+    holdout_analysis: AnalysisPlan | None = None
 
     @field_validator("salt")
     @classmethod
     def _salt(cls, salt: str) -> str:
         return check_salt(salt)
+
+    @model_validator(mode="after")
+    def _holdout_to_analyse(self) -> LayerSpec:
+        if self.holdout_analysis is not None and self.holdout_bp == 0:
+            raise ValueError(f"layer {self.id!r}: holdout_analysis compares the layer's "
+                             "holdout with its experiments, but holdout_bp is 0 (no holdout)")
+        return self
 
 
 class ShadowSpec(ModelTarget):
@@ -330,6 +449,17 @@ class RequestConfig(_Frozen):
     max_pending_rows: int = Field(default=4096, ge=1, le=1_000_000)
     # Rows of concurrent requests to one version are scored in one call, up to this.
     max_batch_rows: int = Field(default=256, ge=1, le=100_000)
+    # A header that forces an arm or a version for QA (None: off, the header
+    # is ignored); see serving/kernel/forcing.py.
+    forced_assignment: ForcedAssignmentConfig | None = None
+
+    @model_validator(mode="after")
+    def _distinct_headers(self) -> RequestConfig:
+        forcing = self.forced_assignment
+        if forcing is not None and forcing.header.lower() == self.unit_header.lower():
+            raise ValueError(f"forced_assignment.header {forcing.header!r} is also the "
+                             "unit_header: the two must differ")
+        return self
 
 
 class AutoscalingConfig(_Frozen):
@@ -405,6 +535,11 @@ class RampartConfig(_Frozen):
     telemetry: TelemetryConfig = TelemetryConfig()
     server: ServerConfig = ServerConfig()
     requests: RequestConfig = RequestConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _factorial_cells_serve_default(cls, data: Any) -> Any:
+        return with_default_cell_model(data)
 
     @model_validator(mode="after")
     def _references(self) -> RampartConfig:

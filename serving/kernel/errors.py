@@ -86,6 +86,21 @@ class UnitMissing(RampartError):
     code, status = "unit_missing", 400
 
 
+class ForceInvalid(RampartError):
+    """A forcing header that does not parse, or names an experiment, arm or
+    version the routing table does not have."""
+
+    code, status = "force_invalid", 400
+
+
+class ForceRefused(RampartError):
+    """A forcing header for a unit that may not force: not on the allowlist and
+    not correctly signed (or the signature has expired). Refused, not served
+    unforced, so that a tester knows the force did not apply."""
+
+    code, status = "force_refused", 403
+
+
 # ----------------------------------------------------------------- serving
 
 class ModelFailed(RampartError):

@@ -24,9 +24,12 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from serving.kernel.clusters import cluster_of
 from serving.kernel.config import FeatureTransform, RampartConfig, TargetingRule
 from serving.kernel.errors import ValidationFailed
+from serving.kernel.factorial import parse_cell
 from serving.kernel.ids import ContextValue
+from serving.kernel.switchback import SwitchbackSpec
 from serving.kernel.targeting import (
     Predicate,
     Targeting,
@@ -45,6 +48,8 @@ from serving.routing.assignment import (
     salt_state,
     second_bucket,
 )
+from serving.routing.factorial import CompiledFactorial, compile_factorial
+from serving.routing.switchback import window_unit
 
 DEFAULT_ARM = "default"
 DEFAULT_LAYER = "default"
@@ -52,6 +57,9 @@ EXPERIMENT_LAYER_PREFIX = "experiment:"
 ROLLOUT_LAYER_PREFIX = "rollout:"
 LAYER_PREFIX = "layer:"
 HOLDOUT_ARM = "holdout"
+# A unit whose layer bucket falls in an experiment's range but whose context
+# fails that experiment's targeting: served the default, logged under the experiment.
+INELIGIBLE_ARM = "ineligible"
 BASELINE_ARM = "baseline"
 CANDIDATE_ARM = "candidate"
 
@@ -98,6 +106,12 @@ class CompiledExperiment:
     layer_buckets: tuple[int, int] = (0, BUCKETS)  # its range of the layer's buckets
     # the targeting compiled into one function of the context
     eligible: Predicate = field(default=compile_targeting(()), compare=False)
+    # the context attribute naming the unit's cluster (None: the unit is hashed)
+    cluster: str | None = None
+    # the window (and region) is randomized instead of the unit (None: the unit)
+    switchback: SwitchbackSpec | None = None
+    # a factorial experiment's factors: they, not the arm bucket, choose the cell
+    factorial: CompiledFactorial | None = None
 
     def covers(self, mixed: int) -> bool:
         """Whether the experiment takes an eligible unit whose hash under the
@@ -310,11 +324,16 @@ class RoutingTable:
                     "layer_buckets": None if e.layer is None else list(e.layer_buckets),
                     "targeting": describe_targeting(e.targeting),
                     "coverage_bp": e.coverage_bp,
+                    "cluster": e.cluster,
+                    "switchback": None if e.switchback is None else e.switchback.model_dump(),
+                    "factors": None if e.factorial is None else e.factorial.describe(),
                     "arms": [
                         {
                             "name": name,
                             "weight_bp": e.allocation.share(i),
-                            "buckets": [[r.start, r.stop] for r in e.allocation.ranges[i]],
+                            # a factorial cell owns no range: its factors' levels do
+                            "buckets": [[r.start, r.stop] for r in e.allocation.ranges[i]]
+                            if e.factorial is None else None,
                             **_ref_json(e.arm_models[i]),
                         }
                         for i, name in enumerate(e.allocation.arm_names)
@@ -370,6 +389,9 @@ class Decision:
     rollout_id: str | None = None
     rollout_arm: str | None = None
     arm_weights: str | None = None  # the experiment's split in force (None: no experiment)
+    # Chosen by a forcing header (serving/routing/forcing.py), not by the hash:
+    # served and logged, never analysed.
+    forced: bool = False
 
 
 VersionResolver = Callable[[str, str], str]
@@ -421,6 +443,9 @@ def build_routing_table(
             coverage_bp=exp.coverage_bp,
             layer=None if exp.layer is None else layers[exp.layer],
             layer_buckets=exp.layer_buckets or (0, BUCKETS),
+            cluster=exp.cluster,
+            switchback=exp.switchback,
+            factorial=compile_factorial(exp.factors),
             eligible=compile_targeting(exp.targeting),
         )
         for exp in config.experiments
@@ -466,8 +491,22 @@ def unit_for(unit_type: str, unit_id: str, context: Mapping[str, Any]) -> str:
     return typed if isinstance(typed, str) and typed else unit_id
 
 
+def decision_factors(table: RoutingTable, decision: Decision) -> dict[str, str] | None:
+    """Each factor's level of a decision in a factorial experiment, read from
+    its cell (the arm); None for any other decision. A client reads its
+    factors' levels here rather than parsing the arm."""
+    if decision.experiment_id is None:
+        return None
+    levels = parse_cell(decision.arm)  # cheap, and None for most arms
+    if levels is None:
+        return None
+    exp = next((e for e in table.experiments if e.id == decision.experiment_id), None)
+    return levels if exp is not None and exp.factorial is not None else None
+
+
 def route(
-    table: RoutingTable, unit_id: str, context: Mapping[str, ContextValue] | None = None
+    table: RoutingTable, unit_id: str, context: Mapping[str, ContextValue] | None = None,
+    *, now: float | None = None,
 ) -> Decision:
     """Decide the experiment, arm and model version for one request.
 
@@ -476,9 +515,13 @@ def route(
     default version with arm ``"default"`` and no experiment. Then, where the
     version reached is a running rollout's baseline, the rollout's split
     decides between baseline and candidate.
+
+    ``now`` is the request's time (seconds since the epoch), which a switchback
+    experiment's window comes from; routing never reads the clock, so without
+    it no switchback experiment takes the request.
     """
     ctx: Mapping[str, ContextValue] = context or {}
-    decision = _route_experiments(table, unit_id, ctx)
+    decision = _route_experiments(table, unit_id, ctx, now)
     if not table.rollouts:
         return decision
     split = table.rollout_for(decision.model.name)
@@ -495,8 +538,20 @@ def route(
     )
 
 
+def ineligible_in_layer(table: RoutingTable, exp: CompiledExperiment, layer: CompiledLayer,
+                        layer_unit: str, in_layer: int) -> Decision:
+    """A unit whose layer bucket is in ``exp``'s range but whose context fails
+    ``exp``'s targeting. The range is the experiment's alone, so no later
+    experiment may take the unit (that would make a layer's experiments share
+    units by context): it is served the default route and logged under the
+    experiment with arm ``ineligible``, which the analysis does not count."""
+    return Decision(layer_unit, layer.unit_type, exp.id, INELIGIBLE_ARM, in_layer,
+                    table.default, layer.name)
+
+
 def _route_experiments(
-    table: RoutingTable, unit_id: str, ctx: Mapping[str, ContextValue]
+    table: RoutingTable, unit_id: str, ctx: Mapping[str, ContextValue],
+    now: float | None = None,
 ) -> Decision:
     for step in table.steps:
         if isinstance(step, LayerStep):
@@ -514,13 +569,20 @@ def _route_experiments(
         else:
             exp, layer = step, None
         if exp.targeting and not exp.eligible(ctx):
-            continue
+            if layer is None:
+                continue
+            return ineligible_in_layer(table, exp, layer, layer_unit, in_layer)
         unit = unit_for(exp.unit_type, unit_id, ctx)
-        mixed = hash_from_state(exp.salt_state, unit)
+        hashed = unit if exp.cluster is None else cluster_of(exp.cluster, ctx)
+        if exp.switchback is not None:  # the window (and region) holds the arm
+            hashed = window_unit(exp.switchback, ctx, now)
+        if hashed is None:
+            continue  # no cluster to place the unit in: not eligible
+        mixed = hash_from_state(exp.salt_state, hashed)
         if not exp.covers(mixed):
             continue
         b = mixed % BUCKETS
-        arm = exp.allocation.arm_of(b)
+        arm = exp.allocation.arm_of(b) if exp.factorial is None else exp.factorial.cell_of(hashed)
         return Decision(unit, exp.unit_type, exp.id, exp.allocation.arm_names[arm], b,
                         exp.arm_models[arm],
                         EXPERIMENT_LAYER_PREFIX + exp.id if layer is None else layer.name,
@@ -571,6 +633,24 @@ def layer_slots(table: RoutingTable, unit_ids: Sequence[str] | pa.Array
     return out
 
 
+def _mark_ineligible(exp: CompiledExperiment, layer: CompiledLayer,
+                     unit_ids: Sequence[str] | pa.Array, taken: npt.NDArray[np.bool_],
+                     bucket_col: npt.NDArray[np.int64], exp_col: npt.NDArray[np.object_],
+                     arm_col: npt.NDArray[np.object_], layer_col: npt.NDArray[np.object_]
+                     ) -> None:
+    """:func:`route_many`'s :func:`ineligible_in_layer`: the units of ``exp``'s
+    range of ``layer`` (``taken``) keep the default route and are marked
+    ineligible, with their layer bucket (hashed again for these units only:
+    it is rare that replay meets a layered experiment with targeting)."""
+    if not taken.any():
+        return
+    ids = unit_ids if isinstance(unit_ids, pa.Array) else pa.array(unit_ids, type=pa.string())
+    bucket_col[taken] = buckets_vectorized(layer.salt, ids.filter(pa.array(taken)))
+    exp_col[taken] = exp.id
+    arm_col[taken] = INELIGIBLE_ARM
+    layer_col[taken] = layer.name
+
+
 def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[str, Any]:
     """Vectorized :func:`route` for units without context (offline replay).
 
@@ -578,7 +658,9 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
     model_version, arm_weights`` as numpy arrays aligned with ``unit_ids``. Only
     experiments whose targeting an empty context satisfies (none, or rules such
     as ``absent``) can take a unit that has no context, mirroring :func:`route`;
-    a unit an experiment's coverage leaves out goes on to the next, as there;
+    in a layer, the units of the range of an experiment whose targeting the
+    empty context fails are ineligible (the default route, arm ``ineligible``),
+    as there; a unit an experiment's coverage leaves out goes on to the next;
     rollouts then split their baselines' units.
     """
     n = len(unit_ids)
@@ -592,14 +674,23 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
     free = np.ones(n, dtype=bool)  # units no experiment has taken yet
     for exp, taken in _candidates(table, unit_ids, free, bucket_col, arm_col, layer_col):
         layer = exp.layer
-        if exp.targeting and not exp.eligible({}):
+        if layer is not None and exp.targeting and not exp.eligible({}):
+            _mark_ineligible(exp, layer, unit_ids, taken, bucket_col, exp_col, arm_col,
+                             layer_col)
+            free &= ~taken
+            continue
+        if (exp.targeting and not exp.eligible({})) or exp.cluster is not None:
+            # a cluster experiment needs the context's cluster, which replay lacks
+            continue
+        if exp.switchback is not None:  # a window needs the request's time, which replay lacks
             continue
         mixed = hashes_vectorized(exp.salt, unit_ids)
         if exp.coverage_bp < BUCKETS:
             taken &= ((mixed // np.uint64(BUCKETS)) % np.uint64(BUCKETS)).astype(
                 np.int64) < exp.coverage_bp
         buckets = (mixed % np.uint64(BUCKETS)).astype(np.int64)
-        arms = exp.allocation.arms_of(buckets)[taken]
+        arms = (exp.allocation.arms_of(buckets) if exp.factorial is None
+                else exp.factorial.cells_of(unit_ids))[taken]
         bucket_col[taken] = buckets[taken]
         exp_col[taken] = exp.id
         weights_col[taken] = exp.arm_weights

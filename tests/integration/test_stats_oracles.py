@@ -894,3 +894,117 @@ def test_normal_means_matches_effect_bayesian_test(
         theirs["risk_treatment"],
         abs_tol=ROUNDING * scale,
     )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cluster_robust_effect_matches_clustered_ols(seed: int) -> None:
+    """The cluster-robust effect is the treatment coefficient of statsmodels' OLS
+    ``y ~ 1 + treated`` with ``cov_type="cluster"`` (CR1), and its interval and
+    p-value are that fit's with ``use_t`` (t on clusters − 1 df). Clusters of
+    unequal size, one of them (seed 2) split between the arms as a ramp can."""
+    from rollout.experiments.stats.cluster import cluster_robust_effect
+
+    rng = np.random.default_rng(seed)
+    clusters = 40 + 10 * seed
+    sizes = 1 + rng.poisson(8, clusters)
+    cluster = np.repeat(np.arange(clusters), sizes)
+    treated = (rng.random(clusters) < 0.5)[cluster]
+    if seed == 2:
+        treated[cluster == 0] = np.arange(int(sizes[0])) % 2 == 0
+    y = rng.normal(0, 0.6, clusters)[cluster] + rng.exponential(2.0, cluster.size) + 0.3 * treated
+    ours = cluster_robust_effect(y, treated, cluster)
+    fit = OLS(y, np.column_stack([np.ones(y.size), treated.astype(float)])).fit(
+        cov_type="cluster", cov_kwds={"groups": cluster}, use_t=True)
+    case = f"cluster/{seed}"
+    est = ours.estimate
+    assert est.error is None
+    agree(case, "abs_effect", est.abs_effect, float(fit.params[1]))
+    agree(case, "std_error", est.std_error, float(fit.bse[1]))
+    agree(case, "p_value", est.p_value, float(fit.pvalues[1]), abs_tol=P_ABS_TOL)
+    low, high = fit.conf_int(0.05)[1]
+    agree(case, "ci_low", est.ci_low, float(low))
+    agree(case, "ci_high", est.ci_high, float(high))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_factorial_effects_match_the_effect_coded_regression(seed: int) -> None:
+    """A 2×2×2 factorial's main effects and two-way interactions against
+    statsmodels' OLS of ``y`` on the saturated effect-coded design (±1 per
+    factor, all products) with ``cov_type="HC2"``: with ``+1`` on each
+    factor's first level a main effect is ``−2β`` and a two-way interaction
+    ``4β``, and their standard errors scale alike. Unequal cells and a spread
+    that a factor changes (heteroskedastic). The Holm-adjusted p-values are
+    ``multipletests(method="holm")``'s."""
+    from statsmodels.stats.multitest import multipletests
+
+    from rollout.experiments.stats.factorial import Factor, cell_statistics, factorial_effects
+
+    rng = np.random.default_rng(seed)
+    n = 1500 + 500 * seed
+    levels = [(rng.random(n) < share).astype(np.int64) for share in (0.5, 0.3, 0.8)]
+    a, b, c = levels
+    y = 1.0 + 0.4 * a - 0.2 * b + 0.3 * a * c + rng.normal(0.0, 1.0 + a + 0.5 * b, n)
+    factors = [Factor(name, ("first", "second")) for name in "abc"]
+    ours = factorial_effects(cell_statistics(y, levels, factors))
+    sign = [1.0 - 2.0 * lv for lv in levels]  # +1 on the first level, −1 on the second
+    columns = {"1": np.ones(n), "a": sign[0], "b": sign[1], "c": sign[2],
+               "ab": sign[0] * sign[1], "ac": sign[0] * sign[2], "bc": sign[1] * sign[2],
+               "abc": sign[0] * sign[1] * sign[2]}
+    fit = OLS(y, np.column_stack(list(columns.values()))).fit(cov_type="HC2")
+    index = {name: i for i, name in enumerate(columns)}
+    expected = [("a", -2.0), ("b", -2.0), ("c", -2.0), ("ab", 4.0), ("ac", 4.0), ("bc", 4.0)]
+    assert [e.factors for e in ours.effects] == [
+        ("a",), ("b",), ("c",), ("a", "b"), ("a", "c"), ("b", "c")]
+    for effect, (term, scale) in zip(ours.effects, expected, strict=True):
+        case = f"factorial/{seed}/{term}"
+        i = index[term]
+        agree(case, "estimate", effect.estimate, scale * float(fit.params[i]))
+        agree(case, "std_error", effect.std_error, abs(scale) * float(fit.bse[i]))
+        agree(case, "p_value", effect.p_value, float(fit.pvalues[i]), abs_tol=P_ABS_TOL)
+    holm = multipletests([e.p_value for e in ours.effects], method="holm")[1]
+    for effect, theirs in zip(ours.effects, holm, strict=True):
+        agree(f"factorial/{seed}/holm", "p_value_adjusted", effect.p_value_adjusted,
+              float(theirs), abs_tol=P_ABS_TOL)
+
+
+def test_factorial_effects_of_a_three_level_factor_match_cell_contrasts() -> None:
+    """A 3×2 factorial under both covariances against statsmodels' cell-means
+    OLS (one indicator per cell) and its ``t_test`` of the contrasts written out
+    here: each level of ``a`` against its first averaged over ``b``, ``b``'s
+    second level averaged over ``a``, and the differences-in-differences.
+    ``classical`` is the plain OLS covariance with t inference; ``hc2`` HC2
+    with normal inference."""
+    from rollout.experiments.stats.factorial import Factor, cell_statistics, factorial_effects
+
+    rng = np.random.default_rng(11)
+    n = 2400
+    a = rng.choice(3, n, p=[0.5, 0.25, 0.25])
+    b = (rng.random(n) < 0.4).astype(np.int64)
+    y = 2.0 + 0.3 * (a == 1) + 0.5 * (a == 2) * b + rng.exponential(1.0 + 0.5 * b, n)
+    cell = a * 2 + b  # cells in row-major order: (a0,b0), (a0,b1), (a1,b0), ...
+    design = np.eye(6)[cell]
+
+    def mu(la: int, lb: int) -> NDArray[np.float64]:
+        row = np.zeros(6)
+        row[la * 2 + lb] = 1.0
+        return row
+
+    contrasts = np.array([
+        ((mu(1, 0) - mu(0, 0)) + (mu(1, 1) - mu(0, 1))) / 2,
+        ((mu(2, 0) - mu(0, 0)) + (mu(2, 1) - mu(0, 1))) / 2,
+        sum(mu(la, 1) - mu(la, 0) for la in range(3)) / 3,
+        mu(1, 1) - mu(0, 1) - mu(1, 0) + mu(0, 0),
+        mu(2, 1) - mu(0, 1) - mu(2, 0) + mu(0, 0),
+    ])
+    factors = [Factor("a", ("a0", "a1", "a2")), Factor("b", ("b0", "b1"))]
+    for covariance, cov_type in (("hc2", "HC2"), ("classical", "nonrobust")):
+        ours = factorial_effects(cell_statistics(y, [a, b], factors), covariance=covariance)
+        test = OLS(y, design).fit(cov_type=cov_type).t_test(contrasts)
+        intervals = test.conf_int(alpha=0.05)
+        for i, effect in enumerate(ours.effects):
+            case = f"factorial/3x2/{covariance}/{effect.label}"
+            agree(case, "estimate", effect.estimate, float(test.effect[i]))
+            agree(case, "std_error", effect.std_error, float(test.sd[i]))
+            agree(case, "p_value", effect.p_value, float(test.pvalue[i]), abs_tol=P_ABS_TOL)
+            agree(case, "ci_low", effect.ci_low, float(intervals[i][0]))
+            agree(case, "ci_high", effect.ci_high, float(intervals[i][1]))

@@ -58,6 +58,8 @@ PURE_CORES = (
     "rollout.experiments.periods",
     "rollout.experiments.sums",
     "rollout.experiments.results",
+    "rollout.experiments.switchback",
+    "rollout.experiments.factorial",
     "telemetry.parity",
     "telemetry.verdict",
 )

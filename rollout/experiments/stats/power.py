@@ -439,3 +439,67 @@ def _absolute_mean_mde(mde: float, baseline_mean: float | None, relative: bool) 
     if baseline_mean is None or not math.isfinite(baseline_mean) or baseline_mean == 0:
         raise ValueError("a relative mde needs a finite, non-zero baseline mean")
     return mde * abs(baseline_mean)
+
+
+# --- cluster-randomized experiments -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPlan:
+    """A power plan scaled to a cluster-randomized experiment.
+
+    ``design_effect = 1 + (cluster_size − 1)·icc`` (clusters of equal mean
+    size; unequal sizes make it larger, see
+    :mod:`rollout.experiments.stats.cluster`); ``units_per_arm`` is the
+    unit-level plan's exact size times it, rounded up, and
+    ``clusters_per_arm`` the clusters that hold them, rounded up and then
+    raised, if needed, until the analysis's t test with ``2·clusters − 1``
+    degrees of freedom (:func:`~rollout.experiments.stats.cluster.cluster_robust_effect`)
+    has the planned power (the normal approximation would promise it with one
+    or two clusters fewer when clusters are few). ``total_*`` cover every arm;
+    ``days`` is from ``units_per_arm`` as for a unit-level plan.
+    """
+
+    cluster_size: float
+    icc: float
+    design_effect: float
+    units_per_arm: int
+    clusters_per_arm: int
+    total_units: int
+    total_clusters: int
+    days: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as a flat dict of JSON-serializable values."""
+        return dataclasses.asdict(self)
+
+
+def cluster_plan(base: PowerPlan, cluster_size: float, icc: float) -> ClusterPlan:
+    """``base`` (a unit-level :func:`plan`) for clusters of ``cluster_size``
+    units on average with intra-cluster correlation ``icc``; raises
+    ``ValueError`` on a size below 1 or an ICC outside [0, 1]."""
+    if not (math.isfinite(cluster_size) and cluster_size >= 1.0):
+        raise ValueError(f"cluster_size must be a mean number of units per cluster >= 1, "
+                         f"got {cluster_size}")
+    if not (math.isfinite(icc) and 0.0 <= icc <= 1.0):
+        raise ValueError(f"icc must be an intra-cluster correlation in [0, 1], got {icc}")
+    design = 1.0 + (cluster_size - 1.0) * icc
+    units_exact = base.n_per_arm_exact * design
+    units = _ceil(units_exact)
+    clusters = max(2, _ceil(units_exact / cluster_size))
+    z = float(special.ndtri(1.0 - base.comparison_alpha / 2.0) + special.ndtri(base.power))
+    # The t quantiles shrink as clusters are added, so the size settles.
+    for _ in range(100):
+        df = 2 * clusters - 1
+        t = float(special.stdtrit(df, 1.0 - base.comparison_alpha / 2.0)
+                  + special.stdtrit(df, base.power))
+        needed = max(2, _ceil(units_exact / cluster_size * (t / z) ** 2))
+        if needed <= clusters:
+            break
+        clusters = needed
+    arms = base.treatment_arms + 1
+    days = (duration_days(units, base.daily_units, base.allocation, arms=arms)
+            if base.daily_units is not None else None)
+    return ClusterPlan(cluster_size=cluster_size, icc=icc, design_effect=design,
+                       units_per_arm=units, clusters_per_arm=clusters,
+                       total_units=arms * units, total_clusters=arms * clusters, days=days)

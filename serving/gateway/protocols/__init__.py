@@ -76,6 +76,8 @@ class RowResult:
     arm: str | None
     prediction: Prediction | None = None
     error: RampartError | None = None
+    # each factor's level, in a factorial experiment (its arm is their cell)
+    factors: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

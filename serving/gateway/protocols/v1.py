@@ -363,6 +363,8 @@ def prediction_object(row: RowResult, prediction: Prediction) -> dict[str, Any]:
         "experiment_id": row.experiment_id,
         "arm": row.arm,
     }
+    if row.factors is not None:  # a factorial experiment's levels, read from the arm
+        out["factors"] = row.factors
     if prediction.label is not None:
         out["label"] = prediction.label
     if prediction.probabilities is not None:
