@@ -98,7 +98,7 @@ from rollout.experiments.stats.srm import combined_srm_test
 from rollout.experiments.stats.stratified import Stratum, post_stratified_effect
 from rollout.experiments.stats.summary import EffectEstimate, PairSummary
 from rollout.experiments.stats.switchback import SwitchbackCells
-from rollout.experiments.switchback import switchback_metrics
+from rollout.experiments.switchback import cells_in_period, switchback_metrics
 from serving.kernel.analysis_plan import AnalysisPlan, GuardrailSpec, MetricSpec
 from telemetry.verdict import Verdict
 
@@ -645,6 +645,18 @@ def srm_check(exposures: Exposures) -> SrmCheck:
 SplitKey = tuple[float, ...] | None  # a logged split's weights; None: none logged
 
 
+def window_srm(exposures: Exposures, cells: SwitchbackCells, period: Period | None) -> SrmCheck:
+    """A switchback's sample-ratio test: window cells per arm against the
+    configured weights. The design randomizes windows; a user is exposed in
+    as many windows as they send requests in, so users per arm (their first
+    exposure's arm) say nothing about the assignment."""
+    used = cells_in_period(cells, period)
+    counts = np.bincount(used.arm, minlength=len(exposures.arms))
+    first = int(exposures.exposed_at.min()) if exposures.n_units else 0
+    return srm_from_counts(exposures.arms, exposures.weights,
+                           {None: (tuple(int(c) for c in counts), first)})
+
+
 def split_counts(exposures: Exposures) -> dict[SplitKey, tuple[tuple[int, ...], int]]:
     """Units per arm under each split (its weights; None: the configured ones,
     for units without a logged split) and the split's earliest exposure."""
@@ -811,6 +823,7 @@ def analyze(
             if m.role == "primary" else m for m in metrics)
     if switchback is not None:  # the windows are the units: their test decides
         metrics = switchback_metrics(plan, exposures.arms, metrics, switchback, period)
+        srm = window_srm(exposures, switchback, period)
     # A factorial experiment's cells are its arms; its factors' effects are read
     # from the same units, beside the per-cell results (they do not decide).
     factorial = factorial_summary(

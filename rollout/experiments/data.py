@@ -56,6 +56,7 @@ from rollout.experiments.results import LogName, Period, SkippedFile
 from serving.kernel.analysis_plan import AnalysisPlan
 from serving.kernel.config import ExperimentSpec, RampartConfig
 from serving.kernel.errors import LogStorageUnavailable, RampartError
+from serving.kernel.factorial import label_treatments
 from telemetry.decision_log import DECISION_SCHEMA
 from telemetry.outcomes_log import OUTCOME_LOG_SCHEMA
 from telemetry.storage import LogLocation, LogStorageError, one_line, storage_errors
@@ -692,6 +693,8 @@ def find_periods(rows: DecisionRows, experiment: ExperimentSpec) -> tuple[Period
     if rows.arm.size == 0:
         return ()
     arms = tuple(a.name for a in experiment.arms)
+    # a factorial's cells that differ in a label factor compare it, whatever they serve
+    treatments = label_treatments(experiment.factors, arms) if experiment.factors else None
     size = (len(rows.names) + 1) * (len(rows.versions) + 1)
     pair = rows.arm * size + rows.served
     present = np.flatnonzero(np.bincount(pair, minlength=len(arms) * size))
@@ -704,7 +707,7 @@ def find_periods(rows: DecisionRows, experiment: ExperimentSpec) -> tuple[Period
         start = from_micros(int(rows.at.min()))
         served = {a: tuple(per_arm.get(a, ())) for a in arms}
         return (Period(index=1, start=start, served=served,
-                       warnings=same_version_warnings(arms, served, start)),)
+                       warnings=same_version_warnings(arms, served, start, treatments)),)
     spans_table = pa.table({"pair": pa.array(pair), "at": pa.array(rows.at)}).group_by(
         "pair").aggregate([("at", "min"), ("at", "max")])
     spans = []
@@ -713,7 +716,7 @@ def find_periods(rows: DecisionRows, experiment: ExperimentSpec) -> tuple[Period
         label = rows.served_label(p % size)
         if label is not None:
             spans.append(ServedSpan(arms[p // size], label, first, last))
-    return split_periods(arms, spans)
+    return split_periods(arms, spans, treatments)
 
 
 def segments_at_exposure(table: pa.Table, codes: np.ndarray, n_codes: int,

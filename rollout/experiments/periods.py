@@ -16,7 +16,7 @@ throughout (its span covers the gap). Pure: no I/O, no Arrow.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rollout.experiments.results import Period, PeriodWarning
@@ -73,10 +73,11 @@ def boundaries(spans: Sequence[ServedSpan]) -> list[int]:
     return sorted(cuts)
 
 
-def split_periods(arms: Sequence[str], spans: Sequence[ServedSpan]) -> tuple[Period, ...]:
+def split_periods(arms: Sequence[str], spans: Sequence[ServedSpan],
+                  treatments: Mapping[str, str] | None = None) -> tuple[Period, ...]:
     """The experiment's periods, in time order, each with its arm → versions map
-    and its warnings (:func:`same_version_warnings`); one period when nothing
-    changed, none without spans."""
+    and its warnings (:func:`same_version_warnings`, with ``treatments``); one
+    period when nothing changed, none without spans."""
     if not spans:
         return ()
     start = min(s.first_us for s in spans)
@@ -91,7 +92,8 @@ def split_periods(arms: Sequence[str], spans: Sequence[ServedSpan]) -> tuple[Per
         }
         periods.append(Period(
             index=index, start=from_micros(begin), end=None if end is None else from_micros(end),
-            served=served, warnings=same_version_warnings(arms, served, from_micros(begin))))
+            served=served, warnings=same_version_warnings(arms, served, from_micros(begin),
+                                                          treatments)))
     return tuple(periods)
 
 
@@ -100,20 +102,25 @@ def _and(names: Sequence[str]) -> str:
 
 
 def same_version_warnings(arms: Sequence[str], served: dict[str, tuple[str, ...]],
-                          since: dt.datetime) -> tuple[PeriodWarning, ...]:
+                          since: dt.datetime, treatments: Mapping[str, str] | None = None
+                          ) -> tuple[PeriodWarning, ...]:
     """Warnings for arms that serve the same versions in a period.
 
     Arms with identical non-empty version sets compare nothing against each
     other (``same_versions``); arms whose sets merely overlap compare a diluted
     difference (``shared_versions``). Arms are named in config order.
+    ``treatments``: what else an arm applies beyond its version (a factorial
+    cell's label factors' levels); arms that differ in it compare that, so
+    sharing a version is no warning between them.
     """
     warnings: list[PeriodWarning] = []
     active = [a for a in arms if served.get(a)]
     when = since.isoformat().replace("+00:00", "Z")
-    groups: dict[tuple[str, ...], list[str]] = {}
+    applied = treatments or {}
+    groups: dict[tuple[tuple[str, ...], str], list[str]] = {}
     for arm in active:
-        groups.setdefault(served[arm], []).append(arm)
-    for versions, members in groups.items():
+        groups.setdefault((served[arm], applied.get(arm, "")), []).append(arm)
+    for (versions, _), members in groups.items():
         if len(members) < 2:
             continue
         both = "both" if len(members) == 2 else "all"
@@ -123,6 +130,8 @@ def same_version_warnings(arms: Sequence[str], served: dict[str, tuple[str, ...]
                      "this period compares nothing")))
     for i, a in enumerate(active):
         for b in active[i + 1:]:
+            if applied.get(a, "") != applied.get(b, ""):
+                continue
             shared = tuple(v for v in served[a] if v in served[b])
             if shared and served[a] != served[b]:
                 warnings.append(PeriodWarning(

@@ -163,6 +163,19 @@ def parse_cell(arm: str) -> dict[str, str] | None:
     return out if len(out) >= MIN_FACTORS else None
 
 
+def label_treatments(factors: Sequence[FactorSpec], arms: Sequence[str]) -> dict[str, str]:
+    """Each cell's levels of the factors that carry no model version, as text
+    (``color.green``): what a cell applies beyond the version it serves, so
+    that two cells serving one version still compare those factors."""
+    labels = [f.name for f in factors if all(level.model is None for level in f.levels)]
+    out: dict[str, str] = {}
+    for arm in arms:
+        levels = parse_cell(arm) or {}
+        out[arm] = FACTOR_SEPARATOR.join(f"{name}{LEVEL_SEPARATOR}{levels.get(name, '')}"
+                                         for name in labels)
+    return out
+
+
 def cell_levels(factors: Sequence[FactorSpec]) -> list[tuple[int, ...]]:
     """Every cell as its factors' level indices, the first factor varying
     slowest (so cell 0, every factor at its first level, is the control)."""

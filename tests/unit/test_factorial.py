@@ -481,6 +481,9 @@ def test_analyze_reports_main_effects_and_interactions_beside_the_cells(
     # the usual per-arm results stay: cells are the arms, SRM over the cells
     assert report.arms == tuple(a.name for a in config.experiments[0].arms)
     assert len(report.srm.observed) == 4 and not report.srm.flag
+    # cells that differ in color serve one version and still compare color
+    assert not report.warnings
+    assert not any("compares nothing" in reason for reason in report.decision.reasons)
     assert len(report.primary()) == 3
     factorial = report.factorial
     assert factorial is not None and factorial.error is None
@@ -573,3 +576,25 @@ def test_the_gateway_answers_and_logs_each_factors_level(tmp_path: Path) -> None
         assert answer["model_version"] == ("2" if answer["factors"]["ranker"] == "new" else "1")
     assert [p["factors"] for p in batch["predictions"]] == [a["factors"] for a in answers[:5]]
     assert other["experiment_id"] == "plain" and "factors" not in other
+
+
+def test_cells_sharing_a_version_warn_only_where_no_label_factor_differs() -> None:
+    from rollout.experiments.periods import same_version_warnings
+    from serving.kernel.factorial import label_treatments
+
+    config = parse_config(document(factorial_experiment()))
+    experiment = config.experiments[0]
+    arms = [a.name for a in experiment.arms]
+    treatments = label_treatments(experiment.factors, arms)
+    assert treatments == {arm: "color." + (parse_cell(arm) or {})["color"] for arm in arms}
+    since = ANALYSIS_START
+    as_routed = {arm: ("clf/" + ("2" if "ranker.new" in arm else "1"),) for arm in arms}
+    assert same_version_warnings(arms, as_routed, since, treatments) == ()
+    # the ranker's levels serving one version (an alias moved): the ranker
+    # compares nothing, within each color
+    one_version = dict.fromkeys(arms, ("clf/1",))
+    warned = same_version_warnings(arms, one_version, since, treatments)
+    assert {w.arms for w in warned if w.kind == "same_versions"} == {
+        tuple(a for a in arms if a.endswith(color)) for color in ("blue", "green")}
+    # without the treatments every cell would be said to compare nothing
+    assert len(same_version_warnings(arms, one_version, since)[0].arms) == 4

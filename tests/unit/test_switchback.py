@@ -131,7 +131,7 @@ def test_no_region_or_no_time_is_not_eligible() -> None:
 
 
 @pytest.mark.parametrize(("change", "where", "message"), [
-    ({"window_s": 30}, "experiments.0.switchback.window_s", "greater than or equal to 60"),
+    ({"window_s": 0}, "experiments.0.switchback.window_s", "greater than or equal to 1"),
     ({"window_s": 86_401}, "experiments.0.switchback.window_s", "less than or equal to 86400"),
     ({"burn_in_s": HOUR}, "experiments.0.switchback", "must be shorter than window_s"),
     ({"burn_in_s": -1}, "experiments.0.switchback.burn_in_s", "greater than or equal to 0"),
@@ -419,6 +419,9 @@ def test_the_analysis_of_a_switchback_experiment_rests_on_its_windows(tmp_path: 
     assert (primary.switchback.windows_control + primary.switchback.windows_treatment
             == len(keys))
     assert primary.switchback.naive_p_value is not None and primary.sequential is None
+    # the sample ratio counts the windows, the units the design randomized
+    assert report.srm.observed == tuple(
+        sum(1 for i in range(len(keys)) if arm_of[i] == arm) for arm in (0, 1))
     assert report.decision.outcome == "hold"
     from serving.cli.analyze import summary_text
 

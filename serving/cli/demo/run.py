@@ -32,9 +32,15 @@ def run_demo(
     scenario: str | None = None,
     as_json: bool = False,
 ) -> int:
-    """Serving phase, then rollouts; or, with ``scenario``, that one rollout only."""
+    """Serving phase, then rollouts; or, with ``scenario``, that one rollout only,
+    or that experiment design (serving/cli/demo/designs.py)."""
     import secrets
 
+    from serving.cli.demo.designs import DESIGN_SCENARIOS, run_design_demo
+
+    if scenario in DESIGN_SCENARIOS:
+        return run_design_demo(config_path, scenario,  # type: ignore[arg-type]
+                               requests, concurrency, port, as_json)
     from serving.cli.common import CliError, load_config_or_exit, port_free
     from serving.cli.demo.models import DEMO_MODEL_NAME, seed_demo_models
     from serving.cli.launch import start_gateway

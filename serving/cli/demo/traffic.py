@@ -17,7 +17,11 @@ import httpx
 import numpy as np
 
 from serving.cli.demo.models import FEATURE_NAMES
+from serving.kernel.ids import ContextValue
 from serving.routing.assignment import buckets_vectorized
+
+# A user's request context, from its id (stable: the same user, the same context).
+ContextOf = Callable[[str], dict[str, ContextValue]]
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ async def _drive(
     concurrency: int,
     seed: int,
     on_progress: Callable[[int], None] | None,
+    context_of: ContextOf | None = None,
+    spread_s: float | None = None,
 ) -> ClientResult:
     rng = np.random.default_rng(seed)
     users = population.user_ids()
@@ -92,19 +98,23 @@ async def _drive(
                     return
                 user = int(picks[i])
                 request_id = f"req-{seed}-{i:08d}"
+                if spread_s is not None:  # request i is due i/requests of the way through
+                    due = started + spread_s * i / requests
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 payload = {
                     "unit_id": users[user],
                     "features": dict(zip(FEATURE_NAMES, features[user].tolist(), strict=True)),
                     "request_id": request_id,
-                    "context": {"platform": platforms[user]},
+                    "context": ({"platform": platforms[user]} if context_of is None
+                                else context_of(users[user])),
                 }
-                started = time.perf_counter()
+                sent = time.perf_counter()
                 try:
                     response = await client.post("/v1/predict", json=payload)
                     code, body = response.status_code, response.json()
                 except (httpx.HTTPError, ValueError) as exc:
                     code, body = 599, {"error": {"code": "client", "message": str(exc)}}
-                result.latencies_s.append(time.perf_counter() - started)
+                result.latencies_s.append(time.perf_counter() - sent)
                 result.status_codes.append(code)
                 result.bodies.append(body)
                 result.sent_request_ids.append(request_id)
@@ -124,9 +134,17 @@ def drive_traffic(
     concurrency: int = 8,
     seed: int = 1,
     on_progress: Callable[[int], None] | None = None,
+    context_of: ContextOf | None = None,
+    spread_s: float | None = None,
 ) -> ClientResult:
-    """Send ``requests`` predictions from ``population`` to ``url``; keep every answer."""
-    return asyncio.run(_drive(url, population, requests, concurrency, seed, on_progress))
+    """Send ``requests`` predictions from ``population`` to ``url``; keep every answer.
+
+    ``context_of`` gives each user's request context (default: its platform);
+    ``spread_s`` spreads the requests evenly over that many seconds instead of
+    sending them as fast as the gateway answers (a design over time windows
+    needs traffic in every window)."""
+    return asyncio.run(_drive(url, population, requests, concurrency, seed, on_progress,
+                              context_of, spread_s))
 
 
 @dataclass(frozen=True)
