@@ -18,11 +18,21 @@ ROOT = Path(__file__).resolve().parents[2]
 RAMPART = str(Path(sys.executable).parent / "rampart")
 
 
-def run_scenario(tmp_path: Path, scenario: str) -> tuple[dict[str, Any], str]:
+@pytest.fixture(scope="module")
+def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data directory for the three scenarios: the demo models are trained
+    and registered by the first and found by the others (seeding is
+    idempotent), and each run keeps its logs in a directory of its own."""
+    return tmp_path_factory.mktemp("designs") / "data"
+
+
+def run_scenario(tmp_path: Path, scenario: str, data: Path | None = None
+                 ) -> tuple[dict[str, Any], str]:
     """The JSON summary (the last line of stdout) and the printed text (stderr)."""
     config = tmp_path / "rampart.yaml"
     text = (ROOT / "deploy" / "rampart.yaml").read_text()
-    config.write_text(text.replace("data_dir: .rampart", f"data_dir: {tmp_path / 'data'}"))
+    config.write_text(text.replace("data_dir: .rampart",
+                                   f"data_dir: {data or tmp_path / 'data'}"))
     result = subprocess.run(
         [RAMPART, "demo", "--config", str(config), "--scenario", scenario, "--json",
          "--port", str(free_port())],
@@ -40,8 +50,8 @@ def effects(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_the_layers_demo_keeps_experiments_exclusive_and_layers_independent(
-        tmp_path: Path) -> None:
-    body, printed = run_scenario(tmp_path, "layers")
+        tmp_path: Path, shared_data: Path) -> None:
+    body, printed = run_scenario(tmp_path, "layers", shared_data)
     assert body["checks"]["mutual exclusion"]
     assert body["units_in_two_places"] == {"checkout": 0, "search": 0}
     assert body["independence"]["df"] == 3 and body["independence"]["p_value"] > 0.001
@@ -61,8 +71,8 @@ def test_the_layers_demo_keeps_experiments_exclusive_and_layers_independent(
 
 
 def test_the_switchback_demo_recovers_the_effect_once_the_burn_in_drops_carry_over(
-        tmp_path: Path) -> None:
-    body, printed = run_scenario(tmp_path, "switchback")
+        tmp_path: Path, shared_data: Path) -> None:
+    body, printed = run_scenario(tmp_path, "switchback", shared_data)
     found = effects(body)
     burnt, unburnt = found["burn-in 1 s"], found["no burn-in"]
     assert burnt["checked"] and burnt["covered"] and not unburnt["checked"]
@@ -77,8 +87,9 @@ def test_the_switchback_demo_recovers_the_effect_once_the_burn_in_drops_carry_ov
     assert "randomization p =" in printed and "per-unit test" in printed
 
 
-def test_the_factorial_demo_reports_main_effects_and_the_interaction(tmp_path: Path) -> None:
-    body, printed = run_scenario(tmp_path, "factorial")
+def test_the_factorial_demo_reports_main_effects_and_the_interaction(
+        tmp_path: Path, shared_data: Path) -> None:
+    body, printed = run_scenario(tmp_path, "factorial", shared_data)
     found = effects(body)
     assert set(found) == {"model: challenger", "label: badge",
                           "model × label: challenger × badge"}
