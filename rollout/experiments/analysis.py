@@ -98,7 +98,12 @@ from rollout.experiments.stats.srm import combined_srm_test
 from rollout.experiments.stats.stratified import Stratum, post_stratified_effect
 from rollout.experiments.stats.summary import EffectEstimate, PairSummary
 from rollout.experiments.stats.switchback import SwitchbackCells
-from rollout.experiments.switchback import cells_in_period, switchback_metrics
+from rollout.experiments.switchback import (
+    SwitchbackMetricCells,
+    cells_in_period,
+    switchback_guardrails,
+    switchback_metrics,
+)
 from serving.kernel.analysis_plan import AnalysisPlan, GuardrailSpec, MetricSpec
 from telemetry.verdict import Verdict
 
@@ -781,7 +786,7 @@ def analyze(
     periods: Sequence[Period] = (),
     recorded_looks: Sequence[RecordedLook] = (),
     kernels: AnalysisKernels = NUMPY_KERNELS,
-    switchback: SwitchbackCells | None = None,
+    switchback: SwitchbackMetricCells | None = None,
     factors: Sequence[Factor] = (),
 ) -> ExperimentAnalysis:
     """The whole analysis of one experiment (of one ``period`` of it, when given).
@@ -792,9 +797,11 @@ def analyze(
     The analysis is also one sequential look (``look``), and each of
     ``recorded_looks`` is set next to its reconstruction from these logs.
     ``kernels`` do the passes over every row and unit (:mod:`rollout.experiments.kernels`).
-    ``switchback``, a switchback experiment's window cells, replaces the
-    primary metric's test by the window-level one
-    (:func:`~rollout.experiments.switchback.switchback_metrics`).
+    ``switchback``, a switchback experiment's window cells of every metric
+    (by outcome metric name), replaces each metric's test and each
+    guardrail's verdict by the window-level ones
+    (:func:`~rollout.experiments.switchback.switchback_metrics`,
+    :func:`~rollout.experiments.switchback.switchback_guardrails`).
     ``factors``, a factorial experiment's (its arms are their cells), add the
     primary metric's main effects and interactions (``factorial``).
     """
@@ -823,7 +830,9 @@ def analyze(
             if m.role == "primary" else m for m in metrics)
     if switchback is not None:  # the windows are the units: their test decides
         metrics = switchback_metrics(plan, exposures.arms, metrics, switchback, period)
-        srm = window_srm(exposures, switchback, period)
+        guardrails = switchback_guardrails(plan, exposures.arms, guardrails, switchback,
+                                           guardrail_verdict, period)
+        srm = window_srm(exposures, switchback[plan.primary.name], period)
     # A factorial experiment's cells are its arms; its factors' effects are read
     # from the same units, beside the per-cell results (they do not decide).
     factorial = factorial_summary(

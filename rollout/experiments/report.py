@@ -443,11 +443,16 @@ def _guardrails(report: dict[str, Any]) -> str:
         absolute, relative = _effect(g)
         tolerance = (f"{g.get('harm') or NA} ≤ {_num(g.get('tolerance'))} "
                      f"({'relative' if g.get('relative') else 'absolute'})")
+        reason = _esc(g.get("reason"))
+        switchback = g.get("switchback")
+        if switchback:  # this row's effect, CI and verdict are by time windows
+            reason += "<br><span class='note'>" + html.escape(
+                switchback_line(switchback)) + "</span>"
         rows.append([
             _esc(g.get("metric")), _esc(g.get("arm")), html.escape(tolerance),
             absolute, relative,
             f"<span class='{VERDICT_CLASSES.get(verdict, '')}'>{html.escape(verdict)}</span>",
-            _esc(g.get("reason")),
+            reason,
         ])
     body = (_table(["guardrail", "arm", "tolerated harm", "absolute effect [CI]",
                     "relative effect [CI]", "verdict", "reason"], rows, (0, 1, 2, 5, 6))

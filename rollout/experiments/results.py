@@ -276,10 +276,12 @@ def clustered_text(attribute: str, clusters_control: int, clusters_treatment: in
 
 
 class SwitchbackSummary(Frozen):
-    """How a switchback experiment's primary metric was tested: its effect
-    fields are the window-level estimate (per-request means of the window
-    cells, region fixed effects, HC2 standard error, t interval), and this
-    says over which windows and what a per-unit test would have claimed.
+    """How one metric of a switchback experiment (primary, secondary or
+    guardrail) was tested: its effect fields are the window-level estimate
+    (per-request means of the window cells, region fixed effects, HC2
+    standard error, t interval), and this says over which windows and what a
+    per-unit test would have claimed. A ratio metric's cells are its
+    numerator per request (a window has requests, not units).
 
     ``window_s``, ``region`` and ``burn_in_s`` are the design;
     ``windows_control``/``windows_treatment`` the cells (window × region) with
@@ -287,8 +289,10 @@ class SwitchbackSummary(Frozen):
     burn-in dropped after switches; ``mixed_cells`` cells left out because their
     decisions were in two arms. ``regression_p_value`` is the t test's (also
     the effect's ``p_value``), ``ri_p_value`` the randomization-inference one
-    over ``ri_draws`` within-region permutations of the cells' arms; the
-    decision needs both below alpha (corrected across treatment arms).
+    over ``ri_draws`` within-region permutations of the cells' arms; a
+    primary or secondary metric's corrected p-value is the larger of the two,
+    each corrected within its family; a guardrail's verdict reads the
+    estimate and interval.
     ``naive_p_value``/``naive_abs_effect`` are the per-unit test's, which takes
     the requests of one window for independent evidence; shown only for
     comparison."""
@@ -472,8 +476,8 @@ class MetricResult(Effect):
     # A cluster-randomized experiment: the effect fields are cluster-robust,
     # and this holds the clusters, the design effect and the unit-level p.
     clustered: ClusteredSummary | None = None
-    # A switchback experiment's primary metric: the effect fields are the
-    # window-level ones, and this holds the windows, the burn-in and both p-values.
+    # A switchback experiment's metric: the effect fields are the window-level
+    # ones, and this holds the windows, the burn-in and both p-values.
     switchback: SwitchbackSummary | None = None
 
     @property
@@ -493,6 +497,9 @@ class GuardrailResult(Effect):
     verdict: Verdict
     reason: str
     clustered: ClusteredSummary | None = None  # as MetricResult's
+    # A switchback experiment: the effect fields and the verdict are the
+    # window-level ones, as MetricResult's.
+    switchback: SwitchbackSummary | None = None
 
 
 class SegmentCell(Effect):

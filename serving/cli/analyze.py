@@ -305,8 +305,7 @@ def _run(config: Any, experiment_id: str, *, decisions: Path | str | None,
                       if which == "all" else
                       [load_experiment(*paths, experiment, plan_metrics(plan), as_of, segments,
                                        period=which, skip_bad_files=skip_bad_files)])
-            windows = switchback_cells_of(experiment, paths, plan.primary.name, as_of,
-                                          skip_bad_files)
+            windows = switchback_cells_of(experiment, paths, plan, as_of, skip_bad_files)
         except AnalysisInputError as exc:
             raise CliError(str(exc)) from None
         kernels = compiled.result()
@@ -562,6 +561,8 @@ def summary_text(report: ExperimentAnalysis) -> str:
             lines.append(f"{'':9} P(better) = {_fmt(m.bayes.prob_better)}{on}")
     for g in report.guardrails:
         lines.append(f"guardrail {g.metric:>12} {g.arm}: {g.verdict}")
+        if g.switchback is not None:  # the verdict above is by windows
+            lines.append(f"{'':9} {g.switchback.describe()}")
     if report.factorial is not None:  # beside the per-cell results: it does not decide
         lines += report.factorial.text_lines()
     for seg in report.segments:

@@ -343,10 +343,15 @@ def test_burn_in_drops_only_the_start_of_windows_that_switched() -> None:
 AS_OF = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 
 
-def write_switchback_experiment(tmp: Path, seed: int = 3) -> dict[str, Any]:
+def write_switchback_experiment(tmp: Path, seed: int = 3, latency_shock_sd: float | None = None,
+                                sessions: bool = False) -> dict[str, Any]:
     """Decision and outcome logs of ``by-hour`` over four days in two cities,
     each request routed by routing itself at its own time, with a per-request
-    ``revenue`` event at the request's time: strong hourly shocks, no effect."""
+    ``revenue`` event at the request's time: strong hourly shocks, no effect.
+    With ``latency_shock_sd`` each request also has a ``latency`` event, its
+    hourly shocks of that spread (drawn apart: ``revenue`` stays the same).
+    With ``sessions`` a unit's requests are all in one hour (its id names the
+    hour), so a unit's outcome carries its window's shock whole."""
     rng = np.random.default_rng(seed)
     routing = table(document(burn_in_s=0))
     start = dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp()
@@ -354,7 +359,8 @@ def write_switchback_experiment(tmp: Path, seed: int = 3) -> dict[str, Any]:
     at = np.sort(start + rng.uniform(0, 96 * HOUR, n))
     user = rng.integers(0, 800, n)
     city = np.where(user % 3 == 0, "lyon", "paris")  # a user's events carry no city: one each
-    ids = [f"user-{i}" for i in user]
+    ids = ([f"user-{int(t // HOUR)}-{i}" for t, i in zip(at, user, strict=True)] if sessions
+           else [f"user-{i}" for i in user])
     arms = [route(routing, unit, {"city": c}, now=t).arm for unit, c, t in zip(
         ids, city, at, strict=True)]
     shocks = rng.normal(0, 2.0, 200)
@@ -376,18 +382,29 @@ def write_switchback_experiment(tmp: Path, seed: int = 3) -> dict[str, Any]:
         "unit_id": pa.array(ids), "metric": pa.repeat(pa.scalar("revenue"), n),
         "value": pa.array(revenue), "timestamp": stamp,
         "experiment_id": pa.nulls(n, pa.string()), "received_at": stamp})
+    truth = {"at": at, "city": city, "ids": ids, "arms": arms, "revenue": revenue}
+    if latency_shock_sd is not None:
+        other = np.random.default_rng(seed + 1000)
+        latency = (100 + other.normal(0, latency_shock_sd, 200)[window - window.min()]
+                   + other.normal(0, 10.0, n))
+        outcomes = pa.concat_tables([outcomes, outcomes.set_column(
+            1, "metric", pa.repeat(pa.scalar("latency"), n)).set_column(
+            2, "value", pa.array(latency))])
+        truth["latency"] = latency
     (tmp / "outcomes").mkdir(parents=True)
     pq.write_table(outcomes.cast(OUTCOME_SCHEMA), tmp / "outcomes" / "part-0.parquet")
-    return {"at": at, "city": city, "ids": ids, "arms": arms, "revenue": revenue}
+    return truth
 
 
-def switchback_config(tmp: Path) -> Any:
+def switchback_config(tmp: Path, **analysis: Any) -> Any:
+    """The config of ``by-hour`` alone, ``revenue`` its primary metric, and
+    the plan's other fields from ``analysis``."""
     data = document(burn_in_s=0)
     data["experiments"] = data["experiments"][:1]
     data["experiments"][0]["analysis"] = {
         "start": "2026-11-01T00:00:00Z",
         "primary": {"name": "revenue", "type": "mean"},
-        "alpha": 0.05, "mde": 0.05, "baseline": 10.0, "cuped": False}
+        "alpha": 0.05, "mde": 0.05, "baseline": 10.0, "cuped": False, **analysis}
     data.update(data_dir=str(tmp), decision_log={"path": str(tmp / "decisions")},
                 outcomes_log={"path": str(tmp / "outcomes")})
     return parse_config(data)
@@ -437,3 +454,122 @@ def test_the_ray_engine_refuses_switchback_experiments(tmp_path: Path) -> None:
     with pytest.raises(CliError, match="switchback experiments"):
         run_analysis(switchback_config(tmp_path), "by-hour", as_of=AS_OF, now=AS_OF,
                      engine="ray")
+
+
+# --------------------------------------------------------------------------- every metric
+
+
+LATENCY_GUARDRAIL = {"name": "latency", "harm": "increase", "tolerance": 0.04,
+                     "relative": True}
+
+
+def window_estimate(truth: dict[str, Any], metric: str) -> Any:
+    """:func:`switchback_effect` over the (hour, city) cells of ``metric`` built
+    from the rows written, independently of the loader: events per request."""
+    keys = sorted({(int(t // HOUR), c) for t, c in zip(truth["at"], truth["city"],
+                                                       strict=True)})
+    index = {k: i for i, k in enumerate(keys)}
+    cell = np.array([index[(int(t // HOUR), c)] for t, c in zip(truth["at"], truth["city"],
+                                                                 strict=True)])
+    arm = np.zeros(len(keys), dtype=np.int64)
+    arm[cell] = [1 if a == "treatment" else 0 for a in truth["arms"]]
+    cities = sorted({c for _, c in keys})
+    return switchback_effect(SwitchbackCells(
+        np.array([k[0] for k in keys]), np.array([cities.index(k[1]) for k in keys]), arm,
+        np.bincount(cell, weights=truth[metric]), np.bincount(cell)), 1)
+
+
+@pytest.mark.parametrize(("seed", "per_unit_verdict"), [(12, "FAIL"), (3, "PASS")])
+def test_a_guardrail_of_a_switchback_experiment_is_judged_by_its_windows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int,
+        per_unit_verdict: str) -> None:
+    # Sessions within one hour and strong hourly latency shocks, no effect: each
+    # unit carries its hour's shock whole, and the per-unit test takes the
+    # units of an hour for independent evidence. Its interval, too narrow,
+    # rules harm out (PASS) or its estimate, another weighting of the same
+    # shocks, shows harm (FAIL); the windows' interval says neither.
+    truth = write_switchback_experiment(tmp_path, seed=seed, latency_shock_sd=30.0,
+                                        sessions=True)
+    config = switchback_config(tmp_path, guardrails=[LATENCY_GUARDRAIL])
+    report = run_analysis(config, "by-hour", as_of=AS_OF, now=AS_OF)
+    (guardrail,) = report.guardrails
+    assert guardrail.switchback is not None
+    assert guardrail.verdict != "FAIL" and report.decision.outcome != "rollback"
+    expected = window_estimate(truth, "latency")
+    assert math.isclose(guardrail.abs_effect or 0, expected.abs_effect, rel_tol=1e-9)
+    assert math.isclose(guardrail.ci_high or 0, expected.ci_high, rel_tol=1e-9)
+    assert math.isclose(guardrail.rel_effect or 0,
+                        expected.abs_effect / expected.mean_control, rel_tol=1e-9)
+    # the window-level interval still allows the tolerated harm: not shown within it
+    assert (guardrail.rel_ci_high or 0) > LATENCY_GUARDRAIL["tolerance"]
+    assert guardrail.verdict == "INSUFFICIENT_DATA"
+
+    # the same logs tested per unit, as before the windows
+    import rollout.experiments.switchback_data as switchback_data
+
+    monkeypatch.setattr(switchback_data, "switchback_cells_of", lambda *_, **__: None)
+    (per_unit,) = run_analysis(config, "by-hour", as_of=AS_OF, now=AS_OF).guardrails
+    assert per_unit.switchback is None and per_unit.verdict == per_unit_verdict
+    if per_unit_verdict == "FAIL":  # harm beyond the tolerance, by its estimate
+        assert (per_unit.rel_effect or 0) > LATENCY_GUARDRAIL["tolerance"]
+    else:  # harm ruled out, by an interval narrower than the windows'
+        assert (per_unit.rel_ci_high or 0) <= LATENCY_GUARDRAIL["tolerance"]
+        assert ((per_unit.rel_ci_high or 0) - (per_unit.rel_ci_low or 0)
+                < (guardrail.rel_ci_high or 0) - (guardrail.rel_ci_low or 0))
+    # the per-unit figures are kept beside the window-level ones
+    assert guardrail.switchback.naive_abs_effect == per_unit.abs_effect
+    assert guardrail.switchback.naive_p_value == per_unit.p_value
+
+
+def test_every_metric_of_a_switchback_experiment_is_tested_by_its_windows(
+        tmp_path: Path) -> None:
+    truth = write_switchback_experiment(tmp_path, latency_shock_sd=30.0)
+    config = switchback_config(tmp_path, secondary=[{"name": "latency", "type": "mean"}],
+                               guardrails=[LATENCY_GUARDRAIL])
+    report = run_analysis(config, "by-hour", as_of=AS_OF, now=AS_OF)
+    primary, secondary = report.metrics
+    assert (primary.metric, secondary.metric) == ("revenue", "latency")
+    # each metric's own events, cut by the same windows
+    for metric, result in (("revenue", primary), ("latency", secondary)):
+        expected = window_estimate(truth, metric)
+        assert result.switchback is not None and result.sequential is None
+        for field in ("abs_effect", "ci_low", "ci_high", "p_value", "std_error",
+                      "mean_control", "mean_treatment"):
+            assert math.isclose(getattr(result, field) or 0, getattr(expected, field),
+                                rel_tol=1e-9), (metric, field)
+        summary = result.switchback
+        assert (summary.windows_control, summary.windows_treatment) == (
+            expected.cells_control, expected.cells_treatment)
+        assert abs((summary.ri_p_value or 0) - expected.ri_p_value) < 0.05
+        # significant only when both tests say so (one metric and arm: nothing to correct)
+        assert result.adjusted_p_value == max(summary.regression_p_value or 0,
+                                              summary.ri_p_value or 0)
+    assert secondary.switchback.naive_p_value is not None
+    assert secondary.switchback.naive_p_value != secondary.p_value
+    (guardrail,) = report.guardrails
+    assert guardrail.abs_effect == secondary.abs_effect  # the same cells of latency
+
+    from rollout.experiments.report import render_html
+    from serving.cli.analyze import summary_text
+
+    text = summary_text(report)
+    lines = text.splitlines()
+    window_lines = [i for i, line in enumerate(lines)
+                    if "switchback by 3600 s windows × city (" in line]
+    # one window line under each metric's line: primary, secondary, guardrail
+    assert [lines[i - 1].split()[:2] for i in window_lines] == [
+        ["primary", "revenue"], ["secondary", "latency"], ["guardrail", "latency"]]
+    assert all("randomization p =" in lines[i] for i in window_lines)
+    assert render_html(report).count("switchback by 3600 s windows") == 3
+
+
+def test_relative_intervals_of_window_effects_cover_a_planted_lift() -> None:
+    # A relative guardrail reads this interval; the control level is 11 (the
+    # mean of the two regions' 10 and 12), so the planted lift is 2/11.
+    from rollout.experiments.switchback import effect_of
+
+    sim = simulate_cells(np.random.default_rng(21), runs=1000, effect=2.0)
+    effects = [effect_of(r, 0.05) for r in window_tests(sim, draws=1)]
+    covered = np.mean([e.rel_ci_low <= 2.0 / 11.0 <= e.rel_ci_high for e in effects])
+    print(f"95% relative CI coverage over 1000 runs: {covered:.3f}")
+    assert 0.935 <= covered <= 0.965

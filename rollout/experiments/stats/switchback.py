@@ -168,8 +168,10 @@ class SwitchbackEstimate:
     ``df`` degrees of freedom; ``ri_p_value`` the randomization-inference
     p-value over ``ri_draws`` within-region permutations. ``mean_control`` and
     ``mean_treatment`` are the plain means of the arms' cell means;
-    ``cells_*`` the cells with requests in each arm. ``error`` names why
-    there is no estimate (the numbers are NaN then)."""
+    ``cells_*`` the cells with requests in each arm; ``mean_control_se`` the
+    standard error of ``mean_control`` (the spread of the control cells'
+    means), which a relative interval needs. ``error`` names why there is no
+    estimate (the numbers are NaN then)."""
 
     abs_effect: float
     std_error: float
@@ -184,6 +186,7 @@ class SwitchbackEstimate:
     cells_control: int
     cells_treatment: int
     error: str | None = None
+    mean_control_se: float = math.nan
 
 
 def switchback_effect(cells: SwitchbackCells, treatment_arm: int, control_arm: int = 0,
@@ -242,8 +245,10 @@ def switchback_effect(cells: SwitchbackCells, treatment_arm: int, control_arm: i
     quantile = float(scipy_stats.t.ppf(1.0 - alpha / 2.0, df))
     p = float(2.0 * scipy_stats.t.sf(abs(t), df))
     ri_p = randomization_p_value(treated, y_tilde, region_index, draws, seed)
+    control_se = float(y[treated == 0].std(ddof=1)) / math.sqrt(n_control)
     return SwitchbackEstimate(beta, se, beta - quantile * se, beta + quantile * se, p, ri_p,
-                              draws, df, mean_c, mean_t, n_control, n_treated)
+                              draws, df, mean_c, mean_t, n_control, n_treated,
+                              mean_control_se=control_se)
 
 
 def randomization_p_value(treated: NDArray[np.float64], y_tilde: NDArray[np.float64],
