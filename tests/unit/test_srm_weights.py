@@ -311,7 +311,9 @@ def test_the_gateway_logs_the_split_in_force_and_the_analysis_uses_it(
     assert route(core.table, "late-1").arm_weights == half
 
     _outcomes(tmp_path, sorted({r["unit_id"] for r in rows}))
-    report = run_analysis(after, "exp", as_of=AS_OF, now=AS_OF)
+    # The gateway logs its decisions at the time it routes them: look after now.
+    as_of = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    report = run_analysis(after, "exp", as_of=as_of, now=as_of)
     assert report.srm.weights_source == "logged" and report.units == 104
     assert [(s.weights, sum(s.observed)) for s in report.srm.splits] == [
         ((9_000.0, 1_000.0), 52), ((5_000.0, 5_000.0), 52)]
@@ -320,7 +322,7 @@ def test_the_gateway_logs_the_split_in_force_and_the_analysis_uses_it(
     path = tmp_path / "rampart.yaml"
     path.write_text(json.dumps(after.model_dump(mode="json")))
     main(["analyze", "--config", str(path), "--experiment", "exp",
-          "--as-of", AS_OF.isoformat()])
+          "--as-of", as_of.isoformat()])
     out = capsys.readouterr().out
     assert "9000/1000 (logged)" in out and "5000/5000 (logged)" in out
 
