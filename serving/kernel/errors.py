@@ -101,6 +101,14 @@ class ForceRefused(RampartError):
     code, status = "force_refused", 403
 
 
+class InvalidRanking(RampartError):
+    """Rankings that cannot be interleaved: the two rankers did not order one
+    same set of item ids, a ranking repeats an id, the requested length is
+    negative, or the interleaving method is unknown."""
+
+    code, status = "invalid_ranking", 400
+
+
 # ----------------------------------------------------------------- serving
 
 class ModelFailed(RampartError):
