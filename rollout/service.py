@@ -81,6 +81,7 @@ from serving.kernel.errors import (
     StaleRollout,
     StoreUnavailable,
 )
+from serving.routing.assignment import Allocation
 from serving.routing.router import RolloutRoute, build_routing_table
 from serving.routing.snapshot import RolloutGauge, RoutingSnapshot
 
@@ -157,6 +158,9 @@ class RolloutService:
     _resolved: dict[tuple[str, str], str] = field(default_factory=dict)
     # When MLflow was last found unreachable (None: it answered since).
     _registry_away_at: float | None = None
+    # The bandit controller's current bucket ranges, by experiment id
+    # (rollout/bandit_service.py): every table published carries them.
+    _bandit_allocations: dict[str, Allocation] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # A restarted controller resumes every rollout where the store left it.
@@ -231,7 +235,7 @@ class RolloutService:
         whose arms newly all serve one version (see :meth:`RoutingTable.shared_versions`)."""
         version = self.store.next_counter("routing_version")
         table = build_routing_table(self._compose_config(), self._resolve, version,
-                                    self._rollout_routes())
+                                    self._rollout_routes(), self._bandit_allocations)
         before = set(self._snapshot.table.shared_versions()) if self._snapshot else set()
         gauges = tuple(
             RolloutGauge(s.id, not s.terminal, s.weight_bp, s.last_transition_at or s.created_at)
@@ -242,6 +246,24 @@ class RolloutService:
         for line in collapsed:
             log.warning("routing version %d: %s", version, line)
         return collapsed
+
+    def publish_bandit_allocations(self, allocations: Mapping[str, Allocation]
+                                   ) -> RoutingSnapshot:
+        """Route the bandit experiments named in ``allocations`` by those ranges
+        from now on, and publish the table; returns the snapshot published.
+        Experiments not named keep the ranges they had. Raises
+        :class:`StoreUnavailable` (nothing changed) when no routing version can
+        be counted."""
+        with self._lock:
+            before = dict(self._bandit_allocations)
+            self._bandit_allocations.update(allocations)
+            try:
+                self._publish()
+            except Exception:
+                self._bandit_allocations = before  # not published: not in force
+                raise
+            assert self._snapshot is not None
+            return self._snapshot
 
     def _resolve(self, name: str, version_or_alias: str) -> str:
         """The registry's answer; while MLflow is unreachable, its last answer

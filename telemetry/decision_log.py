@@ -34,8 +34,10 @@ as JSON ``{"value", "label", "probabilities"}``, null when the score says it
 all. JSON is encoded in the journal thread (the flush thread without a
 journal), never when a row is appended.
 Files written before ``inputs``, ``output``, ``unit_source``,
-``arm_weights`` and ``forced`` existed read with those columns null, and a spill journal
-written before a column existed is replayed with it null (:func:`conform`).
+``arm_weights``, ``forced`` and the ranking columns (``item_id``, ``item_rank``,
+``position``, ``team``, ``interleaving_method``) and ``propensity`` existed read
+with those columns null, and a spill journal written before a column existed is replayed with it
+null (:func:`conform`).
 ``unit_key`` (the unit id as an int64, :mod:`telemetry.unit_keys`) is computed
 by the writer's thread for every row, replayed ones included; files written
 before it existed read with it null.
@@ -108,8 +110,31 @@ DECISION_SCHEMA = pa.schema(
         # rows are real answers but no experiment's evidence, so analysis leaves
         # them out. Null in files written before the column existed: not forced.
         pa.field("forced", pa.bool_()),
+        # ``POST /v1/rank`` (role ``ranker``): one row per candidate item and
+        # ranker, holding that ranker's version (model_name/model_version) and
+        # score (prediction); ``arm`` is the ranker, ``a`` or ``b``. Null on
+        # every other row. The item's id, its 1-based rank in this row's
+        # ranker's own list, the 0-based position the merged list showed it at
+        # (null: not shown), the ranker that contributed that position, and the
+        # interleaving method. Clicks join on (request_id, item_id) or
+        # (request_id, position); the rows with ``arm == team`` are the list shown.
+        pa.field("item_id", pa.string()),
+        pa.field("item_rank", pa.int32()),
+        pa.field("position", pa.int32()),
+        pa.field("team", pa.string()),
+        pa.field("interleaving_method", pa.string()),
+        # Under a bandit experiment, the probability the unit was assigned the
+        # arm that served it: its arm's share of the buckets in the routing
+        # table that decided (times the coverage below 100%), which
+        # inverse-propensity analysis weighs by. Null elsewhere, forced rows
+        # included, and in files written before the column existed.
+        pa.field("propensity", pa.float64()),
     ]
 )
+
+RANKER_ROLE = "ranker"
+"""The role of a ``POST /v1/rank`` row. Readers of served decisions keep role
+``primary`` only, so ranker rows never count as an A/B experiment's exposures."""
 
 
 class DecisionRecord(NamedTuple):
@@ -135,6 +160,7 @@ class DecisionRecord(NamedTuple):
     unit_source: str | None = None
     arm_weights: str | None = None  # the experiment's split in force
     forced: bool = False  # chosen by a forcing header, not by routing
+    propensity: float | None = None  # the arm's assignment probability under a bandit
 
 
 def records_to_table(records: list[DecisionRecord]) -> pa.Table:

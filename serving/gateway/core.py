@@ -46,6 +46,7 @@ from serving.gateway.protocols import (
     UnitPolicy,
 )
 from serving.gateway.protocols import mlflow as mlflow_protocol
+from serving.gateway.protocols import rank as rank_protocol
 from serving.gateway.protocols import v1 as v1_protocol
 from serving.gateway.protocols import v2 as v2_protocol
 from serving.gateway.recent_ids import RecentRequestIds
@@ -54,6 +55,8 @@ from serving.gateway.schemas import (
     HealthResponse,
     PredictRequest,
     PredictResponse,
+    RankRequest,
+    RankResponse,
     V2ErrorResponse,
 )
 from serving.gateway.scorers import LoadedScorers, ModelKey
@@ -92,6 +95,7 @@ from serving.kernel.errors import (
 )
 from serving.kernel.ids import MAX_BODY_BYTES
 from serving.routing.forcing import ForcingPolicy, parse_force, resolve_force
+from serving.routing.interleaving import Interleaving, interleave
 from serving.routing.router import (
     Decision,
     RoutingTable,
@@ -100,7 +104,7 @@ from serving.routing.router import (
     route,
 )
 from serving.routing.snapshot import RoutingSnapshot
-from telemetry.decision_log import DecisionLogWriter, DecisionRecord
+from telemetry.decision_log import RANKER_ROLE, DecisionLogWriter, DecisionRecord
 from telemetry.drift_monitor import DriftMonitor
 from telemetry.metrics import CONTENT_TYPE, RequestMetrics
 from telemetry.outcome_events import (
@@ -118,6 +122,7 @@ NO_QUERY: Mapping[str, str] = MappingProxyType({})
 # The V2 binary tensor extension's header: the JSON part's length, raw bytes after.
 BINARY_HEADER = "inference-header-content-length"
 REJECTED_LABELS = ("", "", "", "", "", "", "rejected")
+TEAMS = ("a", "b")  # the two rankers of an interleaving experiment
 DEFAULT_READ_TIMEOUT_S: float = ServerConfig.model_fields["request_read_timeout_s"].default
 
 
@@ -531,7 +536,7 @@ class GatewayCore:
                     now, row.features, None if prediction is None else prediction.score,
                     latency_s * 1000.0, status, error, row.context or None,
                     prediction, row.unit_source, decision.arm_weights,
-                    forced=decision.forced,
+                    forced=decision.forced, propensity=decision.propensity,
                 )
             )
         if self.tracer is None:  # tracing is off in the config
@@ -556,6 +561,190 @@ class GatewayCore:
             }
         )
         span.end(end_time=end_ns)
+
+    async def rank(self, body: bytes, header_request_id: str | None = None,
+                   header_unit: str | None = None,
+                   query: Mapping[str, str] | None = None) -> Outcome:
+        """Answer one ``POST /v1/rank`` body; never raises for bad input.
+
+        Both rankers of the interleaving experiment score every item (checked
+        against each ranker's signature, on the same scorer path as
+        ``/v1/predict``'s rows), each ranks the items by score, highest first
+        (ties by item id, so a ranking is a function of the scores), and the
+        two rankings are merged with coins drawn from the request id: another
+        replica, or this one after a restart, answers the same id with the
+        same list. A request refused before scoring is counted as rejected
+        and not logged; an answered one is logged as two rows per item.
+        """
+        started = time.perf_counter()
+        table = self._table  # one snapshot for the whole request
+        try:
+            if len(body) > MAX_BODY_BYTES:
+                raise PayloadTooLarge(
+                    f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}",
+                    header_request_id)
+            call = rank_protocol.parse(
+                body, unit=self.unit_policy, header_unit=header_unit, query=query or {},
+                header_request_id=header_request_id, table=table)
+            if self.answered_ids.first_seen((call.request_id,)) is not None:
+                raise DuplicateRequestId(
+                    f"request id {call.request_id!r} was already answered: send a new "
+                    "request with a new id", call.request_id)
+            checked = self._rank_rows(call, table)
+        except RampartError as error:
+            self.metrics.observe(REJECTED_LABELS, time.perf_counter() - started)
+            if error.request_id is None:
+                error.request_id = header_request_id
+            return Outcome.of(rank_protocol.format_error(error))
+        formatted = await self._rank_scored(call, checked, started)
+        if formatted.status == 200:
+            # Only an answer takes an id: a refused request may be corrected and sent again.
+            self.answered_ids.remember((call.request_id,))
+        return Outcome.of(formatted)
+
+    def _rank_rows(self, call: rank_protocol.RankCall, table: RoutingTable
+                   ) -> dict[str, list[dict[str, Any]]]:
+        """Each ranker's checked rows of every item, in item order; ValidationFailed
+        naming every item whose features do not fit a ranker (the whole request
+        is refused: a ranking of part of the candidates is no ranking of them)."""
+        spec = call.experiment
+        problems = v1_protocol.Problems(call.request_id)
+        checked: dict[str, list[dict[str, Any]]] = {team: [] for team in TEAMS}
+        for i, features in enumerate(call.features):
+            try:
+                model_row = table.transform(features)
+            except ValidationFailed as refused:
+                problems.add(f"items.{i}.features.{refused.message.split(':', 1)[0]}",
+                             refused.message.split(": ", 1)[-1])
+                continue
+            for team in TEAMS:
+                ref = spec.ranker(team)
+                try:
+                    checked[team].append(self.scorers[(ref.name, ref.version)].check_row(
+                        model_row))
+                except InputMismatch as mismatch:
+                    problems.add(f"items.{i}.features.{mismatch.field}",
+                                 f"{mismatch.message} (signature of ranker {team!r}, "
+                                 f"{ref.name} version {ref.version})")
+                    break  # one problem per item: the other ranker likely says the same
+                except ValidationFailed as refused:
+                    problems.add(f"items.{i}.features", refused.message)
+                    break
+        problems.raise_any()
+        return checked
+
+    async def _rank_scored(self, call: rank_protocol.RankCall,
+                           checked: Mapping[str, list[dict[str, Any]]], started: float
+                           ) -> Formatted:
+        """Score, rank, interleave, log and count one checked request; its answer.
+
+        A ranker that is overloaded refuses the request (503, counted as
+        rejected, not logged); one that fails, or answers an item no numeric
+        score, fails it (500), logged with status ``error`` and counted so."""
+        spec = call.experiment
+        decided_at = time.time()
+        keys = {team: (spec.ranker(team).name, spec.ranker(team).version) for team in TEAMS}
+        # Both rankers at once: on the worker pool the two batches overlap.
+        results = await asyncio.gather(
+            *(self._predict(keys[team], checked[team], None, False) for team in TEAMS),
+            return_exceptions=True)
+        batches: dict[str, ScoredBatch] = {}
+        failure: str | None = None
+        for team, result in zip(TEAMS, results, strict=True):
+            if isinstance(result, Overloaded):
+                self.metrics.observe(REJECTED_LABELS, time.perf_counter() - started)
+                return rank_protocol.format_error(Overloaded(result.message, call.request_id))
+            if isinstance(result, BaseException):
+                failure = failure or f"ranker {team!r}: {type(result).__name__}: {result}"
+                continue
+            batches[team] = result
+            missing = next((item for item, p in zip(call.item_ids, result.rows, strict=True)
+                            if p.score is None), None)
+            if missing is not None:
+                failure = failure or (f"ranker {team!r} ({keys[team][0]} version "
+                                      f"{keys[team][1]}) answered no numeric score for item "
+                                      f"{missing!r}: a ranker must score each item with "
+                                      "one number")
+        if failure is not None:
+            self._log_ranking(call, batches, None, decided_at, started, failure)
+            return rank_protocol.format_error(
+                ModelFailed(f"ranking failed: {failure}", call.request_id))
+        rankings = {team: rank_by_score(call.item_ids, batches[team]) for team in TEAMS}
+        try:
+            merged = interleave(spec.method, rankings["a"], rankings["b"], key=call.request_id,
+                                length=spec.length)
+        except RampartError as refused:  # cannot happen: both rank the same items
+            self.metrics.observe(REJECTED_LABELS, time.perf_counter() - started)
+            refused.request_id = call.request_id
+            return rank_protocol.format_error(refused)
+        self._log_ranking(call, batches, (rankings, merged), decided_at, started, None)
+        return rank_protocol.format(call.request_id, spec, merged)
+
+    def _log_ranking(self, call: rank_protocol.RankCall, batches: Mapping[str, ScoredBatch],
+                     ranked: tuple[Mapping[str, tuple[str, ...]], Interleaving] | None,
+                     decided_at: float, started: float, failure: str | None) -> None:
+        """Count each ranker's part of the request, and log one row per item and
+        ranker (``ranked``: the rankings and the merged list; None when the
+        request failed, logged with status ``error``)."""
+        spec = call.experiment
+        latency_s = time.perf_counter() - started
+        status = "ok" if failure is None else "error"
+        for team in TEAMS:
+            ref = spec.ranker(team)
+            self.metrics.observe((ref.name, ref.version, spec.id, team, "", "", status),
+                                 latency_s)
+            if self.drift_monitor is not None and failure is None:
+                for features in call.features:
+                    self.drift_monitor.observe((ref.name, ref.version), features)
+        n = len(call.item_ids)
+        positions: list[int | None] = [None] * n
+        shown_by: list[str | None] = [None] * n
+        if ranked is not None:
+            index = {item: i for i, item in enumerate(call.item_ids)}
+            for position, (item, team) in enumerate(zip(ranked[1].items, ranked[1].teams,
+                                                        strict=True)):
+                positions[index[item]] = position
+                shown_by[index[item]] = team
+        if self.decision_log is not None:
+            unit_type = "request_id" if call.unit_source == "request_id" else spec.unit_type
+            for team in TEAMS:
+                ref = spec.ranker(team)
+                batch = batches.get(team)
+                ranks: list[int | None] = [None] * n
+                if ranked is not None:
+                    rank_of = {item: r for r, item in enumerate(ranked[0][team], start=1)}
+                    ranks = [rank_of[item] for item in call.item_ids]
+                # One batch per ranker: its model name is one value, which is what
+                # the decision log's feature allowlist applies by.
+                self.decision_log.append_columns(n, {
+                    "request_id": call.request_id, "unit_id": call.unit_id,
+                    "unit_type": unit_type, "experiment_id": spec.id, "layer": spec.layer,
+                    "arm": team, "model_name": ref.name, "model_version": ref.version,
+                    "role": RANKER_ROLE, "timestamp": decided_at,
+                    "features": list(call.features),
+                    "prediction": None if batch is None else [p.score for p in batch.rows],
+                    "output": None if batch is None else list(batch.rows),
+                    "latency_ms": latency_s * 1000.0, "status": status, "error": failure,
+                    "unit_source": call.unit_source, "forced": False,
+                    "item_id": list(call.item_ids), "item_rank": ranks,
+                    "position": positions, "team": shown_by,
+                    "interleaving_method": spec.method,
+                })
+        if self.tracer is not None:
+            end_ns = time.time_ns()
+            span = self.tracer.start_span(SPAN_NAME, start_time=end_ns - int(latency_s * 1e9))
+            span.set_attributes({
+                "rampart.request_id": call.request_id,
+                "rampart.unit_hash": unit_hash(self._trace_key, call.unit_id),
+                "rampart.unit_type": spec.unit_type,
+                "rampart.experiment_id": spec.id,
+                "rampart.layer": spec.layer,
+                "rampart.interleaving_method": spec.method,
+                "rampart.items": n,
+                "rampart.status": status,
+                "rampart.latency_ms": latency_s * 1000.0,
+            })
+            span.end(end_time=end_ns)
 
     def record_outcomes(self, body: bytes, header_request_id: str | None = None) -> Outcome:
         """Answer one ``POST /v1/outcomes`` body: every event is validated first,
@@ -618,6 +807,17 @@ def parse_outcomes(body: bytes, request_id: str | None) -> list[OutcomeEvent]:
         raise ValidationFailed("\n".join([head, *lines]), request_id) from None
 
 
+def rank_by_score(item_ids: Sequence[str], batch: ScoredBatch) -> tuple[str, ...]:
+    """``item_ids`` ordered by their scores in ``batch``, highest first.
+
+    Ties are broken by item id, so equal scores never leave the order to the
+    order the client listed the items in. Every score must be a number (the
+    caller checks)."""
+    scored = sorted(zip(item_ids, batch.rows, strict=True),
+                    key=lambda pair: (-(pair[1].score or 0.0), pair[0]))
+    return tuple(item for item, _ in scored)
+
+
 def unit_hash(key: bytes, unit_id: str) -> str:
     """The keyed hash of a unit id that spans carry (HMAC-SHA256, 16 hex digits)."""
     return hmac.new(key, unit_id.encode(), hashlib.sha256).hexdigest()[:16]
@@ -636,7 +836,9 @@ def routed_names(table: RoutingTable) -> frozenset[str]:
     """Names of the models requests can be answered by: a model whose versions
     only shadow traffic answers nobody, so a path naming it is a 404."""
     mirrored_only = {s.model for s in table.shadows}
-    return frozenset(r.name for r in table.model_refs() if r not in mirrored_only)
+    # model_refs without rankers: a version only an interleaving experiment
+    # ranks with answers no scoring request either.
+    return frozenset(r.name for r in table.model_refs(rankers=False) if r not in mirrored_only)
 
 
 def field_path(request: ScoringRequest, row: int, field: str) -> str:
@@ -871,6 +1073,44 @@ def build_app(
         """Score one row (``{"unit_id", "features", "context"?}``) or a batch
         (``{"rows": [...]}``, one answer per row, in order)."""
         return await answer(v1_protocol, request, json_only=True)
+
+    rank_errors = {**scoring_errors,
+                   404: {"model": ErrorResponse,
+                         "description": "No such interleaving experiment (or none is "
+                                        "configured)"},
+                   413: {"model": ErrorResponse,
+                         "description": "Body over 1 MiB, or more items than the "
+                                        "experiment's max_items"},
+                   422: {"model": ErrorResponse,
+                         "description": "Body fails validation (duplicate item ids, no "
+                                        "items...), or an item does not fit a ranker's "
+                                        "signature (the message names the item and field)"}}
+
+    @app.post(
+        "/v1/rank",
+        response_model=RankResponse,
+        responses=rank_errors,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": RankRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def rank(request: Request) -> Response:
+        """Rank candidate items with an interleaving experiment's two rankers and
+        answer one merged list, each position with the ranker that contributed it."""
+        header_id = request.headers.get("x-request-id")
+        try:
+            require_json(request)
+            body = await read_body_limited(request)
+        except RampartError as error:
+            error.request_id = header_id
+            return http(Outcome.of(rank_protocol.format_error(error)))
+        return http(await core.rank(
+            body, header_request_id=header_id,
+            header_unit=request.headers.get(core.unit_policy.header),
+            query=request.query_params if request.scope.get("query_string") else NO_QUERY))
 
     @app.post("/invocations", responses=scoring_errors)
     async def invocations(request: Request) -> Response:

@@ -1,6 +1,7 @@
 """HTTP request and response bodies of the gateway: ``/v1/predict`` (one row or
-``{"rows": [...]}``), the bodies of MLflow's scoring protocol and of the Open
-Inference Protocol V2 as far as they are declared, and the one error body.
+``{"rows": [...]}``), ``/v1/rank`` (candidates to interleave), the bodies of
+MLflow's scoring protocol and of the Open Inference Protocol V2 as far as they
+are declared, and the one error body.
 
 ``/v1/predict`` and V2 bodies are validated with these models; MLflow's
 scoring bodies are read by hand (``protocols/mlflow.py``) because MLflow
@@ -234,6 +235,59 @@ class PredictBatchResponse(BaseModel):
     """Body of a batch ``POST /v1/predict``: every row's answer, in input order."""
 
     predictions: list[PredictResponse | RowErrorResponse]
+
+
+# ----------------------------------------------------------------- /v1/rank
+
+MAX_ITEM_ID_CHARS = 128
+
+
+class RankItem(BaseModel):
+    """One candidate item of ``POST /v1/rank``: its id and the feature row both
+    rankers score."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Logged with every row and joined with clicks: printable ASCII, like a request id.
+    item_id: StrictStr = Field(min_length=1, max_length=MAX_ITEM_ID_CHARS,
+                               pattern=REQUEST_ID_PATTERN)
+    features: dict[str, FeatureValue]
+
+
+class RankRequest(BaseModel):
+    """Body of ``POST /v1/rank``: the candidates to rank for one unit.
+
+    ``experiment`` names the interleaving experiment (optional when the config
+    has exactly one); ``unit_id`` may come from the header or a query
+    parameter instead, as for ``/v1/predict``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    experiment: StrictStr | None = Field(default=None, min_length=1, max_length=128)
+    unit_id: StrictStr | None = Field(default=None, min_length=1, max_length=MAX_UNIT_ID_CHARS,
+                                      pattern=UNIT_ID_PATTERN)
+    request_id: StrictStr | None = Field(default=None, min_length=1,
+                                         max_length=MAX_REQUEST_ID_CHARS,
+                                         pattern=REQUEST_ID_PATTERN)
+    items: list[RankItem] = Field(min_length=1, max_length=MAX_BATCH_ROWS)
+
+
+class RankedItem(BaseModel):
+    """One position of the merged list: the item, the ranker that contributed
+    it (``a`` or ``b``) and its 0-based position (0 is the top)."""
+
+    item_id: str
+    ranker: Literal["a", "b"]
+    position: int
+
+
+class RankResponse(BaseModel):
+    """Body of a successful ``POST /v1/rank``: the list to show, best first."""
+
+    request_id: str
+    experiment: str
+    method: Literal["team_draft", "balanced"]
+    ranking: list[RankedItem]
 
 
 class HealthResponse(BaseModel):

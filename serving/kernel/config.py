@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from serving.kernel.analysis_plan import AnalysisPlan
+from serving.kernel.bandit import BanditSpec, check_bandit_experiment
 from serving.kernel.clusters import check_cluster_key
 from serving.kernel.errors import ConfigError
 from serving.kernel.factorial import (
@@ -186,6 +187,18 @@ class ExperimentSpec(_Frozen):
                                  f"must satisfy 0 <= start < stop <= {BUCKETS}")
         return self
     analysis: AnalysisPlan | None = None
+    # A multi-armed bandit over the arms (serving/kernel/bandit.py): the arms'
+    # weight_bp are then its starting weights, which its controller moves.
+    # Declared after every field it checks, so its validator sees them.
+    bandit: BanditSpec | None = None
+
+    @field_validator("bandit")
+    @classmethod
+    def _bandit_design(cls, bandit: BanditSpec | None, info: ValidationInfo
+                       ) -> BanditSpec | None:
+        if bandit is not None:
+            check_bandit_experiment(info.data.get("id", "?"), bandit, info.data)
+        return bandit
 
     @field_validator("targeting")
     @classmethod
@@ -258,6 +271,46 @@ class ExperimentSpec(_Frozen):
                 f"they must sum to {BUCKETS} (100%)"
             )
         return arms
+
+
+MAX_RANK_ITEMS = 1000
+"""Candidate items one ``POST /v1/rank`` request may carry at most: the rows one
+scoring request may carry (``serving.gateway.schemas.MAX_BATCH_ROWS``)."""
+
+
+class InterleavingSpec(_Frozen):
+    """An interleaving experiment (``POST /v1/rank``): rankers ``a`` and ``b``
+    each score every candidate item of a request (one feature row per item,
+    higher is better), and the user is shown one list merged from both
+    rankings by ``method`` (``serving/routing/interleaving.py``).
+
+    No salt and no arms: every request sees both rankers, and the coins that
+    merge the lists are drawn from the request id, so a replayed request
+    rebuilds the list it was shown. ``unit`` is what the request's unit id is
+    (logged as its unit type, for the analysis to group sessions by).
+    ``max_items`` bounds a request's candidates (more is refused with 413);
+    ``length`` is how many positions are shown (None: every candidate).
+    """
+
+    id: str = Field(pattern=ID_PATTERN)
+    unit: UnitType = "user_id"
+    a: ModelTarget
+    b: ModelTarget
+    method: Literal["team_draft", "balanced"] = "team_draft"
+    max_items: int = Field(default=100, ge=1, le=MAX_RANK_ITEMS)
+    length: int | None = Field(default=None, ge=1, le=MAX_RANK_ITEMS)
+
+    @model_validator(mode="after")
+    def _two_rankers(self) -> InterleavingSpec:
+        # The same version on both sides compares nothing: every session would
+        # be a tie, which reads as "no preference" rather than as a mistake.
+        if (self.a.model, self.a.version) == (self.b.model, self.b.version):
+            raise ValueError(f"interleaving {self.id!r}: rankers 'a' and 'b' are both "
+                             f"{self.a.model}/{self.a.version}; they must differ")
+        if self.length is not None and self.length > self.max_items:
+            raise ValueError(f"interleaving {self.id!r}: length {self.length} is above "
+                             f"max_items {self.max_items}: no request could fill it")
+        return self
 
 
 class LayerSpec(_Frozen):
@@ -525,6 +578,9 @@ class RampartConfig(_Frozen):
     models: tuple[ModelSpec, ...] = Field(min_length=1)
     default: ModelTarget
     experiments: tuple[ExperimentSpec, ...] = ()
+    # Interleaving experiments, answered by ``POST /v1/rank`` (not routed:
+    # ``/v1/predict`` never serves their rankers unless something else routes to them).
+    interleaving: tuple[InterleavingSpec, ...] = ()
     layers: tuple[LayerSpec, ...] = ()
     shadows: tuple[ShadowSpec, ...] = ()
     shadow: ShadowConfig = ShadowConfig()
@@ -551,6 +607,9 @@ class RampartConfig(_Frozen):
         targets += [(f"shadow {s.model}/{s.version}", s) for s in self.shadows]
         for exp in self.experiments:
             targets += [(f"experiment {exp.id!r} arm {a.name!r}", a) for a in exp.arms]
+        for spec in self.interleaving:
+            targets += [(f"interleaving {spec.id!r} ranker 'a'", spec.a),
+                        (f"interleaving {spec.id!r} ranker 'b'", spec.b)]
         for where, target in targets:
             if (target.model, target.version) not in served:
                 raise ValueError(
@@ -561,6 +620,12 @@ class RampartConfig(_Frozen):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"duplicate experiment ids: {duplicates}")
+        # One namespace: both kinds are logged under ``experiment_id``.
+        ranked = [spec.id for spec in self.interleaving]
+        duplicates = sorted({i for i in ranked if ranked.count(i) > 1 or i in ids})
+        if duplicates:
+            raise ValueError(f"interleaving ids listed twice or also experiment ids: "
+                             f"{duplicates}")
         self._check_layers()
         return self
 

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from serving.kernel.clusters import cluster_of
-from serving.kernel.config import FeatureTransform, RampartConfig, TargetingRule
+from serving.kernel.config import ExperimentSpec, FeatureTransform, RampartConfig, TargetingRule
 from serving.kernel.errors import ValidationFailed
 from serving.kernel.factorial import parse_cell
 from serving.kernel.ids import ContextValue
@@ -49,6 +49,7 @@ from serving.routing.assignment import (
     second_bucket,
 )
 from serving.routing.factorial import CompiledFactorial, compile_factorial
+from serving.routing.interleaving import Method
 from serving.routing.switchback import window_unit
 
 DEFAULT_ARM = "default"
@@ -112,6 +113,9 @@ class CompiledExperiment:
     switchback: SwitchbackSpec | None = None
     # a factorial experiment's factors: they, not the arm bucket, choose the cell
     factorial: CompiledFactorial | None = None
+    # Under a bandit, each arm's assignment probability as logged with its
+    # decisions (see :func:`bandit_propensities`); None for any other experiment.
+    propensities: tuple[float, ...] | None = None
 
     def covers(self, mixed: int) -> bool:
         """Whether the experiment takes an eligible unit whose hash under the
@@ -187,6 +191,33 @@ class LayerStep:
 
 RouteStep = CompiledExperiment | LayerStep
 
+INTERLEAVING_LAYER_PREFIX = "interleaving:"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledInterleaving:
+    """An interleaving experiment as ``POST /v1/rank`` serves it: rankers ``a``
+    and ``b`` as concrete versions (aliases resolved with the table, like
+    arms), the merge method and the request's limits. Rankers are pinned
+    versions: a rollout of their model does not split them, since a ranker
+    changing version mid-experiment would mix two rankers on one side."""
+
+    id: str
+    unit_type: str
+    method: Method
+    a: ModelRef
+    b: ModelRef
+    max_items: int
+    length: int | None = None
+
+    @property
+    def layer(self) -> str:
+        return f"{INTERLEAVING_LAYER_PREFIX}{self.id}"
+
+    def ranker(self, team: str) -> ModelRef:
+        """The version of ranker ``team`` (``"a"`` or ``"b"``)."""
+        return self.a if team == "a" else self.b
+
 
 def route_steps(experiments: Sequence[CompiledExperiment]) -> tuple[RouteStep, ...]:
     """The experiments in config order, each layer's gathered into one step at
@@ -224,6 +255,7 @@ class RoutingTable:
     feature_transforms: tuple[FeatureTransform, ...] = ()
     rollouts: tuple[RolloutSplit, ...] = ()
     layers: tuple[CompiledLayer, ...] = ()
+    interleavings: tuple[CompiledInterleaving, ...] = ()
     steps: tuple[RouteStep, ...] = field(init=False, compare=False, default=())
 
     def __post_init__(self) -> None:
@@ -254,14 +286,26 @@ class RoutingTable:
                 out[t.feature] = t.apply(value)
         return out
 
-    def model_refs(self) -> tuple[ModelRef, ...]:
-        """Every distinct model version this table can route to or mirror."""
+    def model_refs(self, rankers: bool = True) -> tuple[ModelRef, ...]:
+        """Every distinct model version this table can route to or mirror, and
+        (unless ``rankers`` is false) the rankers of its interleaving
+        experiments: every version a replica must load."""
         refs = {self.default, *(s.model for s in self.shadows)}
         for exp in self.experiments:
             refs.update(exp.arm_models)
         for split in self.rollouts:
             refs.update((split.baseline, split.candidate))
+        if rankers:
+            for spec in self.interleavings:
+                refs.update((spec.a, spec.b))
         return tuple(sorted(refs, key=lambda r: (r.name, r.version, r.alias or "")))
+
+    def interleaving(self, interleaving_id: str) -> CompiledInterleaving | None:
+        """The interleaving experiment named ``interleaving_id``, if any."""
+        for spec in self.interleavings:
+            if spec.id == interleaving_id:
+                return spec
+        return None
 
     def versions_by_arm(self) -> dict[str, dict[str, tuple[str, ...]]]:
         """Per experiment, the concrete versions each arm can be served:
@@ -341,6 +385,11 @@ class RoutingTable:
                 }
                 for e in self.experiments
             ],
+            "interleavings": [
+                {"id": i.id, "unit": i.unit_type, "method": i.method, "max_items": i.max_items,
+                 "length": i.length, "a": _ref_json(i.a), "b": _ref_json(i.b)}
+                for i in self.interleavings
+            ],
         }
 
 
@@ -392,6 +441,9 @@ class Decision:
     # Chosen by a forcing header (serving/routing/forcing.py), not by the hash:
     # served and logged, never analysed.
     forced: bool = False
+    # Under a bandit experiment, the probability the unit was assigned its arm
+    # (the decision log's ``propensity``); None elsewhere.
+    propensity: float | None = None
 
 
 VersionResolver = Callable[[str, str], str]
@@ -411,12 +463,46 @@ class RolloutRoute:
     weight_bp: int
 
 
+def bandit_propensities(allocation: Allocation, coverage_bp: int) -> tuple[float, ...]:
+    """Each arm's assignment probability under a bandit's allocation: the share
+    of the 10,000 buckets it owns, times the coverage when below 100% (a unit
+    reaching the experiment is covered, then lands in the arm's buckets, by two
+    independent hashes). Conditional on the unit reaching the experiment (its
+    targeting, and its layer range if any), which inverse-propensity weights
+    over the experiment's own units need."""
+    coverage = min(coverage_bp, BUCKETS) / BUCKETS
+    return tuple(allocation.share(i) / BUCKETS * coverage
+                 for i in range(len(allocation.arm_names)))
+
+
+def _experiment_allocation(exp: ExperimentSpec,
+                           bandit_allocations: Mapping[str, Allocation]) -> Allocation:
+    """The arms' bucket ranges: the bandit controller's current ones for a
+    bandit experiment it has updated (its sticky ranges, which need not be
+    one contiguous range per arm), else the config's weights. Raises
+    ``ValueError`` when a bandit allocation names other arms than the config."""
+    names = [a.name for a in exp.arms]
+    override = bandit_allocations.get(exp.id) if exp.bandit is not None else None
+    if override is None:
+        return allocate(names, [a.weight_bp for a in exp.arms])
+    if list(override.arm_names) != names:
+        raise ValueError(f"bandit allocation of {exp.id!r} has arms "
+                         f"{list(override.arm_names)}, the config {names}")
+    return override
+
+
 def build_routing_table(
     config: RampartConfig, resolve: VersionResolver, version: int = 1,
     rollouts: Sequence[RolloutRoute] = (),
+    bandit_allocations: Mapping[str, Allocation] | None = None,
 ) -> RoutingTable:
     """Compile a validated config (and the running rollouts) into a routing
     table, resolving aliases once.
+
+    ``bandit_allocations`` (experiment id -> allocation) are the bandit
+    controller's current ranges; a bandit experiment without one routes by
+    its config weights (its starting weights). Every bandit experiment's
+    decisions carry their arm's propensity.
 
     At most one rollout per model may split traffic; a second one is a
     ``ValueError`` (the control plane refuses it before it gets here).
@@ -429,17 +515,23 @@ def build_routing_table(
 
     layers = {layer.id: CompiledLayer(layer.id, layer.salt, salt_state(layer.salt), layer.unit,
                                       layer.holdout_bp) for layer in config.layers}
+    overrides = bandit_allocations or {}
+    allocations = {exp.id: _experiment_allocation(exp, overrides) for exp in config.experiments}
     experiments = tuple(
         CompiledExperiment(
             id=exp.id,
             salt=exp.salt,
             salt_state=salt_state(exp.salt),
             unit_type=exp.unit,
-            allocation=allocate([a.name for a in exp.arms], [a.weight_bp for a in exp.arms]),
+            allocation=allocations[exp.id],
             arm_models=tuple(ref(a.model, a.version) for a in exp.arms),
             targeting=exp.targeting,
-            arm_weights=format_arm_weights([a.name for a in exp.arms],
-                                           [a.weight_bp for a in exp.arms]),
+            # the split in force: a bandit's current weights, not its starting ones
+            arm_weights=format_arm_weights(
+                [a.name for a in exp.arms],
+                [allocations[exp.id].share(i) for i in range(len(exp.arms))]),
+            propensities=(None if exp.bandit is None
+                          else bandit_propensities(allocations[exp.id], exp.coverage_bp)),
             coverage_bp=exp.coverage_bp,
             layer=None if exp.layer is None else layers[exp.layer],
             layer_buckets=exp.layer_buckets or (0, BUCKETS),
@@ -467,6 +559,11 @@ def build_routing_table(
         )
         for r in rollouts
     )
+    interleavings = tuple(
+        CompiledInterleaving(spec.id, spec.unit, spec.method, ref(spec.a.model, spec.a.version),
+                             ref(spec.b.model, spec.b.version), spec.max_items, spec.length)
+        for spec in config.interleaving
+    )
     return RoutingTable(
         version=version,
         experiments=experiments,
@@ -475,6 +572,7 @@ def build_routing_table(
         feature_transforms=config.feature_transforms,
         rollouts=splits,
         layers=tuple(layers.values()),
+        interleavings=interleavings,
     )
 
 
@@ -586,7 +684,8 @@ def _route_experiments(
         return Decision(unit, exp.unit_type, exp.id, exp.allocation.arm_names[arm], b,
                         exp.arm_models[arm],
                         EXPERIMENT_LAYER_PREFIX + exp.id if layer is None else layer.name,
-                        arm_weights=exp.arm_weights)
+                        arm_weights=exp.arm_weights,
+                        propensity=None if exp.propensities is None else exp.propensities[arm])
     return Decision(unit_id, "user_id", None, DEFAULT_ARM, None, table.default)
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats as sps
 
+# The prior's fields are part of a policy's config, validated in the config kernel.
+from serving.kernel.bandit import NormalPrior as NormalPrior
 from serving.kernel.errors import RampartError
 
 
@@ -91,21 +93,6 @@ def merge_stats(a: ArmStats, b: ArmStats) -> ArmStats:
     if isinstance(a, GaussianStats) and isinstance(b, GaussianStats):
         return a.merge(b)
     raise InvalidBanditInput("cannot merge binary and continuous statistics")
-
-
-@dataclass(frozen=True, slots=True)
-class NormalPrior:
-    """Normal-Inverse-Gamma prior ``(mean, count, shape, rate)`` = (μ₀, κ₀, α₀, β₀).
-
-    The defaults are weak: a prior mean worth 0.01 observations and a variance
-    guess of ``rate / shape`` = 1 worth two observations, so a handful of rewards
-    dominates them.
-    """
-
-    mean: float = 0.0
-    count: float = 0.01
-    shape: float = 1.0
-    rate: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

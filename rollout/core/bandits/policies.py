@@ -31,98 +31,33 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
 
 from rollout.core.bandits.arms import (
     ArmStats,
     BinaryStats,
     GaussianStats,
     InvalidBanditInput,
-    NormalPrior,
     Posterior,
     posterior,
 )
 
-TOTAL_BP = 10_000
-DEFAULT_FLOOR_BP = 500
-# 20,000 draws put the Monte Carlo standard error of a share of p at
-# sqrt(p(1 − p)/20000) <= 0.0035, i.e. at most ~35 bp before the floor is mixed
-# in: small against the moves a bandit update makes.
-DEFAULT_DRAWS = 20_000
+# The policy configs are validated with the rest of the config, in the config
+# kernel (which may import no other project package); they are re-exported here.
+from serving.kernel.bandit import DEFAULT_DRAWS as DEFAULT_DRAWS
+from serving.kernel.bandit import DEFAULT_FLOOR_BP as DEFAULT_FLOOR_BP
+from serving.kernel.bandit import TOTAL_BP as TOTAL_BP
+from serving.kernel.bandit import EpsilonGreedy as EpsilonGreedy
+from serving.kernel.bandit import PolicyConfig as PolicyConfig
+from serving.kernel.bandit import RewardKind as RewardKind
+from serving.kernel.bandit import ThompsonBeta as ThompsonBeta
+from serving.kernel.bandit import ThompsonGaussian as ThompsonGaussian
+from serving.kernel.bandit import TopTwoThompson as TopTwoThompson
 
-RewardKind = Literal["binary", "continuous"]
 AllocationStatus = Literal["ok", "single_arm", "no_active_arms"]
-
-
-class _Policy(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    floor_bp: int = Field(default=DEFAULT_FLOOR_BP, ge=0, le=TOTAL_BP)
-    draws: int = Field(default=DEFAULT_DRAWS, ge=100, le=1_000_000)
-
-
-class _NormalPriorFields(BaseModel):
-    """The Normal-Inverse-Gamma prior of continuous rewards (see ``arms.NormalPrior``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    prior_mean: float = Field(default=0.0, allow_inf_nan=False)
-    prior_count: float = Field(default=0.01, gt=0, allow_inf_nan=False)
-    prior_shape: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-    prior_rate: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-
-    def normal_prior(self) -> NormalPrior:
-        return NormalPrior(self.prior_mean, self.prior_count, self.prior_shape, self.prior_rate)
-
-
-class ThompsonBeta(_Policy):
-    """Thompson sampling on binary rewards (Beta posteriors, uniform prior)."""
-
-    policy: Literal["thompson_beta"] = "thompson_beta"
-
-    @property
-    def reward(self) -> RewardKind:
-        return "binary"
-
-    def normal_prior(self) -> NormalPrior:
-        return NormalPrior()
-
-
-class ThompsonGaussian(_Policy, _NormalPriorFields):
-    """Thompson sampling on continuous rewards (Normal-Inverse-Gamma posteriors)."""
-
-    policy: Literal["thompson_gaussian"] = "thompson_gaussian"
-
-    @property
-    def reward(self) -> RewardKind:
-        return "continuous"
-
-
-class TopTwoThompson(_Policy, _NormalPriorFields):
-    """Top-two Thompson sampling (best-arm identification) on either reward kind."""
-
-    policy: Literal["top_two_thompson"] = "top_two_thompson"
-    reward: RewardKind = "binary"
-    # Russo's β: the share of the leader. 1/2 is his recommended default.
-    leader_share: float = Field(default=0.5, gt=0.0, lt=1.0)
-
-
-class EpsilonGreedy(_Policy, _NormalPriorFields):
-    """Epsilon-greedy on the posterior means."""
-
-    policy: Literal["epsilon_greedy"] = "epsilon_greedy"
-    reward: RewardKind = "binary"
-    epsilon: float = Field(default=0.1, ge=0.0, le=1.0)
-
-
-PolicyConfig = Annotated[
-    ThompsonBeta | ThompsonGaussian | TopTwoThompson | EpsilonGreedy,
-    Field(discriminator="policy"),
-]
 
 
 def check_floor(floor_bp: int, arm_count: int) -> None:
