@@ -29,6 +29,7 @@ from typing import Any
 
 import ray
 
+from rollout.bandit_service import BanditService, BanditStore
 from rollout.commands import execute
 from rollout.core.plan import RolloutPlan, parse_plan
 from rollout.metrics_source import (
@@ -109,6 +110,12 @@ class ControllerActor:
         registry = MlflowRegistry(tracking_uri)
         self.service = RolloutService(config, RolloutStore(store_url), registry, metrics_for,
                                       registry_check=registry.check_reachable)
+        # The bandits share the rollouts' store and publish through the same
+        # path, so one routing table carries both and every replica gets it.
+        self.bandits: BanditService | None = None
+        if any(e.bandit is not None for e in config.experiments):
+            self.bandits = BanditService(config, BanditStore(self.service.store),
+                                         self.service.publish_bandit_allocations)
         self._targets_file = Path(scrape_targets_file) if scrape_targets_file else None
         self.targets = ScrapeTargets(REPLICA_TTL_S)
         self._stop = threading.Event()
@@ -121,12 +128,20 @@ class ControllerActor:
                 self.service.tick()
             except Exception:  # one bad tick must not stop every rollout
                 log.exception("rollout tick failed")
+            if self.bandits is not None:
+                try:
+                    self.bandits.tick()
+                except Exception:  # nor stop the bandits, or a bandit the rollouts
+                    log.exception("bandit tick failed")
             try:
                 if self._targets_file is not None:
                     self.targets.write(self._targets_file)
             except OSError:
                 log.exception("cannot write the scrape-target file")
-            self._stop.wait(min(0.2, self.service.next_due_in()))
+            due = self.service.next_due_in()
+            if self.bandits is not None:
+                due = min(due, self.bandits.next_due_in())
+            self._stop.wait(min(0.2, due))
 
     def ready(self) -> str:
         """The digest of the config this controller runs (see :func:`config_digest`)."""

@@ -308,3 +308,21 @@ def test_step_with_every_arm_removed_keeps_the_routing() -> None:
         step(state, {"zz": GaussianStats()}, set(), 12.0, config)
     with pytest.raises(InvalidBanditInput):
         step(state, {"a": BinaryStats(1, 1)}, set(), 12.0, config)
+
+
+def test_an_update_without_new_rewards_moves_no_unit() -> None:
+    config = BanditConfig(arms=("a", "b", "c"), policy=ThompsonBeta(draws=1_000), seed=3)
+    state = initial_state(config)
+    # no evidence at all: the Monte Carlo would split 10,000 bp unevenly on noise
+    same, update = step(state, {}, set(), 5.0, config)
+    assert same.weights_bp == state.weights_bp and same.allocation == state.allocation
+    assert update.buckets_moved == 0 and same.update_count == 1
+    # rewards of no trial are no evidence either
+    same, _ = step(same, {"a": BinaryStats(0, 0)}, set(), 6.0, config)
+    assert same.allocation == state.allocation
+    # evidence moves them; a removal without rewards moves them too
+    moved, update = step(same, {"a": BinaryStats(90, 100), "b": BinaryStats(10, 100)},
+                         set(), 7.0, config)
+    assert moved.weights_bp[0] > moved.weights_bp[1] and update.buckets_moved > 0
+    removed, update = step(moved, {}, {"a"}, 8.0, config)
+    assert removed.weights_bp[0] == 0 and update.newly_removed == ("a",)

@@ -176,6 +176,10 @@ def step(state: BanditState, new_rewards_by_arm: Mapping[str, ArmStats],
          ) -> tuple[BanditState, BanditUpdate]:
     """One controller update: merge the rewards, remove failed arms, reweight.
 
+    An update that brings no reward and removes no arm keeps the weights and
+    ranges as they are: the posteriors did not change, and redrawing the Monte
+    Carlo would only move units between arms on its noise.
+
     Returns the new state and its audit record. Raises
     :class:`InvalidBanditInput` for rewards or removals naming an unknown arm or
     of the wrong reward kind, or a state whose arms differ from the config's.
@@ -195,7 +199,8 @@ def step(state: BanditState, new_rewards_by_arm: Mapping[str, ArmStats],
     rng = np.random.default_rng([config.seed, state.update_count])
     weights = allocation(config.policy, dict(zip(config.arms, stats, strict=True)),
                          removed=removed, seed=rng)
-    if weights.status == "no_active_arms":
+    evidence = any(r.n > 0 for r in new_rewards_by_arm.values()) or bool(newly)
+    if weights.status == "no_active_arms" or not evidence:
         new_weights, new_alloc, moved = state.weights_bp, state.allocation, 0
     else:
         new_weights = weights.weights_bp
