@@ -106,6 +106,11 @@ def add_commands(sub: Any) -> None:
     analyze.add_argument("--ray-address", metavar="ADDRESS",
                          help="with --engine ray: the Ray cluster to join (auto: the one on "
                               "this machine); default: start a local Ray for the run")
+    analyze.add_argument("--reward-model", choices=("arm-mean", "arm-time"),
+                         help="bandit experiments: add the doubly robust (AIPW) difference "
+                              "with this reward model fitted on the run: each arm's mean "
+                              "(arm-mean), or an arm plus exposure-time additive model "
+                              "(arm-time)")
     analyze.epilog = ANALYZE_EXIT_CODES
     # a batch command: as the whole process, it keeps freed memory (batch_memory)
     analyze.set_defaults(func=cmd_analyze, batch_memory=True)
@@ -403,6 +408,12 @@ def _run_on_ray(experiment: Any, paths: tuple[Any, Any], as_of: dt.datetime,
 def cmd_analyze(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     as_of = parse_time(args.as_of) if args.as_of else None
+    bandit = next((e for e in config.experiments
+                   if e.id == args.experiment and e.bandit is not None), None)
+    if bandit is not None:  # allocation changed during the run: weighted, not compared
+        return cmd_analyze_bandit(args, config, bandit, as_of)
+    if args.reward_model is not None:
+        raise CliError("--reward-model is for bandit experiments (experiments[].bandit)")
     common: dict[str, Any] = {
         "decisions": args.decisions, "outcomes": args.outcomes, "as_of": as_of,
         "exploratory_segments": tuple(args.segment), "timeline_points": 20 if args.html else 0,
@@ -447,6 +458,39 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if recorded is not None:
             print(f"look recorded: {recorded}")
     return gate(report, args.fail_on)
+
+
+def cmd_analyze_bandit(args: argparse.Namespace, config: Any, experiment: Any,
+                       as_of: dt.datetime | None) -> int:
+    """``rampart analyze`` of a bandit experiment: per arm, the inverse-propensity
+    weighted means and differences from the control (and the doubly robust one
+    with ``--reward-model``), the naive ones flagged as biased. The exit code is
+    :data:`EXIT_ANALYSED`: a bandit run has no ship decision to gate on."""
+    from rollout.experiments.bandit_data import load_bandit_run
+    from rollout.experiments.bandit_report import analyse_bandit_run, bandit_text
+    from rollout.experiments.data import AnalysisInputError
+
+    refused = [flag for flag, given in (
+        ("--segment", bool(args.segment)), ("--period", args.period != "latest"),
+        ("--html", args.html is not None), ("--fail-on", args.fail_on is not None),
+        ("--record-look", args.record_look), ("--engine ray", args.engine == "ray"),
+        ("--ray-address", args.ray_address is not None)) if given]
+    if refused:
+        raise CliError(f"experiment {experiment.id!r} is a bandit: its analysis does not "
+                       "take " + ", ".join(refused))
+    try:
+        run = load_bandit_run(args.decisions or config.decision_log.path,
+                              args.outcomes or config.outcomes_log.path, experiment,
+                              as_of or dt.datetime.now(dt.UTC), args.skip_bad_files)
+    except AnalysisInputError as exc:
+        raise CliError(str(exc)) from None
+    report = analyse_bandit_run(
+        run.experiment_id, run.arms, run.arm, run.propensity, run.reward, run.exposed_at,
+        metric=run.metric, reward_type=run.reward_type, window_s=run.window_s,
+        as_of=run.as_of, pending_units=run.pending, reward_model=args.reward_model,
+        skipped_files=tuple(f"{s.log} {s.path}: {s.reason}" for s in run.skipped_files))
+    print(json.dumps(report.to_json()) if args.json else bandit_text(report))
+    return EXIT_ANALYSED
 
 
 def record_look(config: Any, report: ExperimentAnalysis) -> Path:

@@ -426,6 +426,8 @@ def cmd_outcomes_import(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     if args.holdout is not None:
+        if args.reward_model is not None:
+            raise CliError("--reward-model is for bandit experiments, not --holdout")
         from serving.cli.analyze_holdout import cmd_analyze_holdout
 
         return cmd_analyze_holdout(args, load_config_or_exit(args.config))
