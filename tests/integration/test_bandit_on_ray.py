@@ -15,10 +15,7 @@ Run it alone under ``flock /tmp/rampart-ray.lock``: it starts a Ray of its own.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,13 +27,11 @@ import yaml
 
 from serving.cli.demo.models import FEATURE_NAMES
 from telemetry.decision_log import read_decisions
-from tests.gateway_processes import healthy
+from tests.gateway_processes import RAMPART, serve_gateway
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-RAMPART = Path(sys.executable).with_name("rampart")
 EXPERIMENT = "bandit-live"
 MODEL = "rampart-demo-classifier"
 CONVERSION = {"control": 0.10, "challenger": 0.70}
@@ -95,38 +90,24 @@ def _round(client: httpx.Client, rng: np.random.Generator, first_unit: int) -> N
 def test_a_bandit_moves_traffic_to_the_better_version_and_logs_propensities(
         mlflow_store: dict[str, Any], tmp_path: Path) -> None:
     config, url = _config(tmp_path, str(mlflow_store["uri"]))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_SERVE_HAPROXY", "RAY_ADDRESS"))}
-    env["RAMPART_INGEST_TOKEN"] = INGEST_TOKEN
-    serve = subprocess.Popen([str(RAMPART), "serve", "--config", str(config)], cwd=ROOT,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)
     rng = np.random.default_rng(16)
     history: list[dict[str, int]] = []
-    try:
-        deadline = time.monotonic() + 180
-        while not healthy(url):
-            assert serve.poll() is None and time.monotonic() < deadline, "no gateway came up"
-            time.sleep(0.5)
-        with httpx.Client(base_url=url, timeout=30) as client:
+    unit = 0
+    with serve_gateway(config, url, env={"RAMPART_INGEST_TOKEN": INGEST_TOKEN}) as serve, \
+            httpx.Client(base_url=url, timeout=30) as client:
+        history.append(_weights(client))
+        assert history[0] == {"control": 5000, "challenger": 5000}
+        # The controller updates every 2 s on the exposures whose 1 s window
+        # closed; a few rounds of traffic give it evidence to act on.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            _round(client, rng, unit)
+            unit += UNITS_PER_ROUND
+            time.sleep(1.0)
             history.append(_weights(client))
-            assert history[0] == {"control": 5000, "challenger": 5000}
-            unit = 0
-            # The controller updates every 2 s on the exposures whose 1 s window
-            # closed; a few rounds of traffic give it evidence to act on.
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                _round(client, rng, unit)
-                unit += UNITS_PER_ROUND
-                time.sleep(1.0)
-                history.append(_weights(client))
-                if history[-1]["challenger"] >= 9000 and unit >= 6 * UNITS_PER_ROUND:
-                    break
-    finally:
-        if serve.poll() is None:
-            serve.send_signal(signal.SIGTERM)
-        output = serve.communicate(timeout=120)[0]
-    assert serve.returncode == 0, output[-3000:]
+            if history[-1]["challenger"] >= 9000 and unit >= 6 * UNITS_PER_ROUND:
+                break
+    assert serve.process.returncode == 0, serve.output[-3000:]
     final = history[-1]
     assert final["challenger"] >= 9000, history
     # the control keeps its floor: it still produces data

@@ -13,11 +13,6 @@ Run it alone under ``flock /tmp/rampart-ray.lock``: it starts a Ray of its own.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +24,11 @@ import yaml
 from serving.cli.demo.models import FEATURE_NAMES
 from serving.routing.interleaving import interleave
 from telemetry.decision_log import read_decisions
-from tests.gateway_processes import healthy
+from tests.gateway_processes import serve_gateway
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-RAMPART = Path(sys.executable).with_name("rampart")
 EXPERIMENT = "demo-rank"
 MODEL = "rampart-demo-classifier"
 ITEMS = 12
@@ -71,31 +64,18 @@ def _items() -> list[dict[str, Any]]:
 def test_rank_serves_an_interleaved_list_of_two_registered_versions(
         mlflow_store: dict[str, Any], tmp_path: Path) -> None:
     config, url = _config(tmp_path, str(mlflow_store["uri"]))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_SERVE_HAPROXY", "RAY_ADDRESS"))}
-    serve = subprocess.Popen([str(RAMPART), "serve", "--config", str(config)], cwd=ROOT,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)
     items = _items()
-    try:
-        deadline = time.monotonic() + 180
-        while not healthy(url):
-            assert serve.poll() is None and time.monotonic() < deadline, "no gateway came up"
-            time.sleep(0.5)
-        with httpx.Client(base_url=url, timeout=30) as client:
-            answer = client.post("/v1/rank", json={"unit_id": "session-1",
-                                                   "request_id": "rank-1", "items": items})
-            refused = client.post("/v1/rank", json={"unit_id": "session-1",
-                                                    "items": [items[0], items[0]]})
-            predicted = [client.post("/v1/predict", json={
-                "unit_id": "session-1", "request_id": f"p-{i}",
-                "features": item["features"]}).json() for i, item in enumerate(items)]
-            metrics = client.get("/metrics").text
-    finally:
-        if serve.poll() is None:
-            serve.send_signal(signal.SIGTERM)
-        output = serve.communicate(timeout=120)[0]
-    assert serve.returncode == 0, output[-3000:]
+    with serve_gateway(config, url) as serve, \
+            httpx.Client(base_url=url, timeout=30) as client:
+        answer = client.post("/v1/rank", json={"unit_id": "session-1",
+                                               "request_id": "rank-1", "items": items})
+        refused = client.post("/v1/rank", json={"unit_id": "session-1",
+                                                "items": [items[0], items[0]]})
+        predicted = [client.post("/v1/predict", json={
+            "unit_id": "session-1", "request_id": f"p-{i}",
+            "features": item["features"]}).json() for i, item in enumerate(items)]
+        metrics = client.get("/metrics").text
+    assert serve.process.returncode == 0, serve.output[-3000:]
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert (body["request_id"], body["experiment"], body["method"]) == (
