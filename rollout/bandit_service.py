@@ -73,6 +73,8 @@ from rollout.core.bandits.arms import (
     InvalidBanditInput,
     posterior,
 )
+from rollout.core.bandits.contextual import ContextualState, initial_state
+from rollout.core.bandits.contextual import update as contextual_update
 from rollout.core.bandits.state import (
     BanditConfig,
     BanditState,
@@ -86,6 +88,7 @@ from serving.kernel.bandit import BanditSpec, RewardSpec
 from serving.kernel.config import ExperimentSpec, RampartConfig
 from serving.kernel.errors import RampartError, StoreUnavailable
 from serving.routing.assignment import Allocation, allocate
+from serving.routing.router import ContextualModel, contextual_config
 from telemetry.decision_log import read_decisions
 from telemetry.metrics import LATENCY_BUCKETS_S
 from telemetry.outcomes_log import read_outcomes
@@ -125,9 +128,18 @@ bandit_audit = Table(
 )
 
 
+bandit_contextual = Table(
+    "rampart_bandit_contextual", metadata,
+    Column("experiment_id", String(64), primary_key=True),
+    # A contextual bandit's per-arm linear statistics (ContextualState JSON).
+    Column("state", Text, nullable=False),
+)
+
+
 class StoredBandit(NamedTuple):
     state: BanditState
     cutoff_s: float | None
+    contextual: ContextualState | None = None
 
 
 class BanditStore:
@@ -146,12 +158,15 @@ class BanditStore:
         with self._rollouts._reachable("reading a bandit"), self.engine.connect() as conn:
             row = conn.execute(select(bandit_states.c.state, bandit_states.c.cutoff_s)
                                .where(bandit_states.c.experiment_id == experiment_id)).first()
+            linear = conn.execute(select(bandit_contextual.c.state).where(
+                bandit_contextual.c.experiment_id == experiment_id)).first()
         if row is None:
             return None
-        return StoredBandit(BanditState.from_json(row[0]), row[1])
+        return StoredBandit(BanditState.from_json(row[0]), row[1],
+                            None if linear is None else ContextualState.from_json(linear[0]))
 
     def save(self, experiment_id: str, state: BanditState, cutoff_s: float | None,
-             record: Mapping[str, Any]) -> None:
+             record: Mapping[str, Any], contextual: ContextualState | None = None) -> None:
         """Write the state, its cutoff and the update's audit record atomically:
         a controller killed at any moment restarts from a state and a trail
         that agree, and never settles an exposure twice."""
@@ -163,6 +178,13 @@ class BanditStore:
                                    .values(**values)).rowcount
             if not changed:
                 conn.execute(insert(bandit_states).values(experiment_id=experiment_id, **values))
+            if contextual is not None:
+                text = contextual.to_json()
+                if not conn.execute(update(bandit_contextual)
+                                    .where(bandit_contextual.c.experiment_id == experiment_id)
+                                    .values(state=text)).rowcount:
+                    conn.execute(insert(bandit_contextual).values(
+                        experiment_id=experiment_id, state=text))
             conn.execute(insert(bandit_audit).values(
                 experiment_id=experiment_id, at=float(record["at"]),
                 update_index=int(record["update_index"]),
@@ -189,6 +211,9 @@ class SettledRewards:
     stats: Mapping[str, ArmStats]
     exposures: Mapping[str, int]
     cutoff_s: float
+    # Each settled exposure (columns unit_id, arm, ts_us, reward), for the
+    # contextual bandits' per-exposure fits.
+    rows: pd.DataFrame | None = None
 
 
 def _micros(column: pa.ChunkedArray | pa.Array) -> np.ndarray[Any, np.dtype[np.int64]]:
@@ -240,7 +265,7 @@ def settle_rewards(decisions: pa.Table, outcomes: pa.Table, *, experiment_id: st
     exposures = exposures.assign(exposure=np.arange(len(exposures)))
     settled = exposures[settle.to_numpy()]
     if settled.empty:
-        return SettledRewards({}, {}, cutoff_s)
+        return SettledRewards({}, {}, cutoff_s, settled.assign(reward=[]))
     # the metric's outcomes of the settled units, for this experiment or none named
     units = pa.array(settled["unit_id"].unique(), type=pa.string())
     keep = pc.and_(pc.equal(outcomes["metric"], reward.metric),
@@ -280,7 +305,58 @@ def settle_rewards(decisions: pa.Table, outcomes: pa.Table, *, experiment_id: st
         else:
             y = values[rows_of]
             stats[arm] = GaussianStats(int(y.size), float(y.sum()), float((y * y).sum()))
-    return SettledRewards(stats, counts, cutoff_s)
+    reward_of = (hit.astype(np.float64) if reward.type == "binary" else values)[chosen]
+    rows_out = settled[["unit_id", "arm", "ts_us"]].assign(reward=reward_of)
+    return SettledRewards(stats, counts, cutoff_s, rows_out.reset_index(drop=True))
+
+
+def _context_number(value: str | None) -> float | None:
+    """A logged context value (the log keeps them as strings) as a number."""
+    if value is None:
+        return 0.0  # absent: as the router reads it
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return 1.0 if lowered == "true" else 0.0
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def exposure_contexts(decisions: pa.Table, exposures: pd.DataFrame, experiment_id: str,
+                      attributes: Sequence[str]) -> tuple[np.ndarray[Any, Any],
+                                                          np.ndarray[Any, Any]]:
+    """The context vectors ``[1, attributes...]`` of ``exposures`` (rows with
+    ``unit_id``, ``arm``, ``ts_us``) from their decisions' logged context, and
+    a mask of the rows whose context read as numbers (the router refused the
+    others, so such a row can only come from a context it did not check)."""
+    n = len(exposures)
+    vectors = np.zeros((n, 1 + len(attributes)))
+    vectors[:, 0] = 1.0
+    ok = np.zeros(n, dtype=bool)
+    if n == 0:
+        return vectors, ok
+    mask = pc.and_(pc.equal(decisions["experiment_id"], experiment_id),
+                   pc.equal(decisions["role"], "primary"))
+    mask = pc.and_(mask, pc.is_in(decisions["unit_id"],
+                                  value_set=pa.array(exposures["unit_id"].unique(), pa.string())))
+    rows = decisions.filter(pc.fill_null(mask, False))
+    logged = pd.DataFrame({
+        "unit_id": rows["unit_id"].to_numpy(zero_copy_only=False),
+        "arm": rows["arm"].to_numpy(zero_copy_only=False),
+        "ts_us": _micros(rows["timestamp"]),
+        "context": rows["context"].to_pylist(),
+    }).drop_duplicates(["unit_id", "arm", "ts_us"])
+    joined = exposures[["unit_id", "arm", "ts_us"]].merge(
+        logged, on=["unit_id", "arm", "ts_us"], how="left")
+    for i, context in enumerate(joined["context"]):
+        found = dict(context) if isinstance(context, list) else {}
+        numbers = [_context_number(found.get(name)) for name in attributes]
+        if all(v is not None for v in numbers):
+            vectors[i, 1:] = [v for v in numbers if v is not None]
+            ok[i] = True
+    return vectors, ok
 
 
 def arm_windows(decisions: pa.Table, experiment_id: str, arms: Sequence[str],
@@ -423,13 +499,14 @@ class BanditService:
 
     config: RampartConfig
     store: BanditStore
-    publish: Callable[[Mapping[str, Allocation]], Any]
+    publish: Callable[[Mapping[str, Allocation], Mapping[str, ContextualModel]], Any]
     clock: Callable[[], float] = time.time
     decisions: Callable[[], pa.Table] | None = None
     outcomes: Callable[[], pa.Table] | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _states: dict[str, BanditState] = field(default_factory=dict)
     _cutoffs: dict[str, float | None] = field(default_factory=dict)
+    _contextual: dict[str, ContextualState] = field(default_factory=dict)
     _started_at: float = 0.0
 
     def __post_init__(self) -> None:
@@ -438,6 +515,10 @@ class BanditService:
         self._started_at = self.clock()
         for exp, spec in self._bandits():
             stored = self.store.load(exp.id)
+            if spec.contextual is not None:
+                self._contextual[exp.id] = (
+                    stored.contextual if stored is not None and stored.contextual is not None
+                    else initial_state(contextual_config(exp)))
             if stored is None:
                 self._states[exp.id] = starting_state(exp, spec)
                 self._cutoffs[exp.id] = None
@@ -449,7 +530,13 @@ class BanditService:
             self._states[exp.id] = stored.state
             self._cutoffs[exp.id] = stored.cutoff_s
         if self._states:
-            self.publish({k: s.allocation for k, s in self._states.items()})
+            self.publish({k: s.allocation for k, s in self._states.items()},
+                         self._contextual_models())
+
+    def _contextual_models(self, only: str | None = None) -> dict[str, ContextualModel]:
+        """The contextual bandits' models as routing takes them (one, or all)."""
+        return {k: ContextualModel(linear, self._states[k].removed)
+                for k, linear in self._contextual.items() if only in (None, k)}
 
     def _bandits(self) -> list[tuple[ExperimentSpec, BanditSpec]]:
         return [(e, e.bandit) for e in self.config.experiments if e.bandit is not None]
@@ -539,17 +626,46 @@ class BanditService:
                 failed.update(built_in)
             new_state, record = step(state, settled.stats, sorted(failed), now, config)
             audit = update_record(record, settled, cutoff, failed, checks)
-            self.store.save(experiment_id, new_state, settled.cutoff_s, audit)
+            linear = None
+            if spec.contextual is not None:
+                linear, audit["contextual"] = self._fit_contextual(
+                    exp, decisions, settled, self._contextual[experiment_id])
+            self.store.save(experiment_id, new_state, settled.cutoff_s, audit, linear)
             self._states[experiment_id] = new_state
             self._cutoffs[experiment_id] = settled.cutoff_s
+            if linear is not None:
+                self._contextual[experiment_id] = linear
         try:
-            self.publish({experiment_id: new_state.allocation})
+            self.publish({experiment_id: new_state.allocation},
+                         self._contextual_models(experiment_id))
         except StoreUnavailable as exc:
             # Stored but not routed yet: the next publication of any table
             # (this bandit's next update, a rollout step) carries nothing
             # older than the store, and a restart publishes the stored ranges.
             log.warning("bandit %s updated but not published: %s", experiment_id, exc)
         return record
+
+    def _fit_contextual(self, exp: ExperimentSpec, decisions: pa.Table,
+                        settled: SettledRewards, linear: ContextualState
+                        ) -> tuple[ContextualState, dict[str, Any]]:
+        """The contextual model after the settled exposures (each arm's ridge
+        statistics grown by its exposures' context vectors and rewards), and
+        the audit's account of it."""
+        assert exp.bandit is not None and exp.bandit.contextual is not None
+        config = contextual_config(exp)
+        rows = settled.rows if settled.rows is not None else pd.DataFrame(
+            columns=["unit_id", "arm", "ts_us", "reward"])
+        vectors, ok = exposure_contexts(decisions, rows, exp.id, config.attributes)
+        arms = rows["arm"].to_numpy()
+        rewards = rows["reward"].to_numpy(dtype=np.float64)
+        for arm in config.arms:
+            sel = ok & (arms == arm)
+            if sel.any():
+                linear = contextual_update(config, linear, arm, vectors[sel], rewards[sel])
+        return linear, {"fitted": {a: int((ok & (arms == a)).sum()) for a in config.arms},
+                        "unreadable_contexts": int((~ok).sum()),
+                        "rewards_seen": {a: s.n for a, s in zip(linear.arms, linear.linear,
+                                                                strict=True)}}
 
     def status(self, experiment_id: str) -> BanditStatus:
         """The bandit's weights and posterior summaries now (probability best

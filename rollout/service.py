@@ -82,7 +82,7 @@ from serving.kernel.errors import (
     StoreUnavailable,
 )
 from serving.routing.assignment import Allocation
-from serving.routing.router import RolloutRoute, build_routing_table
+from serving.routing.router import ContextualModel, RolloutRoute, build_routing_table
 from serving.routing.snapshot import RolloutGauge, RoutingSnapshot
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,8 @@ class RolloutService:
     # The bandit controller's current bucket ranges, by experiment id
     # (rollout/bandit_service.py): every table published carries them.
     _bandit_allocations: dict[str, Allocation] = field(default_factory=dict)
+    # The contextual bandits' fitted models, by experiment id, likewise.
+    _contextual_models: dict[str, ContextualModel] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # A restarted controller resumes every rollout where the store left it.
@@ -235,7 +237,8 @@ class RolloutService:
         whose arms newly all serve one version (see :meth:`RoutingTable.shared_versions`)."""
         version = self.store.next_counter("routing_version")
         table = build_routing_table(self._compose_config(), self._resolve, version,
-                                    self._rollout_routes(), self._bandit_allocations)
+                                    self._rollout_routes(), self._bandit_allocations,
+                                    self._contextual_models)
         before = set(self._snapshot.table.shared_versions()) if self._snapshot else set()
         gauges = tuple(
             RolloutGauge(s.id, not s.terminal, s.weight_bp, s.last_transition_at or s.created_at)
@@ -247,20 +250,25 @@ class RolloutService:
             log.warning("routing version %d: %s", version, line)
         return collapsed
 
-    def publish_bandit_allocations(self, allocations: Mapping[str, Allocation]
-                                   ) -> RoutingSnapshot:
+    def publish_bandit_allocations(
+            self, allocations: Mapping[str, Allocation],
+            contextual: Mapping[str, ContextualModel] | None = None) -> RoutingSnapshot:
         """Route the bandit experiments named in ``allocations`` by those ranges
+        (and the contextual bandits named in ``contextual`` by those models)
         from now on, and publish the table; returns the snapshot published.
-        Experiments not named keep the ranges they had. Raises
+        Experiments not named keep what they had. Raises
         :class:`StoreUnavailable` (nothing changed) when no routing version can
         be counted."""
         with self._lock:
             before = dict(self._bandit_allocations)
+            models_before = dict(self._contextual_models)
             self._bandit_allocations.update(allocations)
+            self._contextual_models.update(contextual or {})
             try:
                 self._publish()
-            except Exception:
-                self._bandit_allocations = before  # not published: not in force
+            except Exception:  # not published: not in force
+                self._bandit_allocations = before
+                self._contextual_models = models_before
                 raise
             assert self._snapshot is not None
             return self._snapshot

@@ -159,6 +159,36 @@ class BanditGuardrails(BaseModel):
     min_check_requests: int = Field(default=100, ge=1)
 
 
+class ContextualSpec(BaseModel):
+    """A contextual bandit: each request's arm is chosen by a linear model of
+    its reward on declared numeric context attributes, fitted per arm by the
+    controller (LinUCB, or linear Thompson sampling), instead of by the
+    bucket ranges. The request's context must carry the attributes as numbers
+    (a missing one counts as 0); the chosen arm's probability is logged.
+
+    ``alpha`` is LinUCB's exploration width, ``scale`` linear Thompson's
+    posterior scale, ``ridge`` the prior precision of both, ``draws`` linear
+    Thompson's Monte Carlo size for an arm's probability (on the request path:
+    kept small).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    policy: Literal["linucb", "linear_thompson"] = "linucb"
+    attributes: tuple[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")], ...] = (
+        Field(min_length=1, max_length=16))
+    alpha: float = Field(default=1.0, ge=0.0, le=100.0, allow_inf_nan=False)
+    scale: float = Field(default=1.0, gt=0.0, le=100.0, allow_inf_nan=False)
+    ridge: float = Field(default=1.0, gt=0.0, le=1e6, allow_inf_nan=False)
+    draws: int = Field(default=1_000, ge=100, le=20_000)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ContextualSpec:
+        if len(set(self.attributes)) != len(self.attributes):
+            raise ValueError(f"attributes listed twice: {sorted(self.attributes)}")
+        return self
+
+
 class BanditSpec(BaseModel):
     """A bandit over an experiment's arms (``ExperimentSpec.bandit``).
 
@@ -167,17 +197,21 @@ class BanditSpec(BaseModel):
     often weights are recomputed; ``seed`` seeds the Monte Carlo of each update
     (update ``t`` draws from ``(seed, t)``, so a restarted controller gives the
     weights an uninterrupted one would have). ``guardrails`` are the arms'
-    latency and error limits (None: no built-in check).
+    latency and error limits (None: no built-in check). With ``contextual``
+    each request's arm comes from the linear model on its context; ``policy``
+    may then be left out (Thompson sampling of the reward's kind summarises the
+    arms in the audit trail).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    policy: PolicyConfig
+    policy: PolicyConfig | None = None
     floor_bp: int = Field(default=DEFAULT_FLOOR_BP, ge=0, le=TOTAL_BP)
     reward: RewardSpec
     interval_s: float = Field(default=60.0, gt=0, le=86_400, allow_inf_nan=False)
     seed: int = Field(default=0, ge=0)
     guardrails: BanditGuardrails | None = BanditGuardrails()
+    contextual: ContextualSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -195,6 +229,10 @@ class BanditSpec(BaseModel):
 
     @model_validator(mode="after")
     def _policy_matches_reward(self) -> BanditSpec:
+        if self.policy is None:
+            if self.contextual is None:
+                raise ValueError("a bandit needs a policy, or contextual: for a contextual one")
+            return self
         if self.policy.reward != self.reward.type:
             raise ValueError(f"policy {self.policy.policy} takes {self.policy.reward} rewards; "
                              f"the reward {self.reward.metric!r} is {self.reward.type}")
@@ -203,8 +241,17 @@ class BanditSpec(BaseModel):
         return self
 
     def effective_policy(self) -> AnyPolicy:
-        """The policy with the bandit's floor: what the controller runs."""
-        return self.policy.model_copy(update={"floor_bp": self.floor_bp})
+        """The policy with the bandit's floor: what the controller runs (for a
+        contextual bandit without one, Thompson sampling of the reward's kind,
+        which summarises the arms)."""
+        policy: AnyPolicy
+        if self.policy is not None:
+            policy = self.policy
+        elif self.reward.type == "binary":
+            policy = ThompsonBeta()
+        else:
+            policy = ThompsonGaussian()
+        return policy.model_copy(update={"floor_bp": self.floor_bp})
 
 
 def check_bandit_experiment(experiment: str, spec: BanditSpec, fields: Mapping[str, Any]

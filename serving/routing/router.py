@@ -18,7 +18,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +51,9 @@ from serving.routing.assignment import (
 from serving.routing.factorial import CompiledFactorial, compile_factorial
 from serving.routing.interleaving import Method
 from serving.routing.switchback import window_unit
+
+if TYPE_CHECKING:  # loaded only where a contextual bandit is configured (scipy is slow to load)
+    from rollout.core.bandits.contextual import ContextualConfig, ContextualState
 
 DEFAULT_ARM = "default"
 DEFAULT_LAYER = "default"
@@ -116,6 +119,9 @@ class CompiledExperiment:
     # Under a bandit, each arm's assignment probability as logged with its
     # decisions (see :func:`bandit_propensities`); None for any other experiment.
     propensities: tuple[float, ...] | None = None
+    # A contextual bandit: the arm comes from its linear model on the request's
+    # context (see :class:`ContextualRoute`), not from the bucket ranges.
+    contextual: ContextualRoute | None = None
 
     def covers(self, mixed: int) -> bool:
         """Whether the experiment takes an eligible unit whose hash under the
@@ -190,6 +196,69 @@ class LayerStep:
 
 
 RouteStep = CompiledExperiment | LayerStep
+
+
+@dataclass(frozen=True, slots=True)
+class ContextualModel:
+    """A contextual bandit's fitted per-arm statistics and its removed arms,
+    as the controller publishes them."""
+
+    state: ContextualState
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ContextualRoute:
+    """How a contextual bandit chooses a request's arm: its config and the
+    model in force. The uniform the choice inverts comes from the unit's hash
+    under the experiment's salt, so a unit with the same context gets the same
+    arm while the model stands, and any replica makes the same choice."""
+
+    config: ContextualConfig
+    model: ContextualModel
+
+    def choose(self, ctx: Mapping[str, ContextValue], mixed: int) -> tuple[int, float]:
+        """The arm index for a request with context ``ctx`` and the unit's hash
+        ``mixed``, and its probability. ValidationFailed when an attribute of
+        the context is not a number."""
+        from rollout.core.bandits.arms import InvalidBanditInput
+        from rollout.core.bandits.contextual import choose, context_vector
+
+        try:
+            x = context_vector(ctx, self.config.attributes)
+        except InvalidBanditInput as exc:
+            raise ValidationFailed(f"context: {exc} (experiment's contextual bandit "
+                                   f"reads {list(self.config.attributes)})") from None
+        # the hash's digits above the two base-10,000 ones the arm bucket and
+        # the coverage bucket read: independent of both
+        u = (mixed // BUCKETS**2) / (2**64 / BUCKETS**2)
+        chosen = choose(self.config, self.model.state, x, u, self.model.removed)
+        return chosen.index, chosen.propensity
+
+
+def contextual_config(exp: ExperimentSpec) -> ContextualConfig:
+    """The pure core's config of a contextual bandit experiment (its arms in
+    config order, the bandit's floor and seed). ValueError when ``exp`` is not one."""
+    from rollout.core.bandits.contextual import ContextualConfig
+
+    if exp.bandit is None or exp.bandit.contextual is None:
+        raise ValueError(f"experiment {exp.id!r} is not a contextual bandit")
+    spec = exp.bandit.contextual
+    return ContextualConfig(policy=spec.policy, arms=tuple(a.name for a in exp.arms),
+                            attributes=spec.attributes, floor_bp=exp.bandit.floor_bp,
+                            alpha=spec.alpha, scale=spec.scale, ridge=spec.ridge,
+                            draws=spec.draws, seed=exp.bandit.seed)
+
+
+def _contextual_route(exp: ExperimentSpec, models: Mapping[str, ContextualModel]
+                      ) -> ContextualRoute | None:
+    if exp.bandit is None or exp.bandit.contextual is None:
+        return None
+    from rollout.core.bandits.contextual import initial_state
+
+    config = contextual_config(exp)
+    model = models.get(exp.id) or ContextualModel(initial_state(config))
+    return ContextualRoute(config, model)
 
 INTERLEAVING_LAYER_PREFIX = "interleaving:"
 
@@ -371,6 +440,13 @@ class RoutingTable:
                     "cluster": e.cluster,
                     "switchback": None if e.switchback is None else e.switchback.model_dump(),
                     "factors": None if e.factorial is None else e.factorial.describe(),
+                    "contextual": None if e.contextual is None else {
+                        "policy": e.contextual.config.policy,
+                        "attributes": list(e.contextual.config.attributes),
+                        "rewards_seen": {arm: linear.n for arm, linear in zip(
+                            e.contextual.model.state.arms, e.contextual.model.state.linear,
+                            strict=True)},
+                        "removed": list(e.contextual.model.removed)},
                     "arms": [
                         {
                             "name": name,
@@ -495,6 +571,7 @@ def build_routing_table(
     config: RampartConfig, resolve: VersionResolver, version: int = 1,
     rollouts: Sequence[RolloutRoute] = (),
     bandit_allocations: Mapping[str, Allocation] | None = None,
+    contextual_models: Mapping[str, ContextualModel] | None = None,
 ) -> RoutingTable:
     """Compile a validated config (and the running rollouts) into a routing
     table, resolving aliases once.
@@ -502,7 +579,9 @@ def build_routing_table(
     ``bandit_allocations`` (experiment id -> allocation) are the bandit
     controller's current ranges; a bandit experiment without one routes by
     its config weights (its starting weights). Every bandit experiment's
-    decisions carry their arm's propensity.
+    decisions carry their arm's propensity. ``contextual_models`` are the
+    contextual bandits' fitted models (one without: the prior, which chooses
+    evenly).
 
     At most one rollout per model may split traffic; a second one is a
     ``ValueError`` (the control plane refuses it before it gets here).
@@ -532,6 +611,7 @@ def build_routing_table(
                 [allocations[exp.id].share(i) for i in range(len(exp.arms))]),
             propensities=(None if exp.bandit is None
                           else bandit_propensities(allocations[exp.id], exp.coverage_bp)),
+            contextual=_contextual_route(exp, contextual_models or {}),
             coverage_bp=exp.coverage_bp,
             layer=None if exp.layer is None else layers[exp.layer],
             layer_buckets=exp.layer_buckets or (0, BUCKETS),
@@ -680,6 +760,14 @@ def _route_experiments(
         if not exp.covers(mixed):
             continue
         b = mixed % BUCKETS
+        if exp.contextual is not None:
+            arm, propensity = exp.contextual.choose(ctx, mixed)
+            # conditional on reaching the experiment, as a bandit's ranges are
+            propensity *= min(exp.coverage_bp, BUCKETS) / BUCKETS
+            return Decision(unit, exp.unit_type, exp.id, exp.allocation.arm_names[arm], b,
+                            exp.arm_models[arm],
+                            EXPERIMENT_LAYER_PREFIX + exp.id if layer is None else layer.name,
+                            propensity=propensity)
         arm = exp.allocation.arm_of(b) if exp.factorial is None else exp.factorial.cell_of(hashed)
         return Decision(unit, exp.unit_type, exp.id, exp.allocation.arm_names[arm], b,
                         exp.arm_models[arm],
@@ -782,6 +870,8 @@ def route_many(table: RoutingTable, unit_ids: Sequence[str] | pa.Array) -> dict[
             # a cluster experiment needs the context's cluster, which replay lacks
             continue
         if exp.switchback is not None:  # a window needs the request's time, which replay lacks
+            continue
+        if exp.contextual is not None:  # its model chooses by the context, which replay lacks
             continue
         mixed = hashes_vectorized(exp.salt, unit_ids)
         if exp.coverage_bp < BUCKETS:

@@ -39,7 +39,7 @@ UNITS_PER_ROUND = 120
 INGEST_TOKEN = "bandit-ingest-token"
 
 
-def _config(tmp: Path, tracking_uri: str) -> tuple[Path, str]:
+def _config(tmp: Path, tracking_uri: str, contextual: bool = False) -> tuple[Path, str]:
     port = free_port()
     data = {
         "tracking_uri": tracking_uri,
@@ -54,7 +54,9 @@ def _config(tmp: Path, tracking_uri: str) -> tuple[Path, str]:
                       "weight_bp": 5000}],
             "bandit": {"policy": {"policy": "thompson_beta"}, "floor_bp": 500,
                        "reward": {"metric": "conversion", "type": "binary", "window_s": 1.0},
-                       "interval_s": 2.0, "seed": 7},
+                       "interval_s": 2.0, "seed": 7,
+                       **({"contextual": {"policy": "linucb", "attributes": ["tenure"],
+                                          "alpha": 0.2}} if contextual else {})},
         }],
         "decision_log": {"path": str(tmp / "decisions"), "flush_interval_s": 0.2},
         "outcomes_log": {"path": str(tmp / "outcomes"), "flush_interval_s": 0.2},
@@ -71,20 +73,33 @@ def _weights(client: httpx.Client) -> dict[str, int]:
     return {arm["name"]: arm["weight_bp"] for arm in experiment["arms"]}
 
 
-def _round(client: httpx.Client, rng: np.random.Generator, first_unit: int) -> None:
+def _round(client: httpx.Client, rng: np.random.Generator, first_unit: int,
+           contextual: bool = False) -> list[bool]:
     """Serve UNITS_PER_ROUND new units; a unit that converts (at its arm's rate)
-    is posted at once, well inside its 1 s attribution window."""
+    is posted at once, well inside its 1 s attribution window. With
+    ``contextual``, each request carries a tenure of -1 or 1, and the
+    challenger converts better on long tenure, the control on short; returns,
+    per unit, whether it got the arm that is better for it."""
+    right = []
     for unit in range(first_unit, first_unit + UNITS_PER_ROUND):
         features = {name: float(v) for name, v in
                     zip(FEATURE_NAMES, rng.normal(size=len(FEATURE_NAMES)), strict=True)}
-        answer = client.post("/v1/predict", json={"unit_id": f"user-{unit}",
-                                                  "features": features})
+        tenure = float(rng.choice([-1.0, 1.0]))
+        answer = client.post("/v1/predict", json={
+            "unit_id": f"user-{unit}", "features": features,
+            **({"context": {"tenure": tenure}} if contextual else {})})
         assert answer.status_code == 200, answer.text
-        if rng.random() < CONVERSION[answer.json()["arm"]]:
+        arm = answer.json()["arm"]
+        better = "challenger" if tenure > 0 or not contextual else "control"
+        right.append(arm == better)
+        # the better arm for this unit converts at the challenger's planted rate
+        rate = CONVERSION["challenger"] if arm == better else CONVERSION["control"]
+        if rng.random() < rate:
             posted = client.post("/v1/outcomes", headers={
                 "Authorization": f"Bearer {INGEST_TOKEN}"}, json={
                 "unit_id": f"user-{unit}", "metric": "conversion", "value": 1.0})
             assert posted.status_code == 202, posted.text
+    return right
 
 
 def test_a_bandit_moves_traffic_to_the_better_version_and_logs_propensities(
@@ -135,3 +150,35 @@ def test_a_bandit_moves_traffic_to_the_better_version_and_logs_propensities(
                if c["arm"] == "challenger" and c["estimator"] == "ipw")
     assert ipw["ci_low"] <= CONVERSION["challenger"] - CONVERSION["control"] <= ipw["ci_high"]
     assert ipw["p_value"] < 0.001
+
+
+def test_a_contextual_bandit_learns_which_version_suits_which_request(
+        mlflow_store: dict[str, Any], tmp_path: Path) -> None:
+    config, url = _config(tmp_path, str(mlflow_store["uri"]), contextual=True)
+    rng = np.random.default_rng(17)
+    rounds: list[float] = []
+    unit = 0
+    with serve_gateway(config, url, env={"RAMPART_INGEST_TOKEN": INGEST_TOKEN}) as serve, \
+            httpx.Client(base_url=url, timeout=30) as client:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            right = _round(client, rng, unit, contextual=True)
+            unit += UNITS_PER_ROUND
+            rounds.append(sum(right) / len(right))
+            time.sleep(1.0)
+            if len(rounds) >= 8 and min(rounds[-2:]) >= 0.8:
+                break
+        described = next(e for e in client.get("/v1/routing").json()["experiments"]
+                         if e["id"] == EXPERIMENT)["contextual"]
+    assert serve.process.returncode == 0, serve.output[-3000:]
+    # Before any reward LinUCB's tie goes to the control (95%, the floor the
+    # rest): right for half the units. Fitted, it sends each to its better arm.
+    assert rounds[0] == pytest.approx(0.5, abs=0.15), rounds
+    assert min(rounds[-2:]) >= 0.8, rounds
+    assert described["attributes"] == ["tenure"] and sum(described["rewards_seen"].values()) > 0
+    rows = [r for r in read_decisions(tmp_path / "decisions").to_pylist()
+            if r["experiment_id"] == EXPERIMENT and r["role"] == "primary"]
+    assert len(rows) == unit
+    # each request logs its context and the probability of the arm it got
+    assert {dict(r["context"])["tenure"] for r in rows} == {"-1.0", "1.0"}
+    assert {round(r["propensity"], 6) for r in rows} <= {0.05, 0.95}
