@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictFloat,
+    StrictInt,
     StrictStr,
     WithJsonSchema,
     field_validator,
@@ -28,6 +29,12 @@ MAX_UNIT_ID_CHARS = 256
 UNIT_ID_PATTERN = ("^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f"
                    "\\ufeff]+$")
 FeatureValue = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # ints accepted, bools not
+# The gateway's request and item ids (``serving.gateway.schemas``): a click names
+# the ``POST /v1/rank`` request and item it was on in the form they were logged.
+REQUEST_ID_PATTERN = r"^[\x21-\x7e]+$"
+MAX_REQUEST_ID_CHARS = 128
+MAX_ITEM_ID_CHARS = 128
+MAX_POSITION = 2**31 - 1  # the outcomes log stores a position as int32
 
 MAX_OUTCOME_EVENTS = 10_000
 MAX_OUTCOME_BODY_BYTES = 8 << 20  # 10,000 events of the longest unit ids fit
@@ -90,7 +97,13 @@ OutcomeTimestamp = Annotated[
 
 class OutcomeEvent(BaseModel):
     """One outcome of one unit: ``{"unit_id", "metric", "value", "timestamp"?,
-    "experiment_id"?}``. A missing ``timestamp`` means the time it was received."""
+    "experiment_id"?, "request_id"?, "item_id"?, "position"?}``. A missing
+    ``timestamp`` means the time it was received.
+
+    ``request_id`` names the ``POST /v1/rank`` request the outcome (a click)
+    belongs to, ``item_id`` the item and ``position`` its 0-based place in the
+    list shown: an interleaving analysis credits the click by them.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -100,6 +113,12 @@ class OutcomeEvent(BaseModel):
     value: FeatureValue
     timestamp: OutcomeTimestamp | None = None
     experiment_id: StrictStr | None = Field(default=None, pattern=ID_PATTERN)
+    request_id: StrictStr | None = Field(default=None, min_length=1,
+                                         max_length=MAX_REQUEST_ID_CHARS,
+                                         pattern=REQUEST_ID_PATTERN)
+    item_id: StrictStr | None = Field(default=None, min_length=1, max_length=MAX_ITEM_ID_CHARS,
+                                      pattern=REQUEST_ID_PATTERN)
+    position: StrictInt | None = Field(default=None, ge=0, le=MAX_POSITION)
 
     @field_validator("timestamp", mode="before")
     @classmethod

@@ -50,8 +50,12 @@ from telemetry.batched_writer import BatchedWriter, PartialWrite, WriterEvents, 
 from telemetry.outcome_events import (
     EPOCH,
     ID_PATTERN,
+    MAX_ITEM_ID_CHARS,
     MAX_OUTCOME_SECONDS,
+    MAX_POSITION,
+    MAX_REQUEST_ID_CHARS,
     MAX_UNIT_ID_CHARS,
+    REQUEST_ID_PATTERN,
     OutcomeEvent,
     parse_outcome_timestamp,
 )
@@ -71,13 +75,24 @@ OUTCOME_SCHEMA = pa.schema(
         pa.field("received_at", TIMESTAMP, nullable=False),
     ]
 )
+# Where an outcome happened in a ``POST /v1/rank`` answer: the request, the item
+# and its 0-based position in the list shown (a click, for an interleaving
+# analysis). Null for every other outcome. Kept out of OUTCOME_SCHEMA, which
+# stays the columns every outcome has.
+OUTCOME_ITEM_FIELDS = (
+    pa.field("request_id", pa.string()),
+    pa.field("item_id", pa.string()),
+    pa.field("position", pa.int32()),
+)
 # What the log's files hold: an event's columns and, after ``unit_id``, the unit
 # id as a 64-bit integer (telemetry.unit_keys), which analysis groups and joins
 # on without hashing id strings. Computed where the table is built (the
 # writer's thread, the import's checks); files written before it existed read
-# with it null.
-OUTCOME_LOG_SCHEMA = OUTCOME_SCHEMA.insert(1, pa.field("unit_key", pa.int64()))
-INPUT_COLUMNS = ("unit_id", "metric", "value", "timestamp", "experiment_id")
+# with it null, as do files written before the item fields existed.
+OUTCOME_LOG_SCHEMA = pa.schema([*OUTCOME_SCHEMA.insert(1, pa.field("unit_key", pa.int64())),
+                                *OUTCOME_ITEM_FIELDS])
+INPUT_COLUMNS = ("unit_id", "metric", "value", "timestamp", "experiment_id", "request_id",
+                 "item_id", "position")
 REQUIRED_COLUMNS = ("unit_id", "metric", "value")
 US_PER_S = 1_000_000
 US_PER_DAY = 86_400 * US_PER_S
@@ -98,6 +113,9 @@ class OutcomeRecord(NamedTuple):
     timestamp_us: int
     experiment_id: str | None
     received_at_us: int
+    request_id: str | None = None
+    item_id: str | None = None
+    position: int | None = None
 
 
 def to_micros(moment: dt.datetime) -> int:
@@ -111,31 +129,37 @@ def outcome_records(events: Sequence[OutcomeEvent], received_at_s: float) -> lis
     return [
         OutcomeRecord(e.unit_id, e.metric, e.value,
                       received_us if e.timestamp is None else to_micros(e.timestamp),
-                      e.experiment_id, received_us)
+                      e.experiment_id, received_us, e.request_id, e.item_id, e.position)
         for e in events
     ]
 
 
 def records_to_table(records: Sequence[OutcomeRecord]) -> pa.Table:
     """Columnar table in :data:`OUTCOME_LOG_SCHEMA` from buffered records."""
+    fields = [*OUTCOME_SCHEMA, *OUTCOME_ITEM_FIELDS]
     columns: list[tuple[Any, ...]] = (
-        list(zip(*records, strict=True)) if records else [() for _ in OUTCOME_SCHEMA]
+        list(zip(*records, strict=True)) if records else [() for _ in fields]
     )
     arrays = []
-    for field, values in zip(OUTCOME_SCHEMA, columns, strict=True):
+    for field, values in zip(fields, columns, strict=True):
         if field.type == TIMESTAMP:
             arrays.append(pa.array(values, type=pa.int64()).cast(TIMESTAMP))
         else:
             arrays.append(pa.array(values, type=field.type))
-    return with_unit_keys(pa.Table.from_arrays(arrays, schema=OUTCOME_SCHEMA))
+    return with_unit_keys(pa.Table.from_arrays(arrays, schema=pa.schema(fields)))
 
 
 def conform(table: pa.Table) -> pa.Table:
     """``table`` in :data:`OUTCOME_LOG_SCHEMA`: a spill journal written before
-    ``unit_key`` existed is replayed with its keys computed."""
+    ``unit_key`` existed is replayed with its keys computed, one written before
+    the item fields existed with them null."""
     if table.schema == OUTCOME_LOG_SCHEMA:
         return table
-    return with_unit_keys(table).select(OUTCOME_LOG_SCHEMA.names).cast(OUTCOME_LOG_SCHEMA)
+    table = with_unit_keys(table)
+    for field in OUTCOME_ITEM_FIELDS:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(OUTCOME_LOG_SCHEMA.names).cast(OUTCOME_LOG_SCHEMA)
 
 
 def _day(micros: int) -> str:
@@ -497,7 +521,7 @@ def validate_outcomes(table: pa.Table, received_us: int, source: str = "input") 
             [f"unknown columns {unknown}"] if unknown else [])
         raise OutcomesInputError(
             f"{source}: {'; '.join(parts)}; the columns are unit_id, metric, value and "
-            "optionally timestamp, experiment_id")
+            "optionally timestamp, experiment_id, request_id, item_id, position")
     if table.num_rows == 0:
         raise OutcomesInputError(f"{source}: no rows to import")
     try:
@@ -519,6 +543,9 @@ def validate_outcomes(table: pa.Table, received_us: int, source: str = "input") 
             _check_names(experiments, "experiment_id", 4, False, problems)
         else:
             experiments = pa.nulls(table.num_rows, pa.string())
+        requests = _item_ids(table, "request_id", 5, MAX_REQUEST_ID_CHARS, problems)
+        items = _item_ids(table, "item_id", 6, MAX_ITEM_ID_CHARS, problems)
+        positions = _position_column(table, problems)
     except OutcomesInputError as exc:
         raise OutcomesInputError(f"{source}: {exc}") from None
     if problems:
@@ -528,6 +555,50 @@ def validate_outcomes(table: pa.Table, received_us: int, source: str = "input") 
     return pa.Table.from_arrays(
         [units, unit_key_array(units), metrics, pa.array(values, type=pa.float64()),
          pa.array(micros, type=pa.int64()).cast(TIMESTAMP), experiments,
-         pa.array(np.full(table.num_rows, received_us, dtype=np.int64)).cast(TIMESTAMP)],
+         pa.array(np.full(table.num_rows, received_us, dtype=np.int64)).cast(TIMESTAMP),
+         requests, items, positions],
         schema=OUTCOME_LOG_SCHEMA,
     )
+
+
+def _item_ids(table: pa.Table, name: str, position: int, max_chars: int,
+              problems: list[_Problem]) -> pa.Array:
+    """An optional request or item id column as text (all null when absent),
+    checked as ``POST /v1/outcomes`` checks it: 1-``max_chars`` printable ASCII
+    characters without spaces."""
+    if name not in table.column_names:
+        return pa.nulls(table.num_rows, pa.string())
+    values = _text(table, name)
+    lengths = pc.utf8_length(values).fill_null(1).to_numpy(zero_copy_only=False)
+    bad = (lengths < 1) | (lengths > max_chars) | _mask(
+        pc.invert(pc.match_substring_regex(values, REQUEST_ID_PATTERN)), null_as=False)
+    if (row := _first(bad)) is not None:
+        problems.append(_Problem(row, position, f"{name} must be 1-{max_chars} printable "
+                                                f"ASCII characters without spaces "
+                                                f"(got {values[row].as_py()!r})"))
+    return values
+
+
+def _position_column(table: pa.Table, problems: list[_Problem]) -> pa.Array:
+    """The optional ``position`` column as int32 (all null when absent): a whole
+    number from 0, the place in the list shown."""
+    n = table.num_rows
+    if "position" not in table.column_names:
+        return pa.nulls(n, pa.int32())
+    column = table.column("position").combine_chunks()
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        numbers = _numbers(column.cast(pa.string()))
+    elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind):
+        numbers = _floats(column)
+    else:
+        raise OutcomesInputError(f"column position must hold whole numbers, not {column.type}")
+    given = ~_mask(column.is_null(), null_as=True)
+    with np.errstate(invalid="ignore"):
+        ok = (np.isfinite(numbers) & (numbers >= 0) & (numbers <= MAX_POSITION)
+              & (numbers == np.floor(numbers)))
+    if (row := _first(given & ~ok)) is not None:
+        problems.append(_Problem(row, 7, f"position must be a whole number from 0 to "
+                                         f"{MAX_POSITION} (got {column[row].as_py()!r})"))
+    whole = np.where(given & ok, numbers, 0).astype(np.int32)
+    return pa.array(whole, type=pa.int32(), mask=~(given & ok))

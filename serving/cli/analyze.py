@@ -111,6 +111,10 @@ def add_commands(sub: Any) -> None:
                               "with this reward model fitted on the run: each arm's mean "
                               "(arm-mean), or an arm plus exposure-time additive model "
                               "(arm-time)")
+    analyze.add_argument("--click-metric", metavar="NAME",
+                         help="interleaving experiments: the outcome metric whose events "
+                              "(with request_id and item_id or position) are the clicks "
+                              "credited to the rankers (default: click)")
     analyze.epilog = ANALYZE_EXIT_CODES
     # a batch command: as the whole process, it keeps freed memory (batch_memory)
     analyze.set_defaults(func=cmd_analyze, batch_memory=True)
@@ -408,6 +412,11 @@ def _run_on_ray(experiment: Any, paths: tuple[Any, Any], as_of: dt.datetime,
 def cmd_analyze(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     as_of = parse_time(args.as_of) if args.as_of else None
+    interleaving = next((s for s in config.interleaving if s.id == args.experiment), None)
+    if interleaving is not None:  # one list from two rankers: preferences, not arms
+        return cmd_analyze_interleaving(args, config, interleaving, as_of)
+    if getattr(args, "click_metric", None) is not None:
+        raise CliError("--click-metric is for interleaving experiments (interleaving[])")
     bandit = next((e for e in config.experiments
                    if e.id == args.experiment and e.bandit is not None), None)
     if bandit is not None:  # allocation changed during the run: weighted, not compared
@@ -490,6 +499,44 @@ def cmd_analyze_bandit(args: argparse.Namespace, config: Any, experiment: Any,
         as_of=run.as_of, pending_units=run.pending, reward_model=args.reward_model,
         skipped_files=tuple(f"{s.log} {s.path}: {s.reason}" for s in run.skipped_files))
     print(json.dumps(report.to_json()) if args.json else bandit_text(report))
+    return EXIT_ANALYSED
+
+
+def cmd_analyze_interleaving(args: argparse.Namespace, config: Any, spec: Any,
+                             as_of: dt.datetime | None) -> int:
+    """``rampart analyze`` of an interleaving experiment: per session (request)
+    the clicks credited to rankers a and b, the wins, b's share of the sessions
+    with a preference with its exact interval, the sign test and Δ_AB. The exit
+    code is :data:`EXIT_ANALYSED`: there is no ship decision to gate on."""
+    from rollout.experiments.data import AnalysisInputError
+    from rollout.experiments.interleaving_data import (
+        DEFAULT_CLICK_METRIC,
+        load_interleaving_sessions,
+    )
+    from rollout.experiments.interleaving_report import analyse_interleaving, interleaving_text
+
+    refused = [flag for flag, given in (
+        ("--segment", bool(args.segment)), ("--period", args.period != "latest"),
+        ("--html", args.html is not None), ("--fail-on", args.fail_on is not None),
+        ("--record-look", args.record_look), ("--engine ray", args.engine == "ray"),
+        ("--ray-address", args.ray_address is not None),
+        ("--reward-model", args.reward_model is not None)) if given]
+    if refused:
+        raise CliError(f"experiment {spec.id!r} is an interleaving experiment: its analysis "
+                       "does not take " + ", ".join(refused))
+    metric = getattr(args, "click_metric", None) or DEFAULT_CLICK_METRIC
+    try:
+        data = load_interleaving_sessions(
+            args.decisions or config.decision_log.path,
+            args.outcomes or config.outcomes_log.path, spec,
+            as_of or dt.datetime.now(dt.UTC), metric, args.skip_bad_files)
+    except AnalysisInputError as exc:
+        raise CliError(str(exc)) from None
+    report = analyse_interleaving(
+        data.experiment_id, data.clicks_a, data.clicks_b, method=data.method,
+        metric=data.metric, as_of=data.as_of, clicks=data.clicks, methods=data.methods(),
+        skipped_files=tuple(f"{s.log} {s.path}: {s.reason}" for s in data.skipped_files))
+    print(json.dumps(report.to_json()) if args.json else interleaving_text(report))
     return EXIT_ANALYSED
 
 

@@ -147,7 +147,7 @@ def decision_rows(rng: np.random.Generator, unit_ids: pa.Array, unit_keys: pa.Ar
     offsets = pa.array(np.arange(n + 1, dtype=np.int32))
     platform = pa.array(["android", "ios"]).take(pa.array(
         (rng.random(n) < 0.3).astype(np.int32)))
-    return pa.table({
+    columns: dict[str, pa.Array] = {
         "request_id": fixed_width_ids("r", np.arange(first_request, first_request + n), 10),
         "unit_id": unit_ids.take(pa.array(unit)),
         "unit_key": unit_keys.take(pa.array(unit)),
@@ -167,12 +167,11 @@ def decision_rows(rng: np.random.Generator, unit_ids: pa.Array, unit_keys: pa.Ar
         "error": pa.nulls(n, pa.string()),
         "context": pa.MapArray.from_arrays(offsets, pa.repeat(pa.scalar("platform"), n),
                                            platform),
-        # The analysis reads none of these: null, as in logs written before they existed.
-        "inputs": pa.nulls(n, pa.string()),
-        "output": pa.nulls(n, pa.string()),
-        "unit_source": pa.nulls(n, pa.string()),
-        "arm_weights": pa.nulls(n, pa.string()),
-    }, schema=DECISION_SCHEMA)
+    }
+    # The analysis reads none of the others: null, as in logs written before they existed.
+    for field in DECISION_SCHEMA:
+        columns.setdefault(field.name, pa.nulls(n, field.type))
+    return pa.table(columns, schema=DECISION_SCHEMA)
 
 
 def write_by_day(table: pa.Table, root: Path, subdir: str = "") -> int:
@@ -196,8 +195,8 @@ def write_by_day(table: pa.Table, root: Path, subdir: str = "") -> int:
 def generate(directory: Path, n_decisions: int, seed: int) -> dict[str, Any]:
     """Write ``decisions/`` and ``outcomes/`` under ``directory``; see the module docstring."""
     from serving.cli.demo.simulated_outcomes import TrueEffects, simulate_outcomes
-    from telemetry.outcomes_log import OUTCOME_LOG_SCHEMA
-    from telemetry.unit_keys import unit_key_array, with_unit_keys
+    from telemetry.outcomes_log import conform
+    from telemetry.unit_keys import unit_key_array
 
     rng = np.random.default_rng(seed)
     start_us = int(START.timestamp() * MICROS)
@@ -280,9 +279,8 @@ def generate(directory: Path, n_decisions: int, seed: int) -> dict[str, Any]:
     events.clear()
     received = _timestamps(outcomes["timestamp"].cast(pa.int64()).to_numpy()
                            + rng.integers(0, 60 * MICROS, outcomes.num_rows))
-    # keyed as the gateway and the import key them
-    outcomes = with_unit_keys(outcomes.append_column("received_at", received)).cast(
-        OUTCOME_LOG_SCHEMA)
+    # keyed as the gateway and the import key them, the item fields null
+    outcomes = conform(outcomes.append_column("received_at", received))
     write_by_day(outcomes, directory / "outcomes")
     return {"units": n_units, "decision_log_rows": log_rows, "outcome_rows": outcomes.num_rows}
 
