@@ -428,6 +428,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.holdout is not None:
         if args.reward_model is not None:
             raise CliError("--reward-model is for bandit experiments, not --holdout")
+        if getattr(args, "click_metric", None) is not None:
+            raise CliError("--click-metric is for interleaving experiments, not --holdout")
         from serving.cli.analyze_holdout import cmd_analyze_holdout
 
         return cmd_analyze_holdout(args, load_config_or_exit(args.config))
@@ -574,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
         "import", help="validate a CSV or Parquet file of outcome events and add it to the "
                        "outcomes log",
         description="Load FILE (.csv, .csv.gz or .parquet) with the columns unit_id, metric, "
-                    "value and optionally timestamp, experiment_id; check every row; write "
+                    "value and optionally timestamp, experiment_id, request_id, item_id, "
+                    "position (where a click on a ranked list was); check every row; write "
                     "them all to the outcomes log as one Parquet file, or nothing. "
                     "A timestamp is seconds since the epoch or ISO-8601 (UTC without an "
                     "offset); a missing one is the import time. The first bad row is named "
@@ -609,9 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=8)
     demo.add_argument("--port", type=int, help="port for the gateway (default from config)")
     demo.add_argument("--scenario", choices=["healthy", "latency-fault", "error-fault",
-                                             "layers", "switchback", "factorial"],
+                                             "layers", "switchback", "factorial", "bandit",
+                                             "interleaving"],
                       help="run only this rollout scenario, or one experiment design "
-                           "(layers, switchback, factorial) on its own")
+                           "(layers, switchback, factorial, bandit, interleaving) on its own")
     demo.add_argument("--json", action="store_true",
                       help="print the scenario's result as one JSON object on the last line")
     demo.set_defaults(func=cmd_demo)

@@ -41,6 +41,14 @@ def run_demo(
     if scenario in DESIGN_SCENARIOS:
         return run_design_demo(config_path, scenario,  # type: ignore[arg-type]
                                requests, concurrency, port, as_json)
+    if scenario == "bandit":  # rounds of new units, fixed: --requests does not apply
+        from serving.cli.demo.bandit import run_bandit_demo
+
+        return run_bandit_demo(config_path, concurrency, port, as_json)
+    if scenario == "interleaving":  # --requests caps the sessions (400 at most)
+        from serving.cli.demo.interleaving import run_interleaving_demo
+
+        return run_interleaving_demo(config_path, requests, concurrency, port, as_json)
     from serving.cli.common import CliError, load_config_or_exit, port_free
     from serving.cli.demo.models import DEMO_MODEL_NAME, seed_demo_models
     from serving.cli.launch import start_gateway
