@@ -142,14 +142,15 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]],
             f"<tbody>{body}</tbody></table></div>")
 
 
-def _png(fig: Any) -> str:
+def png_base64(fig: Any) -> str:
     """A matplotlib figure as base64 PNG (dpi 90, tight bounding box)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _figure(title: str, data: str, caption: str) -> str:
+def html_figure(title: str, data: str, caption: str) -> str:
+    """An inline PNG (base64) as an HTML figure with its caption."""
     return (f"<figure><img class='plot' alt='{html.escape(title, quote=True)}' "
             f"src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}"
             "</figcaption></figure>")
@@ -487,7 +488,8 @@ def _factorial(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- plots
 
 
-def _axes(figsize: tuple[float, float] = FIGSIZE) -> tuple[Any, Any]:
+def plot_axes(figsize: tuple[float, float] = FIGSIZE) -> tuple[Any, Any]:
+    """A matplotlib figure (Agg, no display) and its one gridded axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -551,7 +553,7 @@ def _timeline(report: dict[str, Any], primary: dict[str, dict[str, Any]]) -> lis
 
     figures = []
     # (a) cumulative lift with its interval
-    fig, ax = _axes()
+    fig, ax = plot_axes()
     seen: list[float] = []
     for arm in treatment:
         effect, low, high = (series(arm, k) for k in ("abs_effect", "ci_low", "ci_high"))
@@ -563,13 +565,13 @@ def _timeline(report: dict[str, Any], primary: dict[str, dict[str, Any]]) -> lis
     ax.set(ylabel="absolute effect", title=_mpl(f"cumulative lift of {metric}"))
     _time_axis(ax, dated, xs, _no_data(ax, seen))
     _legend(ax)
-    figures.append(_figure(
-        "Cumulative lift", _png(fig),
+    figures.append(html_figure(
+        "Cumulative lift", png_base64(fig),
         f"Cumulative absolute effect of {metric} (treatment − control) with its confidence "
         "band, as the logs stood at each time. The band is fixed-horizon: reading it "
         "repeatedly is peeking, so judge significance by the sequential plot."))
     # (b) z statistic against the sequential boundary
-    fig, ax = _axes()
+    fig, ax = plot_axes()
     seen = []
     for arm in treatment:
         z = series(arm, "z")
@@ -619,9 +621,9 @@ def _timeline(report: dict[str, Any], primary: dict[str, dict[str, Any]]) -> lis
     ax.set(ylabel="z", title=_mpl(f"z statistic of {metric}"))
     _time_axis(ax, dated, xs, _no_data(ax, seen))
     _legend(ax)
-    figures.append(_figure("z statistic and sequential boundary", _png(fig), caption))
+    figures.append(html_figure("z statistic and sequential boundary", png_base64(fig), caption))
     # (c) sample ratio over time
-    fig, ax = _axes()
+    fig, ax = plot_axes()
     srm = report.get("srm") or {}
     expected = _shares(list(srm.get("expected") or []))
     seen = []
@@ -638,8 +640,8 @@ def _timeline(report: dict[str, Any], primary: dict[str, dict[str, Any]]) -> lis
     ax.set(ylabel="share of units", title="sample ratio over time")
     _time_axis(ax, dated, xs, _no_data(ax, seen))
     _legend(ax)
-    figures.append(_figure(
-        "Sample ratio over time", _png(fig),
+    figures.append(html_figure(
+        "Sample ratio over time", png_base64(fig),
         "Share of exposed units per arm (solid) against the configured split (dashed); "
         f"SRM p = {_num(srm.get('p_value'), '.3g')} at the as-of time."))
     return figures
@@ -656,7 +658,7 @@ def _plots(report: dict[str, Any], primary: dict[str, dict[str, Any]]) -> str:
 def _forest(group: dict[str, Any], pooled: float | None) -> str:
     rows = [r for r in group.get("segments") or [] if isinstance(r, dict)]
     height = min(1.3 + 0.35 * max(len(rows), 1), 12.0)
-    fig, ax = _axes((7.5, height))
+    fig, ax = plot_axes((7.5, height))
     confirmatory = group.get("kind") == "confirmatory"
     color = "C0" if confirmatory else "C1"
     ys = list(range(len(rows)))[::-1]
@@ -679,7 +681,7 @@ def _forest(group: dict[str, Any], pooled: float | None) -> str:
     ax.set(xlabel=_mpl(f"absolute effect on {_text(group.get('metric'))}"),
            title=_mpl(f"{_text(group.get('attribute'))}: {_text(group.get('arm'))} "
                       f"({_text(group.get('kind'))})"))
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _segments(report: dict[str, Any], primary: dict[str, dict[str, Any]]) -> str:
@@ -698,7 +700,7 @@ def _segments(report: dict[str, Any], primary: dict[str, dict[str, Any]]) -> str
         if g.get("simpsons_paradox") or g.get("warning"):
             parts.append(f"<div class='banner warn'>{_esc(g.get('warning') or 'Simpson')}"
                          "</div>")
-        parts.append(_figure(
+        parts.append(html_figure(
             f"Forest plot: {title}", _forest(g, pooled),
             f"Effect of {_text(g.get('metric'))} per {_text(g.get('attribute'))} value with "
             f"its interval; dashed: the pooled effect ({_num(pooled)}); "

@@ -32,10 +32,8 @@ and the IPW interval of the best arm against the control covers the truth.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import html
-import io
 import json
 import os
 import secrets
@@ -52,6 +50,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from rollout.experiments.report import html_figure, plot_axes, png_base64
 from serving.cli.demo.designs import DesignResult, PlantedEffect
 from serving.cli.demo.models import DEMO_MODEL_NAME, FEATURE_NAMES
 
@@ -369,32 +368,15 @@ def analyse(config: RampartConfig, world: BanditWorld, as_of: dt.datetime
 # ------------------------------------------------------------------ report
 
 
-def _axes(figsize: tuple[float, float] = (7.5, 3.6)) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.grid(True, alpha=0.3)
-    return fig, ax
 
 
-def _png(fig: Any) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _figure(title: str, data: str, caption: str) -> str:
-    return (f"<figure><img class='plot' alt='{html.escape(title, quote=True)}' "
-            f"src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}"
-            "</figcaption></figure>")
 
 
 def weights_plot(run: BanditDemoRun) -> str:
     """Each arm's share (%) at the start and after every round, as base64 PNG."""
-    fig, ax = _axes()
+    fig, ax = plot_axes()
     xs = list(range(len(run.rounds) + 1))
     for arm in run.world.arms:
         shares = [run.rounds[0].weights_before.get(arm, 0) / 100 if run.rounds else 0.0]
@@ -405,13 +387,13 @@ def weights_plot(run: BanditDemoRun) -> str:
     ax.set_ylabel("share of traffic (%)")
     ax.set_ylim(0, 100)
     ax.legend(loc="center right")
-    return _png(fig)
+    return png_base64(fig)
 
 
 def regret_plot(run: BanditDemoRun) -> str:
     """Cumulative expected regret against units served, the bandit's and the
     equal split's, as base64 PNG."""
-    fig, ax = _axes()
+    fig, ax = plot_axes()
     units = np.cumsum([0, *(r.answered for r in run.rounds)])
     ax.plot(units, [0.0, *(r.cumulative_regret for r in run.rounds)], marker="o",
             label="bandit")
@@ -420,13 +402,13 @@ def regret_plot(run: BanditDemoRun) -> str:
     ax.set_xlabel("units served")
     ax.set_ylabel("cumulative expected regret (conversions)")
     ax.legend(loc="upper left")
-    return _png(fig)
+    return png_base64(fig)
 
 
 def estimates_plot(effects: Sequence[PlantedEffect]) -> str:
     """Each difference's estimate with its interval, a row per estimator and
     arm, and the planted truth of each arm as a vertical mark, as base64 PNG."""
-    fig, ax = _axes((7.5, 0.6 + 0.55 * max(len(effects), 1)))
+    fig, ax = plot_axes((7.5, 0.6 + 0.55 * max(len(effects), 1)))
     rows = list(reversed(effects))
     for y, effect in enumerate(rows):
         if effect.estimate is None:
@@ -444,7 +426,7 @@ def estimates_plot(effects: Sequence[PlantedEffect]) -> str:
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_xlabel("difference in conversion rate from the control "
                   "(black: planted truth; red: naive, biased)")
-    return _png(fig)
+    return png_base64(fig)
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}
@@ -499,14 +481,14 @@ base rates all through the run.</p>
 <p>{run.units} units in {len(run.rounds)} rounds: expected regret {run.regret:.1f}
 conversions, against {run.equal_split:.1f} for an equal split of the same units.</p>
 <table><thead><tr>{head}</tr></thead><tbody>{rounds}</tbody></table>
-{_figure("weights per round", weights_plot(run),
+{html_figure("weights per round", weights_plot(run),
          "Each arm's share of the buckets at the start and after each round.")}
-{_figure("cumulative regret", regret_plot(run),
+{html_figure("cumulative regret", regret_plot(run),
          "Cumulative expected regret of the bandit against an equal split.")}
 <h2>Analysis</h2>
 <table><thead><tr><th class='text'>difference</th><th>truth</th><th>estimate</th>
 <th>95% CI</th><th>covers</th><th>checked</th></tr></thead><tbody>{effects}</tbody></table>
-{_figure("IPW and naive estimates", estimates_plot(result.effects),
+{html_figure("IPW and naive estimates", estimates_plot(result.effects),
          "IPW (blue) and naive (red, biased: the allocation changed during the run) "
          "differences with 95% intervals; black marks the planted truth.")}
 <pre>{html.escape(report_text)}</pre>
@@ -522,22 +504,17 @@ def run_bandit_demo(config_path: Path, concurrency: int = 8, port: int | None = 
     """Run the bandit scenario end to end; 0 when every check holds, else 1."""
     from rollout.experiments.bandit_report import bandit_text
     from rollout.experiments.data import AnalysisInputError
-    from serving.cli.common import CliError, load_config_or_exit, port_free
-    from serving.cli.demo.models import seed_demo_models
+    from serving.cli.common import CliError
+    from serving.cli.demo.setup import prepare_demo, seed_models
     from serving.cli.launch import start_gateway
     from serving.kernel.errors import ConfigError
     from telemetry.decision_log import read_decisions
 
-    console = Console(width=max(110, Console().width), stderr=as_json)
     if concurrency < 1:
         raise CliError("--concurrency must be at least 1")
-    base = load_config_or_exit(config_path)
-    host, port = base.server.host, port or base.server.port
-    if not port_free(host, port):
-        raise CliError(f"port {port} on {host} is in use; pick another with --port")
-    data_dir = base.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = data_dir / "demo-runs" / f"{int(time.time())}-{os.getpid()}-{SCENARIO}"
+    setup = prepare_demo(config_path, SCENARIO, port, as_json)
+    console, base, host, port, run_dir = (setup.console, setup.base, setup.host, setup.port,
+                                          setup.run_dir)
     world = BanditWorld(BASE_RATES)
     try:
         config = bandit_config(base, world, run_dir)
@@ -545,9 +522,7 @@ def run_bandit_demo(config_path: Path, concurrency: int = 8, port: int | None = 
         raise CliError(str(exc)) from None
 
     console.rule(f"[bold]Rampart demo: {SCENARIO}")
-    with console.status("Training and registering demo model versions in MLflow..."):
-        seeded = seed_demo_models(config.resolved_tracking_uri(), data_dir / "mlartifacts")
-    console.print(f"MLflow model [bold]{seeded.model_name}[/]: aliases {seeded.versions}")
+    seed_models(setup, config)
     rates = ", ".join(f"{arm} ({ARM_VERSIONS[arm]}) {rate:.2f}"
                       for arm, rate in world.base_rates.items())
     console.print(f"Bandit [bold]{EXPERIMENT}[/]: Thompson sampling (Beta), floor "

@@ -31,8 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -461,22 +459,17 @@ def run_design_demo(config_path: Path, scenario: DesignScenario, requests: int =
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from rollout.experiments.data import register_config_plans
-    from serving.cli.common import CliError, load_config_or_exit, port_free
-    from serving.cli.demo.models import seed_demo_models
+    from serving.cli.common import CliError
+    from serving.cli.demo.setup import prepare_demo, seed_models
     from serving.cli.demo.traffic import Population, drive_traffic
     from serving.cli.launch import start_gateway
     from serving.kernel.errors import ConfigError
 
-    console = Console(width=max(110, Console().width), stderr=as_json)
     if requests < 1 or concurrency < 1:
         raise CliError("--requests and --concurrency must be at least 1")
-    base = load_config_or_exit(config_path)
-    host, port = base.server.host, port or base.server.port
-    if not port_free(host, port):
-        raise CliError(f"port {port} on {host} is in use; pick another with --port")
-    data_dir = base.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = data_dir / "demo-runs" / f"{int(time.time())}-{os.getpid()}-{scenario}"
+    setup = prepare_demo(config_path, scenario, port, as_json)
+    console, base, host, port, run_dir = (setup.console, setup.base, setup.host, setup.port,
+                                          setup.run_dir)
     now = dt.datetime.now(dt.UTC)
     try:
         config = design_config(base, scenario, run_dir, now)
@@ -484,9 +477,7 @@ def run_design_demo(config_path: Path, scenario: DesignScenario, requests: int =
         raise CliError(str(exc)) from None
 
     console.rule(f"[bold]Rampart demo: {scenario}")
-    with console.status("Training and registering demo model versions in MLflow..."):
-        seeded = seed_demo_models(config.resolved_tracking_uri(), data_dir / "mlartifacts")
-    console.print(f"MLflow model [bold]{seeded.model_name}[/]: aliases {seeded.versions}")
+    seed_models(setup, config)
     # The plans start a few seconds from now and are recorded now, before the
     # first exposure, as a real deployment would.
     now = dt.datetime.now(dt.UTC)

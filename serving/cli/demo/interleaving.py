@@ -34,12 +34,9 @@ simulation's median ratio of A/B to interleaving sessions above 1.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +49,7 @@ import numpy.typing as npt
 from rich.console import Console
 from rich.table import Table
 
+from rollout.experiments.report import html_figure, plot_axes, png_base64
 from rollout.experiments.stats.interleaving import (
     Impression,
     InterleavingTest,
@@ -343,31 +341,24 @@ def run_interleaving_demo(config_path: Path, requests: int = SESSIONS, concurren
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from serving.cli.common import CliError, load_config_or_exit, port_free
-    from serving.cli.demo.models import seed_demo_models
+    from serving.cli.common import CliError
+    from serving.cli.demo.setup import prepare_demo, seed_models
     from serving.cli.launch import start_gateway
     from serving.kernel.errors import ConfigError
     from telemetry.decision_log import read_decisions
 
-    console = Console(width=max(110, Console().width), stderr=as_json)
     if requests < 1 or concurrency < 1:
         raise CliError("--requests and --concurrency must be at least 1")
-    base = load_config_or_exit(config_path)
-    host, port = base.server.host, port or base.server.port
-    if not port_free(host, port):
-        raise CliError(f"port {port} on {host} is in use; pick another with --port")
-    data_dir = base.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = data_dir / "demo-runs" / f"{int(time.time())}-{os.getpid()}-{SCENARIO}"
+    setup = prepare_demo(config_path, SCENARIO, port, as_json)
+    console, base, host, port, run_dir = (setup.console, setup.base, setup.host, setup.port,
+                                          setup.run_dir)
     try:
         config = interleaving_config(base, run_dir)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
 
     console.rule(f"[bold]Rampart demo: {SCENARIO}")
-    with console.status("Training and registering demo model versions in MLflow..."):
-        seeded = seed_demo_models(config.resolved_tracking_uri(), data_dir / "mlartifacts")
-    console.print(f"MLflow model [bold]{seeded.model_name}[/]: aliases {seeded.versions}")
+    seeded = seed_models(setup, config)
     console.print(f"Interleaving experiment [bold]{EXPERIMENT}[/] ({METHOD}): ranker a = "
                   f"{RANKERS['a']} (v{seeded.versions[RANKERS['a']]}), ranker b = "
                   f"{RANKERS['b']} (v{seeded.versions[RANKERS['b']]})", highlight=False)
@@ -533,16 +524,16 @@ def render_report(test: InterleavingTest, counts: PreferenceCounts, hits: dict[s
     table = "".join(f"<tr><th class='text'>{html.escape(k)}</th>"
                     f"<td class='text'>{html.escape(v)}</td></tr>" for k, v in rows)
     figures = [
-        _figure("Cumulative preference share", _share_plot(path),
+        html_figure("Cumulative preference share", _share_plot(path),
                 f"The share of ranker {BETTER} ({RANKERS[BETTER]}) among the sessions with a "
                 f"preference so far, with its {1 - ALPHA:.0%} Clopper-Pearson interval; "
                 "one half is no preference."),
-        _figure("Sessions needed", _needed_plot(sim),
+        html_figure("Sessions needed", _needed_plot(sim),
                 f"Sessions each of {sim.settings.runs} seeded simulation runs needed to reach "
                 f"a lasting p < {sim.settings.alpha:g}: interleaving ({sim.settings.method}, "
                 f"sign test) against an A/B test (Welch's t on {sim.settings.ab_metric}); "
                 "dashed lines are the medians."),
-        _figure("Power curves", _power_plot(sim),
+        html_figure("Power curves", _power_plot(sim),
                 "The share of simulation runs whose test rejects at each number of sessions."),
     ]
     return ("<!doctype html><html><head><meta charset='utf-8'>"
@@ -553,31 +544,14 @@ def render_report(test: InterleavingTest, counts: PreferenceCounts, hits: dict[s
             f"<table><tbody>{table}</tbody></table>{''.join(figures)}</body></html>")
 
 
-def _axes() -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 3.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.grid(True, alpha=0.3)
-    return fig, ax
 
 
-def _png(fig: Any) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _figure(title: str, data: str, caption: str) -> str:
-    return (f"<figure><img class='plot' alt='{html.escape(title, quote=True)}' "
-            f"src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}"
-            "</figcaption></figure>")
 
 
 def _share_plot(path: PreferencePath) -> str:
-    fig, ax = _axes()
+    fig, ax = plot_axes((7.5, 3.2))
     ax.fill_between(path.sessions, path.ci_low, path.ci_high, alpha=0.25, color="#1f77b4",
                     label=f"{1 - ALPHA:.0%} interval")
     ax.plot(path.sessions, path.share, color="#1f77b4",
@@ -587,11 +561,11 @@ def _share_plot(path: PreferencePath) -> str:
     ax.set_ylabel("preference share")
     ax.set_ylim(0.0, 1.0)
     ax.legend(loc="lower right", fontsize=8)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _needed_plot(sim: SimulationResult) -> str:
-    fig, ax = _axes()
+    fig, ax = plot_axes((7.5, 3.2))
     needed = {"interleaving": np.asarray(sim.interleaving_needed, dtype=np.float64),
               "A/B test": np.asarray(sim.ab_needed, dtype=np.float64)}
     low = max(1.0, min(float(v.min()) for v in needed.values()))
@@ -604,11 +578,11 @@ def _needed_plot(sim: SimulationResult) -> str:
     ax.set_xlabel("sessions needed (log scale)")
     ax.set_ylabel("simulation runs")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _power_plot(sim: SimulationResult) -> str:
-    fig, ax = _axes()
+    fig, ax = plot_axes((7.5, 3.2))
     ax.plot(sim.interleaving_grid, sim.interleaving_power, color="#1f77b4",
             label="interleaving")
     ax.plot(sim.ab_grid, sim.ab_power, color="#d62728", label="A/B test")
@@ -618,4 +592,4 @@ def _power_plot(sim: SimulationResult) -> str:
     ax.set_ylabel("share of runs rejecting")
     ax.set_ylim(0.0, 1.0)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_base64(fig)
