@@ -41,9 +41,9 @@ from rollout.metrics_source import (
 from rollout.scrape_targets import ScrapeTargets
 from rollout.service import RolloutService
 from rollout.store import RolloutStore
-from serving.kernel.commands import Command, CommandResult, CreateRollout
+from serving.kernel.commands import Command, CommandResult, CreateRollout, DescribeBandit
 from serving.kernel.config import RampartConfig
-from serving.kernel.errors import InvalidRollout
+from serving.kernel.errors import BanditNotFound, InvalidRollout
 from serving.routing.snapshot import RoutingSnapshot
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,10 @@ class ControllerActor:
 
     def execute(self, command: Command) -> CommandResult:
         """Run one admin command; a RampartError reaches the caller as itself."""
+        if isinstance(command, DescribeBandit):
+            if self.bandits is None:
+                raise BanditNotFound(f"no bandit experiment {command.id!r}: the config has none")
+            return self.bandits.describe(command.id)
         if isinstance(command, CreateRollout):
             plan = parse_plan(command.plan, source="plan")
             refusal = builtin_refusal(_alive_nodes()) if plan.metrics_source == "builtin" else None

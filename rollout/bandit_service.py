@@ -85,8 +85,9 @@ from rollout.core.guardrails import ArmWindow, CheckResult, Window, evaluate
 from rollout.core.plan import Guardrails
 from rollout.store import RolloutStore
 from serving.kernel.bandit import BanditSpec, RewardSpec
+from serving.kernel.commands import BanditArmReport, BanditReport
 from serving.kernel.config import ExperimentSpec, RampartConfig
-from serving.kernel.errors import RampartError, StoreUnavailable
+from serving.kernel.errors import BanditNotFound, RampartError, StoreUnavailable
 from serving.routing.assignment import Allocation, allocate
 from serving.routing.router import ContextualModel, contextual_config
 from telemetry.decision_log import read_decisions
@@ -97,12 +98,6 @@ from telemetry.verdict import Verdict
 log = logging.getLogger(__name__)
 
 US_PER_S = 1_000_000
-
-
-class BanditNotFound(RampartError):
-    """No bandit experiment of that id in the config."""
-
-    code, status = "bandit_not_found", 404
 
 
 # ---------------------------------------------------------------------- store
@@ -666,6 +661,20 @@ class BanditService:
                         "unreadable_contexts": int((~ok).sum()),
                         "rewards_seen": {a: s.n for a, s in zip(linear.arms, linear.linear,
                                                                 strict=True)}}
+
+    def describe(self, experiment_id: str, audit_records: int = 20) -> BanditReport:
+        """The bandit now and its last ``audit_records`` updates, as the admin
+        API answers them. BanditNotFound for an unknown experiment."""
+        status = self.status(experiment_id)
+        trail = self.store.audit_trail(experiment_id)[-audit_records:]
+        return BanditReport(
+            experiment_id=experiment_id, updates=status.updates,
+            last_update_at=status.last_update_at,
+            arms=[BanditArmReport(arm=a.arm, weight_bp=a.weight_bp, rewards_seen=a.n,
+                                  mean=a.mean, ci_low=a.ci_low, ci_high=a.ci_high,
+                                  prob_best=a.prob_best, removed=a.removed)
+                  for a in status.arms],
+            audit=trail)
 
     def status(self, experiment_id: str) -> BanditStatus:
         """The bandit's weights and posterior summaries now (probability best

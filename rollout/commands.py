@@ -21,6 +21,7 @@ from serving.kernel.commands import (
     Command,
     CommandResult,
     CreateRollout,
+    DescribeBandit,
     DescribeRollout,
     DescribeRouting,
     ListRollouts,
@@ -31,6 +32,7 @@ from serving.kernel.commands import (
     SetShadow,
     ShadowsResult,
 )
+from serving.kernel.errors import BanditNotFound
 
 
 @overload
@@ -69,6 +71,10 @@ def execute(service: RolloutService, command: Command) -> CommandResult:
                                  shadows=snapshot.table.describe()["shadows"])
         case DescribeRouting():
             return service.routing_status()
+        case DescribeBandit():
+            # Bandits run beside the rollouts on the controller actor
+            # (rollout/actor.py answers this command itself); this plane has none.
+            raise BanditNotFound(f"no bandit experiment {command.id!r} runs here")
 
 
 class LocalControlPlane:

@@ -314,6 +314,26 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bandit_status(args: argparse.Namespace) -> int:
+    body = _admin(args, "GET", f"/v1/admin/bandits/{args.id}")
+    if args.json:
+        print(json.dumps(body))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bandit {body['experiment_id']}: {body['updates']} updates")
+    for column in ("arm", "weight", "rewards seen", "mean [95% interval]", "P(best)", ""):
+        table.add_column(column)
+    for arm in body["arms"]:
+        best = "-" if arm["prob_best"] is None else f"{arm['prob_best']:.3f}"
+        table.add_row(arm["arm"], f"{arm['weight_bp'] / 100:.2f}%", str(arm["rewards_seen"]),
+                      f"{arm['mean']:.4f} [{arm['ci_low']:.4f}, {arm['ci_high']:.4f}]", best,
+                      "removed" if arm["removed"] else "")
+    Console(width=120).print(table)
+    return 0
+
+
 def _parity_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
     from models.registry import RegistryUnavailable
     from telemetry.parity_report import ParityInputError, load_offline_model
@@ -542,6 +562,16 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--reason", help="recorded in the audit trail")
         admin_flags(command)
         command.set_defaults(func=cmd_rollout_command)
+
+    bandit = sub.add_parser("bandit", help="bandit experiments through the gateway's admin API")
+    bandit_sub = bandit.add_subparsers(dest="bandit_command", required=True, metavar="COMMAND")
+    bandit_status = bandit_sub.add_parser(
+        "status", help="weights, posteriors and recent updates (the audit trail with --json)")
+    bandit_status.add_argument("id", help="the bandit experiment's id")
+    bandit_status.add_argument("--json", action="store_true",
+                               help="print the status and its audit records as JSON")
+    admin_flags(bandit_status)
+    bandit_status.set_defaults(func=cmd_bandit_status)
 
     parity = sub.add_parser("parity", help="online/offline parity, shadow agreement, drift")
     parity_sub = parity.add_subparsers(dest="parity_command", required=True, metavar="COMMAND")

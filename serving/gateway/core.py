@@ -67,6 +67,7 @@ from serving.kernel.commands import (
     Command,
     CommandResult,
     CreateRollout,
+    DescribeBandit,
     DescribeRollout,
     DescribeRouting,
     ListRollouts,
@@ -1384,6 +1385,12 @@ def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: st
         it with ``"enabled": false``."""
         authorize(request)
         return await run(shadow_command(await read_json(request)))
+
+    @app.get("/v1/admin/bandits/{experiment_id}", responses=admin_responses)
+    async def describe_bandit(experiment_id: str, request: Request) -> Response:
+        """A bandit experiment's weights, posteriors and recent updates."""
+        authorize(request)
+        return await run(DescribeBandit(id=experiment_id))
 
     @app.get("/v1/admin/routing", responses=admin_responses)
     async def routing_status(request: Request) -> Response:

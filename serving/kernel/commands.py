@@ -72,8 +72,14 @@ class DescribeRouting(_Message):
     """The routing version in force and how fast recent versions reached the replicas."""
 
 
+class DescribeBandit(_Message):
+    """One bandit experiment's weights, posteriors and recent updates."""
+
+    id: str
+
+
 Command = (CreateRollout | DescribeRollout | ListRollouts | RolloutCommand | AlertWebhook
-           | SetShadow | DescribeRouting)
+           | SetShadow | DescribeRouting | DescribeBandit)
 
 
 # ----------------------------------------------------------------- results
@@ -152,4 +158,32 @@ class RoutingStatus(_Message):
     propagation: list[VersionPropagation]
 
 
-CommandResult = RolloutStatus | RolloutList | AlertResult | ShadowsResult | RoutingStatus
+class BanditArmReport(_Message):
+    """One arm now: its weight, rewards seen, posterior mean with its 95%
+    interval, probability of being best at the last update (None before the
+    first), and whether a guardrail removed it."""
+
+    arm: str
+    weight_bp: int
+    rewards_seen: int
+    mean: float
+    ci_low: float
+    ci_high: float
+    prob_best: float | None
+    removed: bool
+
+
+class BanditReport(_Message):
+    """A bandit experiment now, and its latest updates' audit records (oldest
+    first): weights before and after, posterior summaries, exposures settled,
+    guardrail figures."""
+
+    experiment_id: str
+    updates: int
+    last_update_at: float | None
+    arms: list[BanditArmReport]
+    audit: list[dict[str, Any]]
+
+
+CommandResult = (RolloutStatus | RolloutList | AlertResult | ShadowsResult | RoutingStatus
+                 | BanditReport)

@@ -142,6 +142,12 @@ class NoControlPlane(RampartError):
     code, status = "no_control_plane", 503
 
 
+class BanditNotFound(RampartError):
+    """No bandit experiment of that id runs on this control plane."""
+
+    code, status = "bandit_not_found", 404
+
+
 # ----------------------------------------------------------------- configuration
 
 class ConfigError(RampartError):

@@ -11,7 +11,6 @@ import pyarrow as pa
 import pytest
 
 from rollout.bandit_service import (
-    BanditNotFound,
     BanditService,
     BanditStore,
     settle_rewards,
@@ -21,6 +20,7 @@ from rollout.service import RolloutService
 from rollout.store import RolloutStore
 from serving.kernel.bandit import RewardSpec
 from serving.kernel.config import RampartConfig
+from serving.kernel.errors import BanditNotFound
 from serving.routing.router import RoutingTable, route_many
 from telemetry.decision_log import DECISION_SCHEMA, batch_table
 from telemetry.outcomes_log import OutcomeRecord
@@ -202,6 +202,24 @@ def test_an_update_with_nothing_new_settles_nothing_twice(tmp_path: Path) -> Non
     plant.bandits.update(EXP)  # same logs, later: nothing new to settle
     assert plant.bandits.state(EXP).stats == counted
     assert sum(s.n for s in counted) == 500
+
+
+def test_describe_gives_the_weights_posteriors_and_the_audit_trail(tmp_path: Path) -> None:
+    plant, _, updates = run(tmp_path, restart_between=False)
+    report = plant.bandits.describe(EXP, audit_records=1)
+    assert report.experiment_id == EXP and report.updates == 2
+    status = plant.bandits.status(EXP)
+    assert [(a.arm, a.weight_bp, a.rewards_seen, a.removed) for a in report.arms] == [
+        (a.arm, a.weight_bp, a.n, a.removed) for a in status.arms]
+    # the last update's record, as stored: weights before and after, exposures settled
+    (record,) = report.audit
+    assert record == plant.bandits.store.audit_trail(EXP)[-1]
+    assert tuple(record["weights_after"]) == updates[-1].weights_after
+    assert sum(record["exposures_settled"].values()) == 1500
+    # it crosses Ray's actor boundary as JSON
+    assert type(report).model_validate_json(report.model_dump_json()) == report
+    with pytest.raises(BanditNotFound):
+        plant.bandits.describe("exp-a")
 
 
 def test_a_removed_arm_gets_nothing(tmp_path: Path) -> None:

@@ -251,6 +251,10 @@ def test_every_refusal_is_answered_in_one_shape(admin: Any) -> None:
         (client.post("/v1/admin/rollouts", json={**PLAN, "steps": [50, 10]}, headers=auth),
          422, "invalid_plan"),
         (client.get("/v1/admin/rollouts/nope", headers=auth), 404, "rollout_not_found"),
+        # this control plane runs no bandits (they run on the controller actor)
+        (client.get("/v1/admin/bandits/nope", headers=auth), 404, "bandit_not_found"),
+        (client.get("/v1/admin/bandits/nope", headers={"x-request-id": "req-7"}), 401,
+         "unauthorized"),
         (client.post("/v1/admin/rollouts", content=b"{", headers=auth), 400, "invalid_json"),
         (client.post("/v1/admin/alerts", json={"alerts": 1}, headers=auth), 422,
          "invalid_rollout"),
