@@ -242,3 +242,31 @@ def test_the_controller_fits_each_arm_on_its_contexts_and_routing_follows(
     again = Plant(tmp_path, config, logs, clock)
     assert again.table.experiments[0].contextual == plant.table.experiments[0].contextual
     assert right_arm_share(again.table) == after
+
+
+def test_over_http_a_context_the_model_cannot_read_is_a_422_naming_it() -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.gateway.core import GatewayCore, build_app
+    from telemetry.metrics import RequestMetrics
+    from telemetry.tracing import build_tracer_provider
+    from tests.unit.fakes import FEATURES, InMemoryRegistry
+
+    registry = InMemoryRegistry()
+    table = build_routing_table(config_of(), registry.resolve)
+    scorers = {(r.name, r.version): registry.load(r.name, r.version) for r in table.model_refs()}
+    from prometheus_client import CollectorRegistry
+
+    core = GatewayCore(table, scorers, RequestMetrics(CollectorRegistry()),
+                       build_tracer_provider().get_tracer("t"))
+    row = {name: 0.5 for name in FEATURES}
+    with TestClient(build_app(core, None, None)) as client:
+        ok = client.post("/v1/predict", json={"unit_id": "u-1", "features": row,
+                                               "context": {"tenure": 2.5}})
+        bad = client.post("/v1/predict", json={"unit_id": "u-1", "features": row,
+                                                "context": {"tenure": "long"}})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["arm"] in ("control", "challenger")
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["error"]["code"] == "validation_failed"
+    assert "tenure" in bad.json()["error"]["message"]
