@@ -60,6 +60,15 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 @pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data directory for every ``rampart demo`` scenario a session runs:
+    the first trains and registers the demo models, the others find them
+    (seeding is idempotent; training costs ~30 s), and each run keeps its logs
+    in a run directory of its own."""
+    return tmp_path_factory.mktemp("demo-data") / "data"
+
+
+@pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray for the whole session (starting Ray costs ~10 s)."""
     import ray

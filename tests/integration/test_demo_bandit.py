@@ -25,19 +25,20 @@ BASE_RATES = {"control": 0.20, "challenger": 0.40, "tree": 0.25}
 ROUNDS, UNITS_PER_ROUND = 12, 150
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, data: Path) -> Path:
     config = tmp_path / "rampart.yaml"
     text = (ROOT / "deploy" / "rampart.yaml").read_text()
-    config.write_text(text.replace("data_dir: .rampart", f"data_dir: {tmp_path / 'data'}"))
+    config.write_text(text.replace("data_dir: .rampart", f"data_dir: {data}"))
     return config
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+def demo(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path
+         ) -> tuple[dict[str, Any], str]:
     """The JSON summary (the last line of stdout) and the printed text (stderr)."""
     tmp_path = tmp_path_factory.mktemp("bandit-demo")
     result = subprocess.run(
-        [RAMPART, "demo", "--config", str(_config(tmp_path)), "--scenario", "bandit",
+        [RAMPART, "demo", "--config", str(_config(tmp_path, demo_data_dir)), "--scenario", "bandit",
          "--json", "--port", str(free_port())],
         capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]

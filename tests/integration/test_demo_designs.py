@@ -18,12 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 RAMPART = str(Path(sys.executable).parent / "rampart")
 
 
-@pytest.fixture(scope="module")
-def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One data directory for the three scenarios: the demo models are trained
-    and registered by the first and found by the others (seeding is
-    idempotent), and each run keeps its logs in a directory of its own."""
-    return tmp_path_factory.mktemp("designs") / "data"
+@pytest.fixture()
+def shared_data(demo_data_dir: Path) -> Path:
+    """The session's demo data directory (see ``tests/conftest.py``)."""
+    return demo_data_dir
 
 
 def run_scenario(tmp_path: Path, scenario: str, data: Path | None = None

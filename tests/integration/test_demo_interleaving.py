@@ -35,12 +35,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+def demo(tmp_path_factory: pytest.TempPathFactory, demo_data_dir: Path
+         ) -> tuple[dict[str, Any], str]:
     """The JSON summary (the last line of stdout) and the printed text (stderr)."""
     tmp = tmp_path_factory.mktemp("interleaving")
     config = tmp / "rampart.yaml"
     text = (ROOT / "deploy" / "rampart.yaml").read_text()
-    config.write_text(text.replace("data_dir: .rampart", f"data_dir: {tmp / 'data'}"))
+    config.write_text(text.replace("data_dir: .rampart", f"data_dir: {demo_data_dir}"))
     result = subprocess.run(
         [RAMPART, "demo", "--config", str(config), "--scenario", "interleaving", "--json",
          "--port", str(free_port())],
