@@ -11,10 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rollout.bandit_service import BanditService, BanditStore
 from rollout.core.bandits.contextual import context_vector, policy_probabilities, update
-from rollout.service import RolloutService
-from rollout.store import RolloutStore
 from serving.kernel.config import RampartConfig
 from serving.kernel.errors import ConfigError, ValidationFailed
 from serving.routing.router import (
@@ -28,8 +25,9 @@ from serving.routing.router import (
 from telemetry.decision_log import DECISION_SCHEMA, batch_table
 from telemetry.outcomes_log import OutcomeRecord
 from telemetry.outcomes_log import records_to_table as outcome_table
-from tests.unit.fakes import Clock, NoTraffic, WritableRegistry, make_config
+from tests.unit.fakes import Clock, make_config
 from tests.unit.test_bandit_config import bandit_experiment
+from tests.unit.test_bandit_service import Plant
 
 pytestmark = pytest.mark.unit
 
@@ -190,22 +188,6 @@ class Logs:
             OutcomeRecord(u, "click", 1.0, round((t + 10) * 1e6), None, round((t + 10) * 1e6))
             for u, t, c in zip(ids, times, clicked, strict=True) if c]))
         return decisions
-
-
-class Plant:
-    def __init__(self, tmp: Path, config: RampartConfig, logs: Logs, clock: Clock) -> None:
-        self.store = RolloutStore(f"sqlite:///{tmp / 'rollouts.db'}")
-        self.rollouts = RolloutService(config, self.store, WritableRegistry(),
-                                       lambda plan: NoTraffic(), clock=clock, notifier=None)
-        self.bandits = BanditService(config, BanditStore(self.store),
-                                     self.rollouts.publish_bandit_allocations, clock=clock,
-                                     decisions=logs.read_decisions, outcomes=logs.read_outcomes)
-
-    @property
-    def table(self) -> RoutingTable:
-        snapshot = self.rollouts.snapshot()
-        assert snapshot is not None
-        return snapshot.table
 
 
 def right_arm_share(table: RoutingTable, n: int = 2000) -> float:
