@@ -666,11 +666,17 @@ class BanditService:
         """The bandit now and its last ``audit_records`` updates, as the admin
         API answers them. BanditNotFound for an unknown experiment."""
         status = self.status(experiment_id)
+        _exp, spec = self._bandit(experiment_id)
+        # A contextual bandit's step still judges guardrails and keeps the
+        # posteriors, but its weights route nothing: they are not reported.
+        policy = None if spec.contextual is None else spec.contextual.policy
         trail = self.store.audit_trail(experiment_id)[-audit_records:]
         return BanditReport(
             experiment_id=experiment_id, updates=status.updates,
-            last_update_at=status.last_update_at,
-            arms=[BanditArmReport(arm=a.arm, weight_bp=a.weight_bp, rewards_seen=a.n,
+            last_update_at=status.last_update_at, contextual_policy=policy,
+            arms=[BanditArmReport(arm=a.arm,
+                                  weight_bp=a.weight_bp if policy is None else None,
+                                  rewards_seen=a.n,
                                   mean=a.mean, ci_low=a.ci_low, ci_high=a.ci_high,
                                   prob_best=a.prob_best, removed=a.removed)
                   for a in status.arms],

@@ -322,12 +322,16 @@ def cmd_bandit_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"bandit {body['experiment_id']}: {body['updates']} updates")
+    title = f"bandit {body['experiment_id']}: {body['updates']} updates"
+    if body.get("contextual_policy"):
+        title += f", each request's arm chosen by {body['contextual_policy']} on its context"
+    table = Table(title=title)
     for column in ("arm", "weight", "rewards seen", "mean [95% interval]", "P(best)", ""):
         table.add_column(column)
     for arm in body["arms"]:
         best = "-" if arm["prob_best"] is None else f"{arm['prob_best']:.3f}"
-        table.add_row(arm["arm"], f"{arm['weight_bp'] / 100:.2f}%", str(arm["rewards_seen"]),
+        weight = "per request" if arm["weight_bp"] is None else f"{arm['weight_bp'] / 100:.2f}%"
+        table.add_row(arm["arm"], weight, str(arm["rewards_seen"]),
                       f"{arm['mean']:.4f} [{arm['ci_low']:.4f}, {arm['ci_high']:.4f}]", best,
                       "removed" if arm["removed"] else "")
     Console(width=120).print(table)

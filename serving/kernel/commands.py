@@ -159,12 +159,13 @@ class RoutingStatus(_Message):
 
 
 class BanditArmReport(_Message):
-    """One arm now: its weight, rewards seen, posterior mean with its 95%
+    """One arm now: its weight (None for a contextual bandit, which picks each
+    request's arm from its context), rewards seen, posterior mean with its 95%
     interval, probability of being best at the last update (None before the
     first), and whether a guardrail removed it."""
 
     arm: str
-    weight_bp: int
+    weight_bp: int | None
     rewards_seen: int
     mean: float
     ci_low: float
@@ -181,6 +182,8 @@ class BanditReport(_Message):
     experiment_id: str
     updates: int
     last_update_at: float | None
+    # The contextual policy choosing each request's arm; None: the weights do.
+    contextual_policy: str | None = None
     arms: list[BanditArmReport]
     audit: list[dict[str, Any]]
 

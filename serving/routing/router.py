@@ -450,10 +450,13 @@ class RoutingTable:
                     "arms": [
                         {
                             "name": name,
-                            "weight_bp": e.allocation.share(i),
+                            # A contextual bandit picks each request's arm from its
+                            # context: no share or range of buckets is any arm's.
+                            "weight_bp": e.allocation.share(i) if e.contextual is None
+                            else None,
                             # a factorial cell owns no range: its factors' levels do
                             "buckets": [[r.start, r.stop] for r in e.allocation.ranges[i]]
-                            if e.factorial is None else None,
+                            if e.factorial is None and e.contextual is None else None,
                             **_ref_json(e.arm_models[i]),
                         }
                         for i, name in enumerate(e.allocation.arm_names)

@@ -123,9 +123,11 @@ def test_the_router_chooses_by_context_and_logs_the_choice_probability() -> None
         route(table, "user-1", {"tenure": "long"})
     # replay has no context to choose by: the experiment takes no unit there
     assert set(route_many(table, [f"user-{i}" for i in range(100)])["arm"]) == {"default"}
-    described = table.describe()["experiments"][0]["contextual"]
-    assert described["attributes"] == ["tenure"]
-    assert described["rewards_seen"] == {"control": 200, "challenger": 200}
+    described = table.describe()["experiments"][0]
+    assert described["contextual"]["attributes"] == ["tenure"]
+    assert described["contextual"]["rewards_seen"] == {"control": 200, "challenger": 200}
+    # no arm owns a share or a range of buckets: the context chooses
+    assert [(a["weight_bp"], a["buckets"]) for a in described["arms"]] == [(None, None)] * 2
 
 
 def test_before_any_reward_the_choice_is_even() -> None:
@@ -224,6 +226,11 @@ def test_the_controller_fits_each_arm_on_its_contexts_and_routing_follows(
     again = Plant(tmp_path, config, logs, clock)
     assert again.table.experiments[0].contextual == plant.table.experiments[0].contextual
     assert right_arm_share(again.table) == after
+    # the status reports the policy, not the Thompson weights that route nothing
+    report = plant.bandits.describe(EXP)
+    assert report.contextual_policy == "linucb" and report.updates == 4
+    assert [a.weight_bp for a in report.arms] == [None, None]
+    assert sum(a.rewards_seen for a in report.arms) == unit
 
 
 def test_over_http_a_context_the_model_cannot_read_is_a_422_naming_it() -> None:
