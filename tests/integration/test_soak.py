@@ -65,10 +65,15 @@ def test_soak_at_seventy_percent_with_a_rollout_running(
         # load. Versions 2 and 3 are the same pipeline (a scaler and a logistic
         # regression) and cost the same to score, so the load stays at 70% of
         # capacity whatever the step; a ramp from the plain regression (version
-        # 1, the champion) to version 2 would raise the cost as it grows.
+        # 1, the champion) to version 2 would raise the cost as it grows. The
+        # promotion would: it moves the champion alias, the control arms'
+        # version 1, to version 3. So the last step comes at the soak's end and
+        # the promotion one interval later, after the closed loop that follows
+        # (promoted inside the soak, the cost rose with it: the closed loop
+        # after answered 0.76x the requests of the one before).
         plan = {"id": "soak-rollout", "model_name": DEMO_MODEL_NAME, "baseline_version": "2",
                 "candidate_version": "3", "steps": [5, 25, 50, 100],
-                "interval_s": max(SOAK_S / 4, 5.0), "min_requests": 20,
+                "interval_s": max(SOAK_S / 3, 15.0), "min_requests": 20,
                 "guardrails": {"p99_latency_delta_ms": 500, "error_rate_delta": 0.05,
                                "min_check_requests": 5}}
         admin = {"authorization": f"Bearer {TOKEN}"}
@@ -86,6 +91,9 @@ def test_soak_at_seventy_percent_with_a_rollout_running(
         rollout = httpx.get(f"{gateway.url}/v1/admin/rollouts/soak-rollout",
                             headers=admin).json()
         after = closed_loop(gateway.url, 8.0, tag="after")
+        # the same models before and after: the promotion is still to come
+        assert httpx.get(f"{gateway.url}/v1/admin/rollouts/soak-rollout",
+                         headers=admin).json()["phase"] == "progressing"
     finally:
         gateway.stop()  # graceful: every replica flushes its decision log
         # The rollout may have moved the champion alias: put the shared store back.
