@@ -305,18 +305,20 @@ def settle_rewards(decisions: pa.Table, outcomes: pa.Table, *, experiment_id: st
     return SettledRewards(stats, counts, cutoff_s, rows_out.reset_index(drop=True))
 
 
-def _context_number(value: str | None) -> float | None:
-    """A logged context value (the log keeps them as strings) as a number."""
-    if value is None:
-        return 0.0  # absent: as the router reads it
-    lowered = value.strip().lower()
-    if lowered in ("true", "false"):
-        return 1.0 if lowered == "true" else 0.0
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
+def _context_numbers(values: pa.Array) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Logged context values (the log keeps them as strings) as numbers, read as
+    the router reads a request's: absent is 0, ``true``/``false`` are 1/0, any
+    other text must be a finite number. Returns the numbers and which read."""
+    text = pd.Series(values.to_pandas(), dtype=object)
+    absent = text.isna().to_numpy()
+    lowered = text.fillna("").str.strip().str.lower()
+    numbers = pd.to_numeric(lowered.mask(lowered.isin(("true", "false"))), errors="coerce")
+    out = numbers.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+    out[(lowered == "true").to_numpy()] = 1.0
+    out[(lowered == "false").to_numpy()] = 0.0
+    out[absent] = 0.0
+    ok = np.isfinite(out)
+    return np.where(ok, out, 0.0), ok
 
 
 def exposure_contexts(decisions: pa.Table, exposures: pd.DataFrame, experiment_id: str,
@@ -341,16 +343,23 @@ def exposure_contexts(decisions: pa.Table, exposures: pd.DataFrame, experiment_i
         "unit_id": rows["unit_id"].to_numpy(zero_copy_only=False),
         "arm": rows["arm"].to_numpy(zero_copy_only=False),
         "ts_us": _micros(rows["timestamp"]),
-        "context": rows["context"].to_pylist(),
+        "row": np.arange(rows.num_rows),
     }).drop_duplicates(["unit_id", "arm", "ts_us"])
     joined = exposures[["unit_id", "arm", "ts_us"]].merge(
         logged, on=["unit_id", "arm", "ts_us"], how="left")
-    for i, context in enumerate(joined["context"]):
-        found = dict(context) if isinstance(context, list) else {}
-        numbers = [_context_number(found.get(name)) for name in attributes]
-        if all(v is not None for v in numbers):
-            vectors[i, 1:] = [v for v in numbers if v is not None]
-            ok[i] = True
+    found = joined["row"].notna().to_numpy()
+    # An exposure without its logged context reads as the router reads a
+    # request without one: every attribute absent, so 0.
+    ok[:] = True
+    if not found.any():
+        return vectors, ok
+    contexts = rows["context"].combine_chunks().take(
+        pa.array(joined["row"].to_numpy()[found].astype(np.int64)))
+    for column, name in enumerate(attributes, start=1):
+        numbers, read = _context_numbers(pc.map_lookup(contexts, pa.scalar(name), "first"))
+        vectors[found, column] = numbers
+        ok[found] &= read
+    vectors[~ok, 1:] = 0.0
     return vectors, ok
 
 

@@ -259,3 +259,54 @@ def test_over_http_a_context_the_model_cannot_read_is_a_422_naming_it() -> None:
     assert bad.status_code == 422, bad.text
     assert bad.json()["error"]["code"] == "validation_failed"
     assert "tenure" in bad.json()["error"]["message"]
+
+
+def test_logged_contexts_read_as_the_router_reads_a_request() -> None:
+    """Each exposure's vector from its decision's logged context (strings), one
+    value at a time against a plain reading: absent 0, true/false 1/0, text
+    that is not a finite number not readable (the row is left out)."""
+    import math
+
+    import pandas as pd
+    import pyarrow as pa
+
+    from rollout.bandit_service import exposure_contexts
+
+    def plain(value: str | None) -> float | None:
+        if value is None:
+            return 0.0
+        if value.strip().lower() in ("true", "false"):
+            return float(value.strip().lower() == "true")
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+
+    rng = np.random.default_rng(5)
+    values = ["1.5", " 2 ", "TRUE", "false", "x", "nan", "1e400", "-3", "", None]
+    n = 600
+    contexts: list[list[tuple[str, str]] | None] = []
+    for _ in range(n):
+        pairs = [(k, v) for k in ("a", "b") if rng.random() < 0.8
+                 for v in [values[rng.integers(len(values))]] if v is not None]
+        contexts.append(None if rng.random() < 0.05 else pairs)
+    ts_us = np.arange(n, dtype=np.int64) + 1_800_000_000_000_000
+    decisions = pa.table({
+        "experiment_id": [EXP] * n, "role": ["primary"] * n,
+        "unit_id": [f"u{i % 150}" for i in range(n)],
+        "arm": [("control", "challenger")[i % 2] for i in range(n)],
+        "timestamp": pa.array(ts_us, pa.timestamp("us", tz="UTC")),
+        "context": pa.array(contexts, pa.map_(pa.string(), pa.string()))})
+    chosen = rng.choice(n, 250, replace=False)
+    exposures = pd.DataFrame({"unit_id": [f"u{i % 150}" for i in chosen],
+                              "arm": [("control", "challenger")[i % 2] for i in chosen],
+                              "ts_us": ts_us[chosen]})
+    vectors, ok = exposure_contexts(decisions, exposures, EXP, ["a", "b", "missing"])
+    for row, i in enumerate(chosen):
+        found = dict(contexts[i] or [])
+        numbers = [plain(found.get(name)) for name in ("a", "b", "missing")]
+        assert ok[row] == all(v is not None for v in numbers)
+        if ok[row]:
+            assert vectors[row].tolist() == [1.0, *numbers]
+    assert 0 < ok.sum() < len(chosen)  # both kinds were drawn
