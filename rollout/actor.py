@@ -170,7 +170,7 @@ class ControllerActor:
         if isinstance(command, DescribeBandit):
             if self.bandits is None:
                 raise BanditNotFound(f"no bandit experiment {command.id!r}: the config has none")
-            return self.bandits.describe(command.id)
+            return self.bandits.describe(command.id, audit_records=command.audit)
         if isinstance(command, CreateRollout):
             plan = parse_plan(command.plan, source="plan")
             refusal = builtin_refusal(_alive_nodes()) if plan.metrics_source == "builtin" else None

@@ -315,7 +315,7 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
 
 
 def cmd_bandit_status(args: argparse.Namespace) -> int:
-    body = _admin(args, "GET", f"/v1/admin/bandits/{args.id}")
+    body = _admin(args, "GET", f"/v1/admin/bandits/{args.id}?audit={args.audit}")
     if args.json:
         print(json.dumps(body))
         return 0
@@ -574,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     bandit_status.add_argument("id", help="the bandit experiment's id")
     bandit_status.add_argument("--json", action="store_true",
                                help="print the status and its audit records as JSON")
+    bandit_status.add_argument("--audit", type=int, default=20, metavar="N",
+                               help="how many of the latest audit records --json carries "
+                                    "(0-1000; default 20)")
     admin_flags(bandit_status)
     bandit_status.set_defaults(func=cmd_bandit_status)
 

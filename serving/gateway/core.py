@@ -62,6 +62,7 @@ from serving.gateway.schemas import (
 from serving.gateway.scorers import LoadedScorers, ModelKey
 from serving.gateway.shadow import ShadowJob, ShadowRunner
 from serving.kernel.commands import (
+    MAX_AUDIT_RECORDS,
     OPERATOR_ACTIONS,
     AlertWebhook,
     Command,
@@ -1386,11 +1387,21 @@ def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: st
         authorize(request)
         return await run(shadow_command(await read_json(request)))
 
-    @app.get("/v1/admin/bandits/{experiment_id}", responses=admin_responses)
+    @app.get("/v1/admin/bandits/{experiment_id}", responses=admin_responses,
+             openapi_extra={"parameters": [{
+                 "name": "audit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0,
+                            "maximum": MAX_AUDIT_RECORDS, "default": 20}}]})
     async def describe_bandit(experiment_id: str, request: Request) -> Response:
-        """A bandit experiment's weights, posteriors and recent updates."""
+        """A bandit experiment's weights, posteriors and its last ``audit``
+        updates' audit records (20 unless asked, at most 1000)."""
         authorize(request)
-        return await run(DescribeBandit(id=experiment_id))
+        raw = request.query_params.get("audit", "20")
+        # Read here, not by FastAPI, so a bad value gets the one error shape.
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or int(raw) > MAX_AUDIT_RECORDS:
+            raise ValidationFailed(
+                f"audit must be a whole number from 0 to {MAX_AUDIT_RECORDS}, not {raw[:20]!r}")
+        return await run(DescribeBandit(id=experiment_id, audit=int(raw)))
 
     @app.get("/v1/admin/routing", responses=admin_responses)
     async def routing_status(request: Request) -> Response:

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from serving.kernel.config import ShadowSpec
+
+# The most audit records one bandit status answer carries (a page of the trail).
+MAX_AUDIT_RECORDS = 1000
 
 
 class _Message(BaseModel):
@@ -73,9 +76,11 @@ class DescribeRouting(_Message):
 
 
 class DescribeBandit(_Message):
-    """One bandit experiment's weights, posteriors and recent updates."""
+    """One bandit experiment's weights, posteriors and its last ``audit``
+    updates' audit records (the newest, oldest first)."""
 
     id: str
+    audit: int = Field(default=20, ge=0, le=MAX_AUDIT_RECORDS)
 
 
 Command = (CreateRollout | DescribeRollout | ListRollouts | RolloutCommand | AlertWebhook

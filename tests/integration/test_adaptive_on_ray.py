@@ -192,10 +192,11 @@ def test_a_bandit_moves_traffic_to_the_better_version_and_logs_propensities(
     assert ipw["p_value"] < 0.001
 
     # The controller's own account: weights in force, posteriors, the audit trail.
-    def bandit_status(experiment_id: str) -> subprocess.CompletedProcess[str]:
+    def bandit_status(experiment_id: str, *flags: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(RAMPART), "bandit", "status", experiment_id, "--json", "--url", gateway.url,
-             "--token", ADMIN_TOKEN], capture_output=True, text=True, timeout=60, check=False)
+             "--token", ADMIN_TOKEN, *flags], capture_output=True, text=True, timeout=60,
+            check=False)
 
     status = bandit_status(BANDIT)
     assert status.returncode == 0, status.stderr
@@ -207,6 +208,11 @@ def test_a_bandit_moves_traffic_to_the_better_version_and_logs_propensities(
     last = report["audit"][-1]
     assert last["weights_after"] == [arms["control"]["weight_bp"],
                                      arms["challenger"]["weight_bp"]]
+    # a page of the trail: the last record only, the same one
+    (only,) = json.loads(bandit_status(BANDIT, "--audit", "1").stdout)["audit"]
+    assert only["weights_after"] == last["weights_after"] or only["at"] > last["at"]
+    too_many = bandit_status(BANDIT, "--audit", "5000")
+    assert too_many.returncode == 2 and "422" in too_many.stderr
     missing = bandit_status("no-such-bandit")
     assert missing.returncode == 2 and "404" in missing.stderr
     assert missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
