@@ -43,6 +43,7 @@ pytestmark = pytest.mark.integration
 BANDIT = "bandit-live"
 CONTEXTUAL = "bandit-context"
 RANKING = "demo-rank"
+RANK_CHECK = "rank-check"
 MODEL = "rampart-demo-classifier"
 CONVERSION = {"control": 0.10, "challenger": 0.70}
 UNITS_PER_ROUND = 120
@@ -78,12 +79,20 @@ def gateway(mlflow_store: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
                                                  "alpha": 0.2})
     # requests with a tenure go to the contextual bandit, the others to the plain one
     contextual["targeting"] = [{"attribute": "tenure", "op": "present"}]
+    # The rank test's own /v1/predict calls, in any test order, must not become
+    # either bandit's exposures: an exposure without a conversion is a reward
+    # of 0, and the bandit test starts from the even split.
+    rank_check = {"id": RANK_CHECK, "salt": f"{RANK_CHECK}-salt",
+                  "targeting": [{"attribute": "probe", "op": "present"}],
+                  "arms": [{"name": "a", "model": MODEL, "version": "champion",
+                            "weight_bp": 5000},
+                           {"name": "b", "model": MODEL, "version": "tree", "weight_bp": 5000}]}
     data = {
         "tracking_uri": str(mlflow_store["uri"]),
         "data_dir": str(tmp),
         "models": [{"name": MODEL, "versions": ["champion", "tree"]}],
         "default": {"model": MODEL, "version": "champion"},
-        "experiments": [contextual, _bandit(BANDIT)],
+        "experiments": [rank_check, contextual, _bandit(BANDIT)],
         "interleaving": [{"id": RANKING, "unit": "session_id",
                           "a": {"model": MODEL, "version": "champion"},
                           "b": {"model": MODEL, "version": "tree"},
@@ -263,7 +272,7 @@ def test_rank_serves_an_interleaved_list_of_two_registered_versions(gateway: Gat
         refused = client.post("/v1/rank", json={"unit_id": "session-1",
                                                 "items": [items[0], items[0]]})
         predicted = [client.post("/v1/predict", json={
-            "unit_id": f"session-{i}", "request_id": f"p-{i}",
+            "unit_id": f"session-{i}", "request_id": f"p-{i}", "context": {"probe": "rank"},
             "features": item["features"]}).json() for i, item in enumerate(items)]
         metrics = client.get("/metrics").text
     assert answer.status_code == 200, answer.text
@@ -293,11 +302,12 @@ def test_rank_serves_an_interleaved_list_of_two_registered_versions(gateway: Gat
     merged = interleave("team_draft", rankings["a"], rankings["b"], key="rank-1")
     assert [(p["item_id"], p["ranker"]) for p in body["ranking"]] == list(
         zip(merged.items, merged.teams, strict=True))
-    # /v1/predict (routed by the bandit to either version) answers the score
+    # /v1/predict (routed by an A/B split to either version) answers the score
     # the ranker of that version logged for the same row: the same scorer path.
     score = {versions[r["arm"]]: {} for r in ranked}
     for r in ranked:
         score[versions[r["arm"]]][r["item_id"]] = r["prediction"]
+    assert {p["experiment_id"] for p in predicted} == {RANK_CHECK}
     for item, p in zip(items, predicted, strict=True):
         assert score[p["model_version"]][item["item_id"]] == pytest.approx(
             p["prediction"], rel=1e-9)
