@@ -85,7 +85,7 @@ from rollout.core.guardrails import ArmWindow, CheckResult, Window, evaluate
 from rollout.core.plan import Guardrails
 from rollout.store import RolloutStore
 from serving.kernel.bandit import BanditSpec, RewardSpec
-from serving.kernel.commands import BanditArmReport, BanditReport
+from serving.kernel.commands import DEFAULT_AUDIT_RECORDS, BanditArmReport, BanditReport
 from serving.kernel.config import ExperimentSpec, RampartConfig
 from serving.kernel.errors import BanditNotFound, RampartError, StoreUnavailable
 from serving.routing.assignment import Allocation, allocate
@@ -671,7 +671,8 @@ class BanditService:
                         "rewards_seen": {a: s.n for a, s in zip(linear.arms, linear.linear,
                                                                 strict=True)}}
 
-    def describe(self, experiment_id: str, audit_records: int = 20) -> BanditReport:
+    def describe(self, experiment_id: str,
+                 audit_records: int = DEFAULT_AUDIT_RECORDS) -> BanditReport:
         """The bandit now and its last ``audit_records`` updates, as the admin
         API answers them. BanditNotFound for an unknown experiment."""
         status = self.status(experiment_id)

@@ -62,6 +62,7 @@ from serving.gateway.schemas import (
 from serving.gateway.scorers import LoadedScorers, ModelKey
 from serving.gateway.shadow import ShadowJob, ShadowRunner
 from serving.kernel.commands import (
+    DEFAULT_AUDIT_RECORDS,
     MAX_AUDIT_RECORDS,
     OPERATOR_ACTIONS,
     AlertWebhook,
@@ -1391,12 +1392,13 @@ def add_admin_routes(app: FastAPI, control: ControlPlane | None, admin_token: st
              openapi_extra={"parameters": [{
                  "name": "audit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 0,
-                            "maximum": MAX_AUDIT_RECORDS, "default": 20}}]})
+                            "maximum": MAX_AUDIT_RECORDS,
+                            "default": DEFAULT_AUDIT_RECORDS}}]})
     async def describe_bandit(experiment_id: str, request: Request) -> Response:
         """A bandit experiment's weights, posteriors and its last ``audit``
         updates' audit records (20 unless asked, at most 1000)."""
         authorize(request)
-        raw = request.query_params.get("audit", "20")
+        raw = request.query_params.get("audit", str(DEFAULT_AUDIT_RECORDS))
         # Read here, not by FastAPI, so a bad value gets the one error shape.
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or int(raw) > MAX_AUDIT_RECORDS:
             raise ValidationFailed(

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.kernel.config import ShadowSpec
 
-# The most audit records one bandit status answer carries (a page of the trail).
+# The audit records one bandit status answer carries unless asked, and at most.
+DEFAULT_AUDIT_RECORDS = 20
 MAX_AUDIT_RECORDS = 1000
 
 
@@ -80,7 +81,7 @@ class DescribeBandit(_Message):
     updates' audit records (the newest, oldest first)."""
 
     id: str
-    audit: int = Field(default=20, ge=0, le=MAX_AUDIT_RECORDS)
+    audit: int = Field(default=DEFAULT_AUDIT_RECORDS, ge=0, le=MAX_AUDIT_RECORDS)
 
 
 Command = (CreateRollout | DescribeRollout | ListRollouts | RolloutCommand | AlertWebhook
